@@ -1,0 +1,19 @@
+//! The HTTP API shared by Cube's worker and manager, and the client both the manager and the
+//! CLI use to talk to them.
+//!
+//! - [`types`]: JSON request and response bodies (the wire format; field names are stable).
+//! - [`error`]: the one error shape every endpoint answers with.
+//! - [`server`]: axum plumbing shared by the worker and manager servers (body limits, JSON
+//!   errors for every rejection, request logs, graceful shutdown).
+//! - [`client`]: a typed HTTP client with timeouts.
+//!
+//! **Boundary:** this crate is the only one that defines JSON shapes sent over HTTP. Domain types
+//! from `cube-core` that appear in bodies (the task spec, states, history entries) are part of
+//! that promise too.
+
+pub mod client;
+pub mod error;
+pub mod server;
+pub mod types;
+
+pub use error::{ApiError, ErrorBody, ErrorCode};

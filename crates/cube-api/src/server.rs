@@ -1,0 +1,123 @@
+//! Server plumbing shared by the worker and manager APIs, so both answer every bad request the
+//! same way: a JSON [`ErrorBody`], never a plain-text rejection and never a 500 for bad input.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+
+/// Largest request body accepted (1 MiB): a task spec is a few KiB at most.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(ErrorBody { error: self })).into_response()
+    }
+}
+
+/// The raw request body, limited to [`BODY_LIMIT`]; an oversized body is a JSON 413.
+#[derive(Debug)]
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("request body is larger than {BODY_LIMIT} bytes"),
+                ))
+            }
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("could not read request body: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
+/// Query parameters; malformed ones are a JSON 400.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e: QueryRejection| {
+                ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {}", e.body_text()))
+            })
+    }
+}
+
+/// Parses an id from a path segment, answering 400 (not 404) for something that is not an id.
+pub fn parse_id<T>(raw: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.parse::<T>().map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
+}
+
+/// Adds what every Cube API router needs: JSON 404/405 answers, the body limit and request logs.
+pub fn finish_router(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(log_request))
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if status >= 500 {
+        tracing::warn!(%method, %path, status, micros, "request failed");
+    } else {
+        tracing::debug!(%method, %path, status, micros, "request");
+    }
+    response
+}
+
+/// Binds `addr` (port 0 = any free port). Separate from [`serve`] so callers can report the
+/// bound address before serving.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `router` until `shutdown` is cancelled, then finishes in-flight requests and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,296 @@
+//! JSON bodies of the v1 API. Field names here are a compatibility promise: add fields, never
+//! rename or remove them (see `docs/api.md`).
+
+use cube_core::{
+    DesiredState, DriverHandle, DriverKind, FieldError, HostPort, NodeId, Resources, Task,
+    TaskEvent, TaskId, TaskSpec, TaskState,
+};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// A task as returned by `GET /v1/tasks[/{id}]` on the worker and the manager.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Task id.
+    pub id: TaskId,
+    /// Task name (from the spec).
+    pub name: String,
+    /// Observed state: `pending`, `scheduled`, `running`, `restarting`, `completed`, `failed`.
+    pub state: TaskState,
+    /// Desired state: `running` or `stopped`.
+    pub desired_state: DesiredState,
+    /// Driver (from the spec).
+    pub driver: DriverKind,
+    /// Node the task is placed on.
+    pub node: Option<NodeId>,
+    /// Container id or pid of the workload.
+    pub handle: Option<DriverHandle>,
+    /// Published ports as bound on the host.
+    pub host_ports: Vec<HostPort>,
+    /// Exit code of the last run.
+    pub exit_code: Option<i64>,
+    /// Why the task is in its state.
+    pub reason: Option<String>,
+    /// Restarts on the current node.
+    pub restart_count: u32,
+    /// When it was accepted.
+    pub created_at: Timestamp,
+    /// When the workload last started.
+    pub started_at: Option<Timestamp>,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+    /// When anything changed last.
+    pub updated_at: Timestamp,
+    /// The spec as submitted (with defaults filled in).
+    pub spec: TaskSpec,
+    /// History, oldest first.
+    pub events: Vec<TaskEvent>,
+}
+
+impl From<&Task> for TaskView {
+    fn from(t: &Task) -> Self {
+        Self {
+            id: t.id,
+            name: t.spec.name.clone(),
+            state: t.state,
+            desired_state: t.desired,
+            driver: t.spec.driver,
+            node: t.node,
+            handle: t.handle.clone(),
+            host_ports: t.host_ports.clone(),
+            exit_code: t.exit_code,
+            reason: t.reason.clone(),
+            restart_count: t.restart_count,
+            created_at: t.created_at,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            updated_at: t.updated_at,
+            spec: t.spec.clone(),
+            events: t.events.clone(),
+        }
+    }
+}
+
+/// A parsed `POST /v1/tasks` body: a task spec, optionally with the id to use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSubmission {
+    /// Id chosen by the caller (the manager sends its ids to workers); `None` = assign one.
+    pub id: Option<TaskId>,
+    /// The validated spec.
+    pub spec: TaskSpec,
+}
+
+impl TaskSubmission {
+    /// Parses and validates a body. Syntax and type errors name the field and position;
+    /// validation lists every problem at once.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}"))
+        })?;
+        let object = value.as_object_mut().ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidJson, "request body must be a JSON object (a task spec)")
+        })?;
+        let id = match object.remove("id") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.parse::<TaskId>().map_err(|e| {
+                ApiError {
+                    code: ErrorCode::InvalidSpec,
+                    message: e.to_string(),
+                    details: vec![FieldError { field: "id".into(), message: e.to_string() }],
+                }
+            })?),
+            Some(other) => {
+                let message = format!("must be a UUID string, not {other}");
+                return Err(ApiError {
+                    code: ErrorCode::InvalidSpec,
+                    message: format!("id: {message}"),
+                    details: vec![FieldError { field: "id".into(), message }],
+                });
+            }
+        };
+        let spec = parse_spec_value(value)?;
+        spec.validate().map_err(ApiError::invalid_spec)?;
+        Ok(Self { id, spec })
+    }
+}
+
+/// Deserializes a spec from JSON, turning serde's error into a field-named [`ApiError`].
+pub fn parse_spec_value(value: serde_json::Value) -> Result<TaskSpec, ApiError> {
+    serde_path_to_error::deserialize::<_, TaskSpec>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "spec".to_owned() } else { path };
+        let message = e.into_inner().to_string();
+        ApiError {
+            code: ErrorCode::InvalidSpec,
+            message: format!("invalid task spec: {field}: {message}"),
+            details: vec![FieldError { field, message }],
+        }
+    })
+}
+
+/// `GET /v1/health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthView {
+    /// Always `ok` when the server answers.
+    pub status: String,
+    /// `worker` or `manager`.
+    pub role: String,
+    /// Node id (workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    /// Node or manager name.
+    pub name: String,
+    /// Cube version.
+    pub version: String,
+}
+
+/// `GET /v1/stats` on a worker: host metrics and what the node's tasks reserve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// When the figures were read.
+    pub collected_at: Timestamp,
+    /// Memory from `/proc/meminfo`.
+    pub memory: MemoryStats,
+    /// CPU from `/proc/stat`, as a rate over the last sampling interval.
+    pub cpu: CpuStats,
+    /// Load averages from `/proc/loadavg`.
+    pub load: LoadStats,
+    /// The filesystem holding the worker's data directory.
+    pub disk: DiskStats,
+    /// Tasks known to the node, by state.
+    pub tasks: TaskCounts,
+    /// Sum of the resources of tasks that are placed and not finished.
+    pub reserved: Resources,
+}
+
+/// Memory figures, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryStats {
+    /// `MemTotal`.
+    pub total_bytes: u64,
+    /// `MemAvailable`.
+    pub available_bytes: u64,
+    /// `MemTotal - MemAvailable`.
+    pub used_bytes: u64,
+}
+
+/// CPU figures.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CpuStats {
+    /// Logical CPUs.
+    pub cores: u32,
+    /// Fraction of all CPU time that was busy during the last interval, in [0, 1].
+    pub busy_fraction: f64,
+    /// Length of that interval, in milliseconds (0 until two samples exist).
+    pub interval_ms: u64,
+}
+
+/// Load averages.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadStats {
+    /// 1-minute load average.
+    pub one: f64,
+    /// 5-minute load average.
+    pub five: f64,
+    /// 15-minute load average.
+    pub fifteen: f64,
+}
+
+/// Disk figures of one filesystem, in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStats {
+    /// A path on the filesystem measured.
+    pub path: String,
+    /// Size of the filesystem.
+    pub total_bytes: u64,
+    /// Space available to unprivileged users.
+    pub free_bytes: u64,
+}
+
+/// Task counts by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    /// All tasks the node knows.
+    pub total: u64,
+    /// Pending or scheduled.
+    pub starting: u64,
+    /// Running.
+    pub running: u64,
+    /// Restarting.
+    pub restarting: u64,
+    /// Completed.
+    pub completed: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+impl TaskCounts {
+    /// Counts one task in `state`.
+    pub fn add(&mut self, state: TaskState) {
+        self.total += 1;
+        match state {
+            TaskState::Pending | TaskState::Scheduled => self.starting += 1,
+            TaskState::Running => self.running += 1,
+            TaskState::Restarting => self.restarting += 1,
+            TaskState::Completed => self.completed += 1,
+            TaskState::Failed => self.failed += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submission_takes_an_optional_id() {
+        let s = TaskSubmission::parse(
+            br#"{"id": "01900000-0000-7000-8000-000000000001", "name": "a", "driver": "process",
+                 "command": "sleep", "args": ["1"]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.id.unwrap().to_string(), "01900000-0000-7000-8000-000000000001");
+        assert_eq!(s.spec.name, "a");
+        let s = TaskSubmission::parse(br#"{"name": "a", "driver": "process", "command": "x"}"#)
+            .unwrap();
+        assert_eq!(s.id, None);
+    }
+
+    #[test]
+    fn malformed_json_is_invalid_json() {
+        let err = TaskSubmission::parse(b"{not json").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(err.message.contains("line 1"), "{}", err.message);
+        assert_eq!(TaskSubmission::parse(b"[1]").unwrap_err().code, ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = TaskSubmission::parse(
+            br#"{"name": "a", "driver": "docker", "image": "i", "resources": {"memory": -5}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidSpec);
+        assert_eq!(err.details[0].field, "resources.memory");
+        assert!(err.details[0].message.contains("must not be negative"), "{err:?}");
+    }
+
+    #[test]
+    fn validation_errors_are_all_listed() {
+        let err = TaskSubmission::parse(br#"{"name": "", "driver": "docker", "image": ""}"#)
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidSpec);
+        let fields: Vec<&str> = err.details.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["name", "image"]);
+        assert!(err.message.contains("2 problems"), "{}", err.message);
+    }
+
+    #[test]
+    fn bad_ids_are_rejected() {
+        let err = TaskSubmission::parse(br#"{"id": 7, "name": "a", "driver": "process", "command": "x"}"#)
+            .unwrap_err();
+        assert_eq!(err.details[0].field, "id");
+    }
+}

@@ -1,0 +1,273 @@
+//! The task state machine: states, the triggers that move a task between them, and the one
+//! [`transition`] function that decides every move.
+//!
+//! The book's five states (pending, scheduled, running, completed, failed) plus `restarting`:
+//! a task waiting out its restart backoff is neither running nor finished, and users need to
+//! see that (Kubernetes' `CrashLoopBackOff`). `completed` and `failed` are terminal: nothing
+//! leaves them, so a finished task can never be resurrected by a late or duplicated message.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a task: what is actually happening to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Accepted, not yet placed on a node.
+    Pending,
+    /// Placed on a node; the node is starting it (pulling, creating, spawning).
+    Scheduled,
+    /// The workload runs.
+    Running,
+    /// Exited and waiting out its restart backoff before the next attempt.
+    Restarting,
+    /// Finished: exited 0, or stopped because someone asked (terminal).
+    Completed,
+    /// Finished: failed to start or exited non-zero, with no restarts left (terminal).
+    Failed,
+}
+
+/// Every state, in lifecycle order (for tables and exhaustive tests).
+pub const ALL_STATES: [TaskState; 6] = [
+    TaskState::Pending,
+    TaskState::Scheduled,
+    TaskState::Running,
+    TaskState::Restarting,
+    TaskState::Completed,
+    TaskState::Failed,
+];
+
+impl TaskState {
+    /// Whether the task has finished for good.
+    pub const fn is_terminal(self) -> bool {
+        match self {
+            TaskState::Completed | TaskState::Failed => true,
+            TaskState::Pending | TaskState::Scheduled | TaskState::Running | TaskState::Restarting => {
+                false
+            }
+        }
+    }
+
+    /// Whether the task holds resources on a node (placed and not finished).
+    pub const fn is_active_on_node(self) -> bool {
+        match self {
+            TaskState::Scheduled | TaskState::Running | TaskState::Restarting => true,
+            TaskState::Pending | TaskState::Completed | TaskState::Failed => false,
+        }
+    }
+
+    /// The lowercase name used on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Running => "running",
+            TaskState::Restarting => "restarting",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = crate::CoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL_STATES
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| crate::CoreError::InvalidState(s.to_owned()))
+    }
+}
+
+/// Desired state of a task: what whoever asked wants. Written only by the API (the user or the
+/// manager), never by the code that observes the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    /// Keep it running (or let it run to completion).
+    Running,
+    /// Stop it and do not restart it.
+    Stopped,
+}
+
+/// Something that happened to a task. Triggers carry the decisions the caller already made
+/// (for example whether the restart policy allows another attempt), so the state machine itself
+/// stays a pure table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// A node was chosen for the task.
+    Place,
+    /// The driver reports the workload running.
+    Started,
+    /// The driver could not start the workload; `retry` says whether the policy allows another
+    /// attempt.
+    StartFailed {
+        /// Another attempt follows after a backoff.
+        retry: bool,
+    },
+    /// The workload ended without being asked to (including being killed for failing its health
+    /// check).
+    Exited {
+        /// It exited with status 0.
+        success: bool,
+        /// Another attempt follows after a backoff.
+        retry: bool,
+    },
+    /// The workload was stopped because the desired state became `stopped` (or it was cancelled
+    /// before it ran).
+    Stopped,
+    /// The task must be placed again: its node was lost or refused it, or it ran out of local
+    /// restarts and may try another node.
+    Requeue,
+}
+
+/// Every trigger shape, for exhaustive tests.
+pub const ALL_TRIGGERS: [Trigger; 10] = [
+    Trigger::Place,
+    Trigger::Started,
+    Trigger::StartFailed { retry: false },
+    Trigger::StartFailed { retry: true },
+    Trigger::Exited { success: false, retry: false },
+    Trigger::Exited { success: false, retry: true },
+    Trigger::Exited { success: true, retry: false },
+    Trigger::Exited { success: true, retry: true },
+    Trigger::Stopped,
+    Trigger::Requeue,
+];
+
+/// A trigger that is not allowed in the task's current state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid transition: {trigger:?} is not allowed in state {from}")]
+pub struct InvalidTransition {
+    /// State the task was in.
+    pub from: TaskState,
+    /// What was attempted.
+    pub trigger: Trigger,
+}
+
+/// The task state machine. Every (state, trigger) pair is spelled out, with no wildcard arm, so
+/// adding a state or trigger does not compile until someone decides what it means.
+pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, InvalidTransition> {
+    use TaskState as S;
+    use Trigger as T;
+    let invalid = Err(InvalidTransition { from, trigger });
+    match (from, trigger) {
+        (S::Pending, T::Place) => Ok(S::Scheduled),
+        (S::Pending, T::Stopped) => Ok(S::Completed),
+        (S::Pending, T::Started | T::StartFailed { .. } | T::Exited { .. } | T::Requeue) => invalid,
+
+        (S::Scheduled, T::Started) => Ok(S::Running),
+        (S::Scheduled, T::StartFailed { retry: true }) => Ok(S::Restarting),
+        (S::Scheduled, T::StartFailed { retry: false }) => Ok(S::Failed),
+        (S::Scheduled, T::Stopped) => Ok(S::Completed),
+        (S::Scheduled, T::Requeue) => Ok(S::Pending),
+        (S::Scheduled, T::Place | T::Exited { .. }) => invalid,
+
+        (S::Running, T::Exited { retry: true, .. }) => Ok(S::Restarting),
+        (S::Running, T::Exited { success: true, retry: false }) => Ok(S::Completed),
+        (S::Running, T::Exited { success: false, retry: false }) => Ok(S::Failed),
+        (S::Running, T::Stopped) => Ok(S::Completed),
+        (S::Running, T::Requeue) => Ok(S::Pending),
+        (S::Running, T::Place | T::Started | T::StartFailed { .. }) => invalid,
+
+        (S::Restarting, T::Started) => Ok(S::Running),
+        (S::Restarting, T::StartFailed { retry: true }) => Ok(S::Restarting),
+        (S::Restarting, T::StartFailed { retry: false }) => Ok(S::Failed),
+        (S::Restarting, T::Stopped) => Ok(S::Completed),
+        (S::Restarting, T::Requeue) => Ok(S::Pending),
+        (S::Restarting, T::Place | T::Exited { .. }) => invalid,
+
+        (
+            S::Completed | S::Failed,
+            T::Place
+            | T::Started
+            | T::StartFailed { .. }
+            | T::Exited { .. }
+            | T::Stopped
+            | T::Requeue,
+        ) => invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState as S;
+    use Trigger as T;
+
+    /// The whole table, written out independently of `transition`: `None` = invalid.
+    fn expected(from: TaskState, trigger: Trigger) -> Option<TaskState> {
+        let table: &[(TaskState, Trigger, TaskState)] = &[
+            (S::Pending, T::Place, S::Scheduled),
+            (S::Pending, T::Stopped, S::Completed),
+            (S::Scheduled, T::Started, S::Running),
+            (S::Scheduled, T::StartFailed { retry: true }, S::Restarting),
+            (S::Scheduled, T::StartFailed { retry: false }, S::Failed),
+            (S::Scheduled, T::Stopped, S::Completed),
+            (S::Scheduled, T::Requeue, S::Pending),
+            (S::Running, T::Exited { success: false, retry: true }, S::Restarting),
+            (S::Running, T::Exited { success: true, retry: true }, S::Restarting),
+            (S::Running, T::Exited { success: true, retry: false }, S::Completed),
+            (S::Running, T::Exited { success: false, retry: false }, S::Failed),
+            (S::Running, T::Stopped, S::Completed),
+            (S::Running, T::Requeue, S::Pending),
+            (S::Restarting, T::Started, S::Running),
+            (S::Restarting, T::StartFailed { retry: true }, S::Restarting),
+            (S::Restarting, T::StartFailed { retry: false }, S::Failed),
+            (S::Restarting, T::Stopped, S::Completed),
+            (S::Restarting, T::Requeue, S::Pending),
+        ];
+        table
+            .iter()
+            .find(|(f, t, _)| *f == from && *t == trigger)
+            .map(|(_, _, to)| *to)
+    }
+
+    #[test]
+    fn every_state_and_trigger_pair_matches_the_table() {
+        let mut valid = 0;
+        for from in ALL_STATES {
+            for trigger in ALL_TRIGGERS {
+                let got = transition(from, trigger);
+                match expected(from, trigger) {
+                    Some(to) => {
+                        valid += 1;
+                        assert_eq!(got, Ok(to), "{from} + {trigger:?}");
+                    }
+                    None => assert_eq!(
+                        got,
+                        Err(InvalidTransition { from, trigger }),
+                        "{from} + {trigger:?} must be rejected"
+                    ),
+                }
+            }
+        }
+        assert_eq!(valid, 18, "the table has 18 valid moves");
+    }
+
+    #[test]
+    fn terminal_states_accept_nothing() {
+        for from in ALL_STATES.into_iter().filter(|s| s.is_terminal()) {
+            for trigger in ALL_TRIGGERS {
+                assert!(transition(from, trigger).is_err(), "{from} + {trigger:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn states_serialize_lowercase_and_parse_back() {
+        for s in ALL_STATES {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
+        }
+        assert!("Running".parse::<TaskState>().is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! A task record: its spec, desired and observed state, where and how it runs, and its history.
+//!
+//! All changes of observed state go through [`Task::apply`], which asks the state machine first,
+//! so a record can only ever hold a state reachable by valid moves, and every move is logged in
+//! [`Task::events`] with its time, node and reason. The clock is a parameter, never read here.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, TaskId};
+use crate::spec::{Protocol, RestartMode, TaskSpec};
+use crate::state::{DesiredState, InvalidTransition, TaskState, Trigger, transition};
+
+/// At most this many history entries are kept per task; older ones are dropped (the first,
+/// "submitted", entry is always kept) so a crash-looping task cannot grow without bound.
+pub const MAX_EVENTS: usize = 100;
+
+/// One task as a node or the manager knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Stable id.
+    pub id: TaskId,
+    /// What to run.
+    pub spec: TaskSpec,
+    /// What was asked for.
+    pub desired: DesiredState,
+    /// What is observed.
+    pub state: TaskState,
+    /// The node it is placed on, if any.
+    pub node: Option<NodeId>,
+    /// How to find the running workload again (container id or pid).
+    pub handle: Option<DriverHandle>,
+    /// Host ports published for the task (docker driver).
+    pub host_ports: Vec<HostPort>,
+    /// Exit code of the last run, when it exited.
+    pub exit_code: Option<i64>,
+    /// Why the task is in its state (last error, exit reason, why it is pending).
+    pub reason: Option<String>,
+    /// Restarts on the current node so far.
+    pub restart_count: u32,
+    /// When the task was accepted.
+    pub created_at: Timestamp,
+    /// When the workload last started running.
+    pub started_at: Option<Timestamp>,
+    /// When the task reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+    /// When anything in the record last changed.
+    pub updated_at: Timestamp,
+    /// History of transitions and notable happenings, oldest first.
+    pub events: Vec<TaskEvent>,
+}
+
+/// One entry of a task's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// When it happened.
+    pub at: Timestamp,
+    /// State before (equal to `to` for events that are not transitions).
+    pub from: TaskState,
+    /// State after.
+    pub to: TaskState,
+    /// Node involved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// What happened, in words.
+    pub reason: String,
+}
+
+/// Enough to find a running workload again after the agent restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DriverHandle {
+    /// A Docker container.
+    Container {
+        /// Full container id.
+        id: String,
+    },
+    /// A host process.
+    Process {
+        /// Process id (also its process group id).
+        pid: u32,
+        /// Start time in clock ticks after boot (from `/proc/<pid>/stat`), so a recycled pid is
+        /// not mistaken for our process.
+        start_ticks: u64,
+    },
+}
+
+impl DriverHandle {
+    /// A short human form: the first 12 hex digits of a container id, or `pid 1234`.
+    pub fn short(&self) -> String {
+        match self {
+            DriverHandle::Container { id } => id.chars().take(12).collect(),
+            DriverHandle::Process { pid, .. } => format!("pid {pid}"),
+        }
+    }
+}
+
+/// A published port as bound on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostPort {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Port on the host.
+    pub host_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Host address the port is bound to (`0.0.0.0` = all).
+    pub host_ip: String,
+}
+
+impl Task {
+    /// A new task in state `pending`, desired `running`.
+    pub fn new(id: TaskId, spec: TaskSpec, now: Timestamp) -> Self {
+        Self {
+            id,
+            spec,
+            desired: DesiredState::Running,
+            state: TaskState::Pending,
+            node: None,
+            handle: None,
+            host_ports: Vec::new(),
+            exit_code: None,
+            reason: None,
+            restart_count: 0,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+            events: vec![TaskEvent {
+                at: now,
+                from: TaskState::Pending,
+                to: TaskState::Pending,
+                node: None,
+                reason: "submitted".into(),
+            }],
+        }
+    }
+
+    /// Applies a trigger through the state machine, records it in the history and keeps the
+    /// timestamps in step. On error nothing changes.
+    pub fn apply(
+        &mut self,
+        trigger: Trigger,
+        now: Timestamp,
+        reason: impl Into<String>,
+    ) -> Result<TaskState, InvalidTransition> {
+        let from = self.state;
+        let to = transition(from, trigger)?;
+        let reason = reason.into();
+        let node = self.node;
+        self.state = to;
+        self.updated_at = now;
+        match to {
+            TaskState::Running => {
+                self.started_at = Some(now);
+                self.exit_code = None;
+                self.reason = None;
+            }
+            TaskState::Completed | TaskState::Failed => {
+                self.finished_at = Some(now);
+                self.reason = Some(reason.clone());
+            }
+            TaskState::Pending | TaskState::Scheduled | TaskState::Restarting => {
+                self.reason = Some(reason.clone());
+            }
+        }
+        if to == TaskState::Pending {
+            // A requeued task starts afresh on its next node.
+            self.node = None;
+            self.handle = None;
+            self.host_ports.clear();
+            self.restart_count = 0;
+        }
+        self.push_event(TaskEvent { at: now, from, to, node, reason });
+        Ok(to)
+    }
+
+    /// Records something notable that does not change the state (a health change, a stop
+    /// request, a restart delay).
+    pub fn note(&mut self, now: Timestamp, reason: impl Into<String>) {
+        self.updated_at = now;
+        self.push_event(TaskEvent {
+            at: now,
+            from: self.state,
+            to: self.state,
+            node: self.node,
+            reason: reason.into(),
+        });
+    }
+
+    fn push_event(&mut self, event: TaskEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            // Keep the first entry (submission) and drop the oldest after it.
+            self.events.remove(1);
+        }
+        self.events.push(event);
+    }
+
+    /// Whether the restart policy allows another attempt after an exit (`success` = status 0)
+    /// given the restarts already made on this node.
+    pub fn should_restart(&self, success: bool) -> bool {
+        let policy = &self.spec.restart;
+        let wanted = match policy.mode {
+            RestartMode::Never => false,
+            RestartMode::OnFailure => !success,
+            RestartMode::Always => true,
+        };
+        wanted && self.desired == DesiredState::Running && self.restart_count < policy.max_attempts
+    }
+
+    /// Delay before the next restart: the initial backoff doubled per restart already made,
+    /// capped at the maximum.
+    pub fn restart_delay(&self) -> Duration {
+        let policy = &self.spec.restart;
+        let factor = 1u32.checked_shl(self.restart_count).unwrap_or(u32::MAX);
+        policy
+            .initial_backoff
+            .checked_mul(factor)
+            .map_or(policy.max_backoff, |d| d.min(policy.max_backoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{DriverKind, RestartPolicy};
+    use uuid::Uuid;
+
+    fn spec(mode: RestartMode) -> TaskSpec {
+        TaskSpec {
+            name: "t".into(),
+            driver: DriverKind::Process,
+            image: None,
+            command: Some("sleep".into()),
+            args: vec!["1".into()],
+            env: Default::default(),
+            workdir: None,
+            resources: Default::default(),
+            ports: vec![],
+            restart: RestartPolicy {
+                mode,
+                max_attempts: 3,
+                initial_backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(5),
+            },
+            health: None,
+            stop_grace: Duration::from_secs(1),
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
+    }
+
+    fn task(mode: RestartMode) -> Task {
+        Task::new(TaskId::from_uuid(Uuid::nil()), spec(mode), at(0))
+    }
+
+    #[test]
+    fn apply_records_history_and_timestamps() {
+        let mut t = task(RestartMode::Never);
+        t.apply(Trigger::Place, at(1), "placed").unwrap();
+        t.apply(Trigger::Started, at(2), "started").unwrap();
+        t.apply(Trigger::Exited { success: false, retry: false }, at(3), "exit code 3").unwrap();
+        assert_eq!(t.state, TaskState::Failed);
+        assert_eq!(t.started_at, Some(at(2)));
+        assert_eq!(t.finished_at, Some(at(3)));
+        assert_eq!(t.reason.as_deref(), Some("exit code 3"));
+        let moves: Vec<(TaskState, TaskState)> = t.events.iter().map(|e| (e.from, e.to)).collect();
+        assert_eq!(
+            moves,
+            [
+                (TaskState::Pending, TaskState::Pending),
+                (TaskState::Pending, TaskState::Scheduled),
+                (TaskState::Scheduled, TaskState::Running),
+                (TaskState::Running, TaskState::Failed),
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_triggers_change_nothing() {
+        let mut t = task(RestartMode::Never);
+        let before = t.clone();
+        assert!(t.apply(Trigger::Started, at(1), "too early").is_err());
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn restart_policy_decisions() {
+        let never = task(RestartMode::Never);
+        assert!(!never.should_restart(false));
+        let mut on_failure = task(RestartMode::OnFailure);
+        assert!(on_failure.should_restart(false));
+        assert!(!on_failure.should_restart(true));
+        on_failure.restart_count = 3;
+        assert!(!on_failure.should_restart(false), "attempts exhausted");
+        let mut always = task(RestartMode::Always);
+        assert!(always.should_restart(true));
+        always.desired = DesiredState::Stopped;
+        assert!(!always.should_restart(true), "a stop request wins");
+    }
+
+    #[test]
+    fn restart_delay_doubles_and_caps() {
+        let mut t = task(RestartMode::OnFailure);
+        let delays: Vec<u64> = (0..6)
+            .map(|n| {
+                t.restart_count = n;
+                t.restart_delay().as_secs()
+            })
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5, 5]);
+        t.restart_count = 40;
+        assert_eq!(t.restart_delay(), Duration::from_secs(5), "no overflow");
+    }
+
+    #[test]
+    fn history_is_bounded_and_keeps_the_first_entry() {
+        let mut t = task(RestartMode::Always);
+        for i in 0..(MAX_EVENTS as i64 * 2) {
+            t.note(at(i), format!("note {i}"));
+        }
+        assert_eq!(t.events.len(), MAX_EVENTS);
+        assert_eq!(t.events[0].reason, "submitted");
+        assert_eq!(t.events.last().unwrap().reason, format!("note {}", MAX_EVENTS * 2 - 1));
+    }
+
+    #[test]
+    fn requeue_clears_placement() {
+        let mut t = task(RestartMode::Never);
+        t.node = Some(NodeId::from_uuid(Uuid::nil()));
+        t.apply(Trigger::Place, at(1), "placed").unwrap();
+        t.handle = Some(DriverHandle::Process { pid: 7, start_ticks: 1 });
+        t.restart_count = 2;
+        t.apply(Trigger::Requeue, at(2), "node lost").unwrap();
+        assert_eq!((t.node, t.handle.as_ref(), t.restart_count), (None, None, 0));
+    }
+}

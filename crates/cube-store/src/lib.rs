@@ -1,0 +1,279 @@
+//! Persistence for Cube's manager and worker.
+//!
+//! Both agents keep their live state in memory and write every change through a [`Store`]
+//! before they acknowledge it. The store is a small key-value interface over named tables;
+//! values are JSON documents. Writes are grouped into a [`Batch`] that commits atomically, and
+//! [`Store::commit`] returns a future that resolves once the batch is durable, so many callers
+//! can share one disk sync.
+//!
+//! **Invariant:** the order in which batches are handed to [`Store::commit`] is the order in
+//! which they are applied, so callers that commit while holding their own state lock get a
+//! store that always matches some state their memory went through.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+/// Errors of the store crate.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A value could not be encoded or decoded.
+    #[error("{table}/{key}: stored value is not valid: {source}")]
+    Codec {
+        /// Table of the value.
+        table: &'static str,
+        /// Key of the value.
+        key: String,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// The storage engine failed (disk full, I/O error, corrupt file).
+    #[error("storage failure: {0}")]
+    Backend(String),
+    /// The store was closed (its writer stopped) before the batch committed.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// The tables Cube stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Task records, keyed by task id.
+    Tasks,
+    /// Node records (manager), keyed by node id.
+    Nodes,
+    /// Small facts about the store itself and the agent (node id, format version).
+    Meta,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 3] = [Table::Tasks, Table::Nodes, Table::Meta];
+
+    /// Stable table name (used as the on-disk table name).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Tasks => "tasks",
+            Table::Nodes => "nodes",
+            Table::Meta => "meta",
+        }
+    }
+}
+
+/// One write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or replace a value.
+    Put {
+        /// Table written.
+        table: Table,
+        /// Key.
+        key: String,
+        /// Encoded value.
+        value: Vec<u8>,
+    },
+    /// Remove a key (absent keys are fine).
+    Delete {
+        /// Table written.
+        table: Table,
+        /// Key.
+        key: String,
+    },
+}
+
+/// Writes that commit together or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The writes, applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put of `value` encoded as JSON.
+    pub fn put<T: Serialize>(
+        &mut self,
+        table: Table,
+        key: impl Into<String>,
+        value: &T,
+    ) -> Result<&mut Self, StoreError> {
+        let key = key.into();
+        let value = serde_json::to_vec(value).map_err(|source| StoreError::Codec {
+            table: table.name(),
+            key: key.clone(),
+            source,
+        })?;
+        self.ops.push(Op::Put { table, key, value });
+        Ok(self)
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, table: Table, key: impl Into<String>) -> &mut Self {
+        self.ops.push(Op::Delete { table, key: key.into() });
+        self
+    }
+
+    /// Whether the batch holds no writes.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A durable key-value store. Implementations must apply batches in the order `commit` is
+/// called and must not block the caller of `commit`.
+pub trait Store: Send + Sync + 'static {
+    /// Hands a batch to the store; the returned future resolves when it is durable (or failed).
+    /// Dropping the future does not cancel the write.
+    fn commit(&self, batch: Batch) -> Commit;
+
+    /// Every `(key, value)` of a table, in key order. Used at start-up; may block on disk I/O,
+    /// so async callers run it on a blocking thread.
+    fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Short name of the implementation, for logs (`memory`, `redb`).
+    fn kind(&self) -> &'static str;
+}
+
+/// Decodes every value of a table as `T`.
+pub fn load_json<T: DeserializeOwned>(
+    store: &dyn Store,
+    table: Table,
+) -> Result<Vec<(String, T)>, StoreError> {
+    store
+        .load(table)?
+        .into_iter()
+        .map(|(key, value)| match serde_json::from_slice(&value) {
+            Ok(v) => Ok((key, v)),
+            Err(source) => Err(StoreError::Codec { table: table.name(), key, source }),
+        })
+        .collect()
+}
+
+/// The future returned by [`Store::commit`].
+#[derive(Debug)]
+pub struct Commit(CommitState);
+
+#[derive(Debug)]
+enum CommitState {
+    Done(Option<Result<(), StoreError>>),
+    Waiting(oneshot::Receiver<Result<(), StoreError>>),
+}
+
+impl Commit {
+    /// A commit that already finished with `result`.
+    pub fn ready(result: Result<(), StoreError>) -> Self {
+        Self(CommitState::Done(Some(result)))
+    }
+
+    /// A commit that finishes when the sender side reports (a dropped sender means the store
+    /// shut down first).
+    pub fn pending(receiver: oneshot::Receiver<Result<(), StoreError>>) -> Self {
+        Self(CommitState::Waiting(receiver))
+    }
+}
+
+impl Future for Commit {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            CommitState::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            CommitState::Waiting(receiver) => Pin::new(receiver)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(StoreError::Closed))),
+        }
+    }
+}
+
+/// A store that keeps everything in memory: for tests and `--store memory`. Nothing survives
+/// the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tables: Mutex<HashMap<Table, BTreeMap<String, Vec<u8>>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn commit(&self, batch: Batch) -> Commit {
+        // A poisoned lock means a panic happened mid-apply in another thread; the map itself is
+        // still structurally sound, so keep serving.
+        let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        for op in batch.ops {
+            match op {
+                Op::Put { table, key, value } => {
+                    tables.entry(table).or_default().insert(key, value);
+                }
+                Op::Delete { table, key } => {
+                    tables.entry(table).or_default().remove(&key);
+                }
+            }
+        }
+        Commit::ready(Ok(()))
+    }
+
+    fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(tables
+            .get(&table)
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_applies_batches_in_order() {
+        let store = MemoryStore::new();
+        let mut b = Batch::new();
+        b.put(Table::Tasks, "a", &1u32).unwrap();
+        b.put(Table::Tasks, "b", &2u32).unwrap();
+        store.commit(b).await.unwrap();
+        let mut b = Batch::new();
+        b.delete(Table::Tasks, "a");
+        b.put(Table::Tasks, "b", &3u32).unwrap();
+        store.commit(b).await.unwrap();
+        let rows: Vec<(String, u32)> = load_json(&store, Table::Tasks).unwrap();
+        assert_eq!(rows, [("b".to_owned(), 3)]);
+        assert!(store.load(Table::Nodes).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn undecodable_values_name_table_and_key() {
+        let store = MemoryStore::new();
+        let mut b = Batch::new();
+        b.put(Table::Meta, "k", &"text").unwrap();
+        store.commit(b).await.unwrap();
+        let err = load_json::<u32>(&store, Table::Meta).unwrap_err();
+        assert!(err.to_string().starts_with("meta/k: stored value is not valid"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_writer_vanished_reports_closed() {
+        let (tx, rx) = oneshot::channel();
+        drop(tx);
+        assert!(matches!(Commit::pending(rx).await, Err(StoreError::Closed)));
+    }
+}

@@ -98,7 +98,10 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .build()
-            .map_err(|e| ClientError::Unreachable { url: base.clone(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Unreachable {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self { base, http })
     }
 
@@ -109,34 +112,52 @@ impl Client {
 
     /// `GET /v1/health`.
     pub async fn health(&self) -> Result<HealthView, ClientError> {
-        self.call(Method::GET, "/v1/health", None::<&()>).await.map(|(_, v)| v)
+        self.call(Method::GET, "/v1/health", None::<&()>)
+            .await
+            .map(|(_, v)| v)
     }
 
     /// `POST /v1/tasks`.
-    pub async fn submit(&self, id: Option<TaskId>, spec: &TaskSpec) -> Result<Submitted, ClientError> {
-        let (status, task) =
-            self.call(Method::POST, "/v1/tasks", Some(&SubmitBody { id, spec })).await?;
-        Ok(Submitted { task, created: status == StatusCode::CREATED })
+    pub async fn submit(
+        &self,
+        id: Option<TaskId>,
+        spec: &TaskSpec,
+    ) -> Result<Submitted, ClientError> {
+        let (status, task) = self
+            .call(Method::POST, "/v1/tasks", Some(&SubmitBody { id, spec }))
+            .await?;
+        Ok(Submitted {
+            task,
+            created: status == StatusCode::CREATED,
+        })
     }
 
     /// `GET /v1/tasks`.
     pub async fn tasks(&self) -> Result<Vec<TaskView>, ClientError> {
-        self.call(Method::GET, "/v1/tasks", None::<&()>).await.map(|(_, v)| v)
+        self.call(Method::GET, "/v1/tasks", None::<&()>)
+            .await
+            .map(|(_, v)| v)
     }
 
     /// `GET /v1/tasks/{id}`.
     pub async fn task(&self, id: TaskId) -> Result<TaskView, ClientError> {
-        self.call(Method::GET, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
+        self.call(Method::GET, &format!("/v1/tasks/{id}"), None::<&()>)
+            .await
+            .map(|(_, v)| v)
     }
 
     /// `DELETE /v1/tasks/{id}`: asks for the task to stop; returns the task as of the request.
     pub async fn stop(&self, id: TaskId) -> Result<TaskView, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
+        self.call(Method::DELETE, &format!("/v1/tasks/{id}"), None::<&()>)
+            .await
+            .map(|(_, v)| v)
     }
 
     /// `GET /v1/stats`.
     pub async fn stats(&self) -> Result<NodeStats, ClientError> {
-        self.call(Method::GET, "/v1/stats", None::<&()>).await.map(|(_, v)| v)
+        self.call(Method::GET, "/v1/stats", None::<&()>)
+            .await
+            .map(|(_, v)| v)
     }
 
     /// Any JSON call: `body` is sent as JSON when given; a non-2xx answer becomes
@@ -157,17 +178,28 @@ impl Client {
             reason: describe(&e),
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: describe(&e),
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: describe(&e),
+            })?;
         if status.is_success() {
             serde_json::from_slice(&bytes)
                 .map(|v| (status, v))
-                .map_err(|e| ClientError::Decode { url, status: status.as_u16(), reason: e.to_string() })
+                .map_err(|e| ClientError::Decode {
+                    url,
+                    status: status.as_u16(),
+                    reason: e.to_string(),
+                })
         } else {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => Err(ClientError::Api { url, status: status.as_u16(), error: body.error }),
+                Ok(body) => Err(ClientError::Api {
+                    url,
+                    status: status.as_u16(),
+                    error: body.error,
+                }),
                 Err(_) => Err(ClientError::Decode {
                     url,
                     status: status.as_u16(),
@@ -181,7 +213,11 @@ impl Client {
 /// A one-line reason for a reqwest error, including its source chain (reqwest's own message is
 /// often just "error sending request").
 fn describe(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() { "timed out".to_owned() } else { e.to_string() };
+    let mut out = if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        e.to_string()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let text = s.to_string();

@@ -65,7 +65,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .await
             .map(|q| Query(q.0))
             .map_err(|e: QueryRejection| {
-                ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {}", e.body_text()))
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("bad query string: {}", e.body_text()),
+                )
             })
     }
 }
@@ -76,7 +79,8 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    raw.parse::<T>().map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
+    raw.parse::<T>()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
 }
 
 /// Adds what every Cube API router needs: JSON 404/405 answers, the body limit and request logs.
@@ -84,7 +88,10 @@ pub fn finish_router(router: Router) -> Router {
     router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this endpoint",
+            )
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(log_request))

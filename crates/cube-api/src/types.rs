@@ -87,26 +87,38 @@ impl TaskSubmission {
     /// validation lists every problem at once.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}"))
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("request body is not valid JSON: {e}"),
+            )
         })?;
         let object = value.as_object_mut().ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidJson, "request body must be a JSON object (a task spec)")
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                "request body must be a JSON object (a task spec)",
+            )
         })?;
         let id = match object.remove("id") {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.parse::<TaskId>().map_err(|e| {
-                ApiError {
+            Some(serde_json::Value::String(s)) => {
+                Some(s.parse::<TaskId>().map_err(|e| ApiError {
                     code: ErrorCode::InvalidSpec,
                     message: e.to_string(),
-                    details: vec![FieldError { field: "id".into(), message: e.to_string() }],
-                }
-            })?),
+                    details: vec![FieldError {
+                        field: "id".into(),
+                        message: e.to_string(),
+                    }],
+                })?)
+            }
             Some(other) => {
                 let message = format!("must be a UUID string, not {other}");
                 return Err(ApiError {
                     code: ErrorCode::InvalidSpec,
                     message: format!("id: {message}"),
-                    details: vec![FieldError { field: "id".into(), message }],
+                    details: vec![FieldError {
+                        field: "id".into(),
+                        message,
+                    }],
                 });
             }
         };
@@ -251,7 +263,10 @@ mod tests {
                  "command": "sleep", "args": ["1"]}"#,
         )
         .unwrap();
-        assert_eq!(s.id.unwrap().to_string(), "01900000-0000-7000-8000-000000000001");
+        assert_eq!(
+            s.id.unwrap().to_string(),
+            "01900000-0000-7000-8000-000000000001"
+        );
         assert_eq!(s.spec.name, "a");
         let s = TaskSubmission::parse(br#"{"name": "a", "driver": "process", "command": "x"}"#)
             .unwrap();
@@ -263,7 +278,10 @@ mod tests {
         let err = TaskSubmission::parse(b"{not json").unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson);
         assert!(err.message.contains("line 1"), "{}", err.message);
-        assert_eq!(TaskSubmission::parse(b"[1]").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(
+            TaskSubmission::parse(b"[1]").unwrap_err().code,
+            ErrorCode::InvalidJson
+        );
     }
 
     #[test]
@@ -274,13 +292,16 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidSpec);
         assert_eq!(err.details[0].field, "resources.memory");
-        assert!(err.details[0].message.contains("must not be negative"), "{err:?}");
+        assert!(
+            err.details[0].message.contains("must not be negative"),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn validation_errors_are_all_listed() {
-        let err = TaskSubmission::parse(br#"{"name": "", "driver": "docker", "image": ""}"#)
-            .unwrap_err();
+        let err =
+            TaskSubmission::parse(br#"{"name": "", "driver": "docker", "image": ""}"#).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidSpec);
         let fields: Vec<&str> = err.details.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["name", "image"]);
@@ -289,8 +310,10 @@ mod tests {
 
     #[test]
     fn bad_ids_are_rejected() {
-        let err = TaskSubmission::parse(br#"{"id": 7, "name": "a", "driver": "process", "command": "x"}"#)
-            .unwrap_err();
+        let err = TaskSubmission::parse(
+            br#"{"id": 7, "name": "a", "driver": "process", "command": "x"}"#,
+        )
+        .unwrap_err();
         assert_eq!(err.details[0].field, "id");
     }
 }

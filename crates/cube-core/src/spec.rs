@@ -120,7 +120,9 @@ pub struct PortSpec {
 }
 
 /// Transport protocol of a port.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP (default).
@@ -260,7 +262,9 @@ impl HealthCheck {
             }),
             ProbeKind::Tcp => Some(Probe::Tcp { port: self.port? }),
             ProbeKind::Exec if self.command.is_empty() => None,
-            ProbeKind::Exec => Some(Probe::Exec { command: &self.command }),
+            ProbeKind::Exec => Some(Probe::Exec {
+                command: &self.command,
+            }),
         }
     }
 }
@@ -290,7 +294,10 @@ impl TaskSpec {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut err = |field: &str, message: String| {
-            errors.push(FieldError { field: field.to_owned(), message });
+            errors.push(FieldError {
+                field: field.to_owned(),
+                message,
+            });
         };
 
         if self.name.is_empty() {
@@ -316,7 +323,10 @@ impl TaskSpec {
             },
             DriverKind::Process => {
                 if self.image.is_some() {
-                    err("image", "is not used by the process driver; remove it".into());
+                    err(
+                        "image",
+                        "is not used by the process driver; remove it".into(),
+                    );
                 }
                 if self.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
                     err("command", "is required by the process driver".into());
@@ -341,7 +351,10 @@ impl TaskSpec {
 
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                err(&format!("env.{key}"), "names must be non-empty and contain no '='".into());
+                err(
+                    &format!("env.{key}"),
+                    "names must be non-empty and contain no '='".into(),
+                );
             }
         }
 
@@ -359,7 +372,10 @@ impl TaskSpec {
         let mut seen_host = BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             if p.container == 0 {
-                err(&format!("ports[{i}].container"), "must be between 1 and 65535".into());
+                err(
+                    &format!("ports[{i}].container"),
+                    "must be between 1 and 65535".into(),
+                );
             }
             if !seen_container.insert((p.container, p.protocol)) {
                 err(
@@ -380,7 +396,10 @@ impl TaskSpec {
             err("restart.initial_backoff", "must be greater than 0".into());
         }
         if r.max_backoff < r.initial_backoff {
-            err("restart.max_backoff", "must not be less than restart.initial_backoff".into());
+            err(
+                "restart.max_backoff",
+                "must not be less than restart.initial_backoff".into(),
+            );
         }
 
         if let Some(h) = &self.health {
@@ -423,7 +442,11 @@ impl TaskSpec {
             err("stop_grace", "must be at most 1h".into());
         }
 
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     fn check_probe_port(&self, port: u16, err: &mut impl FnMut(&str, String)) {
@@ -437,14 +460,20 @@ impl TaskSpec {
         {
             err(
                 "health.port",
-                format!("container port {port}/tcp must be listed in ports so the worker can reach it"),
+                format!(
+                    "container port {port}/tcp must be listed in ports so the worker can reach it"
+                ),
             );
         }
     }
 
     /// The full command line: `command` followed by `args`.
     pub fn argv(&self) -> Vec<String> {
-        self.command.iter().chain(self.args.iter()).cloned().collect()
+        self.command
+            .iter()
+            .chain(self.args.iter())
+            .cloned()
+            .collect()
     }
 }
 
@@ -541,10 +570,22 @@ mod tests {
             args: vec![],
             env: BTreeMap::from([("A=B".into(), "x".into())]),
             workdir: Some("relative".into()),
-            resources: Resources { cpu: Millicores(0), memory: Bytes(1024), disk: Bytes(0) },
+            resources: Resources {
+                cpu: Millicores(0),
+                memory: Bytes(1024),
+                disk: Bytes(0),
+            },
             ports: vec![
-                PortSpec { container: 0, host: 8080, protocol: Protocol::Tcp },
-                PortSpec { container: 80, host: 8080, protocol: Protocol::Tcp },
+                PortSpec {
+                    container: 0,
+                    host: 8080,
+                    protocol: Protocol::Tcp,
+                },
+                PortSpec {
+                    container: 80,
+                    host: 8080,
+                    protocol: Protocol::Tcp,
+                },
             ],
             restart: RestartPolicy {
                 initial_backoff: Duration::from_secs(5),
@@ -563,7 +604,12 @@ mod tests {
             }),
             stop_grace: Duration::from_secs(7200),
         };
-        let fields: Vec<String> = spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = spec
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(
             fields,
             [
@@ -591,7 +637,12 @@ mod tests {
             r#"{"name": "p", "driver": "process", "image": "x", "ports": [{"container": 80}]}"#,
         )
         .unwrap();
-        let fields: Vec<String> = spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = spec
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(fields, ["image", "command", "ports"]);
     }
 

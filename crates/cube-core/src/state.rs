@@ -43,9 +43,10 @@ impl TaskState {
     pub const fn is_terminal(self) -> bool {
         match self {
             TaskState::Completed | TaskState::Failed => true,
-            TaskState::Pending | TaskState::Scheduled | TaskState::Running | TaskState::Restarting => {
-                false
-            }
+            TaskState::Pending
+            | TaskState::Scheduled
+            | TaskState::Running
+            | TaskState::Restarting => false,
         }
     }
 
@@ -135,10 +136,22 @@ pub const ALL_TRIGGERS: [Trigger; 10] = [
     Trigger::Started,
     Trigger::StartFailed { retry: false },
     Trigger::StartFailed { retry: true },
-    Trigger::Exited { success: false, retry: false },
-    Trigger::Exited { success: false, retry: true },
-    Trigger::Exited { success: true, retry: false },
-    Trigger::Exited { success: true, retry: true },
+    Trigger::Exited {
+        success: false,
+        retry: false,
+    },
+    Trigger::Exited {
+        success: false,
+        retry: true,
+    },
+    Trigger::Exited {
+        success: true,
+        retry: false,
+    },
+    Trigger::Exited {
+        success: true,
+        retry: true,
+    },
     Trigger::Stopped,
     Trigger::Requeue,
 ];
@@ -172,8 +185,20 @@ pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, Invali
         (S::Scheduled, T::Place | T::Exited { .. }) => invalid,
 
         (S::Running, T::Exited { retry: true, .. }) => Ok(S::Restarting),
-        (S::Running, T::Exited { success: true, retry: false }) => Ok(S::Completed),
-        (S::Running, T::Exited { success: false, retry: false }) => Ok(S::Failed),
+        (
+            S::Running,
+            T::Exited {
+                success: true,
+                retry: false,
+            },
+        ) => Ok(S::Completed),
+        (
+            S::Running,
+            T::Exited {
+                success: false,
+                retry: false,
+            },
+        ) => Ok(S::Failed),
         (S::Running, T::Stopped) => Ok(S::Completed),
         (S::Running, T::Requeue) => Ok(S::Pending),
         (S::Running, T::Place | T::Started | T::StartFailed { .. }) => invalid,
@@ -213,10 +238,38 @@ mod tests {
             (S::Scheduled, T::StartFailed { retry: false }, S::Failed),
             (S::Scheduled, T::Stopped, S::Completed),
             (S::Scheduled, T::Requeue, S::Pending),
-            (S::Running, T::Exited { success: false, retry: true }, S::Restarting),
-            (S::Running, T::Exited { success: true, retry: true }, S::Restarting),
-            (S::Running, T::Exited { success: true, retry: false }, S::Completed),
-            (S::Running, T::Exited { success: false, retry: false }, S::Failed),
+            (
+                S::Running,
+                T::Exited {
+                    success: false,
+                    retry: true,
+                },
+                S::Restarting,
+            ),
+            (
+                S::Running,
+                T::Exited {
+                    success: true,
+                    retry: true,
+                },
+                S::Restarting,
+            ),
+            (
+                S::Running,
+                T::Exited {
+                    success: true,
+                    retry: false,
+                },
+                S::Completed,
+            ),
+            (
+                S::Running,
+                T::Exited {
+                    success: false,
+                    retry: false,
+                },
+                S::Failed,
+            ),
             (S::Running, T::Stopped, S::Completed),
             (S::Running, T::Requeue, S::Pending),
             (S::Restarting, T::Started, S::Running),
@@ -265,7 +318,10 @@ mod tests {
     #[test]
     fn states_serialize_lowercase_and_parse_back() {
         for s in ALL_STATES {
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
             assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
         }
         assert!("Running".parse::<TaskState>().is_err());

@@ -173,7 +173,13 @@ impl Task {
             self.host_ports.clear();
             self.restart_count = 0;
         }
-        self.push_event(TaskEvent { at: now, from, to, node, reason });
+        self.push_event(TaskEvent {
+            at: now,
+            from,
+            to,
+            node,
+            reason,
+        });
         Ok(to)
     }
 
@@ -263,7 +269,15 @@ mod tests {
         let mut t = task(RestartMode::Never);
         t.apply(Trigger::Place, at(1), "placed").unwrap();
         t.apply(Trigger::Started, at(2), "started").unwrap();
-        t.apply(Trigger::Exited { success: false, retry: false }, at(3), "exit code 3").unwrap();
+        t.apply(
+            Trigger::Exited {
+                success: false,
+                retry: false,
+            },
+            at(3),
+            "exit code 3",
+        )
+        .unwrap();
         assert_eq!(t.state, TaskState::Failed);
         assert_eq!(t.started_at, Some(at(2)));
         assert_eq!(t.finished_at, Some(at(3)));
@@ -325,7 +339,10 @@ mod tests {
         }
         assert_eq!(t.events.len(), MAX_EVENTS);
         assert_eq!(t.events[0].reason, "submitted");
-        assert_eq!(t.events.last().unwrap().reason, format!("note {}", MAX_EVENTS * 2 - 1));
+        assert_eq!(
+            t.events.last().unwrap().reason,
+            format!("note {}", MAX_EVENTS * 2 - 1)
+        );
     }
 
     #[test]
@@ -333,9 +350,15 @@ mod tests {
         let mut t = task(RestartMode::Never);
         t.node = Some(NodeId::from_uuid(Uuid::nil()));
         t.apply(Trigger::Place, at(1), "placed").unwrap();
-        t.handle = Some(DriverHandle::Process { pid: 7, start_ticks: 1 });
+        t.handle = Some(DriverHandle::Process {
+            pid: 7,
+            start_ticks: 1,
+        });
         t.restart_count = 2;
         t.apply(Trigger::Requeue, at(2), "node lost").unwrap();
-        assert_eq!((t.node, t.handle.as_ref(), t.restart_count), (None, None, 0));
+        assert_eq!(
+            (t.node, t.handle.as_ref(), t.restart_count),
+            (None, None, 0)
+        );
     }
 }

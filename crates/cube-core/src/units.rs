@@ -67,7 +67,7 @@ impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Binary units only, and only when exact, so Display/FromStr round-trip.
         for (unit, size) in &UNITS[..4] {
-            if self.0 >= *size && self.0 % size == 0 {
+            if self.0 >= *size && self.0.is_multiple_of(*size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -132,7 +132,7 @@ impl Millicores {
 
 impl fmt::Display for Millicores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -150,7 +150,11 @@ impl FromStr for Millicores {
         };
         let t = s.trim();
         match t.strip_suffix('m') {
-            Some(millis) => millis.trim().parse::<u64>().map(Millicores).map_err(|_| bad()),
+            Some(millis) => millis
+                .trim()
+                .parse::<u64>()
+                .map(Millicores)
+                .map_err(|_| bad()),
             None => scale(t, 1000).map(Millicores).ok_or_else(bad),
         }
     }
@@ -166,10 +170,18 @@ fn scale(number: &str, multiplier: u64) -> Option<u64> {
     if whole.is_empty() && frac.is_empty() {
         return None;
     }
-    if !whole.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
+    if !whole
+        .chars()
+        .chain(frac.chars())
+        .all(|c| c.is_ascii_digit())
+    {
         return None;
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let mut value = whole.checked_mul(multiplier)?;
     let mut denominator: u64 = 1;
     let mut numerator: u64 = 0;
@@ -222,7 +234,7 @@ impl<'de> Deserialize<'de> for Bytes {
 
 impl Serialize for Millicores {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             serializer.serialize_u64(self.0 / 1000)
         } else {
             serializer.serialize_f64(self.as_cores())
@@ -369,7 +381,11 @@ mod tests {
             let parsed: Bytes = input.parse().unwrap();
             assert_eq!(parsed, Bytes(bytes), "{input}");
             assert_eq!(parsed.to_string(), shown, "{input}");
-            assert_eq!(shown.parse::<Bytes>().unwrap(), parsed, "round trip of {input}");
+            assert_eq!(
+                shown.parse::<Bytes>().unwrap(),
+                parsed,
+                "round trip of {input}"
+            );
         }
         for bad in ["", "MiB", "12XB", "-1", "1.2.3GiB", "12 MiB x"] {
             assert!(bad.parse::<Bytes>().is_err(), "{bad:?} should not parse");
@@ -379,7 +395,10 @@ mod tests {
     #[test]
     fn bytes_json_accepts_numbers_and_strings_and_rejects_negatives() {
         assert_eq!(serde_json::from_str::<Bytes>("1024").unwrap(), Bytes(1024));
-        assert_eq!(serde_json::from_str::<Bytes>("\"64MiB\"").unwrap(), Bytes::mib(64));
+        assert_eq!(
+            serde_json::from_str::<Bytes>("\"64MiB\"").unwrap(),
+            Bytes::mib(64)
+        );
         let err = serde_json::from_str::<Bytes>("-5").unwrap_err().to_string();
         assert!(err.contains("must not be negative"), "{err}");
         assert_eq!(serde_json::to_string(&Bytes::mib(64)).unwrap(), "\"64MiB\"");
@@ -390,8 +409,14 @@ mod tests {
         assert_eq!("500m".parse::<Millicores>().unwrap(), Millicores(500));
         assert_eq!("0.1".parse::<Millicores>().unwrap(), Millicores(100));
         assert_eq!("2".parse::<Millicores>().unwrap(), Millicores(2000));
-        assert_eq!(serde_json::from_str::<Millicores>("0.25").unwrap(), Millicores(250));
-        assert_eq!(serde_json::from_str::<Millicores>("3").unwrap(), Millicores(3000));
+        assert_eq!(
+            serde_json::from_str::<Millicores>("0.25").unwrap(),
+            Millicores(250)
+        );
+        assert_eq!(
+            serde_json::from_str::<Millicores>("3").unwrap(),
+            Millicores(3000)
+        );
         assert!(serde_json::from_str::<Millicores>("-1").is_err());
         assert!(serde_json::from_str::<Millicores>("-0.5").is_err());
         assert_eq!(serde_json::to_string(&Millicores(1500)).unwrap(), "1.5");

@@ -119,7 +119,10 @@ impl Batch {
 
     /// Adds a delete.
     pub fn delete(&mut self, table: Table, key: impl Into<String>) -> &mut Self {
-        self.ops.push(Op::Delete { table, key: key.into() });
+        self.ops.push(Op::Delete {
+            table,
+            key: key.into(),
+        });
         self
     }
 
@@ -144,6 +147,12 @@ pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.kind())
+    }
+}
+
 /// Decodes every value of a table as `T`.
 pub fn load_json<T: DeserializeOwned>(
     store: &dyn Store,
@@ -154,7 +163,11 @@ pub fn load_json<T: DeserializeOwned>(
         .into_iter()
         .map(|(key, value)| match serde_json::from_slice(&value) {
             Ok(v) => Ok((key, v)),
-            Err(source) => Err(StoreError::Codec { table: table.name(), key, source }),
+            Err(source) => Err(StoreError::Codec {
+                table: table.name(),
+                key,
+                source,
+            }),
         })
         .collect()
 }
@@ -267,7 +280,11 @@ mod tests {
         b.put(Table::Meta, "k", &"text").unwrap();
         store.commit(b).await.unwrap();
         let err = load_json::<u32>(&store, Table::Meta).unwrap_err();
-        assert!(err.to_string().starts_with("meta/k: stored value is not valid"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("meta/k: stored value is not valid"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

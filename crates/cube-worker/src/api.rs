@@ -1,0 +1,119 @@
+//! The worker's HTTP API (v1). Handlers parse, call the [`Agent`], and map its errors; they never
+//! touch drivers directly.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cube_api::server::{Body, parse_id};
+use cube_api::types::{HealthView, NodeStats, TaskSubmission, TaskView};
+use cube_api::{ApiError, ErrorCode};
+use cube_core::TaskId;
+use tokio::sync::watch;
+
+use crate::WorkerError;
+use crate::agent::Agent;
+use crate::metrics::HostSnapshot;
+
+/// State shared by the handlers.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The task table.
+    pub agent: Arc<Agent>,
+    /// Latest host metrics.
+    pub host: watch::Receiver<HostSnapshot>,
+}
+
+/// The router for `/v1/...`.
+pub fn router(state: ApiState) -> Router {
+    let routes = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/stats", get(stats))
+        .route("/v1/tasks", get(list_tasks).post(submit_task))
+        .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
+        .with_state(state);
+    cube_api::server::finish_router(routes)
+}
+
+impl From<WorkerError> for ApiError {
+    fn from(e: WorkerError) -> Self {
+        match &e {
+            WorkerError::NotFound(id) => ApiError::not_found("task", id),
+            WorkerError::Conflict(id) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("task {id} already exists with a different spec"),
+            ),
+            WorkerError::Store(_) => {
+                tracing::error!(error = %e, "store failure while serving a request");
+                ApiError::new(ErrorCode::Unavailable, e.to_string())
+            }
+            WorkerError::Transition(_) | WorkerError::Io(_) | WorkerError::Startup(_) => {
+                tracing::error!(error = %e, "internal error while serving a request");
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
+async fn health(State(s): State<ApiState>) -> axum::Json<HealthView> {
+    axum::Json(HealthView {
+        status: "ok".into(),
+        role: "worker".into(),
+        node_id: Some(s.agent.node_id()),
+        name: s.agent.name().to_owned(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn stats(State(s): State<ApiState>) -> axum::Json<NodeStats> {
+    let host = s.host.borrow().clone();
+    let (tasks, reserved) = s.agent.usage();
+    axum::Json(NodeStats {
+        collected_at: host.collected_at,
+        memory: host.memory,
+        cpu: host.cpu,
+        load: host.load,
+        disk: host.disk,
+        tasks,
+        reserved,
+    })
+}
+
+async fn list_tasks(State(s): State<ApiState>) -> axum::Json<Vec<TaskView>> {
+    axum::Json(s.agent.list().iter().map(TaskView::from).collect())
+}
+
+async fn get_task(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TaskView>, ApiError> {
+    let id: TaskId = parse_id(&id)?;
+    let task = s
+        .agent
+        .get(id)
+        .ok_or_else(|| ApiError::not_found("task", id))?;
+    Ok(axum::Json(TaskView::from(&task)))
+}
+
+async fn submit_task(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
+    let submission = TaskSubmission::parse(&body)?;
+    let (task, created) = s.agent.submit(submission.id, submission.spec).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(TaskView::from(&task))).into_response())
+}
+
+async fn stop_task(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: TaskId = parse_id(&id)?;
+    let task = s.agent.stop(id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(TaskView::from(&task))).into_response())
+}

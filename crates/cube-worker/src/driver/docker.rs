@@ -1,0 +1,547 @@
+//! The docker driver: runs a task as a container through the Docker Engine API (bollard).
+//!
+//! Every container Cube creates carries the labels `cube.task-id`, `cube.node` and
+//! `cube.task-name`, so it can be found again after a worker restart (and stray ones can be
+//! cleaned up). Cube owns restarts, so the engine's restart policy is always `no`. Containers run
+//! with the engine's init (`--init`) so SIGTERM reaches the workload even when it is PID 1 and
+//! would otherwise ignore it, and zombies are reaped.
+//!
+//! Images are used if present and pulled only if absent; a failed pull fails the task at once
+//! with the image's name in the reason. Container output is copied to the task's log file while
+//! the container lives, so logs stay readable after the container is removed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding, PortMap, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use cube_core::{DriverHandle, DriverKind, HostPort, NodeId, Protocol, TaskId};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use super::{Driver, DriverError, ExitInfo, ExitWatch, StartRequest, Started, wait_exit};
+
+/// Label holding the task id.
+pub const LABEL_TASK_ID: &str = "cube.task-id";
+/// Label holding the node id.
+pub const LABEL_NODE: &str = "cube.node";
+/// Label holding the task name.
+pub const LABEL_TASK_NAME: &str = "cube.task-name";
+
+/// Extra time, beyond the grace period, allowed for the engine to report a stop.
+const STOP_SLACK: Duration = Duration::from_secs(10);
+
+/// Runs tasks as Docker containers.
+#[derive(Debug, Clone)]
+pub struct DockerDriver {
+    docker: Docker,
+    pull_timeout: Duration,
+}
+
+/// A container Cube created, as found by its labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedContainer {
+    /// Container id.
+    pub id: String,
+    /// Task id from its label.
+    pub task_id: Option<TaskId>,
+    /// Whether it is running.
+    pub running: bool,
+}
+
+impl DockerDriver {
+    /// Connects to the engine named by `DOCKER_HOST` (or the local socket) and agrees on an API
+    /// version. Fails if the engine does not answer.
+    pub async fn connect(pull_timeout: Duration) -> Result<Self, String> {
+        let docker = Docker::connect_with_defaults().map_err(|e| e.to_string())?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| e.to_string())?;
+        docker.ping().await.map_err(|e| e.to_string())?;
+        Ok(Self {
+            docker,
+            pull_timeout,
+        })
+    }
+
+    /// The underlying client (for tests and tools).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Containers labelled for `node` (running or not).
+    pub async fn list_managed(&self, node: NodeId) -> Result<Vec<ManagedContainer>, DriverError> {
+        let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_NODE}={node}")])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(runtime)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let id = c.id?;
+                let task_id = c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_TASK_ID))
+                    .and_then(|s| s.parse().ok());
+                let running = c.state.is_some_and(|s| s.to_string() == "running");
+                Some(ManagedContainer {
+                    id,
+                    task_id,
+                    running,
+                })
+            })
+            .collect())
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(runtime(e)),
+        }
+        tracing::info!(image, "image not present; pulling");
+        let options = CreateImageOptions {
+            from_image: Some(image.to_owned()),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            let mut last_status = String::new();
+            while let Some(item) = stream.next().await {
+                let info = item.map_err(|e| message(&e))?;
+                if let Some(status) = info.status
+                    && status != last_status
+                {
+                    tracing::debug!(image, %status, "pull progress");
+                    last_status = status;
+                }
+            }
+            Ok::<(), String>(())
+        };
+        match tokio::time::timeout(self.pull_timeout, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(DriverError::ImageUnavailable {
+                image: image.to_owned(),
+                reason,
+            }),
+            Err(_) => Err(DriverError::ImageUnavailable {
+                image: image.to_owned(),
+                reason: format!("pull did not finish within {:?}", self.pull_timeout),
+            }),
+        }
+    }
+
+    fn create_body(req: &StartRequest) -> ContainerCreateBody {
+        let spec = &req.spec;
+        let cmd = match (&spec.command, spec.args.is_empty()) {
+            (Some(_), _) => Some(spec.argv()),
+            (None, false) => Some(spec.args.clone()),
+            (None, true) => None,
+        };
+        let labels = HashMap::from([
+            (LABEL_TASK_ID.to_owned(), req.task_id.to_string()),
+            (LABEL_NODE.to_owned(), req.node_id.to_string()),
+            (LABEL_TASK_NAME.to_owned(), req.name.clone()),
+        ]);
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("CUBE_TASK_ID={}", req.task_id));
+        env.push(format!("CUBE_TASK_NAME={}", req.name));
+        let exposed: Vec<String> = spec
+            .ports
+            .iter()
+            .map(|p| port_key(p.container, p.protocol))
+            .collect();
+        let bindings: PortMap = spec
+            .ports
+            .iter()
+            .map(|p| {
+                let host_port = if p.host == 0 {
+                    String::new()
+                } else {
+                    p.host.to_string()
+                };
+                (
+                    port_key(p.container, p.protocol),
+                    Some(vec![PortBinding {
+                        host_ip: None,
+                        host_port: Some(host_port),
+                    }]),
+                )
+            })
+            .collect();
+        let memory = i64::try_from(spec.resources.memory.get()).unwrap_or(i64::MAX);
+        let nano_cpus = i64::try_from(spec.resources.cpu.get())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000);
+        ContainerCreateBody {
+            image: spec.image.clone(),
+            cmd,
+            env: Some(env),
+            working_dir: spec.workdir.clone(),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            host_config: Some(HostConfig {
+                memory: (memory > 0).then_some(memory),
+                nano_cpus: (nano_cpus > 0).then_some(nano_cpus),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
+                init: Some(true),
+                // Cube restarts tasks itself; an engine restart would race with it.
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn create(&self, req: &StartRequest) -> Result<String, DriverError> {
+        let name = format!("cube-{}-{}", req.name, req.task_id.short());
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let body = Self::create_body(req);
+        match self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        {
+            Ok(r) => Ok(r.id),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                // A container of an earlier run of this very task (same name = same task id)
+                // survived, e.g. after a crash between start and cleanup. It is ours: replace it.
+                tracing::warn!(container = %name, "removing leftover container of an earlier run");
+                self.remove(&name).await?;
+                self.docker
+                    .create_container(Some(options), body)
+                    .await
+                    .map(|r| r.id)
+                    .map_err(|e| {
+                        DriverError::StartFailed(format!(
+                            "cannot create container: {}",
+                            message(&e)
+                        ))
+                    })
+            }
+            Err(e) => Err(DriverError::StartFailed(format!(
+                "cannot create container: {}",
+                message(&e)
+            ))),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), DriverError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            // 409: removal already in progress.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(runtime(e)),
+        }
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DriverError> {
+        match self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(runtime(e)),
+        }
+    }
+
+    /// Watches `id` until it stops running, then reports how it ended.
+    fn watch_exit(&self, id: String) -> ExitWatch {
+        let (tx, rx) = oneshot::channel();
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let info = wait_for_exit(&docker, &id).await;
+            let _ = tx.send(info);
+        });
+        rx
+    }
+
+    /// Copies the container's output to the task's log file until the container goes away.
+    /// `since` (Unix seconds) skips output already copied before a worker restart.
+    fn follow_logs(&self, id: String, file: std::fs::File, since: i32) {
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let mut file = tokio::fs::File::from_std(file);
+            let options = LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                since,
+                ..Default::default()
+            };
+            let mut stream = docker.logs(&id, Some(options));
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(output) => {
+                        if let Err(e) = file.write_all(&output.into_bytes()).await {
+                            tracing::warn!(container = %id, error = %e, "cannot write task log");
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(container = %id, error = %e, "log stream ended");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Driver for DockerDriver {
+    async fn start(&self, req: &StartRequest) -> Result<Started, DriverError> {
+        let image =
+            req.spec.image.as_deref().ok_or_else(|| {
+                DriverError::StartFailed("the docker driver needs an image".into())
+            })?;
+        self.ensure_image(image).await?;
+        let log = super::process::open_log(&req.log_path).await?;
+        let id = self.create(req).await?;
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            let reason = format!("cannot start container: {}", message(&e));
+            if let Err(e) = self.remove(&id).await {
+                tracing::warn!(container = %id, error = %e, "cannot remove container that failed to start");
+            }
+            return Err(DriverError::StartFailed(reason));
+        }
+        self.follow_logs(id.clone(), log, 0);
+        let exit = self.watch_exit(id.clone());
+        let host_ports = match self.inspect(&id).await? {
+            Some(info) => host_ports(&info),
+            None => Vec::new(),
+        };
+        Ok(Started {
+            handle: DriverHandle::Container { id },
+            host_ports,
+            exit,
+        })
+    }
+
+    async fn stop(
+        &self,
+        handle: &DriverHandle,
+        grace: Duration,
+        exit: &mut ExitWatch,
+    ) -> Result<ExitInfo, DriverError> {
+        let id = container_id(handle)?;
+        // Round up: a 1.5 s grace must not become 1 s.
+        let t = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
+        let options = StopContainerOptions {
+            t: Some(t),
+            signal: None,
+        };
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => {}
+            // 304: already stopped; 404: already gone. Either way the exit watch reports it.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304 | 404,
+                ..
+            }) => {}
+            Err(e) => return Err(runtime(e)),
+        }
+        tokio::time::timeout(grace + STOP_SLACK, wait_exit(exit))
+            .await
+            .map_err(|_| DriverError::Runtime(format!("container {id} did not stop")))
+    }
+
+    async fn cleanup(&self, handle: &DriverHandle) -> Result<(), DriverError> {
+        self.remove(container_id(handle)?).await
+    }
+
+    async fn recover(&self, handle: &DriverHandle) -> Result<Option<Started>, DriverError> {
+        let id = container_id(handle)?;
+        let Some(info) = self.inspect(id).await? else {
+            return Ok(None);
+        };
+        if !info.state.as_ref().and_then(|s| s.running).unwrap_or(false) {
+            return Ok(None);
+        }
+        let exit = self.watch_exit(id.to_owned());
+        Ok(Some(Started {
+            handle: handle.clone(),
+            host_ports: host_ports(&info),
+            exit,
+        }))
+    }
+}
+
+impl DockerDriver {
+    /// Resumes copying a re-adopted container's logs into `log_path`, from now on.
+    pub async fn resume_logs(
+        &self,
+        id: &str,
+        log_path: &std::path::Path,
+        since: i32,
+    ) -> Result<(), DriverError> {
+        let file = super::process::open_log(log_path).await?;
+        self.follow_logs(id.to_owned(), file, since);
+        Ok(())
+    }
+}
+
+async fn wait_for_exit(docker: &Docker, id: &str) -> ExitInfo {
+    let mut failures = 0u32;
+    loop {
+        let options = WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        let mut stream = docker.wait_container(id, Some(options));
+        match stream.next().await {
+            // A non-zero exit arrives as a "wait error" in bollard; both mean it stopped.
+            Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) => break,
+            Some(Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            })) => {
+                return ExitInfo {
+                    error: Some("container disappeared (removed outside Cube)".into()),
+                    ..ExitInfo::default()
+                };
+            }
+            other => {
+                // The engine connection dropped (daemon restart, timeout). Retry with a capped
+                // backoff; the container's fate is read by inspect once the wait returns.
+                failures += 1;
+                let reason = match other {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "wait stream ended".into(),
+                };
+                tracing::warn!(container = %id, %reason, failures, "waiting for container failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+            }
+        }
+    }
+    match docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(info) => {
+            let state = info.state.unwrap_or_default();
+            ExitInfo {
+                code: state.exit_code,
+                signal: None,
+                oom_killed: state.oom_killed.unwrap_or(false),
+                error: state.error.filter(|e| !e.is_empty()),
+            }
+        }
+        Err(e) => ExitInfo {
+            error: Some(format!("cannot inspect exited container: {e}")),
+            ..ExitInfo::default()
+        },
+    }
+}
+
+fn host_ports(info: &ContainerInspectResponse) -> Vec<HostPort> {
+    let Some(ports) = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+    else {
+        return Vec::new();
+    };
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (key, bindings) in ports {
+        let Some((port, proto)) = key.split_once('/') else {
+            continue;
+        };
+        let (Ok(container_port), protocol) = (
+            port.parse::<u16>(),
+            if proto == "udp" {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            },
+        ) else {
+            continue;
+        };
+        for b in bindings.iter().flatten() {
+            let Some(host_port) = b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) else {
+                continue;
+            };
+            // Docker binds IPv4 and IPv6 separately; one entry per port is what users need.
+            if seen.insert((container_port, protocol, host_port)) {
+                out.push(HostPort {
+                    container_port,
+                    host_port,
+                    protocol,
+                    host_ip: b.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                });
+            }
+        }
+    }
+    out.sort_by_key(|p| (p.container_port, p.protocol, p.host_port));
+    out
+}
+
+fn port_key(port: u16, protocol: Protocol) -> String {
+    format!("{port}/{}", protocol.as_str())
+}
+
+fn container_id(handle: &DriverHandle) -> Result<&str, DriverError> {
+    match handle {
+        DriverHandle::Container { id } => Ok(id),
+        DriverHandle::Process { .. } => Err(DriverError::Runtime("not a container handle".into())),
+    }
+}
+
+/// The engine's own message for server errors (bollard's Display adds a status prefix).
+fn message(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn runtime(e: BollardError) -> DriverError {
+    match e {
+        BollardError::DockerResponseServerError { .. } => DriverError::Runtime(message(&e)),
+        BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::RequestTimeoutError => DriverError::Unavailable {
+            driver: DriverKind::Docker,
+            reason: e.to_string(),
+        },
+        other => DriverError::Runtime(other.to_string()),
+    }
+}

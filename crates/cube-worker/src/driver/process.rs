@@ -1,0 +1,217 @@
+//! The process driver: runs a task as a plain host process.
+//!
+//! What it gives: its own process group (so a stop signals the task and everything it spawned,
+//! and a Ctrl-C aimed at the worker's terminal does not reach it), the spec's environment added
+//! to the worker's, a working directory, stdout and stderr in the task's log file, SIGTERM then
+//! SIGKILL after the grace period, and the exit status.
+//!
+//! What it does not give: any isolation. The process runs as the worker's user, sees the whole
+//! filesystem and network, and its CPU and memory are neither limited nor accounted for beyond
+//! what the scheduler reserved on paper. Use the docker driver for anything untrusted.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use cube_core::DriverHandle;
+use rustix::process::{Pid, PidfdFlags, Signal};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+
+use super::{Driver, DriverError, ExitInfo, ExitWatch, StartRequest, Started, wait_exit};
+
+/// Runs tasks as host processes.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessDriver;
+
+/// After SIGKILL a process dies at once unless stuck in the kernel; do not wait forever.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+impl ProcessDriver {
+    /// A process driver.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Driver for ProcessDriver {
+    async fn start(&self, req: &StartRequest) -> Result<Started, DriverError> {
+        let program =
+            req.spec.command.clone().ok_or_else(|| {
+                DriverError::StartFailed("the process driver needs a command".into())
+            })?;
+        let log = open_log(&req.log_path).await?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| DriverError::Runtime(format!("cannot open log file: {e}")))?;
+
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&req.spec.args)
+            .envs(&req.spec.env)
+            .env("CUBE_TASK_ID", req.task_id.to_string())
+            .env("CUBE_TASK_NAME", &req.name)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Own process group: stop signals reach the whole tree, terminal signals do not.
+            .process_group(0)
+            // The workload must outlive a worker restart; the worker re-adopts it by pid.
+            .kill_on_drop(false);
+        if let Some(dir) = &req.spec.workdir {
+            command.current_dir(dir);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| DriverError::StartFailed(format!("cannot run {program:?}: {e}")))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| DriverError::Runtime("spawned process has no pid".into()))?;
+        // Read right after spawn, while the child cannot have been reaped (we hold it).
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let info = match child.wait().await {
+                Ok(status) => ExitInfo {
+                    code: status.code().map(i64::from),
+                    signal: status.signal(),
+                    ..ExitInfo::default()
+                },
+                Err(e) => ExitInfo {
+                    error: Some(format!("waiting for process failed: {e}")),
+                    ..ExitInfo::default()
+                },
+            };
+            // The receiver may be gone if the runner stopped caring; nothing to do then.
+            let _ = tx.send(info);
+        });
+        Ok(Started {
+            handle: DriverHandle::Process { pid, start_ticks },
+            host_ports: Vec::new(),
+            exit: rx,
+        })
+    }
+
+    async fn stop(
+        &self,
+        handle: &DriverHandle,
+        grace: Duration,
+        exit: &mut ExitWatch,
+    ) -> Result<ExitInfo, DriverError> {
+        let pid = process_pid(handle)?;
+        signal_group(pid, Signal::TERM)?;
+        let info = match tokio::time::timeout(grace, wait_exit(exit)).await {
+            Ok(info) => info,
+            Err(_) => {
+                signal_group(pid, Signal::KILL)?;
+                tokio::time::timeout(KILL_WAIT, wait_exit(exit))
+                    .await
+                    .map_err(|_| {
+                        DriverError::Runtime(format!("process {pid} did not die after SIGKILL"))
+                    })?
+            }
+        };
+        // The leader is gone; take down anything it left in its group. The group id cannot have
+        // been reused yet: members keep it alive, and if there are none this is a no-op.
+        let _ = signal_group(pid, Signal::KILL);
+        Ok(info)
+    }
+
+    async fn cleanup(&self, _handle: &DriverHandle) -> Result<(), DriverError> {
+        // Nothing to remove: the log file stays for `cube logs`, the process is reaped.
+        Ok(())
+    }
+
+    async fn recover(&self, handle: &DriverHandle) -> Result<Option<Started>, DriverError> {
+        let DriverHandle::Process {
+            pid,
+            start_ticks: expected,
+        } = handle
+        else {
+            return Err(DriverError::Runtime("not a process handle".into()));
+        };
+        let pid = *pid;
+        // A pid with another start time is a different process that reused the number.
+        if start_ticks(pid) != Some(*expected) {
+            return Ok(None);
+        }
+        let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(0))
+            .ok_or_else(|| DriverError::Runtime(format!("bad pid {pid}")))?;
+        let fd = match rustix::process::pidfd_open(raw, PidfdFlags::NONBLOCK) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Ok(None),
+            Err(e) => return Err(DriverError::Runtime(format!("pidfd_open({pid}): {e}"))),
+        };
+        // `AsyncFd::new` is deprecated because an arbitrary `AsRawFd` type could change or close
+        // its descriptor behind the reactor's back. `OwnedFd` cannot: it owns the descriptor for
+        // the AsyncFd's whole life, which is exactly what the safe-but-`unsafe fn` successor asks.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(fd).map_err(|e| DriverError::Runtime(format!("pidfd: {e}")))?;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            // A pidfd becomes readable when the process exits. It is not our child any more, so
+            // its exit status went to whoever reaps it now.
+            let result = fd.readable().await.map(|_| ());
+            let _ = tx.send(ExitInfo {
+                error: Some(match result {
+                    Ok(()) => "exit status unknown (process was re-adopted after a worker restart)"
+                        .to_owned(),
+                    Err(e) => format!("watching re-adopted process failed: {e}"),
+                }),
+                ..ExitInfo::default()
+            });
+        });
+        Ok(Some(Started {
+            handle: handle.clone(),
+            host_ports: Vec::new(),
+            exit: rx,
+        }))
+    }
+}
+
+fn process_pid(handle: &DriverHandle) -> Result<u32, DriverError> {
+    match handle {
+        DriverHandle::Process { pid, .. } => Ok(*pid),
+        DriverHandle::Container { .. } => Err(DriverError::Runtime("not a process handle".into())),
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`; a group that no longer exists is fine.
+fn signal_group(pid: u32, signal: Signal) -> Result<(), DriverError> {
+    let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(0))
+        .ok_or_else(|| DriverError::Runtime(format!("bad pid {pid}")))?;
+    match rustix::process::kill_process_group(raw, signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(DriverError::Runtime(format!(
+            "signal {signal:?} to group {pid}: {e}"
+        ))),
+    }
+}
+
+/// Start time of `pid` in clock ticks after boot, or `None` if there is no such process.
+/// (A read of /proc, which the kernel answers from memory without blocking.)
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let pid = i32::try_from(pid).ok()?;
+    procfs::process::Process::new(pid)
+        .ok()?
+        .stat()
+        .ok()
+        .map(|s| s.starttime)
+}
+
+/// Opens (creating) the task's log file for appending, with its directory.
+pub(crate) async fn open_log(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| DriverError::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .map_err(|e| DriverError::Runtime(format!("cannot open {}: {e}", path.display())))?;
+    Ok(file.into_std().await)
+}

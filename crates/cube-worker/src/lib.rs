@@ -1,0 +1,177 @@
+//! Cube's worker agent: runs tasks on this node and reports on them.
+//!
+//! - [`driver`]: the [`driver::Driver`] trait and the docker and process drivers.
+//! - [`agent`]: the task table (accept, stop, list) with write-through persistence.
+//! - `runner`: one supervisor per task (start, watch, restart, stop).
+//! - [`metrics`]: host metrics from `/proc`.
+//! - [`api`]: the HTTP API.
+//!
+//! [`start`] wires them together; the `cube worker` command calls it.
+
+pub mod agent;
+pub mod api;
+pub mod driver;
+pub mod metrics;
+mod runner;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cube_core::{InvalidTransition, NodeId, TaskId};
+use cube_store::{Store, StoreError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use agent::Agent;
+
+/// Errors of the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No task with this id.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The id is taken by a task with a different spec.
+    #[error("task {0} already exists with a different spec")]
+    Conflict(TaskId),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A state change was refused by the state machine (a bug).
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    /// File-system trouble (data directory, node id file).
+    #[error("{0}")]
+    Io(String),
+    /// The worker cannot start (port in use, metrics unreadable).
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// How to run a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Node name shown in listings (default: the host name).
+    pub name: String,
+    /// Directory for the node id, task logs and (with a durable store) the database.
+    pub data_dir: PathBuf,
+    /// Address the API listens on. Keep it on loopback unless you mean to expose the node:
+    /// the API starts containers, which is root on this host.
+    pub listen: SocketAddr,
+    /// How often host metrics are sampled.
+    pub stats_interval: Duration,
+    /// Longest time an image pull may take before the task fails.
+    pub pull_timeout: Duration,
+}
+
+/// A started worker.
+#[derive(Debug)]
+pub struct Worker {
+    /// The address the API is bound to (useful with port 0).
+    pub addr: SocketAddr,
+    /// The task table.
+    pub agent: Arc<Agent>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Worker {
+    /// Waits for the server to stop (after the shutdown token is cancelled) and for every task
+    /// runner to return. Workloads keep running.
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        let served = self.server.await;
+        self.agent.wait_runners().await;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(WorkerError::Io(format!("API server failed: {e}"))),
+            Err(e) => Err(WorkerError::Io(format!("API server task failed: {e}"))),
+        }
+    }
+}
+
+/// Starts a worker: node identity, drivers, metrics sampler and the API server. Everything stops
+/// when `shutdown` is cancelled.
+pub async fn start(
+    config: WorkerConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<Worker, WorkerError> {
+    tokio::fs::create_dir_all(&config.data_dir)
+        .await
+        .map_err(|e| {
+            WorkerError::Io(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+    let node_id = load_or_create_node_id(&config.data_dir).await?;
+
+    let docker = driver::docker::DockerDriver::connect(config.pull_timeout).await;
+    match &docker {
+        Ok(_) => tracing::info!("docker driver ready"),
+        Err(reason) => {
+            tracing::warn!(%reason, "docker driver unavailable; only process tasks can run")
+        }
+    }
+    let drivers = driver::Drivers {
+        docker,
+        process: driver::process::ProcessDriver::new(),
+    };
+
+    let host = metrics::start_sampler(
+        config.data_dir.clone(),
+        config.stats_interval,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(WorkerError::Startup)?;
+    let agent = Agent::new(
+        node_id,
+        config.name.clone(),
+        config.data_dir.clone(),
+        drivers,
+        store,
+        shutdown.clone(),
+    );
+
+    let listener = cube_api::server::bind(config.listen)
+        .await
+        .map_err(|e| WorkerError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| WorkerError::Startup(format!("cannot read bound address: {e}")))?;
+    let router = api::router(api::ApiState {
+        agent: Arc::clone(&agent),
+        host,
+    });
+    let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown));
+    tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
+    Ok(Worker {
+        addr,
+        agent,
+        server,
+    })
+}
+
+/// Reads the node id from `<data_dir>/node-id`, creating it on first start, so a node keeps its
+/// identity across restarts (the book's random name per run lost it).
+async fn load_or_create_node_id(data_dir: &Path) -> Result<NodeId, WorkerError> {
+    let path = data_dir.join("node-id");
+    match tokio::fs::read_to_string(&path).await {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| WorkerError::Io(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = NodeId::from_uuid(uuid::Uuid::now_v7());
+            tokio::fs::write(&path, format!("{id}\n"))
+                .await
+                .map_err(|e| WorkerError::Io(format!("cannot write {}: {e}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) => Err(WorkerError::Io(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}

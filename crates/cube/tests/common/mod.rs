@@ -1,0 +1,283 @@
+//! Helpers for tests that run real `cube` processes on loopback ports picked by the OS.
+//!
+//! Nothing here sleeps to synchronise: [`wait_until`] polls a condition until a deadline and
+//! fails with a description of what never happened.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cube_api::client::Client;
+
+/// The image every docker test runs (built by scripts/build-test-image.sh).
+pub const TEST_IMAGE: &str = "cube-test/busybox:latest";
+
+/// Path of the `cube` binary under test.
+pub fn cube_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cube"))
+}
+
+/// Serialises the docker tests of one test binary: the engine on a 2-core machine starts
+/// containers slowly when fifty other starts are queued, and the tests assert start latencies.
+pub async fn docker_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Whether docker tests can run. Without an engine they are skipped locally, but under CI
+/// (`CI` set) a missing engine or test image is a failure, never a silent skip.
+pub fn docker_ready() -> bool {
+    let engine = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let image = engine
+        && Command::new("docker")
+            .args(["image", "inspect", TEST_IMAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if image {
+        return true;
+    }
+    let why = if engine {
+        format!("test image {TEST_IMAGE} missing: run scripts/build-test-image.sh")
+    } else {
+        "no docker engine answers".to_owned()
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("docker test cannot run under CI: {why}");
+    }
+    eprintln!("skipping docker test: {why}");
+    false
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` saying `what`.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `cube` process that is killed (SIGKILL) when dropped.
+pub struct CubeProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Lines the process printed on stderr (its logs), kept for failure messages.
+    pub stderr_path: PathBuf,
+}
+
+impl CubeProcess {
+    /// Starts `cube <args>` and waits for its "listening on http://..." line.
+    pub fn start(args: &[&str], log_dir: &Path) -> CubeProcess {
+        let stderr_path = log_dir.join(format!("cube-{}.log", args[0]));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(cube_bin())
+            .args(args)
+            .env("CUBE_LOG", "info,cube_worker=debug")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("cannot start cube");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let logs = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("cube {args:?} did not start listening; its log:\n{logs}");
+            }
+        };
+        CubeProcess {
+            child,
+            url,
+            stderr_path,
+        }
+    }
+
+    /// A client for this process's API.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, Duration::from_secs(10)).unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+
+    /// The process's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for CubeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A worker on a free loopback port with its own data directory. On drop it is killed and
+/// every container labelled with its node id is removed.
+pub struct TestWorker {
+    pub process: CubeProcess,
+    pub client: Client,
+    pub node_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestWorker {
+    /// Starts a worker with extra arguments.
+    pub async fn start(extra: &[&str]) -> TestWorker {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap().to_owned();
+        let mut args = vec![
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--stats-interval",
+            "250ms",
+        ];
+        args.extend_from_slice(extra);
+        let process = CubeProcess::start(&args, dir.path());
+        let client = process.client();
+        let node_id = client.health().await.unwrap().node_id.unwrap().to_string();
+        TestWorker {
+            process,
+            client,
+            node_id,
+            dir,
+        }
+    }
+
+    /// Ids of containers labelled for this node, running or not.
+    pub fn containers(&self, task_id: Option<&str>) -> Vec<String> {
+        let mut args = vec![
+            "ps".to_owned(),
+            "-aq".to_owned(),
+            "--no-trunc".to_owned(),
+            "--filter".to_owned(),
+            format!("label=cube.node={}", self.node_id),
+        ];
+        if let Some(t) = task_id {
+            args.push("--filter".into());
+            args.push(format!("label=cube.task-id={t}"));
+        }
+        let out = Command::new("docker").args(&args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        let ids = self.containers(None);
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
+        // Process tasks run in their own process groups; take them down too.
+        kill_process_tasks(&self.dir.path().join("data"));
+    }
+}
+
+/// Kills the process groups of process-driver tasks whose logs live under `data_dir` (their
+/// `CUBE_TASK_ID` environment names them).
+fn kill_process_tasks(data_dir: &Path) {
+    let Ok(tasks) = std::fs::read_dir(data_dir.join("tasks")) else {
+        return;
+    };
+    let ids: Vec<String> = tasks
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        let env = String::from_utf8_lossy(&env);
+        if ids
+            .iter()
+            .any(|id| env.contains(&format!("CUBE_TASK_ID={id}")))
+        {
+            let _ = Command::new("kill").args(["-KILL", &name]).status();
+        }
+    }
+}
+
+/// Parses a task spec written as JSON.
+pub fn spec(value: serde_json::Value) -> cube_core::TaskSpec {
+    serde_json::from_value(value).expect("test spec must parse")
+}
+
+/// Sends a raw request and returns the status and the JSON body.
+pub async fn raw(
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Vec<u8>>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method, url);
+    if let Some(body) = body {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "status {status}: body is not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
+}

@@ -3,7 +3,12 @@
 //! Nothing here sleeps to synchronise: [`wait_until`] polls a condition until a deadline and
 //! fails with a description of what never happened.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr
+)]
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

@@ -283,4 +283,26 @@ async fn fifty_concurrent_submissions_all_run_exactly_once() {
     for id in &ids {
         assert_eq!(w.containers(Some(&id.to_string())).len(), 1, "task {id}");
     }
+
+    // And all of them stop concurrently through the API.
+    let stops: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (client, id) = (w.client.clone(), *id);
+            tokio::spawn(async move { client.stop(id).await.unwrap() })
+        })
+        .collect();
+    for s in stops {
+        s.await.unwrap();
+    }
+    wait_until(
+        Duration::from_secs(90),
+        "all 50 tasks completed and removed",
+        || async {
+            let tasks = w.client.tasks().await.ok()?;
+            (tasks.iter().all(|t| t.state == TaskState::Completed) && w.containers(None).is_empty())
+                .then_some(())
+        },
+    )
+    .await;
 }

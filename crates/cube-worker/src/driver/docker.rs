@@ -11,6 +11,7 @@
 //! the container lives, so logs stay readable after the container is removed.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -26,7 +27,7 @@ use bollard::query_parameters::{
 use cube_core::{DriverHandle, DriverKind, HostPort, NodeId, Protocol, TaskId};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 
 use super::{Driver, DriverError, ExitInfo, ExitWatch, StartRequest, Started, wait_exit};
 
@@ -45,7 +46,14 @@ const STOP_SLACK: Duration = Duration::from_secs(10);
 pub struct DockerDriver {
     docker: Docker,
     pull_timeout: Duration,
+    /// Bounds concurrent container mutations (create, start, stop, remove). Engines serialise
+    /// much of this work internally anyway, and Docker 20.10 has been seen to deadlock when
+    /// dozens of containers die at once; a queue here costs little and spares the engine.
+    mutations: Arc<Semaphore>,
 }
+
+/// Concurrent container mutations allowed per worker.
+const MAX_CONCURRENT_MUTATIONS: usize = 8;
 
 /// A container Cube created, as found by its labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +79,7 @@ impl DockerDriver {
         Ok(Self {
             docker,
             pull_timeout,
+            mutations: Arc::new(Semaphore::new(MAX_CONCURRENT_MUTATIONS)),
         })
     }
 
@@ -108,6 +117,14 @@ impl DockerDriver {
                 })
             })
             .collect())
+    }
+
+    async fn permit(&self) -> Result<SemaphorePermit<'_>, DriverError> {
+        // The semaphore is never closed, so acquiring only fails if that invariant breaks.
+        self.mutations
+            .acquire()
+            .await
+            .map_err(|e| DriverError::Runtime(format!("engine queue closed: {e}")))
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
@@ -337,6 +354,7 @@ impl Driver for DockerDriver {
             })?;
         self.ensure_image(image).await?;
         let log = super::process::open_log(&req.log_path).await?;
+        let permit = self.permit().await?;
         let id = self.create(req).await?;
         if let Err(e) = self.docker.start_container(&id, None).await {
             let reason = format!("cannot start container: {}", message(&e));
@@ -345,6 +363,7 @@ impl Driver for DockerDriver {
             }
             return Err(DriverError::StartFailed(reason));
         }
+        drop(permit);
         self.follow_logs(id.clone(), log, 0);
         let exit = self.watch_exit(id.clone());
         let host_ports = match self.inspect(&id).await? {
@@ -386,6 +405,7 @@ impl Driver for DockerDriver {
     }
 
     async fn cleanup(&self, handle: &DriverHandle) -> Result<(), DriverError> {
+        let _permit = self.permit().await?;
         self.remove(container_id(handle)?).await
     }
 

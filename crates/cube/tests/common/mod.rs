@@ -215,12 +215,13 @@ impl Drop for TestWorker {
     fn drop(&mut self) {
         let _ = self.process.child.kill();
         let _ = self.process.child.wait();
-        let ids = self.containers(None);
-        if !ids.is_empty() {
+        // A few at a time: a burst of forced removals is hard on the engine (Docker 20.10 has
+        // been seen to deadlock under fifty concurrent kills).
+        for chunk in self.containers(None).chunks(5) {
             let _ = Command::new("docker")
                 .arg("rm")
                 .arg("-f")
-                .args(&ids)
+                .args(chunk)
                 .output();
         }
         // Process tasks run in their own process groups; take them down too.

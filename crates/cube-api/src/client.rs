@@ -11,7 +11,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::types::{HealthView, NodeStats, TaskView};
+use crate::types::{
+    HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest,
+    TaskFilter, TaskView,
+};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +73,8 @@ impl ClientError {
 struct SubmitBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<TaskId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u32>,
     #[serde(flatten)]
     spec: &'a TaskSpec,
 }
@@ -98,10 +103,7 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: base.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ClientError::Unreachable { url: base.clone(), reason: e.to_string() })?;
         Ok(Self { base, http })
     }
 
@@ -112,9 +114,7 @@ impl Client {
 
     /// `GET /v1/health`.
     pub async fn health(&self) -> Result<HealthView, ClientError> {
-        self.call(Method::GET, "/v1/health", None::<&()>)
-            .await
-            .map(|(_, v)| v)
+        self.call(Method::GET, "/v1/health", None::<&()>).await.map(|(_, v)| v)
     }
 
     /// `POST /v1/tasks`.
@@ -123,41 +123,81 @@ impl Client {
         id: Option<TaskId>,
         spec: &TaskSpec,
     ) -> Result<Submitted, ClientError> {
-        let (status, task) = self
-            .call(Method::POST, "/v1/tasks", Some(&SubmitBody { id, spec }))
-            .await?;
-        Ok(Submitted {
-            task,
-            created: status == StatusCode::CREATED,
-        })
+        self.submit_generation(id, None, spec).await
+    }
+
+    /// `POST /v1/tasks` with a placement generation (manager to worker).
+    pub async fn submit_generation(
+        &self,
+        id: Option<TaskId>,
+        generation: Option<u32>,
+        spec: &TaskSpec,
+    ) -> Result<Submitted, ClientError> {
+        let body = SubmitBody { id, generation, spec };
+        let (status, task) = self.call(Method::POST, "/v1/tasks", Some(&body)).await?;
+        Ok(Submitted { task, created: status == StatusCode::CREATED })
+    }
+
+    /// `GET /v1/tasks?state=..&node=..` (filters are manager-only).
+    pub async fn tasks_filtered(&self, filter: &TaskFilter) -> Result<Vec<TaskView>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(s) = filter.state {
+            query.push(format!("state={s}"));
+        }
+        if let Some(n) = filter.node {
+            query.push(format!("node={n}"));
+        }
+        let path = if query.is_empty() {
+            "/v1/tasks".to_owned()
+        } else {
+            format!("/v1/tasks?{}", query.join("&"))
+        };
+        self.call(Method::GET, &path, None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.call(Method::GET, "/v1/nodes", None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `GET /v1/nodes/{id}`.
+    pub async fn node(&self, id: &str) -> Result<NodeInfo, ClientError> {
+        self.call(Method::GET, &format!("/v1/nodes/{id}"), None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/nodes/register`.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<HeartbeatResponse, ClientError> {
+        self.call(Method::POST, "/v1/nodes/register", Some(req)).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/nodes/{id}/heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        node: cube_core::NodeId,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        let path = format!("/v1/nodes/{node}/heartbeat");
+        self.call(Method::POST, &path, Some(req)).await.map(|(_, v)| v)
     }
 
     /// `GET /v1/tasks`.
     pub async fn tasks(&self) -> Result<Vec<TaskView>, ClientError> {
-        self.call(Method::GET, "/v1/tasks", None::<&()>)
-            .await
-            .map(|(_, v)| v)
+        self.call(Method::GET, "/v1/tasks", None::<&()>).await.map(|(_, v)| v)
     }
 
     /// `GET /v1/tasks/{id}`.
     pub async fn task(&self, id: TaskId) -> Result<TaskView, ClientError> {
-        self.call(Method::GET, &format!("/v1/tasks/{id}"), None::<&()>)
-            .await
-            .map(|(_, v)| v)
+        self.call(Method::GET, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
     }
 
     /// `DELETE /v1/tasks/{id}`: asks for the task to stop; returns the task as of the request.
     pub async fn stop(&self, id: TaskId) -> Result<TaskView, ClientError> {
-        self.call(Method::DELETE, &format!("/v1/tasks/{id}"), None::<&()>)
-            .await
-            .map(|(_, v)| v)
+        self.call(Method::DELETE, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
     }
 
     /// `GET /v1/stats`.
     pub async fn stats(&self) -> Result<NodeStats, ClientError> {
-        self.call(Method::GET, "/v1/stats", None::<&()>)
-            .await
-            .map(|(_, v)| v)
+        self.call(Method::GET, "/v1/stats", None::<&()>).await.map(|(_, v)| v)
     }
 
     /// Any JSON call: `body` is sent as JSON when given; a non-2xx answer becomes
@@ -173,33 +213,26 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: describe(&e),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                reason: describe(&e),
-            })?;
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })?;
         if status.is_success() {
-            serde_json::from_slice(&bytes)
-                .map(|v| (status, v))
-                .map_err(|e| ClientError::Decode {
-                    url,
-                    status: status.as_u16(),
-                    reason: e.to_string(),
-                })
+            serde_json::from_slice(&bytes).map(|v| (status, v)).map_err(|e| ClientError::Decode {
+                url,
+                status: status.as_u16(),
+                reason: e.to_string(),
+            })
         } else {
             match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => Err(ClientError::Api {
-                    url,
-                    status: status.as_u16(),
-                    error: body.error,
-                }),
+                Ok(body) => {
+                    Err(ClientError::Api { url, status: status.as_u16(), error: body.error })
+                }
                 Err(_) => Err(ClientError::Decode {
                     url,
                     status: status.as_u16(),
@@ -213,11 +246,7 @@ impl Client {
 /// A one-line reason for a reqwest error, including its source chain (reqwest's own message is
 /// often just "error sending request").
 fn describe(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        e.to_string()
-    };
+    let mut out = if e.is_timeout() { "timed out".to_owned() } else { e.to_string() };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let text = s.to_string();

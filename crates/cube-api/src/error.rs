@@ -68,11 +68,7 @@ pub struct ErrorBody {
 impl ApiError {
     /// An error with a code and message and no details.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            details: Vec::new(),
-        }
+        Self { code, message: message.into(), details: Vec::new() }
     }
 
     /// 404 for a resource `what` with id `id`.
@@ -92,16 +88,9 @@ impl ApiError {
             many => format!(
                 "invalid task spec: {} problems: {}",
                 many.len(),
-                many.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                many.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
             ),
         };
-        Self {
-            code: ErrorCode::InvalidSpec,
-            message,
-            details,
-        }
+        Self { code: ErrorCode::InvalidSpec, message, details }
     }
 }

@@ -79,8 +79,7 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    raw.parse::<T>()
-        .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
+    raw.parse::<T>().map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
 }
 
 /// Adds what every Cube API router needs: JSON 404/405 answers, the body limit and request logs.
@@ -88,10 +87,7 @@ pub fn finish_router(router: Router) -> Router {
     router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                "method not allowed on this endpoint",
-            )
+            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(log_request))

@@ -1,9 +1,11 @@
 //! JSON bodies of the v1 API. Field names here are a compatibility promise: add fields, never
 //! rename or remove them (see `docs/api.md`).
 
+use std::collections::BTreeMap;
+
 use cube_core::{
-    DesiredState, DriverHandle, DriverKind, FieldError, HostPort, NodeId, Resources, Task,
-    TaskEvent, TaskId, TaskSpec, TaskState,
+    DesiredState, DriverHandle, DriverKind, Explanation, FieldError, HostPort, Node, NodeId,
+    NodeState, Resources, Task, TaskEvent, TaskId, TaskSpec, TaskState,
 };
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,18 @@ pub struct TaskView {
     pub spec: TaskSpec,
     /// History, oldest first.
     pub events: Vec<TaskEvent>,
+    /// Placement generation (incremented at each placement by the manager).
+    #[serde(default)]
+    pub generation: u32,
+    /// Latest health-check result (`null` before the first check or without one).
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    /// Times the task was moved to another node after its restarts ran out.
+    #[serde(default)]
+    pub reschedule_count: u32,
+    /// Why the task is on its node, or why it cannot be placed (manager only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Explanation>,
 }
 
 impl From<&Task> for TaskView {
@@ -69,6 +83,10 @@ impl From<&Task> for TaskView {
             updated_at: t.updated_at,
             spec: t.spec.clone(),
             events: t.events.clone(),
+            generation: t.generation,
+            healthy: t.healthy,
+            reschedule_count: t.reschedule_count,
+            placement: t.placement.clone(),
         }
     }
 }
@@ -78,6 +96,8 @@ impl From<&Task> for TaskView {
 pub struct TaskSubmission {
     /// Id chosen by the caller (the manager sends its ids to workers); `None` = assign one.
     pub id: Option<TaskId>,
+    /// Placement generation (sent by the manager; absent from users).
+    pub generation: Option<u32>,
     /// The validated spec.
     pub spec: TaskSpec,
 }
@@ -87,10 +107,7 @@ impl TaskSubmission {
     /// validation lists every problem at once.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidJson,
-                format!("request body is not valid JSON: {e}"),
-            )
+            ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}"))
         })?;
         let object = value.as_object_mut().ok_or_else(|| {
             ApiError::new(
@@ -104,10 +121,7 @@ impl TaskSubmission {
                 Some(s.parse::<TaskId>().map_err(|e| ApiError {
                     code: ErrorCode::InvalidSpec,
                     message: e.to_string(),
-                    details: vec![FieldError {
-                        field: "id".into(),
-                        message: e.to_string(),
-                    }],
+                    details: vec![FieldError { field: "id".into(), message: e.to_string() }],
                 })?)
             }
             Some(other) => {
@@ -115,16 +129,26 @@ impl TaskSubmission {
                 return Err(ApiError {
                     code: ErrorCode::InvalidSpec,
                     message: format!("id: {message}"),
-                    details: vec![FieldError {
-                        field: "id".into(),
-                        message,
-                    }],
+                    details: vec![FieldError { field: "id".into(), message }],
                 });
+            }
+        };
+        let generation = match object.remove("generation") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                Some(v.as_u64().and_then(|g| u32::try_from(g).ok()).ok_or_else(|| ApiError {
+                    code: ErrorCode::InvalidSpec,
+                    message: "generation: must be a non-negative integer".into(),
+                    details: vec![FieldError {
+                        field: "generation".into(),
+                        message: "must be a non-negative integer".into(),
+                    }],
+                })?)
             }
         };
         let spec = parse_spec_value(value)?;
         spec.validate().map_err(ApiError::invalid_spec)?;
-        Ok(Self { id, spec })
+        Ok(Self { id, generation, spec })
     }
 }
 
@@ -252,6 +276,136 @@ impl TaskCounts {
     }
 }
 
+/// Query of `GET /v1/tasks` on the manager.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFilter {
+    /// Only tasks in this state.
+    #[serde(default)]
+    pub state: Option<TaskState>,
+    /// Only tasks placed on this node.
+    #[serde(default)]
+    pub node: Option<NodeId>,
+}
+
+/// `POST /v1/nodes/register`: a worker introduces itself (on every start).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The worker's stable id.
+    pub node_id: NodeId,
+    /// Its name.
+    pub name: String,
+    /// Base URL of its API, as the manager should call it.
+    pub address: String,
+    /// Labels for placement constraints.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Resources it offers.
+    pub capacity: Resources,
+    /// Drivers it can run.
+    pub drivers: Vec<DriverKind>,
+    /// Every task it knows, so the manager can reconcile (tasks it lost are placed again,
+    /// tasks it should not run are stopped).
+    #[serde(default)]
+    pub tasks: Vec<TaskView>,
+}
+
+/// Answer to a registration or heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Heartbeat period the manager expects, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Tasks the worker must stop: stopped by the user, or moved elsewhere while the worker was
+    /// unreachable (fencing).
+    #[serde(default)]
+    pub stop: Vec<TaskId>,
+    /// The manager does not know this node (it lost its state): register again.
+    #[serde(default)]
+    pub register: bool,
+}
+
+/// `POST /v1/nodes/{id}/heartbeat`: liveness, stats and task changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// Latest host metrics.
+    pub stats: Option<NodeStats>,
+    /// Tasks that changed since the last acknowledged heartbeat.
+    #[serde(default)]
+    pub tasks: Vec<TaskView>,
+    /// Every task that is not finished on the worker, with its generation.
+    #[serde(default)]
+    pub active: Vec<ActiveTask>,
+}
+
+/// A task that is not finished on a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveTask {
+    /// Task id.
+    pub id: TaskId,
+    /// Placement generation it runs under.
+    pub generation: u32,
+}
+
+/// A node as returned by `GET /v1/nodes[/{id}]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Name.
+    pub name: String,
+    /// Worker API address.
+    pub address: String,
+    /// `ready` or `down`.
+    pub state: NodeState,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Drivers.
+    pub drivers: Vec<DriverKind>,
+    /// First registration.
+    pub registered_at: Timestamp,
+    /// Last heartbeat.
+    pub last_heartbeat: Option<Timestamp>,
+    /// Latest stats.
+    pub stats: Option<NodeStats>,
+    /// Resources offered.
+    pub capacity: Resources,
+    /// Resources reserved by tasks placed there and not finished.
+    pub reserved: Resources,
+    /// Capacity minus reserved.
+    pub free: Resources,
+    /// Tasks placed there and not finished.
+    pub task_count: u32,
+}
+
+impl NodeInfo {
+    /// Builds the view of `node` with its usage.
+    pub fn new(
+        node: &Node,
+        stats: Option<NodeStats>,
+        reserved: Resources,
+        task_count: u32,
+    ) -> Self {
+        Self {
+            id: node.id,
+            name: node.name.clone(),
+            address: node.address.clone(),
+            state: node.state,
+            labels: node.labels.clone(),
+            drivers: node.drivers.clone(),
+            registered_at: node.registered_at,
+            last_heartbeat: node.last_heartbeat,
+            stats,
+            capacity: node.capacity,
+            reserved,
+            free: Resources {
+                cpu: node.capacity.cpu.saturating_sub(reserved.cpu),
+                memory: node.capacity.memory.saturating_sub(reserved.memory),
+                disk: node.capacity.disk.saturating_sub(reserved.disk),
+            },
+            task_count,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,14 +417,16 @@ mod tests {
                  "command": "sleep", "args": ["1"]}"#,
         )
         .unwrap();
-        assert_eq!(
-            s.id.unwrap().to_string(),
-            "01900000-0000-7000-8000-000000000001"
-        );
+        assert_eq!(s.id.unwrap().to_string(), "01900000-0000-7000-8000-000000000001");
         assert_eq!(s.spec.name, "a");
         let s = TaskSubmission::parse(br#"{"name": "a", "driver": "process", "command": "x"}"#)
             .unwrap();
         assert_eq!(s.id, None);
+        let s = TaskSubmission::parse(
+            br#"{"generation": 3, "name": "a", "driver": "process", "command": "x"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.generation, Some(3));
     }
 
     #[test]
@@ -278,10 +434,7 @@ mod tests {
         let err = TaskSubmission::parse(b"{not json").unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidJson);
         assert!(err.message.contains("line 1"), "{}", err.message);
-        assert_eq!(
-            TaskSubmission::parse(b"[1]").unwrap_err().code,
-            ErrorCode::InvalidJson
-        );
+        assert_eq!(TaskSubmission::parse(b"[1]").unwrap_err().code, ErrorCode::InvalidJson);
     }
 
     #[test]
@@ -292,10 +445,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidSpec);
         assert_eq!(err.details[0].field, "resources.memory");
-        assert!(
-            err.details[0].message.contains("must not be negative"),
-            "{err:?}"
-        );
+        assert!(err.details[0].message.contains("must not be negative"), "{err:?}");
     }
 
     #[test]

@@ -5,17 +5,24 @@
 //! - [`spec`]: the task spec users submit and its validation.
 //! - [`state`]: task states and the one [`transition`] function.
 //! - [`task`]: the task record with its history.
+//! - [`node`]: the node record the manager keeps.
+//! - [`constraint`], [`scheduler`]: placement (candidates, scores, pick) with explanations.
 //!
 //! **Invariant:** nothing here performs I/O, reads the clock or draws random numbers; time and
 //! new ids are passed in. Everything is therefore testable as plain functions.
 
+pub mod constraint;
 pub mod ids;
+pub mod node;
+pub mod scheduler;
 pub mod spec;
 pub mod state;
 pub mod task;
 pub mod units;
 
 pub use ids::{NodeId, TaskId};
+pub use node::{Node, NodeState};
+pub use scheduler::{Decision, Explanation, NodeView, Scheduler, SchedulerKind};
 pub use spec::{
     DriverKind, FieldError, HealthCheck, PortSpec, Probe, ProbeKind, Protocol, Resources,
     RestartMode, RestartPolicy, TaskSpec,

@@ -48,6 +48,9 @@ pub struct TaskSpec {
     /// How to tell whether the running task is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Placement constraints, e.g. `node.labels.zone == a` (all must hold).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
     /// Time between the polite stop signal (SIGTERM) and SIGKILL.
     #[serde(default = "default_stop_grace", with = "duration_serde")]
     pub stop_grace: Duration,
@@ -159,6 +162,10 @@ pub struct RestartPolicy {
     /// Upper bound of the delay between restarts.
     #[serde(default = "default_max_backoff", with = "duration_serde")]
     pub max_backoff: Duration,
+    /// When the restarts on one node are used up, how many times the manager may place the
+    /// task on another node (never for mode `never`).
+    #[serde(default = "default_reschedule_attempts")]
+    pub reschedule_attempts: u32,
 }
 
 impl Default for RestartPolicy {
@@ -168,6 +175,7 @@ impl Default for RestartPolicy {
             max_attempts: default_max_attempts(),
             initial_backoff: default_initial_backoff(),
             max_backoff: default_max_backoff(),
+            reschedule_attempts: default_reschedule_attempts(),
         }
     }
 }
@@ -256,15 +264,12 @@ impl HealthCheck {
     /// The probe, or `None` when a field it needs is missing (which validation reports).
     pub fn probe(&self) -> Option<Probe<'_>> {
         match self.kind {
-            ProbeKind::Http => Some(Probe::Http {
-                port: self.port?,
-                path: self.path.as_deref().unwrap_or("/"),
-            }),
+            ProbeKind::Http => {
+                Some(Probe::Http { port: self.port?, path: self.path.as_deref().unwrap_or("/") })
+            }
             ProbeKind::Tcp => Some(Probe::Tcp { port: self.port? }),
             ProbeKind::Exec if self.command.is_empty() => None,
-            ProbeKind::Exec => Some(Probe::Exec {
-                command: &self.command,
-            }),
+            ProbeKind::Exec => Some(Probe::Exec { command: &self.command }),
         }
     }
 }
@@ -294,10 +299,7 @@ impl TaskSpec {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut err = |field: &str, message: String| {
-            errors.push(FieldError {
-                field: field.to_owned(),
-                message,
-            });
+            errors.push(FieldError { field: field.to_owned(), message });
         };
 
         if self.name.is_empty() {
@@ -323,10 +325,7 @@ impl TaskSpec {
             },
             DriverKind::Process => {
                 if self.image.is_some() {
-                    err(
-                        "image",
-                        "is not used by the process driver; remove it".into(),
-                    );
+                    err("image", "is not used by the process driver; remove it".into());
                 }
                 if self.command.as_deref().is_none_or(|c| c.trim().is_empty()) {
                     err("command", "is required by the process driver".into());
@@ -351,10 +350,7 @@ impl TaskSpec {
 
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                err(
-                    &format!("env.{key}"),
-                    "names must be non-empty and contain no '='".into(),
-                );
+                err(&format!("env.{key}"), "names must be non-empty and contain no '='".into());
             }
         }
 
@@ -372,10 +368,7 @@ impl TaskSpec {
         let mut seen_host = BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             if p.container == 0 {
-                err(
-                    &format!("ports[{i}].container"),
-                    "must be between 1 and 65535".into(),
-                );
+                err(&format!("ports[{i}].container"), "must be between 1 and 65535".into());
             }
             if !seen_container.insert((p.container, p.protocol)) {
                 err(
@@ -396,10 +389,7 @@ impl TaskSpec {
             err("restart.initial_backoff", "must be greater than 0".into());
         }
         if r.max_backoff < r.initial_backoff {
-            err(
-                "restart.max_backoff",
-                "must not be less than restart.initial_backoff".into(),
-            );
+            err("restart.max_backoff", "must not be less than restart.initial_backoff".into());
         }
 
         if let Some(h) = &self.health {
@@ -438,25 +428,24 @@ impl TaskSpec {
             }
         }
 
+        for (i, c) in self.constraints.iter().enumerate() {
+            if let Err(e) = crate::constraint::Constraint::parse(c) {
+                err(&format!("constraints[{i}]"), e);
+            }
+        }
+
         if self.stop_grace > MAX_STOP_GRACE {
             err("stop_grace", "must be at most 1h".into());
         }
 
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
     fn check_probe_port(&self, port: u16, err: &mut impl FnMut(&str, String)) {
         if port == 0 {
             err("health.port", "must be between 1 and 65535".into());
         } else if self.driver == DriverKind::Docker
-            && !self
-                .ports
-                .iter()
-                .any(|p| p.container == port && p.protocol == Protocol::Tcp)
+            && !self.ports.iter().any(|p| p.container == port && p.protocol == Protocol::Tcp)
         {
             err(
                 "health.port",
@@ -469,11 +458,7 @@ impl TaskSpec {
 
     /// The full command line: `command` followed by `args`.
     pub fn argv(&self) -> Vec<String> {
-        self.command
-            .iter()
-            .chain(self.args.iter())
-            .cloned()
-            .collect()
+        self.command.iter().chain(self.args.iter()).cloned().collect()
     }
 }
 
@@ -490,6 +475,9 @@ fn default_stop_grace() -> Duration {
 }
 fn default_max_attempts() -> u32 {
     3
+}
+fn default_reschedule_attempts() -> u32 {
+    1
 }
 fn default_initial_backoff() -> Duration {
     Duration::from_secs(1)
@@ -543,7 +531,8 @@ mod tests {
                 "command": "httpd", "args": ["-f", "-p", "80"],
                 "resources": {"cpu": 0.5, "memory": "64MiB", "disk": "0B"},
                 "ports": [{"container": 80, "host": 0, "protocol": "tcp"}],
-                "restart": {"mode": "never", "max_attempts": 3, "initial_backoff": "1s", "max_backoff": "1m"},
+                "restart": {"mode": "never", "max_attempts": 3, "initial_backoff": "1s", "max_backoff": "1m",
+                            "reschedule_attempts": 1},
                 "health": {"type": "http", "port": 80, "path": "/", "interval": "10s",
                            "timeout": "2s", "failure_threshold": 3, "grace_period": "0s"},
                 "stop_grace": "10s"
@@ -570,22 +559,10 @@ mod tests {
             args: vec![],
             env: BTreeMap::from([("A=B".into(), "x".into())]),
             workdir: Some("relative".into()),
-            resources: Resources {
-                cpu: Millicores(0),
-                memory: Bytes(1024),
-                disk: Bytes(0),
-            },
+            resources: Resources { cpu: Millicores(0), memory: Bytes(1024), disk: Bytes(0) },
             ports: vec![
-                PortSpec {
-                    container: 0,
-                    host: 8080,
-                    protocol: Protocol::Tcp,
-                },
-                PortSpec {
-                    container: 80,
-                    host: 8080,
-                    protocol: Protocol::Tcp,
-                },
+                PortSpec { container: 0, host: 8080, protocol: Protocol::Tcp },
+                PortSpec { container: 80, host: 8080, protocol: Protocol::Tcp },
             ],
             restart: RestartPolicy {
                 initial_backoff: Duration::from_secs(5),
@@ -602,14 +579,11 @@ mod tests {
                 failure_threshold: 0,
                 grace_period: Duration::ZERO,
             }),
+            constraints: vec!["zone = a".into()],
             stop_grace: Duration::from_secs(7200),
         };
-        let fields: Vec<String> = spec
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect();
+        let fields: Vec<String> =
+            spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
             [
@@ -626,6 +600,7 @@ mod tests {
                 "health.failure_threshold",
                 "health.path",
                 "health.port",
+                "constraints[0]",
                 "stop_grace",
             ]
         );
@@ -637,12 +612,8 @@ mod tests {
             r#"{"name": "p", "driver": "process", "image": "x", "ports": [{"container": 80}]}"#,
         )
         .unwrap();
-        let fields: Vec<String> = spec
-            .validate()
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect();
+        let fields: Vec<String> =
+            spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["image", "command", "ports"]);
     }
 

@@ -136,22 +136,10 @@ pub const ALL_TRIGGERS: [Trigger; 10] = [
     Trigger::Started,
     Trigger::StartFailed { retry: false },
     Trigger::StartFailed { retry: true },
-    Trigger::Exited {
-        success: false,
-        retry: false,
-    },
-    Trigger::Exited {
-        success: false,
-        retry: true,
-    },
-    Trigger::Exited {
-        success: true,
-        retry: false,
-    },
-    Trigger::Exited {
-        success: true,
-        retry: true,
-    },
+    Trigger::Exited { success: false, retry: false },
+    Trigger::Exited { success: false, retry: true },
+    Trigger::Exited { success: true, retry: false },
+    Trigger::Exited { success: true, retry: true },
     Trigger::Stopped,
     Trigger::Requeue,
 ];
@@ -185,20 +173,8 @@ pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, Invali
         (S::Scheduled, T::Place | T::Exited { .. }) => invalid,
 
         (S::Running, T::Exited { retry: true, .. }) => Ok(S::Restarting),
-        (
-            S::Running,
-            T::Exited {
-                success: true,
-                retry: false,
-            },
-        ) => Ok(S::Completed),
-        (
-            S::Running,
-            T::Exited {
-                success: false,
-                retry: false,
-            },
-        ) => Ok(S::Failed),
+        (S::Running, T::Exited { success: true, retry: false }) => Ok(S::Completed),
+        (S::Running, T::Exited { success: false, retry: false }) => Ok(S::Failed),
         (S::Running, T::Stopped) => Ok(S::Completed),
         (S::Running, T::Requeue) => Ok(S::Pending),
         (S::Running, T::Place | T::Started | T::StartFailed { .. }) => invalid,
@@ -238,38 +214,10 @@ mod tests {
             (S::Scheduled, T::StartFailed { retry: false }, S::Failed),
             (S::Scheduled, T::Stopped, S::Completed),
             (S::Scheduled, T::Requeue, S::Pending),
-            (
-                S::Running,
-                T::Exited {
-                    success: false,
-                    retry: true,
-                },
-                S::Restarting,
-            ),
-            (
-                S::Running,
-                T::Exited {
-                    success: true,
-                    retry: true,
-                },
-                S::Restarting,
-            ),
-            (
-                S::Running,
-                T::Exited {
-                    success: true,
-                    retry: false,
-                },
-                S::Completed,
-            ),
-            (
-                S::Running,
-                T::Exited {
-                    success: false,
-                    retry: false,
-                },
-                S::Failed,
-            ),
+            (S::Running, T::Exited { success: false, retry: true }, S::Restarting),
+            (S::Running, T::Exited { success: true, retry: true }, S::Restarting),
+            (S::Running, T::Exited { success: true, retry: false }, S::Completed),
+            (S::Running, T::Exited { success: false, retry: false }, S::Failed),
             (S::Running, T::Stopped, S::Completed),
             (S::Running, T::Requeue, S::Pending),
             (S::Restarting, T::Started, S::Running),
@@ -278,10 +226,7 @@ mod tests {
             (S::Restarting, T::Stopped, S::Completed),
             (S::Restarting, T::Requeue, S::Pending),
         ];
-        table
-            .iter()
-            .find(|(f, t, _)| *f == from && *t == trigger)
-            .map(|(_, _, to)| *to)
+        table.iter().find(|(f, t, _)| *f == from && *t == trigger).map(|(_, _, to)| *to)
     }
 
     #[test]
@@ -318,10 +263,7 @@ mod tests {
     #[test]
     fn states_serialize_lowercase_and_parse_back() {
         for s in ALL_STATES {
-            assert_eq!(
-                serde_json::to_string(&s).unwrap(),
-                format!("\"{}\"", s.as_str())
-            );
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
             assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
         }
         assert!("Running".parse::<TaskState>().is_err());

@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{NodeId, TaskId};
+use crate::scheduler::Explanation;
 use crate::spec::{Protocol, RestartMode, TaskSpec};
 use crate::state::{DesiredState, InvalidTransition, TaskState, Trigger, transition};
 
@@ -50,6 +51,25 @@ pub struct Task {
     pub updated_at: Timestamp,
     /// History of transitions and notable happenings, oldest first.
     pub events: Vec<TaskEvent>,
+    /// Placement generation: incremented each time the manager places the task, so a worker
+    /// can tell a new placement from a repeat of an old one.
+    #[serde(default)]
+    pub generation: u32,
+    /// Why the task is where it is (or why it is not placed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Explanation>,
+    /// Times the manager moved the task to another node after its restarts ran out.
+    #[serde(default)]
+    pub reschedule_count: u32,
+    /// Nodes where the task used up its restarts (avoided when placing it again).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_nodes: Vec<NodeId>,
+    /// Result of the latest health check: `None` until one has run (or without a check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// Manager bookkeeping: time of the last worker history entry already merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_until: Option<Timestamp>,
 }
 
 /// One entry of a task's history.
@@ -135,6 +155,12 @@ impl Task {
                 node: None,
                 reason: "submitted".into(),
             }],
+            generation: 0,
+            placement: None,
+            reschedule_count: 0,
+            failed_nodes: Vec::new(),
+            healthy: None,
+            synced_until: None,
         }
     }
 
@@ -172,23 +198,23 @@ impl Task {
             self.handle = None;
             self.host_ports.clear();
             self.restart_count = 0;
+            self.healthy = None;
         }
-        self.push_event(TaskEvent {
-            at: now,
-            from,
-            to,
-            node,
-            reason,
-        });
+        self.push_event(TaskEvent { at: now, from, to, node, reason });
         Ok(to)
     }
 
     /// Records something notable that does not change the state (a health change, a stop
     /// request, a restart delay).
     pub fn note(&mut self, now: Timestamp, reason: impl Into<String>) {
+        self.note_at(now, now, reason);
+    }
+
+    /// Records a note that happened at `at` (e.g. on a worker), changing the record at `now`.
+    pub fn note_at(&mut self, at: Timestamp, now: Timestamp, reason: impl Into<String>) {
         self.updated_at = now;
         self.push_event(TaskEvent {
-            at: now,
+            at,
             from: self.state,
             to: self.state,
             node: self.node,
@@ -214,6 +240,14 @@ impl Task {
             RestartMode::Always => true,
         };
         wanted && self.desired == DesiredState::Running && self.restart_count < policy.max_attempts
+    }
+
+    /// Whether the manager may move the task to another node now that its restarts on this
+    /// node are used up.
+    pub fn may_reschedule(&self) -> bool {
+        self.spec.restart.mode != RestartMode::Never
+            && self.desired == DesiredState::Running
+            && self.reschedule_count < self.spec.restart.reschedule_attempts
     }
 
     /// Delay before the next restart: the initial backoff doubled per restart already made,
@@ -250,8 +284,10 @@ mod tests {
                 max_attempts: 3,
                 initial_backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(5),
+                reschedule_attempts: 1,
             },
             health: None,
+            constraints: vec![],
             stop_grace: Duration::from_secs(1),
         }
     }
@@ -269,15 +305,7 @@ mod tests {
         let mut t = task(RestartMode::Never);
         t.apply(Trigger::Place, at(1), "placed").unwrap();
         t.apply(Trigger::Started, at(2), "started").unwrap();
-        t.apply(
-            Trigger::Exited {
-                success: false,
-                retry: false,
-            },
-            at(3),
-            "exit code 3",
-        )
-        .unwrap();
+        t.apply(Trigger::Exited { success: false, retry: false }, at(3), "exit code 3").unwrap();
         assert_eq!(t.state, TaskState::Failed);
         assert_eq!(t.started_at, Some(at(2)));
         assert_eq!(t.finished_at, Some(at(3)));
@@ -339,10 +367,7 @@ mod tests {
         }
         assert_eq!(t.events.len(), MAX_EVENTS);
         assert_eq!(t.events[0].reason, "submitted");
-        assert_eq!(
-            t.events.last().unwrap().reason,
-            format!("note {}", MAX_EVENTS * 2 - 1)
-        );
+        assert_eq!(t.events.last().unwrap().reason, format!("note {}", MAX_EVENTS * 2 - 1));
     }
 
     #[test]
@@ -350,15 +375,9 @@ mod tests {
         let mut t = task(RestartMode::Never);
         t.node = Some(NodeId::from_uuid(Uuid::nil()));
         t.apply(Trigger::Place, at(1), "placed").unwrap();
-        t.handle = Some(DriverHandle::Process {
-            pid: 7,
-            start_ticks: 1,
-        });
+        t.handle = Some(DriverHandle::Process { pid: 7, start_ticks: 1 });
         t.restart_count = 2;
         t.apply(Trigger::Requeue, at(2), "node lost").unwrap();
-        assert_eq!(
-            (t.node, t.handle.as_ref(), t.restart_count),
-            (None, None, 0)
-        );
+        assert_eq!((t.node, t.handle.as_ref(), t.restart_count), (None, None, 0));
     }
 }

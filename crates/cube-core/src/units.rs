@@ -84,19 +84,13 @@ impl FromStr for Bytes {
             expected: "a size such as 256MiB, 1GiB, 500MB or a number of bytes",
         };
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (number, unit) = t.split_at(split);
         let unit = unit.trim();
         let multiplier = if unit.is_empty() {
             1
         } else {
-            UNITS
-                .iter()
-                .find(|(u, _)| *u == unit)
-                .map(|(_, m)| *m)
-                .ok_or_else(bad)?
+            UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(bad)?
         };
         scale(number, multiplier).map(Bytes).ok_or_else(bad)
     }
@@ -150,11 +144,7 @@ impl FromStr for Millicores {
         };
         let t = s.trim();
         match t.strip_suffix('m') {
-            Some(millis) => millis
-                .trim()
-                .parse::<u64>()
-                .map(Millicores)
-                .map_err(|_| bad()),
+            Some(millis) => millis.trim().parse::<u64>().map(Millicores).map_err(|_| bad()),
             None => scale(t, 1000).map(Millicores).ok_or_else(bad),
         }
     }
@@ -170,18 +160,10 @@ fn scale(number: &str, multiplier: u64) -> Option<u64> {
     if whole.is_empty() && frac.is_empty() {
         return None;
     }
-    if !whole
-        .chars()
-        .chain(frac.chars())
-        .all(|c| c.is_ascii_digit())
-    {
+    if !whole.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
         return None;
     }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
     let mut value = whole.checked_mul(multiplier)?;
     let mut denominator: u64 = 1;
     let mut numerator: u64 = 0;
@@ -251,9 +233,7 @@ impl<'de> Deserialize<'de> for Millicores {
                 f.write_str("CPU as a number of cores (0.5) or millicores (\"500m\")")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millicores, E> {
-                v.checked_mul(1000)
-                    .map(Millicores)
-                    .ok_or_else(|| E::custom("too large"))
+                v.checked_mul(1000).map(Millicores).ok_or_else(|| E::custom("too large"))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millicores, E> {
                 let v = u64::try_from(v)
@@ -303,13 +283,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, CoreError> {
     }
     let mut total_ms: u64 = 0;
     while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
         let (number, tail) = rest.split_at(split);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
+        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
         let size = match unit.trim() {
             "ms" => 1,
@@ -381,11 +357,7 @@ mod tests {
             let parsed: Bytes = input.parse().unwrap();
             assert_eq!(parsed, Bytes(bytes), "{input}");
             assert_eq!(parsed.to_string(), shown, "{input}");
-            assert_eq!(
-                shown.parse::<Bytes>().unwrap(),
-                parsed,
-                "round trip of {input}"
-            );
+            assert_eq!(shown.parse::<Bytes>().unwrap(), parsed, "round trip of {input}");
         }
         for bad in ["", "MiB", "12XB", "-1", "1.2.3GiB", "12 MiB x"] {
             assert!(bad.parse::<Bytes>().is_err(), "{bad:?} should not parse");
@@ -395,10 +367,7 @@ mod tests {
     #[test]
     fn bytes_json_accepts_numbers_and_strings_and_rejects_negatives() {
         assert_eq!(serde_json::from_str::<Bytes>("1024").unwrap(), Bytes(1024));
-        assert_eq!(
-            serde_json::from_str::<Bytes>("\"64MiB\"").unwrap(),
-            Bytes::mib(64)
-        );
+        assert_eq!(serde_json::from_str::<Bytes>("\"64MiB\"").unwrap(), Bytes::mib(64));
         let err = serde_json::from_str::<Bytes>("-5").unwrap_err().to_string();
         assert!(err.contains("must not be negative"), "{err}");
         assert_eq!(serde_json::to_string(&Bytes::mib(64)).unwrap(), "\"64MiB\"");
@@ -409,14 +378,8 @@ mod tests {
         assert_eq!("500m".parse::<Millicores>().unwrap(), Millicores(500));
         assert_eq!("0.1".parse::<Millicores>().unwrap(), Millicores(100));
         assert_eq!("2".parse::<Millicores>().unwrap(), Millicores(2000));
-        assert_eq!(
-            serde_json::from_str::<Millicores>("0.25").unwrap(),
-            Millicores(250)
-        );
-        assert_eq!(
-            serde_json::from_str::<Millicores>("3").unwrap(),
-            Millicores(3000)
-        );
+        assert_eq!(serde_json::from_str::<Millicores>("0.25").unwrap(), Millicores(250));
+        assert_eq!(serde_json::from_str::<Millicores>("3").unwrap(), Millicores(3000));
         assert!(serde_json::from_str::<Millicores>("-1").is_err());
         assert!(serde_json::from_str::<Millicores>("-0.5").is_err());
         assert_eq!(serde_json::to_string(&Millicores(1500)).unwrap(), "1.5");

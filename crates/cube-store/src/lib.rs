@@ -16,6 +16,10 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
+mod redb_store;
+
+pub use redb_store::{FORMAT_VERSION, RedbStore};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
@@ -119,10 +123,7 @@ impl Batch {
 
     /// Adds a delete.
     pub fn delete(&mut self, table: Table, key: impl Into<String>) -> &mut Self {
-        self.ops.push(Op::Delete {
-            table,
-            key: key.into(),
-        });
+        self.ops.push(Op::Delete { table, key: key.into() });
         self
     }
 
@@ -163,11 +164,7 @@ pub fn load_json<T: DeserializeOwned>(
         .into_iter()
         .map(|(key, value)| match serde_json::from_slice(&value) {
             Ok(v) => Ok((key, v)),
-            Err(source) => Err(StoreError::Codec {
-                table: table.name(),
-                key,
-                source,
-            }),
+            Err(source) => Err(StoreError::Codec { table: table.name(), key, source }),
         })
         .collect()
 }
@@ -201,9 +198,9 @@ impl Future for Commit {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
             CommitState::Done(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
-            CommitState::Waiting(receiver) => Pin::new(receiver)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(StoreError::Closed))),
+            CommitState::Waiting(receiver) => {
+                Pin::new(receiver).poll(cx).map(|r| r.unwrap_or(Err(StoreError::Closed)))
+            }
         }
     }
 }
@@ -280,11 +277,7 @@ mod tests {
         b.put(Table::Meta, "k", &"text").unwrap();
         store.commit(b).await.unwrap();
         let err = load_json::<u32>(&store, Table::Meta).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("meta/k: stored value is not valid"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("meta/k: stored value is not valid"), "{err}");
     }
 
     #[tokio::test]

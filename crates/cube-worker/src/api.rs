@@ -42,10 +42,9 @@ impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match &e {
             WorkerError::NotFound(id) => ApiError::not_found("task", id),
-            WorkerError::Conflict(id) => ApiError::new(
-                ErrorCode::Conflict,
-                format!("task {id} already exists with a different spec"),
-            ),
+            WorkerError::Conflict(_) | WorkerError::Stale { .. } | WorkerError::Busy { .. } => {
+                ApiError::new(ErrorCode::Conflict, e.to_string())
+            }
             WorkerError::Store(_) => {
                 tracing::error!(error = %e, "store failure while serving a request");
                 ApiError::new(ErrorCode::Unavailable, e.to_string())
@@ -70,16 +69,7 @@ async fn health(State(s): State<ApiState>) -> axum::Json<HealthView> {
 
 async fn stats(State(s): State<ApiState>) -> axum::Json<NodeStats> {
     let host = s.host.borrow().clone();
-    let (tasks, reserved) = s.agent.usage();
-    axum::Json(NodeStats {
-        collected_at: host.collected_at,
-        memory: host.memory,
-        cpu: host.cpu,
-        load: host.load,
-        disk: host.disk,
-        tasks,
-        reserved,
-    })
+    axum::Json(s.agent.stats(&host))
 }
 
 async fn list_tasks(State(s): State<ApiState>) -> axum::Json<Vec<TaskView>> {
@@ -91,21 +81,15 @@ async fn get_task(
     Path(id): Path<String>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
     let id: TaskId = parse_id(&id)?;
-    let task = s
-        .agent
-        .get(id)
-        .ok_or_else(|| ApiError::not_found("task", id))?;
+    let task = s.agent.get(id).ok_or_else(|| ApiError::not_found("task", id))?;
     Ok(axum::Json(TaskView::from(&task)))
 }
 
 async fn submit_task(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
     let submission = TaskSubmission::parse(&body)?;
-    let (task, created) = s.agent.submit(submission.id, submission.spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let (task, created) =
+        s.agent.submit(submission.id, submission.generation, submission.spec).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(TaskView::from(&task))).into_response())
 }
 

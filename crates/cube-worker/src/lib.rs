@@ -11,7 +11,9 @@
 pub mod agent;
 pub mod api;
 pub mod driver;
+mod health;
 pub mod metrics;
+pub mod reporter;
 mod runner;
 
 use std::net::SocketAddr;
@@ -19,7 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cube_core::{InvalidTransition, NodeId, TaskId};
+use std::collections::BTreeMap;
+
+use cube_core::{Bytes, InvalidTransition, Millicores, NodeId, Resources, TaskId};
 use cube_store::{Store, StoreError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +39,24 @@ pub enum WorkerError {
     /// The id is taken by a task with a different spec.
     #[error("task {0} already exists with a different spec")]
     Conflict(TaskId),
+    /// A placement older than the one this node runs.
+    #[error("task {id}: generation {generation} is older than the current {current}")]
+    Stale {
+        /// The task.
+        id: TaskId,
+        /// Generation offered.
+        generation: u32,
+        /// Generation held.
+        current: u32,
+    },
+    /// A newer placement arrived while the older one is still running here.
+    #[error("task {id}: generation {generation} is still running here; retry once it has stopped")]
+    Busy {
+        /// The task.
+        id: TaskId,
+        /// Generation still running.
+        generation: u32,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -63,6 +85,26 @@ pub struct WorkerConfig {
     pub stats_interval: Duration,
     /// Longest time an image pull may take before the task fails.
     pub pull_timeout: Duration,
+    /// Manager to join, if any (a standalone worker takes tasks directly).
+    pub manager: Option<String>,
+    /// Address the manager should use to reach this worker [default: `http://<listen>`].
+    pub advertise: Option<String>,
+    /// Labels for placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// Resources offered to tasks; each unset part defaults to what the host has.
+    pub capacity: CapacityOverride,
+}
+
+/// Resources a node offers, when they should differ from the host's (e.g. to keep some for
+/// the system, or to simulate a small node in tests).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CapacityOverride {
+    /// CPU offered [default: all cores].
+    pub cpu: Option<Millicores>,
+    /// Memory offered [default: `MemTotal`].
+    pub memory: Option<Bytes>,
+    /// Disk offered [default: size of the data directory's filesystem].
+    pub disk: Option<Bytes>,
 }
 
 /// A started worker.
@@ -96,14 +138,9 @@ pub async fn start(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<Worker, WorkerError> {
-    tokio::fs::create_dir_all(&config.data_dir)
-        .await
-        .map_err(|e| {
-            WorkerError::Io(format!(
-                "cannot create data dir {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+    tokio::fs::create_dir_all(&config.data_dir).await.map_err(|e| {
+        WorkerError::Io(format!("cannot create data dir {}: {e}", config.data_dir.display()))
+    })?;
     let node_id = load_or_create_node_id(&config.data_dir).await?;
 
     let docker = driver::docker::DockerDriver::connect(config.pull_timeout).await;
@@ -113,18 +150,21 @@ pub async fn start(
             tracing::warn!(%reason, "docker driver unavailable; only process tasks can run")
         }
     }
-    let drivers = driver::Drivers {
-        docker,
-        process: driver::process::ProcessDriver::new(),
-    };
+    let drivers = driver::Drivers { docker, process: driver::process::ProcessDriver::new() };
 
-    let host = metrics::start_sampler(
-        config.data_dir.clone(),
-        config.stats_interval,
-        shutdown.clone(),
-    )
-    .await
-    .map_err(WorkerError::Startup)?;
+    let host =
+        metrics::start_sampler(config.data_dir.clone(), config.stats_interval, shutdown.clone())
+            .await
+            .map_err(WorkerError::Startup)?;
+    let available_drivers = drivers.available();
+    let tasks = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || {
+            cube_store::load_json::<cube_core::Task>(store.as_ref(), cube_store::Table::Tasks)
+        })
+        .await
+        .map_err(|e| WorkerError::Startup(format!("loading tasks failed: {e}")))??
+    };
     let agent = Agent::new(
         node_id,
         config.name.clone(),
@@ -134,23 +174,46 @@ pub async fn start(
         shutdown.clone(),
     );
 
+    let count = tasks.len();
+    let r = agent.recover(tasks.into_iter().map(|(_, t)| t).collect()).await;
+    if count > 0 || r.unowned > 0 {
+        tracing::info!(
+            tasks = count,
+            adopted = r.adopted,
+            vanished = r.vanished,
+            restarted = r.restarted,
+            unowned = r.unowned,
+            "recovered state from the previous run"
+        );
+    }
+
     let listener = cube_api::server::bind(config.listen)
         .await
         .map_err(|e| WorkerError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| WorkerError::Startup(format!("cannot read bound address: {e}")))?;
-    let router = api::router(api::ApiState {
-        agent: Arc::clone(&agent),
-        host,
-    });
-    let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown));
+    let router = api::router(api::ApiState { agent: Arc::clone(&agent), host: host.clone() });
+    let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown.clone()));
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
-    Ok(Worker {
-        addr,
-        agent,
-        server,
-    })
+
+    if let Some(manager) = config.manager.clone() {
+        let snapshot = host.borrow().clone();
+        let capacity = Resources {
+            cpu: config.capacity.cpu.unwrap_or(Millicores::cores(u64::from(snapshot.cpu.cores))),
+            memory: config.capacity.memory.unwrap_or(Bytes(snapshot.memory.total_bytes)),
+            disk: config.capacity.disk.unwrap_or(Bytes(snapshot.disk.total_bytes)),
+        };
+        let membership = reporter::Membership {
+            manager,
+            advertise: config.advertise.clone().unwrap_or_else(|| format!("http://{addr}")),
+            labels: config.labels.clone(),
+            capacity,
+            drivers: available_drivers,
+        };
+        tokio::spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
+    }
+    Ok(Worker { addr, agent, server })
 }
 
 /// Reads the node id from `<data_dir>/node-id`, creating it on first start, so a node keeps its
@@ -158,10 +221,9 @@ pub async fn start(
 async fn load_or_create_node_id(data_dir: &Path) -> Result<NodeId, WorkerError> {
     let path = data_dir.join("node-id");
     match tokio::fs::read_to_string(&path).await {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map_err(|e| WorkerError::Io(format!("{}: {e}", path.display()))),
+        Ok(text) => {
+            text.trim().parse().map_err(|e| WorkerError::Io(format!("{}: {e}", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = NodeId::from_uuid(uuid::Uuid::now_v7());
             tokio::fs::write(&path, format!("{id}\n"))
@@ -169,9 +231,6 @@ async fn load_or_create_node_id(data_dir: &Path) -> Result<NodeId, WorkerError> 
                 .map_err(|e| WorkerError::Io(format!("cannot write {}: {e}", path.display())))?;
             Ok(id)
         }
-        Err(e) => Err(WorkerError::Io(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(WorkerError::Io(format!("cannot read {}: {e}", path.display()))),
     }
 }

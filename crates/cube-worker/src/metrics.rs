@@ -61,13 +61,7 @@ fn read_cpu() -> Result<(CpuTicks, u32), procfs::ProcError> {
         + t.softirq.unwrap_or(0)
         + t.steal.unwrap_or(0);
     let cores = u32::try_from(stats.cpu_time.len()).unwrap_or(u32::MAX);
-    Ok((
-        CpuTicks {
-            busy,
-            total: busy + idle,
-        },
-        cores,
-    ))
+    Ok((CpuTicks { busy, total: busy + idle }, cores))
 }
 
 /// Reads memory figures from `/proc/meminfo`.
@@ -83,11 +77,7 @@ pub fn read_memory() -> Result<MemoryStats, procfs::ProcError> {
 
 fn read_load() -> Result<LoadStats, procfs::ProcError> {
     let l = procfs::LoadAverage::current()?;
-    Ok(LoadStats {
-        one: f64::from(l.one),
-        five: f64::from(l.five),
-        fifteen: f64::from(l.fifteen),
-    })
+    Ok(LoadStats { one: f64::from(l.one), five: f64::from(l.five), fifteen: f64::from(l.fifteen) })
 }
 
 /// Size and free space of the filesystem holding `path`.
@@ -115,11 +105,7 @@ impl Sampler {
                 busy_fraction: busy_fraction(before, ticks),
                 interval_ms: u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX),
             },
-            None => CpuStats {
-                cores,
-                busy_fraction: 0.0,
-                interval_ms: 0,
-            },
+            None => CpuStats { cores, busy_fraction: 0.0, interval_ms: 0 },
         };
         self.last = Some((ticks, now));
         Ok(HostSnapshot {
@@ -140,10 +126,7 @@ pub async fn start_sampler(
     interval: Duration,
     shutdown: CancellationToken,
 ) -> Result<watch::Receiver<HostSnapshot>, String> {
-    let mut sampler = Sampler {
-        data_dir,
-        last: None,
-    };
+    let mut sampler = Sampler { data_dir, last: None };
     let (first, mut sampler) = tokio::task::spawn_blocking(move || (sampler.sample(), sampler))
         .await
         .map_err(|e| e.to_string())?;
@@ -183,27 +166,12 @@ mod tests {
 
     #[test]
     fn busy_fraction_is_a_rate_between_samples() {
-        let a = CpuTicks {
-            busy: 1_000,
-            total: 10_000,
-        };
-        let b = CpuTicks {
-            busy: 1_150,
-            total: 10_200,
-        };
+        let a = CpuTicks { busy: 1_000, total: 10_000 };
+        let b = CpuTicks { busy: 1_150, total: 10_200 };
         assert!((busy_fraction(a, b) - 0.75).abs() < 1e-9);
         assert_eq!(busy_fraction(a, a), 0.0, "no time passed");
         // Counters never run backwards, but a bogus reading must not yield a fraction > 1.
-        assert_eq!(
-            busy_fraction(
-                a,
-                CpuTicks {
-                    busy: 5_000,
-                    total: 10_100
-                }
-            ),
-            1.0
-        );
+        assert_eq!(busy_fraction(a, CpuTicks { busy: 5_000, total: 10_100 }), 1.0);
     }
 
     #[test]

@@ -17,16 +17,46 @@ use tokio::sync::watch;
 
 use crate::agent::Agent;
 use crate::driver::{ExitInfo, Started, wait_exit};
+use crate::health;
 
 /// What ended the supervision of a running workload.
 enum Outcome {
     Exited(ExitInfo),
     StopRequested,
+    Unhealthy(String),
     Shutdown,
 }
 
+/// Where a runner picks up its task.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    /// Start the workload.
+    Start,
+    /// The workload already runs (found again after a worker restart): watch it.
+    Adopt(Started),
+    /// The task was waiting to restart: wait out the delay, then start.
+    Backoff,
+}
+
 /// Runs task `id` until it reaches a terminal state or the worker shuts down.
-pub(crate) async fn run(agent: Arc<Agent>, id: TaskId, mut control: watch::Receiver<DesiredState>) {
+pub(crate) async fn run(
+    agent: Arc<Agent>,
+    id: TaskId,
+    mut control: watch::Receiver<DesiredState>,
+    begin: Begin,
+) {
+    match begin {
+        Begin::Start => {}
+        Begin::Adopt(started) => match supervise(&agent, id, started, &mut control, true).await {
+            Some(true) => {}
+            Some(false) | None => return,
+        },
+        Begin::Backoff => {
+            if !backoff(&agent, id, &mut control).await {
+                return;
+            }
+        }
+    }
     loop {
         let Some(task) = agent.get(id) else { return };
         if task.desired == DesiredState::Stopped {
@@ -57,34 +87,63 @@ pub(crate) async fn run(agent: Arc<Agent>, id: TaskId, mut control: watch::Recei
                 return;
             }
         };
-        match supervise(&agent, id, started, &mut control).await {
+        match supervise(&agent, id, started, &mut control, false).await {
             Some(true) => continue,
             Some(false) | None => return,
         }
     }
 }
 
-/// Records the start, then waits for the workload's end. Returns `Some(true)` when the task
-/// should be started again, `Some(false)` when it is finished, `None` on shutdown.
+/// Records the start (unless `adopted`), then waits for the workload's end. Returns
+/// `Some(true)` when the task should be started again, `Some(false)` when it is finished, `None`
+/// on shutdown.
 async fn supervise(
     agent: &Arc<Agent>,
     id: TaskId,
     mut started: Started,
     control: &mut watch::Receiver<DesiredState>,
+    adopted: bool,
 ) -> Option<bool> {
     let handle = started.handle.clone();
-    agent
-        .update(id, |t| {
-            t.handle = Some(handle.clone());
-            t.host_ports = started.host_ports.clone();
-            apply(t, Trigger::Started, format!("started ({})", handle.short()));
-        })
-        .await;
-    tracing::info!(task = %id, handle = %handle.short(), "task running");
+    if adopted {
+        agent
+            .update(id, |t| {
+                t.host_ports = started.host_ports.clone();
+                t.note(
+                    Timestamp::now(),
+                    format!("re-adopted after a worker restart ({})", handle.short()),
+                );
+            })
+            .await;
+        tracing::info!(task = %id, handle = %handle.short(), "task re-adopted");
+    } else {
+        agent
+            .update(id, |t| {
+                t.handle = Some(handle.clone());
+                t.host_ports = started.host_ports.clone();
+                t.healthy = None;
+                apply(t, Trigger::Started, format!("started ({})", handle.short()));
+            })
+            .await;
+        tracing::info!(task = %id, handle = %handle.short(), "task running");
+    }
 
+    let check = agent.get(id).and_then(|t| t.spec.health.clone());
+    let target = health::Target {
+        handle: handle.clone(),
+        host_ports: started.host_ports.clone(),
+        env: agent.get(id).map(|t| t.spec.env.into_iter().collect()).unwrap_or_default(),
+    };
+    let health = async {
+        match &check {
+            Some(check) => health::watch(agent, id, check, &target, &agent.health_http).await,
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         info = wait_exit(&mut started.exit) => Outcome::Exited(info),
         () = stop_requested(control) => Outcome::StopRequested,
+        reason = health => Outcome::Unhealthy(reason),
         () = agent.shutdown.cancelled() => Outcome::Shutdown,
     };
     match outcome {
@@ -95,25 +154,44 @@ async fn supervise(
                 Ok(info) => info,
                 Err(e) => {
                     tracing::error!(task = %id, error = %e, "stopping task failed");
-                    ExitInfo {
-                        error: Some(format!("stop failed: {e}")),
-                        ..ExitInfo::default()
-                    }
+                    ExitInfo { error: Some(format!("stop failed: {e}")), ..ExitInfo::default() }
                 }
             };
             cleanup(agent, id, &handle).await;
             agent
                 .update(id, |t| {
                     t.exit_code = info.code;
-                    apply(
-                        t,
-                        Trigger::Stopped,
-                        format!("stopped on request ({})", info.describe()),
-                    );
+                    apply(t, Trigger::Stopped, format!("stopped on request ({})", info.describe()));
                 })
                 .await;
             tracing::info!(task = %id, "task stopped");
             Some(false)
+        }
+        Outcome::Unhealthy(reason) => {
+            // An unhealthy workload is killed and counts as a failed run.
+            let grace = agent.get(id).map(|t| t.spec.stop_grace).unwrap_or_default();
+            let info = match agent.drivers.stop(&handle, grace, &mut started.exit).await {
+                Ok(info) => info,
+                Err(e) => {
+                    ExitInfo { error: Some(format!("stop failed: {e}")), ..ExitInfo::default() }
+                }
+            };
+            cleanup(agent, id, &handle).await;
+            let retry = agent
+                .update(id, |t| {
+                    t.exit_code = info.code;
+                    if t.desired == DesiredState::Stopped {
+                        apply(t, Trigger::Stopped, format!("stopped on request ({reason})"));
+                        return false;
+                    }
+                    let retry = t.should_restart(false);
+                    apply(t, Trigger::Exited { success: false, retry }, reason.clone());
+                    retry
+                })
+                .await
+                .unwrap_or(false);
+            tracing::info!(task = %id, %reason, retry, "task killed: unhealthy");
+            Some(retry && backoff(agent, id, control).await)
         }
         Outcome::Exited(info) => {
             cleanup(agent, id, &handle).await;
@@ -124,11 +202,7 @@ async fn supervise(
                     t.exit_code = info.code;
                     if t.desired == DesiredState::Stopped {
                         // The stop request and the exit raced; the user asked for the stop.
-                        apply(
-                            t,
-                            Trigger::Stopped,
-                            format!("stopped on request ({reason})"),
-                        );
+                        apply(t, Trigger::Stopped, format!("stopped on request ({reason})"));
                         return false;
                     }
                     let retry = t.should_restart(success);
@@ -183,11 +257,7 @@ async fn backoff(
 
 /// Resolves once the desired state is `stopped` (immediately if it already is).
 async fn stop_requested(control: &mut watch::Receiver<DesiredState>) {
-    if control
-        .wait_for(|d| *d == DesiredState::Stopped)
-        .await
-        .is_err()
-    {
+    if control.wait_for(|d| *d == DesiredState::Stopped).await.is_err() {
         // The sender lives as long as the task's entry, which outlives its runner; if it is
         // gone anyway, no stop can ever arrive.
         std::future::pending::<()>().await;

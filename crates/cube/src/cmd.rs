@@ -28,8 +28,47 @@ pub enum Command {
     /// containers, which is root on this host: only pass a non-loopback --listen address on a
     /// network you trust.
     ///
-    /// Example: cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
+    /// Examples:
+    ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
+    ///   cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
+    ///       --advertise http://10.0.0.5:5556 --label zone=a
     Worker(WorkerArgs),
+    /// Run the manager: it accepts tasks, places them on workers and heals the cluster.
+    ///
+    /// Workers join with `cube worker --manager URL`. The manager API listens on 127.0.0.1 by
+    /// default: it starts workloads on every worker, so only expose it on a network you trust.
+    ///
+    /// Example: cube manager --listen 127.0.0.1:5555 --scheduler spread
+    Manager(ManagerArgs),
+}
+
+/// Options of `cube manager`.
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Address and port the manager API listens on (port 0 picks a free port).
+    #[arg(long, env = "CUBE_MANAGER_LISTEN", default_value = "127.0.0.1:5555")]
+    pub listen: SocketAddr,
+    /// Placement strategy: round-robin, epvm, binpack or spread.
+    #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread", value_parser = parse_scheduler)]
+    pub scheduler: cube_core::SchedulerKind,
+    /// How often workers heartbeat.
+    #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is marked down and its tasks are placed elsewhere.
+    #[arg(long, env = "CUBE_NODE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub node_ttl: Duration,
+    /// Timeout of each call from the manager to a worker.
+    #[arg(long, env = "CUBE_WORKER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub worker_timeout: Duration,
+    /// Name shown in health checks.
+    #[arg(long, env = "CUBE_MANAGER_NAME", default_value = "manager")]
+    pub name: String,
+    /// Directory for the manager's state.
+    #[arg(long, env = "CUBE_MANAGER_DATA_DIR", default_value = ".cube/manager")]
+    pub data_dir: PathBuf,
+    /// Where state lives: redb (durable, in the data directory) or memory (lost on exit).
+    #[arg(long, env = "CUBE_MANAGER_STORE", default_value = "redb")]
+    pub store: StoreKind,
 }
 
 /// Options of `cube worker`.
@@ -50,6 +89,71 @@ pub struct WorkerArgs {
     /// Longest time an image pull may take before the task fails.
     #[arg(long, env = "CUBE_WORKER_PULL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub pull_timeout: Duration,
+    /// Manager to join (e.g. http://127.0.0.1:5555); without it the worker runs standalone.
+    #[arg(long, env = "CUBE_MANAGER")]
+    pub manager: Option<String>,
+    /// URL the manager uses to reach this worker [default: http://<listen address>].
+    #[arg(long, env = "CUBE_WORKER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A label for placement constraints, KEY=VALUE (repeatable).
+    #[arg(long = "label", env = "CUBE_WORKER_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// CPU offered to tasks, in cores or millicores (e.g. 2, 500m) [default: all cores].
+    #[arg(long, env = "CUBE_WORKER_CPU", value_parser = parse_cpu)]
+    pub cpu: Option<cube_core::Millicores>,
+    /// Memory offered to tasks (e.g. 4GiB) [default: all memory].
+    #[arg(long, env = "CUBE_WORKER_MEMORY", value_parser = parse_bytes)]
+    pub memory: Option<cube_core::Bytes>,
+    /// Disk offered to tasks (e.g. 20GiB) [default: size of the data directory's filesystem].
+    #[arg(long, env = "CUBE_WORKER_DISK", value_parser = parse_bytes)]
+    pub disk: Option<cube_core::Bytes>,
+    /// Where task state lives: redb (durable, in the data directory) or memory (lost on exit).
+    #[arg(long, env = "CUBE_WORKER_STORE", default_value = "redb")]
+    pub store: StoreKind,
+}
+
+/// Store implementations selectable on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// Durable: a redb file in the data directory; survives crashes and restarts.
+    Redb,
+    /// In memory: for tests and throwaway runs; everything is lost on exit.
+    Memory,
+}
+
+/// Opens the store of the given kind (`file` in `data_dir` for redb). Opening checks the whole
+/// file, so it runs on a blocking thread.
+async fn open_store(
+    kind: StoreKind,
+    data_dir: &std::path::Path,
+    file: &str,
+) -> anyhow::Result<Arc<dyn cube_store::Store>> {
+    let path = data_dir.join(file);
+    Ok(match kind {
+        StoreKind::Memory => Arc::new(cube_store::MemoryStore::new()),
+        StoreKind::Redb => {
+            Arc::new(tokio::task::spawn_blocking(move || cube_store::RedbStore::open(path)).await??)
+        }
+    })
+}
+
+fn parse_scheduler(s: &str) -> Result<cube_core::SchedulerKind, String> {
+    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_cpu(s: &str) -> Result<cube_core::Millicores, String> {
+    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
+}
+
+fn parse_bytes(s: &str) -> Result<cube_core::Bytes, String> {
+    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -62,6 +166,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => {
             init_logging();
             runtime()?.block_on(worker(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manager(args) => {
+            init_logging();
+            runtime()?.block_on(manager(args))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -96,18 +205,46 @@ fn host_name() -> String {
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    let store_kind = args.store;
     let config = cube_worker::WorkerConfig {
         name: args.name.unwrap_or_else(host_name),
         data_dir: args.data_dir,
         listen: args.listen,
         stats_interval: args.stats_interval,
         pull_timeout: args.pull_timeout,
+        manager: args.manager,
+        advertise: args.advertise,
+        labels: args.labels.into_iter().collect(),
+        capacity: cube_worker::CapacityOverride {
+            cpu: args.cpu,
+            memory: args.memory,
+            disk: args.disk,
+        },
     };
-    let store: Arc<dyn cube_store::Store> = Arc::new(cube_store::MemoryStore::new());
+    let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, store, shutdown).await?;
     announce(&format!("cube worker listening on http://{}", worker.addr));
     worker.wait().await?;
     tracing::info!("worker stopped; tasks keep running");
+    Ok(())
+}
+
+async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let config = cube_manager::ManagerConfig {
+        name: args.name,
+        listen: args.listen,
+        scheduler: args.scheduler,
+        heartbeat_interval: args.heartbeat_interval,
+        node_ttl: args.node_ttl,
+        worker_timeout: args.worker_timeout,
+    };
+    let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
+    let running = cube_manager::start(config, store, shutdown).await?;
+    announce(&format!("cube manager listening on http://{}", running.addr));
+    running.wait().await?;
+    tracing::info!("manager stopped");
     Ok(())
 }
 
@@ -123,10 +260,9 @@ fn announce(line: &str) {
 fn spawn_signal_handler(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let (Ok(mut int), Ok(mut term)) =
+            (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        else {
             tracing::error!("cannot install signal handlers");
             return;
         };

@@ -21,35 +21,25 @@ async fn docker_task_runs_is_labelled_and_stops_within_grace() {
         .client
         .submit(
             None,
-            &spec(
-                json!({"name": "sleeper", "driver": "docker", "image": TEST_IMAGE,
+            &spec(json!({"name": "sleeper", "driver": "docker", "image": TEST_IMAGE,
                          "command": "sleep", "args": ["300"], "stop_grace": "2s",
-                         "resources": {"memory": "64MiB", "cpu": 0.5}}),
-            ),
+                         "resources": {"memory": "64MiB", "cpu": 0.5}})),
         )
         .await
         .unwrap();
     assert!(sub.created);
     let id = sub.task.id;
-    let task = wait_until(
-        Duration::from_secs(2),
-        "task running and its container labelled",
-        || async {
+    let task =
+        wait_until(Duration::from_secs(2), "task running and its container labelled", || async {
             let t = w.client.task(id).await.ok()?;
             (t.state == TaskState::Running && w.containers(Some(&id.to_string())).len() == 1)
                 .then_some(t)
-        },
-    )
-    .await;
+        })
+        .await;
     eprintln!("docker submit->running: {:?}", submitted_at.elapsed());
 
     let containers = w.containers(Some(&id.to_string()));
-    assert_eq!(
-        task.handle,
-        Some(DriverHandle::Container {
-            id: containers[0].clone()
-        })
-    );
+    assert_eq!(task.handle, Some(DriverHandle::Container { id: containers[0].clone() }));
     // Limits reach the engine.
     let out = std::process::Command::new("docker")
         .args([
@@ -60,23 +50,16 @@ async fn docker_task_runs_is_labelled_and_stops_within_grace() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "67108864 500000000 no"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "67108864 500000000 no");
 
     let stop_at = Instant::now();
     let stopped = w.client.stop(id).await.unwrap();
     assert_eq!(stopped.desired_state, cube_core::DesiredState::Stopped);
-    wait_until(
-        Duration::from_secs(3),
-        "container removed and task completed",
-        || async {
-            let t = w.client.task(id).await.ok()?;
-            (t.state == TaskState::Completed && w.containers(Some(&id.to_string())).is_empty())
-                .then_some(())
-        },
-    )
+    wait_until(Duration::from_secs(3), "container removed and task completed", || async {
+        let t = w.client.task(id).await.ok()?;
+        (t.state == TaskState::Completed && w.containers(Some(&id.to_string())).is_empty())
+            .then_some(())
+    })
     .await;
     eprintln!("docker stop->gone: {:?}", stop_at.elapsed());
 }
@@ -106,15 +89,11 @@ async fn a_container_ignoring_sigterm_is_killed_after_the_grace_period() {
     .await;
     let stop_at = Instant::now();
     w.client.stop(id).await.unwrap();
-    let t = wait_until(
-        Duration::from_secs(2),
-        "container gone within grace + 1s",
-        || async {
-            let t = w.client.task(id).await.ok()?;
-            (t.state == TaskState::Completed && w.containers(Some(&id.to_string())).is_empty())
-                .then_some(t)
-        },
-    )
+    let t = wait_until(Duration::from_secs(2), "container gone within grace + 1s", || async {
+        let t = w.client.task(id).await.ok()?;
+        (t.state == TaskState::Completed && w.containers(Some(&id.to_string())).is_empty())
+            .then_some(t)
+    })
     .await;
     assert!(
         stop_at.elapsed() >= Duration::from_millis(900),
@@ -134,10 +113,8 @@ async fn failing_containers_and_missing_images_fail_with_reasons() {
         .client
         .submit(
             None,
-            &spec(
-                json!({"name": "exit3", "driver": "docker", "image": TEST_IMAGE,
-                                    "command": "sh", "args": ["-c", "echo bye; exit 3"]}),
-            ),
+            &spec(json!({"name": "exit3", "driver": "docker", "image": TEST_IMAGE,
+                                    "command": "sh", "args": ["-c", "echo bye; exit 3"]})),
         )
         .await
         .unwrap()
@@ -155,21 +132,14 @@ async fn failing_containers_and_missing_images_fail_with_reasons() {
         .task
         .id;
 
-    let t = wait_until(
-        Duration::from_secs(5),
-        "missing image task failed",
-        || async {
-            let t = w.client.task(missing).await.ok()?;
-            (t.state == TaskState::Failed).then_some(t)
-        },
-    )
+    let t = wait_until(Duration::from_secs(5), "missing image task failed", || async {
+        let t = w.client.task(missing).await.ok()?;
+        (t.state == TaskState::Failed).then_some(t)
+    })
     .await;
     assert!(missing_at.elapsed() < Duration::from_secs(5));
     let reason = t.reason.unwrap();
-    assert!(
-        reason.contains("does-not-exist:1"),
-        "reason names the image: {reason}"
-    );
+    assert!(reason.contains("does-not-exist:1"), "reason names the image: {reason}");
 
     let t = wait_until(Duration::from_secs(10), "exit-3 task failed", || async {
         let t = w.client.task(exit3).await.ok()?;
@@ -178,16 +148,9 @@ async fn failing_containers_and_missing_images_fail_with_reasons() {
     .await;
     assert_eq!(t.exit_code, Some(3));
     assert_eq!(t.reason.as_deref(), Some("exited with code 3"));
-    assert!(
-        w.containers(Some(&exit3.to_string())).is_empty(),
-        "exited container is removed"
-    );
+    assert!(w.containers(Some(&exit3.to_string())).is_empty(), "exited container is removed");
     let log = std::fs::read_to_string(
-        w.dir
-            .path()
-            .join("data/tasks")
-            .join(exit3.to_string())
-            .join("output.log"),
+        w.dir.path().join("data/tasks").join(exit3.to_string()).join("output.log"),
     )
     .unwrap();
     assert_eq!(log, "bye\n", "container output is kept after removal");
@@ -208,11 +171,9 @@ async fn published_port_answers_http_from_the_host() {
         .client
         .submit(
             None,
-            &spec(
-                json!({"name": "web", "driver": "docker", "image": TEST_IMAGE,
+            &spec(json!({"name": "web", "driver": "docker", "image": TEST_IMAGE,
                                     "command": "httpd", "args": ["-f", "-p", "80", "-h", "/www"],
-                                    "ports": [{"container": 80}]}),
-            ),
+                                    "ports": [{"container": 80}]})),
         )
         .await
         .unwrap()
@@ -227,18 +188,13 @@ async fn published_port_answers_http_from_the_host() {
     let port = t.host_ports[0].host_port;
     assert_eq!(t.host_ports[0].container_port, 80);
     assert_ne!(port, 0);
-    let body = wait_until(
-        Duration::from_secs(5),
-        "httpd answering on the host port",
-        || async move {
-            let resp = reqwest::get(format!("http://127.0.0.1:{port}/"))
-                .await
-                .ok()?;
+    let body =
+        wait_until(Duration::from_secs(5), "httpd answering on the host port", || async move {
+            let resp = reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?;
             resp.status().is_success().then_some(())?;
             resp.text().await.ok()
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(body.contains("cube test image"), "{body}");
 }
 
@@ -253,10 +209,9 @@ async fn fifty_concurrent_submissions_all_run_exactly_once() {
     let submissions = (0..50).map(|i| {
         let client = w.client.clone();
         tokio::spawn(async move {
-            let s = spec(
-                json!({"name": format!("many-{i}"), "driver": "docker", "image": TEST_IMAGE,
-                                "command": "sleep", "args": ["300"], "stop_grace": "1s"}),
-            );
+            let s =
+                spec(json!({"name": format!("many-{i}"), "driver": "docker", "image": TEST_IMAGE,
+                                "command": "sleep", "args": ["300"], "stop_grace": "1s"}));
             client.submit(None, &s).await.unwrap().task.id
         })
     });
@@ -269,12 +224,7 @@ async fn fifty_concurrent_submissions_all_run_exactly_once() {
     assert_eq!(ids.len(), 50);
     wait_until(Duration::from_secs(90), "all 50 tasks running", || async {
         let tasks = w.client.tasks().await.ok()?;
-        (tasks
-            .iter()
-            .filter(|t| t.state == TaskState::Running)
-            .count()
-            == 50)
-            .then_some(())
+        (tasks.iter().filter(|t| t.state == TaskState::Running).count() == 50).then_some(())
     })
     .await;
     eprintln!("50 docker tasks running after {:?}", started.elapsed());
@@ -295,14 +245,10 @@ async fn fifty_concurrent_submissions_all_run_exactly_once() {
     for s in stops {
         s.await.unwrap();
     }
-    wait_until(
-        Duration::from_secs(90),
-        "all 50 tasks completed and removed",
-        || async {
-            let tasks = w.client.tasks().await.ok()?;
-            (tasks.iter().all(|t| t.state == TaskState::Completed) && w.containers(None).is_empty())
-                .then_some(())
-        },
-    )
+    wait_until(Duration::from_secs(90), "all 50 tasks completed and removed", || async {
+        let tasks = w.client.tasks().await.ok()?;
+        (tasks.iter().all(|t| t.state == TaskState::Completed) && w.containers(None).is_empty())
+            .then_some(())
+    })
     .await;
 }

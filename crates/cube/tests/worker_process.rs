@@ -12,13 +12,7 @@ use serde_json::json;
 fn alive(pid: u32) -> bool {
     // A zombie still has a /proc entry; only a live, unreaped-or-running process counts.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
         .unwrap_or(false)
 }
 
@@ -30,11 +24,9 @@ async fn process_task_runs_in_its_own_group_and_stops() {
         .client
         .submit(
             None,
-            &spec(
-                json!({"name": "sleeper", "driver": "process", "command": "sleep",
+            &spec(json!({"name": "sleeper", "driver": "process", "command": "sleep",
                                     "args": ["300"], "env": {"GREETING": "hi"}, "workdir": "/tmp",
-                                    "stop_grace": "2s"}),
-            ),
+                                    "stop_grace": "2s"})),
         )
         .await
         .unwrap()
@@ -52,17 +44,8 @@ async fn process_task_runs_in_its_own_group_and_stops() {
     assert!(alive(pid));
     assert!(start_ticks > 0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    assert_eq!(
-        fields[2],
-        pid.to_string(),
-        "the task leads its own process group"
-    );
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    assert_eq!(fields[2], pid.to_string(), "the task leads its own process group");
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(String::from_utf8_lossy(&environ).contains("GREETING=hi"));
     assert_eq!(
@@ -71,14 +54,10 @@ async fn process_task_runs_in_its_own_group_and_stops() {
     );
 
     w.client.stop(id).await.unwrap();
-    let t = wait_until(
-        Duration::from_secs(3),
-        "process stopped and task completed",
-        || async {
-            let t = w.client.task(id).await.ok()?;
-            (t.state == TaskState::Completed && !alive(pid)).then_some(t)
-        },
-    )
+    let t = wait_until(Duration::from_secs(3), "process stopped and task completed", || async {
+        let t = w.client.task(id).await.ok()?;
+        (t.state == TaskState::Completed && !alive(pid)).then_some(t)
+    })
     .await;
     assert!(t.reason.unwrap().starts_with("stopped on request"));
 }
@@ -90,11 +69,9 @@ async fn a_process_ignoring_sigterm_is_killed_after_grace() {
         .client
         .submit(
             None,
-            &spec(
-                json!({"name": "stubborn", "driver": "process", "command": "sh",
+            &spec(json!({"name": "stubborn", "driver": "process", "command": "sh",
                                     "args": ["-c", "trap '' TERM; while true; do sleep 1; done"],
-                                    "stop_grace": "1s"}),
-            ),
+                                    "stop_grace": "1s"})),
         )
         .await
         .unwrap()
@@ -122,10 +99,8 @@ async fn exit_codes_and_missing_commands_fail_with_reasons() {
         .client
         .submit(
             None,
-            &spec(
-                json!({"name": "exit3", "driver": "process", "command": "sh",
-                                    "args": ["-c", "echo out; echo err >&2; exit 3"]}),
-            ),
+            &spec(json!({"name": "exit3", "driver": "process", "command": "sh",
+                                    "args": ["-c", "echo out; echo err >&2; exit 3"]})),
         )
         .await
         .unwrap()
@@ -150,29 +125,18 @@ async fn exit_codes_and_missing_commands_fail_with_reasons() {
     .await;
     assert_eq!(t.exit_code, Some(3));
     let log = std::fs::read_to_string(
-        w.dir
-            .path()
-            .join("data/tasks")
-            .join(exit3.to_string())
-            .join("output.log"),
+        w.dir.path().join("data/tasks").join(exit3.to_string()).join("output.log"),
     )
     .unwrap();
     assert_eq!(log, "out\nerr\n");
 
-    let t = wait_until(
-        Duration::from_secs(5),
-        "missing-command task failed",
-        || async {
-            let t = w.client.task(missing).await.ok()?;
-            (t.state == TaskState::Failed).then_some(t)
-        },
-    )
+    let t = wait_until(Duration::from_secs(5), "missing-command task failed", || async {
+        let t = w.client.task(missing).await.ok()?;
+        (t.state == TaskState::Failed).then_some(t)
+    })
     .await;
     let reason = t.reason.unwrap();
-    assert!(
-        reason.contains("no-such-command-xyz") && reason.contains("No such file"),
-        "{reason}"
-    );
+    assert!(reason.contains("no-such-command-xyz") && reason.contains("No such file"), "{reason}");
     assert_eq!(w.client.health().await.unwrap().status, "ok");
 }
 
@@ -191,15 +155,9 @@ async fn tasks_keep_running_when_the_worker_shuts_down() {
         (t.state == TaskState::Running).then_some(t)
     })
     .await;
-    let Some(DriverHandle::Process { pid, .. }) = t.handle else {
-        panic!()
-    };
+    let Some(DriverHandle::Process { pid, .. }) = t.handle else { panic!() };
     let status = w.process.terminate();
-    assert!(
-        status.success(),
-        "clean exit on SIGTERM: {status:?}\n{}",
-        w.process.logs()
-    );
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{}", w.process.logs());
     assert!(alive(pid), "the workload outlives the agent");
     assert!(w.process.logs().contains("SIGTERM received"));
 }
@@ -220,19 +178,10 @@ async fn fifty_concurrent_process_tasks_all_run_once() {
     for h in handles {
         ids.push(h.await.unwrap());
     }
-    let tasks = wait_until(
-        Duration::from_secs(20),
-        "50 process tasks running",
-        || async {
-            let tasks = w.client.tasks().await.ok()?;
-            (tasks
-                .iter()
-                .filter(|t| t.state == TaskState::Running)
-                .count()
-                == 50)
-                .then_some(tasks)
-        },
-    )
+    let tasks = wait_until(Duration::from_secs(20), "50 process tasks running", || async {
+        let tasks = w.client.tasks().await.ok()?;
+        (tasks.iter().filter(|t| t.state == TaskState::Running).count() == 50).then_some(tasks)
+    })
     .await;
     let mut pids: Vec<u32> = tasks
         .iter()

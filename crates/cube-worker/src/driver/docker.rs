@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
+use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding, PortMap, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, PortBinding, PortMap,
+    RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -71,10 +72,7 @@ impl DockerDriver {
     /// version. Fails if the engine does not answer.
     pub async fn connect(pull_timeout: Duration) -> Result<Self, String> {
         let docker = Docker::connect_with_defaults().map_err(|e| e.to_string())?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| e.to_string())?;
+        let docker = docker.negotiate_version().await.map_err(|e| e.to_string())?;
         docker.ping().await.map_err(|e| e.to_string())?;
         Ok(Self {
             docker,
@@ -110,11 +108,7 @@ impl DockerDriver {
                     .and_then(|l| l.get(LABEL_TASK_ID))
                     .and_then(|s| s.parse().ok());
                 let running = c.state.is_some_and(|s| s.to_string() == "running");
-                Some(ManagedContainer {
-                    id,
-                    task_id,
-                    running,
-                })
+                Some(ManagedContainer { id, task_id, running })
             })
             .collect())
     }
@@ -130,16 +124,12 @@ impl DockerDriver {
     async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {}
             Err(e) => return Err(runtime(e)),
         }
         tracing::info!(image, "image not present; pulling");
-        let options = CreateImageOptions {
-            from_image: Some(image.to_owned()),
-            ..Default::default()
-        };
+        let options =
+            CreateImageOptions { from_image: Some(image.to_owned()), ..Default::default() };
         let pull = async {
             let mut stream = self.docker.create_image(Some(options), None, None);
             let mut last_status = String::new();
@@ -156,10 +146,9 @@ impl DockerDriver {
         };
         match tokio::time::timeout(self.pull_timeout, pull).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(DriverError::ImageUnavailable {
-                image: image.to_owned(),
-                reason,
-            }),
+            Ok(Err(reason)) => {
+                Err(DriverError::ImageUnavailable { image: image.to_owned(), reason })
+            }
             Err(_) => Err(DriverError::ImageUnavailable {
                 image: image.to_owned(),
                 reason: format!("pull did not finish within {:?}", self.pull_timeout),
@@ -182,33 +171,22 @@ impl DockerDriver {
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("CUBE_TASK_ID={}", req.task_id));
         env.push(format!("CUBE_TASK_NAME={}", req.name));
-        let exposed: Vec<String> = spec
-            .ports
-            .iter()
-            .map(|p| port_key(p.container, p.protocol))
-            .collect();
+        let exposed: Vec<String> =
+            spec.ports.iter().map(|p| port_key(p.container, p.protocol)).collect();
         let bindings: PortMap = spec
             .ports
             .iter()
             .map(|p| {
-                let host_port = if p.host == 0 {
-                    String::new()
-                } else {
-                    p.host.to_string()
-                };
+                let host_port = if p.host == 0 { String::new() } else { p.host.to_string() };
                 (
                     port_key(p.container, p.protocol),
-                    Some(vec![PortBinding {
-                        host_ip: None,
-                        host_port: Some(host_port),
-                    }]),
+                    Some(vec![PortBinding { host_ip: None, host_port: Some(host_port) }]),
                 )
             })
             .collect();
         let memory = i64::try_from(spec.resources.memory.get()).unwrap_or(i64::MAX);
-        let nano_cpus = i64::try_from(spec.resources.cpu.get())
-            .unwrap_or(0)
-            .saturating_mul(1_000_000);
+        let nano_cpus =
+            i64::try_from(spec.resources.cpu.get()).unwrap_or(0).saturating_mul(1_000_000);
         ContainerCreateBody {
             image: spec.image.clone(),
             cmd,
@@ -234,71 +212,41 @@ impl DockerDriver {
 
     async fn create(&self, req: &StartRequest) -> Result<String, DriverError> {
         let name = format!("cube-{}-{}", req.name, req.task_id.short());
-        let options = CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
-        };
+        let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
         let body = Self::create_body(req);
-        match self
-            .docker
-            .create_container(Some(options.clone()), body.clone())
-            .await
-        {
+        match self.docker.create_container(Some(options.clone()), body.clone()).await {
             Ok(r) => Ok(r.id),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => {
+            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => {
                 // A container of an earlier run of this very task (same name = same task id)
                 // survived, e.g. after a crash between start and cleanup. It is ours: replace it.
                 tracing::warn!(container = %name, "removing leftover container of an earlier run");
                 self.remove(&name).await?;
-                self.docker
-                    .create_container(Some(options), body)
-                    .await
-                    .map(|r| r.id)
-                    .map_err(|e| {
-                        DriverError::StartFailed(format!(
-                            "cannot create container: {}",
-                            message(&e)
-                        ))
-                    })
+                self.docker.create_container(Some(options), body).await.map(|r| r.id).map_err(|e| {
+                    DriverError::StartFailed(format!("cannot create container: {}", message(&e)))
+                })
             }
-            Err(e) => Err(DriverError::StartFailed(format!(
-                "cannot create container: {}",
-                message(&e)
-            ))),
+            Err(e) => {
+                Err(DriverError::StartFailed(format!("cannot create container: {}", message(&e))))
+            }
         }
     }
 
     async fn remove(&self, id: &str) -> Result<(), DriverError> {
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
+        let options = RemoveContainerOptions { force: true, v: true, ..Default::default() };
         match self.docker.remove_container(id, Some(options)).await {
-            Ok(())
-            | Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
+            Ok(()) | Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(())
+            }
             // 409: removal already in progress.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
+            Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
             Err(e) => Err(runtime(e)),
         }
     }
 
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DriverError> {
-        match self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-        {
+        match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(r) => Ok(Some(r)),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
+            Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
             Err(e) => Err(runtime(e)),
         }
     }
@@ -370,11 +318,7 @@ impl Driver for DockerDriver {
             Some(info) => host_ports(&info),
             None => Vec::new(),
         };
-        Ok(Started {
-            handle: DriverHandle::Container { id },
-            host_ports,
-            exit,
-        })
+        Ok(Started { handle: DriverHandle::Container { id }, host_ports, exit })
     }
 
     async fn stop(
@@ -386,17 +330,11 @@ impl Driver for DockerDriver {
         let id = container_id(handle)?;
         // Round up: a 1.5 s grace must not become 1 s.
         let t = i32::try_from(grace.as_millis().div_ceil(1000)).unwrap_or(i32::MAX);
-        let options = StopContainerOptions {
-            t: Some(t),
-            signal: None,
-        };
+        let options = StopContainerOptions { t: Some(t), signal: None };
         match self.docker.stop_container(id, Some(options)).await {
             Ok(()) => {}
             // 304: already stopped; 404: already gone. Either way the exit watch reports it.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 304 | 404,
-                ..
-            }) => {}
+            Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => {}
             Err(e) => return Err(runtime(e)),
         }
         tokio::time::timeout(grace + STOP_SLACK, wait_exit(exit))
@@ -418,15 +356,37 @@ impl Driver for DockerDriver {
             return Ok(None);
         }
         let exit = self.watch_exit(id.to_owned());
-        Ok(Some(Started {
-            handle: handle.clone(),
-            host_ports: host_ports(&info),
-            exit,
-        }))
+        Ok(Some(Started { handle: handle.clone(), host_ports: host_ports(&info), exit }))
     }
 }
 
 impl DockerDriver {
+    /// Runs `command` inside container `id` and returns its exit code (for exec health checks).
+    pub async fn exec(&self, id: &str, command: &[String]) -> Result<i64, DriverError> {
+        let config = ExecConfig {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self.docker.create_exec(id, config).await.map_err(runtime)?;
+        let options = StartExecOptions { detach: false, tty: false, output_capacity: None };
+        if let StartExecResults::Attached { mut output, .. } =
+            self.docker.start_exec(&created.id, Some(options)).await.map_err(runtime)?
+        {
+            // Drain the output: the exec has finished when its stream ends.
+            while let Some(item) = output.next().await {
+                if let Err(e) = item {
+                    return Err(runtime(e));
+                }
+            }
+        }
+        let inspect = self.docker.inspect_exec(&created.id).await.map_err(runtime)?;
+        inspect.exit_code.ok_or_else(|| {
+            DriverError::Runtime(format!("exec of {command:?} reported no exit code"))
+        })
+    }
+
     /// Resumes copying a re-adopted container's logs into `log_path`, from now on.
     pub async fn resume_logs(
         &self,
@@ -443,16 +403,12 @@ impl DockerDriver {
 async fn wait_for_exit(docker: &Docker, id: &str) -> ExitInfo {
     let mut failures = 0u32;
     loop {
-        let options = WaitContainerOptions {
-            condition: "not-running".into(),
-        };
+        let options = WaitContainerOptions { condition: "not-running".into() };
         let mut stream = docker.wait_container(id, Some(options));
         match stream.next().await {
             // A non-zero exit arrives as a "wait error" in bollard; both mean it stopped.
             Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) => break,
-            Some(Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            })) => {
+            Some(Err(BollardError::DockerResponseServerError { status_code: 404, .. })) => {
                 return ExitInfo {
                     error: Some("container disappeared (removed outside Cube)".into()),
                     ..ExitInfo::default()
@@ -471,10 +427,7 @@ async fn wait_for_exit(docker: &Docker, id: &str) -> ExitInfo {
             }
         }
     }
-    match docker
-        .inspect_container(id, None::<InspectContainerOptions>)
-        .await
-    {
+    match docker.inspect_container(id, None::<InspectContainerOptions>).await {
         Ok(info) => {
             let state = info.state.unwrap_or_default();
             ExitInfo {
@@ -492,11 +445,7 @@ async fn wait_for_exit(docker: &Docker, id: &str) -> ExitInfo {
 }
 
 fn host_ports(info: &ContainerInspectResponse) -> Vec<HostPort> {
-    let Some(ports) = info
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.ports.as_ref())
-    else {
+    let Some(ports) = info.network_settings.as_ref().and_then(|n| n.ports.as_ref()) else {
         return Vec::new();
     };
     let mut seen = BTreeSet::new();
@@ -505,14 +454,9 @@ fn host_ports(info: &ContainerInspectResponse) -> Vec<HostPort> {
         let Some((port, proto)) = key.split_once('/') else {
             continue;
         };
-        let (Ok(container_port), protocol) = (
-            port.parse::<u16>(),
-            if proto == "udp" {
-                Protocol::Udp
-            } else {
-                Protocol::Tcp
-            },
-        ) else {
+        let (Ok(container_port), protocol) =
+            (port.parse::<u16>(), if proto == "udp" { Protocol::Udp } else { Protocol::Tcp })
+        else {
             continue;
         };
         for b in bindings.iter().flatten() {
@@ -558,10 +502,9 @@ fn runtime(e: BollardError) -> DriverError {
         BollardError::DockerResponseServerError { .. } => DriverError::Runtime(message(&e)),
         BollardError::IOError { .. }
         | BollardError::HyperResponseError { .. }
-        | BollardError::RequestTimeoutError => DriverError::Unavailable {
-            driver: DriverKind::Docker,
-            reason: e.to_string(),
-        },
+        | BollardError::RequestTimeoutError => {
+            DriverError::Unavailable { driver: DriverKind::Docker, reason: e.to_string() }
+        }
         other => DriverError::Runtime(other.to_string()),
     }
 }

@@ -81,11 +81,7 @@ impl ExitInfo {
         if let Some(e) = &self.error {
             parts.push(e.clone());
         }
-        if parts.is_empty() {
-            "exited".to_owned()
-        } else {
-            parts.join("; ")
-        }
+        if parts.is_empty() { "exited".to_owned() } else { parts.join("; ") }
     }
 }
 
@@ -169,12 +165,10 @@ impl Drivers {
     }
 
     fn docker(&self) -> Result<&docker::DockerDriver, DriverError> {
-        self.docker
-            .as_ref()
-            .map_err(|reason| DriverError::Unavailable {
-                driver: DriverKind::Docker,
-                reason: reason.clone(),
-            })
+        self.docker.as_ref().map_err(|reason| DriverError::Unavailable {
+            driver: DriverKind::Docker,
+            reason: reason.clone(),
+        })
     }
 
     /// Starts a task with the driver its spec names.

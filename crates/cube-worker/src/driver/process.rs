@@ -64,9 +64,8 @@ impl Driver for ProcessDriver {
         let mut child = command
             .spawn()
             .map_err(|e| DriverError::StartFailed(format!("cannot run {program:?}: {e}")))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| DriverError::Runtime("spawned process has no pid".into()))?;
+        let pid =
+            child.id().ok_or_else(|| DriverError::Runtime("spawned process has no pid".into()))?;
         // Read right after spawn, while the child cannot have been reaped (we hold it).
         let start_ticks = start_ticks(pid).unwrap_or(0);
 
@@ -105,11 +104,9 @@ impl Driver for ProcessDriver {
             Ok(info) => info,
             Err(_) => {
                 signal_group(pid, Signal::KILL)?;
-                tokio::time::timeout(KILL_WAIT, wait_exit(exit))
-                    .await
-                    .map_err(|_| {
-                        DriverError::Runtime(format!("process {pid} did not die after SIGKILL"))
-                    })?
+                tokio::time::timeout(KILL_WAIT, wait_exit(exit)).await.map_err(|_| {
+                    DriverError::Runtime(format!("process {pid} did not die after SIGKILL"))
+                })?
             }
         };
         // The leader is gone; take down anything it left in its group. The group id cannot have
@@ -124,11 +121,7 @@ impl Driver for ProcessDriver {
     }
 
     async fn recover(&self, handle: &DriverHandle) -> Result<Option<Started>, DriverError> {
-        let DriverHandle::Process {
-            pid,
-            start_ticks: expected,
-        } = handle
-        else {
+        let DriverHandle::Process { pid, start_ticks: expected } = handle else {
             return Err(DriverError::Runtime("not a process handle".into()));
         };
         let pid = *pid;
@@ -162,11 +155,7 @@ impl Driver for ProcessDriver {
                 ..ExitInfo::default()
             });
         });
-        Ok(Some(Started {
-            handle: handle.clone(),
-            host_ports: Vec::new(),
-            exit: rx,
-        }))
+        Ok(Some(Started { handle: handle.clone(), host_ports: Vec::new(), exit: rx }))
     }
 }
 
@@ -183,9 +172,7 @@ fn signal_group(pid: u32, signal: Signal) -> Result<(), DriverError> {
         .ok_or_else(|| DriverError::Runtime(format!("bad pid {pid}")))?;
     match rustix::process::kill_process_group(raw, signal) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-        Err(e) => Err(DriverError::Runtime(format!(
-            "signal {signal:?} to group {pid}: {e}"
-        ))),
+        Err(e) => Err(DriverError::Runtime(format!("signal {signal:?} to group {pid}: {e}"))),
     }
 }
 
@@ -193,11 +180,7 @@ fn signal_group(pid: u32, signal: Signal) -> Result<(), DriverError> {
 /// (A read of /proc, which the kernel answers from memory without blocking.)
 pub fn start_ticks(pid: u32) -> Option<u64> {
     let pid = i32::try_from(pid).ok()?;
-    procfs::process::Process::new(pid)
-        .ok()?
-        .stat()
-        .ok()
-        .map(|s| s.starttime)
+    procfs::process::Process::new(pid).ok()?.stat().ok().map(|s| s.starttime)
 }
 
 /// Opens (creating) the task's log file for appending, with its directory.

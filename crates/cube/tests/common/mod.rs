@@ -3,12 +3,7 @@
 //! Nothing here sleeps to synchronise: [`wait_until`] polls a condition until a deadline and
 //! fails with a description of what never happened.
 
-#![allow(
-    dead_code,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stderr
-)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -121,11 +116,7 @@ impl CubeProcess {
                 panic!("cube {args:?} did not start listening; its log:\n{logs}");
             }
         };
-        CubeProcess {
-            child,
-            url,
-            stderr_path,
-        }
+        CubeProcess { child, url, stderr_path }
     }
 
     /// A client for this process's API.
@@ -135,9 +126,7 @@ impl CubeProcess {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait().unwrap()
     }
 
@@ -182,12 +171,7 @@ impl TestWorker {
         let process = CubeProcess::start(&args, dir.path());
         let client = process.client();
         let node_id = client.health().await.unwrap().node_id.unwrap().to_string();
-        TestWorker {
-            process,
-            client,
-            node_id,
-            dir,
-        }
+        TestWorker { process, client, node_id, dir }
     }
 
     /// Ids of containers labelled for this node, running or not.
@@ -204,10 +188,7 @@ impl TestWorker {
             args.push(format!("label=cube.task-id={t}"));
         }
         let out = Command::new("docker").args(&args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
 }
 
@@ -218,11 +199,7 @@ impl Drop for TestWorker {
         // A few at a time: a burst of forced removals is hard on the engine (Docker 20.10 has
         // been seen to deadlock under fifty concurrent kills).
         for chunk in self.containers(None).chunks(5) {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(chunk)
-                .output();
+            let _ = Command::new("docker").arg("rm").arg("-f").args(chunk).output();
         }
         // Process tasks run in their own process groups; take them down too.
         kill_process_tasks(&self.dir.path().join("data"));
@@ -235,10 +212,8 @@ fn kill_process_tasks(data_dir: &Path) {
     let Ok(tasks) = std::fs::read_dir(data_dir.join("tasks")) else {
         return;
     };
-    let ids: Vec<String> = tasks
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let ids: Vec<String> =
+        tasks.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -251,10 +226,7 @@ fn kill_process_tasks(data_dir: &Path) {
             continue;
         };
         let env = String::from_utf8_lossy(&env);
-        if ids
-            .iter()
-            .any(|id| env.contains(&format!("CUBE_TASK_ID={id}")))
-        {
+        if ids.iter().any(|id| env.contains(&format!("CUBE_TASK_ID={id}"))) {
             let _ = Command::new("kill").args(["-KILL", &name]).status();
         }
     }
@@ -280,10 +252,7 @@ pub async fn raw(
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap();
     let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-        panic!(
-            "status {status}: body is not JSON: {}",
-            String::from_utf8_lossy(&bytes)
-        )
+        panic!("status {status}: body is not JSON: {}", String::from_utf8_lossy(&bytes))
     });
     (status, json)
 }

@@ -1,0 +1,634 @@
+//! Schedulers: choose a node for a task, and explain the choice.
+//!
+//! Every scheduler runs the book's three phases:
+//! 1. **candidates**: keep the nodes that *can* run the task (ready, driver, constraints, CPU,
+//!    memory, disk, host ports), recording why each other node was rejected;
+//! 2. **score**: give each candidate a cost (lower is better);
+//! 3. **pick**: the lowest cost wins; ties go to the first node in id order.
+//!
+//! The result is a [`Decision`] carrying an [`Explanation`] (chosen node, runner-up scores,
+//! rejection reasons) that is stored with the task: the answer to "why is my task here and not
+//! there". An unplaceable task is a decision too, not an error.
+//!
+//! Kinds: `round-robin` (rotate over nodes), `binpack` (fill the fullest node that fits),
+//! `spread` (fewest tasks, then least used) and `epvm` (the book's E-PVM marginal cost, with
+//! its bugs fixed: the CPU term counts, reservations are included, a node without stats never
+//! wins, and the paper's doubling job ceiling is implemented).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::constraint::Constraint;
+use crate::{Bytes, CoreError, DriverKind, Millicores, NodeId, Protocol, Resources, TaskSpec};
+
+/// Which scheduler to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerKind {
+    /// Rotate over the nodes that fit.
+    RoundRobin,
+    /// E-PVM opportunity cost (memory, CPU and job count).
+    Epvm,
+    /// Prefer the node that is fullest after placement.
+    Binpack,
+    /// Prefer the node with the fewest tasks, then the least used.
+    Spread,
+}
+
+impl SchedulerKind {
+    /// Every kind, for help texts and tests.
+    pub const ALL: [SchedulerKind; 4] = [
+        SchedulerKind::RoundRobin,
+        SchedulerKind::Epvm,
+        SchedulerKind::Binpack,
+        SchedulerKind::Spread,
+    ];
+
+    /// The name used on the command line and in explanations.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SchedulerKind::RoundRobin => "round-robin",
+            SchedulerKind::Epvm => "epvm",
+            SchedulerKind::Binpack => "binpack",
+            SchedulerKind::Spread => "spread",
+        }
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SchedulerKind {
+    type Err = CoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| CoreError::InvalidQuantity {
+            input: s.to_owned(),
+            expected: "one of round-robin, epvm, binpack, spread",
+        })
+    }
+}
+
+/// What the scheduler knows about one node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView {
+    /// Node id.
+    pub id: NodeId,
+    /// Node name (for explanations).
+    pub name: String,
+    /// Whether the node is up and accepting tasks.
+    pub ready: bool,
+    /// Labels for constraints.
+    pub labels: BTreeMap<String, String>,
+    /// Drivers the node can run.
+    pub drivers: Vec<DriverKind>,
+    /// What the node offers.
+    pub capacity: Resources,
+    /// What tasks placed there (and not finished) reserve.
+    pub reserved: Resources,
+    /// Host ports taken by those tasks.
+    pub used_ports: BTreeSet<(u16, Protocol)>,
+    /// Number of those tasks.
+    pub task_count: u32,
+    /// Observed load, when the node has reported stats.
+    pub load: Option<NodeLoad>,
+}
+
+/// Observed load of a node, from its latest stats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeLoad {
+    /// Busy CPU fraction of the host, in [0, 1].
+    pub cpu_busy: f64,
+    /// Used memory fraction of the host, in [0, 1].
+    pub memory_used: f64,
+}
+
+/// A node and its cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoredNode {
+    /// Node id.
+    pub node: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Cost (lower is better).
+    pub score: f64,
+}
+
+/// A node that cannot take the task, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Node id.
+    pub node: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Why, e.g. "needs 512MiB memory, 200MiB free".
+    pub reason: String,
+}
+
+/// Why a task was (or could not be) placed where it was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The scheduler that decided.
+    pub scheduler: SchedulerKind,
+    /// The winner, if any.
+    pub chosen: Option<ScoredNode>,
+    /// The best-scoring candidates, winner first (at most [`MAX_EXPLAINED`]).
+    pub candidates: Vec<ScoredNode>,
+    /// Nodes that could not take the task.
+    pub rejected: Vec<Rejection>,
+}
+
+/// Candidates kept in an explanation.
+pub const MAX_EXPLAINED: usize = 5;
+
+impl Explanation {
+    /// One line saying why nothing fits, e.g. "no node fits: w1: needs 512MiB memory, 200MiB
+    /// free; w2: node is down".
+    pub fn unplaceable_reason(&self) -> String {
+        if self.rejected.is_empty() {
+            return "no nodes registered".to_owned();
+        }
+        let reasons: Vec<String> =
+            self.rejected.iter().map(|r| format!("{}: {}", r.name, r.reason)).collect();
+        format!("no node fits: {}", reasons.join("; "))
+    }
+}
+
+/// The scheduler's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Place the task on `node`.
+    Place {
+        /// The chosen node.
+        node: NodeId,
+        /// Why.
+        explanation: Explanation,
+    },
+    /// No node can take the task now.
+    Unplaceable {
+        /// Why not, per node.
+        explanation: Explanation,
+    },
+}
+
+/// A scheduler with its (small) state: the round-robin cursor.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    kind: SchedulerKind,
+    cursor: usize,
+}
+
+/// Lieb's square-ice constant: the base the book's E-PVM uses for its exponential costs.
+pub const LIEB: f64 = 1.539_600_717_839_002;
+/// The book's CPU capacity divisor (2^0.8): a host is "full" at about 80% busy.
+pub const EPVM_CPU_CAPACITY: f64 = 1.741_101_126_592_248;
+
+impl Scheduler {
+    /// A scheduler of `kind`.
+    pub fn new(kind: SchedulerKind) -> Self {
+        Self { kind, cursor: 0 }
+    }
+
+    /// Which kind it is.
+    pub fn kind(&self) -> SchedulerKind {
+        self.kind
+    }
+
+    /// Chooses a node for `spec` among `nodes` (in a stable order, e.g. by id). Nodes in
+    /// `avoid` (where the task already failed) are used only if nothing else fits.
+    pub fn place(&mut self, spec: &TaskSpec, nodes: &[NodeView], avoid: &[NodeId]) -> Decision {
+        let constraints: Vec<Constraint> =
+            spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
+        let mut rejected = Vec::new();
+        let mut feasible = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            match check(spec, &constraints, node) {
+                Ok(()) => feasible.push(i),
+                Err(reason) => {
+                    rejected.push(Rejection { node: node.id, name: node.name.clone(), reason })
+                }
+            }
+        }
+        // Prefer nodes the task has not failed on; fall back to them rather than not running.
+        if feasible.iter().any(|i| !avoid.contains(&nodes[*i].id)) {
+            feasible.retain(|i| {
+                let keep = !avoid.contains(&nodes[*i].id);
+                if !keep {
+                    rejected.push(Rejection {
+                        node: nodes[*i].id,
+                        name: nodes[*i].name.clone(),
+                        reason: "the task already failed on this node".into(),
+                    });
+                }
+                keep
+            });
+        }
+
+        let mut scored: Vec<(usize, f64)> = feasible
+            .iter()
+            .filter_map(|&i| match self.score(spec, nodes, i) {
+                Ok(score) => Some((i, score)),
+                Err(reason) => {
+                    rejected.push(Rejection {
+                        node: nodes[i].id,
+                        name: nodes[i].name.clone(),
+                        reason,
+                    });
+                    None
+                }
+            })
+            .collect();
+        // Stable sort: equal scores keep node order, so ties go to the first node.
+        scored.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let candidates: Vec<ScoredNode> = scored
+            .iter()
+            .take(MAX_EXPLAINED)
+            .map(|&(i, score)| ScoredNode { node: nodes[i].id, name: nodes[i].name.clone(), score })
+            .collect();
+        rejected.sort_by(|a, b| a.name.cmp(&b.name));
+        match scored.first() {
+            Some(&(i, _)) => {
+                if self.kind == SchedulerKind::RoundRobin {
+                    self.cursor = (i + 1) % nodes.len();
+                }
+                Decision::Place {
+                    node: nodes[i].id,
+                    explanation: Explanation {
+                        scheduler: self.kind,
+                        chosen: candidates.first().cloned(),
+                        candidates,
+                        rejected,
+                    },
+                }
+            }
+            None => Decision::Unplaceable {
+                explanation: Explanation {
+                    scheduler: self.kind,
+                    chosen: None,
+                    candidates,
+                    rejected,
+                },
+            },
+        }
+    }
+
+    /// The cost of placing `spec` on `nodes[i]` (lower is better), or why the node cannot be
+    /// scored.
+    fn score(&self, spec: &TaskSpec, nodes: &[NodeView], i: usize) -> Result<f64, String> {
+        let node = &nodes[i];
+        let req = &spec.resources;
+        match self.kind {
+            SchedulerKind::RoundRobin => {
+                // Distance from the cursor around the ring of all nodes.
+                let n = nodes.len();
+                Ok(((i + n - self.cursor % n) % n) as f64)
+            }
+            SchedulerKind::Binpack => {
+                // Fullest after placement first; among equals, the one with more tasks.
+                let fill = utilization_after(node, req);
+                Ok(1.0 - fill - f64::from(node.task_count) * 1e-9)
+            }
+            SchedulerKind::Spread => {
+                // Fewest tasks first; among equals, the least used.
+                Ok(f64::from(node.task_count) + utilization_after(node, req) * 0.5)
+            }
+            SchedulerKind::Epvm => {
+                let load = node.load.ok_or_else(|| "no stats reported yet".to_owned())?;
+                let max_jobs = epvm_max_jobs(nodes);
+                Ok(epvm_cost(node, load, req, max_jobs))
+            }
+        }
+    }
+}
+
+/// The paper's job ceiling: the smallest power of two at least as large as the busiest node's
+/// job count after one more placement (the book fixed it at 4).
+pub fn epvm_max_jobs(nodes: &[NodeView]) -> f64 {
+    let busiest = nodes.iter().map(|n| n.task_count).max().unwrap_or(0);
+    f64::from((busiest + 1).next_power_of_two())
+}
+
+/// E-PVM marginal cost of adding a task needing `req` to `node`:
+///
+/// ```text
+/// mem  = L^(mem_after) - L^(mem_before)          mem_x = host used fraction + reserved/capacity
+/// cpu  = L^(cpu_after) - L^(cpu_before)          cpu_x = (host busy + reserved/capacity) / 2^0.8
+/// jobs = L^((n+1)/max_jobs) - L^(n/max_jobs)     counted once per resource, as in the book
+/// cost = mem + jobs + cpu + jobs
+/// ```
+pub fn epvm_cost(node: &NodeView, load: NodeLoad, req: &Resources, max_jobs: f64) -> f64 {
+    let mem_cap = node.capacity.memory.get().max(1) as f64;
+    let cpu_cap = node.capacity.cpu.get().max(1) as f64;
+    let mem_before = load.memory_used + node.reserved.memory.get() as f64 / mem_cap;
+    let mem_after = mem_before + req.memory.get() as f64 / mem_cap;
+    let cpu_before = (load.cpu_busy + node.reserved.cpu.get() as f64 / cpu_cap) / EPVM_CPU_CAPACITY;
+    let cpu_after = cpu_before + (req.cpu.get() as f64 / cpu_cap) / EPVM_CPU_CAPACITY;
+    let n = f64::from(node.task_count);
+    let jobs = LIEB.powf((n + 1.0) / max_jobs) - LIEB.powf(n / max_jobs);
+    let mem = LIEB.powf(mem_after) - LIEB.powf(mem_before);
+    let cpu = LIEB.powf(cpu_after) - LIEB.powf(cpu_before);
+    mem + jobs + cpu + jobs
+}
+
+/// Mean of the CPU and memory fractions in use after placing `req` (dimensions the node does
+/// not offer are left out).
+fn utilization_after(node: &NodeView, req: &Resources) -> f64 {
+    let mut fractions = Vec::with_capacity(2);
+    if node.capacity.cpu.get() > 0 {
+        fractions.push(
+            (node.reserved.cpu.get() + req.cpu.get()) as f64 / node.capacity.cpu.get() as f64,
+        );
+    }
+    if node.capacity.memory.get() > 0 {
+        fractions.push(
+            (node.reserved.memory.get() + req.memory.get()) as f64
+                / node.capacity.memory.get() as f64,
+        );
+    }
+    if fractions.is_empty() { 0.0 } else { fractions.iter().sum::<f64>() / fractions.len() as f64 }
+}
+
+/// Feasibility: can `node` run `spec` at all?
+fn check(spec: &TaskSpec, constraints: &[Constraint], node: &NodeView) -> Result<(), String> {
+    if !node.ready {
+        return Err("node is down".into());
+    }
+    if !node.drivers.contains(&spec.driver) {
+        return Err(format!("{} driver not available", spec.driver));
+    }
+    for c in constraints {
+        if !c.matches(node.id, &node.name, &node.labels) {
+            return Err(format!("constraint not met: {c}"));
+        }
+    }
+    let req = &spec.resources;
+    let free_cpu = node.capacity.cpu.saturating_sub(node.reserved.cpu);
+    if req.cpu > free_cpu {
+        return Err(format!("needs {} CPU, {} free", show_cpu(req.cpu), show_cpu(free_cpu)));
+    }
+    let free_mem = node.capacity.memory.saturating_sub(node.reserved.memory);
+    if req.memory > free_mem {
+        return Err(format!(
+            "needs {} memory, {} free",
+            show_bytes(req.memory),
+            show_bytes(free_mem)
+        ));
+    }
+    let free_disk = node.capacity.disk.saturating_sub(node.reserved.disk);
+    if req.disk > free_disk {
+        return Err(format!("needs {} disk, {} free", show_bytes(req.disk), show_bytes(free_disk)));
+    }
+    for p in spec.ports.iter().filter(|p| p.host != 0) {
+        if node.used_ports.contains(&(p.host, p.protocol)) {
+            return Err(format!("host port {}/{} already in use", p.host, p.protocol.as_str()));
+        }
+    }
+    Ok(())
+}
+
+/// Sizes for humans: MiB/GiB rounded (reasons are read, not parsed).
+pub fn show_bytes(b: Bytes) -> String {
+    let v = b.get() as f64;
+    if v >= (1u64 << 30) as f64 {
+        format!("{:.1}GiB", v / (1u64 << 30) as f64)
+    } else {
+        format!("{}MiB", (v / (1u64 << 20) as f64).round())
+    }
+}
+
+fn show_cpu(m: Millicores) -> String {
+    format!("{}m", m.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PortSpec, RestartPolicy};
+    use std::time::Duration;
+    use uuid::Uuid;
+
+    fn node(n: u128, name: &str) -> NodeView {
+        NodeView {
+            id: NodeId::from_uuid(Uuid::from_u128(n)),
+            name: name.into(),
+            ready: true,
+            labels: BTreeMap::new(),
+            drivers: vec![DriverKind::Docker, DriverKind::Process],
+            capacity: Resources {
+                cpu: Millicores::cores(2),
+                memory: Bytes::gib(1),
+                disk: Bytes::gib(10),
+            },
+            reserved: Resources::default(),
+            used_ports: BTreeSet::new(),
+            task_count: 0,
+            load: Some(NodeLoad { cpu_busy: 0.0, memory_used: 0.0 }),
+        }
+    }
+
+    fn spec(cpu: u64, mem_mib: u64) -> TaskSpec {
+        TaskSpec {
+            name: "t".into(),
+            driver: DriverKind::Process,
+            image: None,
+            command: Some("sleep".into()),
+            args: vec![],
+            env: BTreeMap::new(),
+            workdir: None,
+            resources: Resources {
+                cpu: Millicores(cpu),
+                memory: Bytes::mib(mem_mib),
+                disk: Bytes(0),
+            },
+            ports: vec![],
+            restart: RestartPolicy::default(),
+            health: None,
+            constraints: vec![],
+            stop_grace: Duration::from_secs(1),
+        }
+    }
+
+    /// Places `count` tasks, updating the node views as the manager would, and returns how many
+    /// landed on each node.
+    fn run(kind: SchedulerKind, nodes: &mut [NodeView], spec: &TaskSpec, count: usize) -> Vec<u32> {
+        let mut s = Scheduler::new(kind);
+        for _ in 0..count {
+            match s.place(spec, nodes, &[]) {
+                Decision::Place { node, .. } => {
+                    let n = nodes.iter_mut().find(|n| n.id == node).unwrap();
+                    n.reserved = n.reserved.saturating_add(spec.resources);
+                    n.task_count += 1;
+                }
+                Decision::Unplaceable { explanation } => {
+                    panic!("{}", explanation.unplaceable_reason())
+                }
+            }
+        }
+        nodes.iter().map(|n| n.task_count).collect()
+    }
+
+    fn three() -> Vec<NodeView> {
+        vec![node(1, "w1"), node(2, "w2"), node(3, "w3")]
+    }
+
+    #[test]
+    fn round_robin_rotates_evenly() {
+        assert_eq!(run(SchedulerKind::RoundRobin, &mut three(), &spec(0, 0), 30), [10, 10, 10]);
+    }
+
+    #[test]
+    fn round_robin_skips_nodes_that_do_not_fit() {
+        let mut nodes = three();
+        nodes[1].ready = false;
+        assert_eq!(run(SchedulerKind::RoundRobin, &mut nodes, &spec(0, 0), 10), [5, 0, 5]);
+    }
+
+    #[test]
+    fn binpack_fills_one_node_before_the_next() {
+        // 1GiB nodes, 100MiB tasks: ten fit per node.
+        let mut nodes = three();
+        let counts = run(SchedulerKind::Binpack, &mut nodes, &spec(0, 100), 10);
+        assert_eq!(counts, [10, 0, 0]);
+        let counts = run(SchedulerKind::Binpack, &mut nodes, &spec(0, 100), 5);
+        assert_eq!(counts, [10, 5, 0]);
+    }
+
+    #[test]
+    fn spread_keeps_nodes_even() {
+        assert_eq!(run(SchedulerKind::Spread, &mut three(), &spec(100, 10), 30), [10, 10, 10]);
+        let mut nodes = three();
+        nodes[0].task_count = 4;
+        assert_eq!(run(SchedulerKind::Spread, &mut nodes, &spec(0, 0), 8), [4, 4, 4]);
+    }
+
+    #[test]
+    fn epvm_cost_matches_hand_computation() {
+        // Node: 2 cores, 1GiB; host 25% memory used, 40% CPU busy; 256MiB and 500m reserved by
+        // 3 tasks. Task: 256MiB, 500m. Busiest node has 3 tasks -> max_jobs = 4.
+        let mut n = node(1, "w1");
+        n.reserved = Resources { cpu: Millicores(500), memory: Bytes::mib(256), disk: Bytes(0) };
+        n.task_count = 3;
+        let load = NodeLoad { cpu_busy: 0.4, memory_used: 0.25 };
+        let req = Resources { cpu: Millicores(500), memory: Bytes::mib(256), disk: Bytes(0) };
+        // mem: before 0.25 + 0.25 = 0.5, after 0.75.
+        // cpu: before (0.4 + 0.25)/1.7411011 = 0.3733270, after + 0.25/1.7411011 = 0.5169143.
+        // mem  = L^0.75 - L^0.5             = 0.1413464
+        // cpu  = L^0.5169143 - L^0.3733270  = 0.0750946
+        // jobs = L^(4/4) - L^(3/4)          = 0.1574479 (twice)
+        // total                             = 0.5313367
+        let got = epvm_cost(&n, load, &req, 4.0);
+        assert!((got - 0.531_336_7).abs() < 1e-6, "hand-computed total: {got}");
+        assert_eq!(epvm_max_jobs(&[n]), 4.0);
+    }
+
+    #[test]
+    fn epvm_cpu_term_counts() {
+        // Same memory and job count; the busier CPU must cost more (the book's CPU terms
+        // cancelled out).
+        let idle = NodeLoad { cpu_busy: 0.1, memory_used: 0.2 };
+        let busy = NodeLoad { cpu_busy: 0.9, memory_used: 0.2 };
+        let req = Resources { cpu: Millicores(1000), memory: Bytes::mib(100), disk: Bytes(0) };
+        let n = node(1, "w1");
+        assert!(epvm_cost(&n, busy, &req, 1.0) > epvm_cost(&n, idle, &req, 1.0));
+        // And the scheduler picks the idle one.
+        let mut nodes = three();
+        nodes[0].load = Some(busy);
+        nodes[1].load = Some(idle);
+        nodes[2].load = Some(busy);
+        let Decision::Place { node, explanation } =
+            Scheduler::new(SchedulerKind::Epvm).place(&spec(1000, 100), &nodes, &[])
+        else {
+            panic!()
+        };
+        assert_eq!(node, nodes[1].id);
+        assert_eq!(explanation.candidates.len(), 3);
+        assert!(explanation.candidates[0].score < explanation.candidates[1].score);
+    }
+
+    #[test]
+    fn epvm_never_picks_a_node_without_stats() {
+        let mut nodes = three();
+        nodes[0].load = None;
+        nodes[1].load = Some(NodeLoad { cpu_busy: 0.95, memory_used: 0.9 });
+        nodes[2].load = None;
+        let Decision::Place { node, explanation } =
+            Scheduler::new(SchedulerKind::Epvm).place(&spec(0, 0), &nodes, &[])
+        else {
+            panic!()
+        };
+        assert_eq!(node, nodes[1].id);
+        let reasons: Vec<&str> = explanation.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons, ["no stats reported yet", "no stats reported yet"]);
+        let mut none = three();
+        none.iter_mut().for_each(|n| n.load = None);
+        assert!(matches!(
+            Scheduler::new(SchedulerKind::Epvm).place(&spec(0, 0), &none, &[]),
+            Decision::Unplaceable { .. }
+        ));
+    }
+
+    #[test]
+    fn unplaceable_tasks_get_a_reason_per_node() {
+        let mut nodes = three();
+        nodes[0].reserved.memory = Bytes::mib(824);
+        nodes[1].ready = false;
+        nodes[2].labels.insert("zone".into(), "b".into());
+        let mut s = spec(0, 512);
+        s.constraints = vec!["node.labels.zone == b".into()];
+        nodes[2].capacity.memory = Bytes::mib(256);
+        let Decision::Unplaceable { explanation } =
+            Scheduler::new(SchedulerKind::Spread).place(&s, &nodes, &[])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            explanation.unplaceable_reason(),
+            "no node fits: w1: constraint not met: node.labels.zone == b; w2: node is down; \
+             w3: needs 512MiB memory, 256MiB free"
+        );
+    }
+
+    #[test]
+    fn feasibility_checks_cpu_disk_ports_and_drivers() {
+        let mut n = node(1, "w1");
+        n.used_ports.insert((8080, Protocol::Tcp));
+        n.drivers = vec![DriverKind::Process];
+        let mut s = spec(3000, 0);
+        assert_eq!(check(&s, &[], &n).unwrap_err(), "needs 3000m CPU, 2000m free");
+        s.resources.cpu = Millicores(0);
+        s.resources.disk = Bytes::gib(20);
+        assert_eq!(check(&s, &[], &n).unwrap_err(), "needs 20.0GiB disk, 10.0GiB free");
+        s.resources.disk = Bytes(0);
+        s.ports = vec![PortSpec { container: 80, host: 8080, protocol: Protocol::Tcp }];
+        assert_eq!(check(&s, &[], &n).unwrap_err(), "host port 8080/tcp already in use");
+        s.ports.clear();
+        s.driver = DriverKind::Docker;
+        assert_eq!(check(&s, &[], &n).unwrap_err(), "docker driver not available");
+    }
+
+    #[test]
+    fn failed_nodes_are_avoided_while_others_fit() {
+        let nodes = three();
+        let avoid = [nodes[0].id, nodes[1].id];
+        let Decision::Place { node, .. } =
+            Scheduler::new(SchedulerKind::Binpack).place(&spec(0, 0), &nodes, &avoid)
+        else {
+            panic!()
+        };
+        assert_eq!(node, nodes[2].id);
+        let all: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+        assert!(
+            matches!(
+                Scheduler::new(SchedulerKind::Binpack).place(&spec(0, 0), &nodes, &all),
+                Decision::Place { .. }
+            ),
+            "falls back rather than leaving the task pending"
+        );
+    }
+}

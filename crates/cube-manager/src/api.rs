@@ -1,0 +1,109 @@
+//! The manager's HTTP API (v1): tasks and nodes for users, registration and heartbeats for
+//! workers.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cube_api::server::{Body, Query, parse_id};
+use cube_api::types::{
+    HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter,
+    TaskSubmission, TaskView,
+};
+use cube_api::{ApiError, ErrorCode};
+use cube_core::{NodeId, TaskId};
+
+use crate::Manager;
+
+type Shared = Arc<Manager>;
+
+/// The router for `/v1/...`.
+pub fn router(manager: Arc<Manager>) -> Router {
+    let routes = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/tasks", get(list_tasks).post(submit_task))
+        .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/register", post(register))
+        .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .with_state(manager);
+    cube_api::server::finish_router(routes)
+}
+
+async fn health(State(m): State<Shared>) -> axum::Json<HealthView> {
+    axum::Json(HealthView {
+        status: "ok".into(),
+        role: "manager".into(),
+        node_id: None,
+        name: m.config().name.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn submit_task(State(m): State<Shared>, Body(body): Body) -> Result<Response, ApiError> {
+    let submission = TaskSubmission::parse(&body)?;
+    let (task, created) = m.submit(submission.id, submission.spec).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(TaskView::from(&task))).into_response())
+}
+
+async fn list_tasks(
+    State(m): State<Shared>,
+    Query(filter): Query<TaskFilter>,
+) -> axum::Json<Vec<TaskView>> {
+    axum::Json(m.tasks(&filter).iter().map(TaskView::from).collect())
+}
+
+async fn get_task(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TaskView>, ApiError> {
+    let id: TaskId = parse_id(&id)?;
+    let task = m.task(id).ok_or_else(|| ApiError::not_found("task", id))?;
+    Ok(axum::Json(TaskView::from(&task)))
+}
+
+async fn stop_task(State(m): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id: TaskId = parse_id(&id)?;
+    let task = m.stop(id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(TaskView::from(&task))).into_response())
+}
+
+async fn list_nodes(State(m): State<Shared>) -> axum::Json<Vec<NodeInfo>> {
+    axum::Json(m.nodes())
+}
+
+async fn get_node(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<NodeInfo>, ApiError> {
+    Ok(axum::Json(m.node(&id)?))
+}
+
+async fn register(
+    State(m): State<Shared>,
+    Body(body): Body,
+) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
+    let req: RegisterRequest = parse_json(&body)?;
+    Ok(axum::Json(m.register(req).await?))
+}
+
+async fn heartbeat(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
+    let id: NodeId = parse_id(&id)?;
+    let req: HeartbeatRequest = parse_json(&body)?;
+    Ok(axum::Json(m.heartbeat(id, req).await?))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid: {e}"))
+    })
+}

@@ -1,0 +1,570 @@
+//! Cube's manager: accepts tasks, places them on workers, tracks node membership and liveness,
+//! and moves tasks off nodes that die or that exhaust a task's restarts.
+//!
+//! - `state`: the cluster state and its rules, free of I/O.
+//! - [`Manager`]: the async shell around it: persistence, the placement and liveness loops,
+//!   and calls to workers (with timeouts, retries and backoff).
+//! - [`api`]: the HTTP API.
+//!
+//! Everything is event-driven: a submit, a heartbeat that frees capacity or a node coming back
+//! wakes the placement loop at once; there are no fixed polling periods on the task path.
+
+pub mod api;
+mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cube_api::client::Client;
+use cube_api::types::{HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter};
+use cube_api::{ApiError, ErrorCode};
+use cube_core::{Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
+use cube_store::{Batch, Commit, Store, StoreError, Table};
+use jiff::Timestamp;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use state::{Dispatch, Effects, State, StopCall};
+
+/// Errors of the manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No task with this id.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// No node with this id.
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    /// The id is taken by a task with a different spec.
+    #[error("task {0} already exists with a different spec")]
+    Conflict(TaskId),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The manager cannot start.
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        match &e {
+            ManagerError::NotFound(id) => ApiError::not_found("task", id),
+            ManagerError::NodeNotFound(id) => ApiError::not_found("node", id),
+            ManagerError::Conflict(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
+            ManagerError::Store(_) => {
+                tracing::error!(error = %e, "store failure while serving a request");
+                ApiError::new(ErrorCode::Unavailable, e.to_string())
+            }
+            ManagerError::Startup(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// How to run a manager.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// Name shown by `GET /v1/health`.
+    pub name: String,
+    /// Address the API listens on (loopback by default: the API starts workloads on workers).
+    pub listen: SocketAddr,
+    /// Placement strategy.
+    pub scheduler: SchedulerKind,
+    /// How often workers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A node silent for longer than this is down and its tasks are placed elsewhere.
+    pub node_ttl: Duration,
+    /// Timeout of each call to a worker.
+    pub worker_timeout: Duration,
+}
+
+/// The manager: cluster state plus the machinery that acts on it.
+#[derive(Debug)]
+pub struct Manager {
+    config: ManagerConfig,
+    state: Mutex<State>,
+    store: Arc<dyn Store>,
+    kick: Notify,
+    clients: Mutex<HashMap<String, Client>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Attempts per call to a worker before giving up (about 10 s with the backoff below).
+const CALL_ATTEMPTS: u32 = 8;
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Placement is retried this often while tasks wait, in case capacity appeared in a way that
+/// sent no event (e.g. stats that make a node acceptable to E-PVM).
+const PENDING_RESCAN: Duration = Duration::from_secs(2);
+
+impl Manager {
+    /// A manager over `store`, with the records it already holds.
+    pub fn new(
+        config: ManagerConfig,
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, ManagerError> {
+        let tasks: Vec<Task> = cube_store::load_json(store.as_ref(), Table::Tasks)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let nodes: Vec<Node> = cube_store::load_json(store.as_ref(), Table::Nodes)?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        let mut state = State::new(Scheduler::new(config.scheduler));
+        let (task_count, node_count) = (tasks.len(), nodes.len());
+        state.load(tasks, nodes, Instant::now());
+        if task_count + node_count > 0 {
+            tracing::info!(tasks = task_count, nodes = node_count, "state loaded");
+        }
+        Ok(Arc::new(Self {
+            config,
+            state: Mutex::new(state),
+            store,
+            kick: Notify::new(),
+            clients: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; the state is still usable record by
+        // record, so keep serving rather than poisoning the manager.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    /// Hands the records `effects` touched to the store (call with the state lock held, so the
+    /// store sees changes in order).
+    fn stage(&self, state: &State, effects: &Effects) -> Result<Commit, ManagerError> {
+        let mut batch = Batch::new();
+        for id in &effects.tasks {
+            if let Some(t) = state.task(*id) {
+                batch.put(Table::Tasks, id.to_string(), t)?;
+            }
+        }
+        for id in &effects.nodes {
+            if let Some(n) = state.node(*id) {
+                batch.put(Table::Nodes, id.to_string(), &n.node)?;
+            }
+        }
+        Ok(if batch.is_empty() { Commit::ready(Ok(())) } else { self.store.commit(batch) })
+    }
+
+    /// Waits for the commit, then sends what the change requires to workers. Nothing is sent
+    /// before the change is durable, so a crash never leaves a worker running something the
+    /// manager has no record of.
+    async fn finish(
+        self: &Arc<Self>,
+        commit: Commit,
+        effects: Effects,
+    ) -> Result<(), ManagerError> {
+        commit.await?;
+        for d in effects.dispatch {
+            let this = Arc::clone(self);
+            self.tracker.spawn(this.dispatch(d));
+        }
+        for s in effects.stop {
+            let this = Arc::clone(self);
+            self.tracker.spawn(this.send_stop(s));
+        }
+        if effects.kick {
+            self.kick.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the state, persists what it changed and performs the follow-up calls.
+    async fn change<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut State, &mut Effects) -> R,
+    ) -> Result<R, ManagerError> {
+        let mut effects = Effects::default();
+        let (result, commit) = {
+            let mut state = self.lock();
+            let result = f(&mut state, &mut effects);
+            (result, self.stage(&state, &effects)?)
+        };
+        self.finish(commit, effects).await?;
+        Ok(result)
+    }
+
+    /// Accepts a task: stored durably as `pending` before this returns, then placed at once.
+    pub async fn submit(
+        self: &Arc<Self>,
+        id: Option<TaskId>,
+        spec: TaskSpec,
+    ) -> Result<(Task, bool), ManagerError> {
+        let id = id.unwrap_or_else(|| TaskId::from_uuid(uuid::Uuid::now_v7()));
+        let task = Task::new(id, spec, Timestamp::now());
+        self.change(|s, e| s.submit(task, e)).await?.ok_or(ManagerError::Conflict(id))
+    }
+
+    /// Asks a task to stop.
+    pub async fn stop(self: &Arc<Self>, id: TaskId) -> Result<Task, ManagerError> {
+        self.change(|s, e| s.stop(id, Timestamp::now(), e)).await?.ok_or(ManagerError::NotFound(id))
+    }
+
+    /// One task.
+    pub fn task(&self, id: TaskId) -> Option<Task> {
+        self.lock().task(id).cloned()
+    }
+
+    /// Tasks matching `filter`, oldest first.
+    pub fn tasks(&self, filter: &TaskFilter) -> Vec<Task> {
+        self.lock()
+            .tasks()
+            .filter(|t| filter.state.is_none_or(|s| t.state == s))
+            .filter(|t| filter.node.is_none_or(|n| t.node == Some(n)))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of tasks (for health and benchmarks).
+    pub fn task_count(&self) -> usize {
+        self.lock().task_count()
+    }
+
+    /// All nodes with their usage.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let state = self.lock();
+        state
+            .nodes()
+            .map(|n| {
+                let u = state.usage(n.node.id);
+                NodeInfo::new(&n.node, n.stats.clone(), u.reserved, u.count)
+            })
+            .collect()
+    }
+
+    /// One node, by id or unique name.
+    pub fn node(&self, key: &str) -> Result<NodeInfo, ManagerError> {
+        let nodes = self.nodes();
+        let mut matches = nodes.into_iter().filter(|n| n.id.to_string() == key || n.name == key);
+        match (matches.next(), matches.next()) {
+            (Some(n), None) => Ok(n),
+            _ => Err(ManagerError::NodeNotFound(key.to_owned())),
+        }
+    }
+
+    /// A worker registers (on every start).
+    pub async fn register(
+        self: &Arc<Self>,
+        req: RegisterRequest,
+    ) -> Result<HeartbeatResponse, ManagerError> {
+        let now = Timestamp::now();
+        let node = Node {
+            id: req.node_id,
+            name: req.name,
+            address: req.address,
+            labels: req.labels,
+            capacity: req.capacity,
+            drivers: req.drivers,
+            state: NodeState::Ready,
+            registered_at: now,
+            last_heartbeat: Some(now),
+        };
+        tracing::info!(node = %node.id, name = %node.name, address = %node.address, "node registered");
+        let stop = self.change(|s, e| s.register(node, &req.tasks, now, Instant::now(), e)).await?;
+        Ok(self.heartbeat_response(stop, false))
+    }
+
+    /// A worker heartbeats.
+    pub async fn heartbeat(
+        self: &Arc<Self>,
+        node: NodeId,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ManagerError> {
+        let now = Timestamp::now();
+        let stop = self.change(|s, e| s.heartbeat(node, &req, now, Instant::now(), e)).await?;
+        Ok(match stop {
+            Some(stop) => self.heartbeat_response(stop, false),
+            None => self.heartbeat_response(Vec::new(), true),
+        })
+    }
+
+    fn heartbeat_response(&self, stop: Vec<TaskId>, register: bool) -> HeartbeatResponse {
+        HeartbeatResponse {
+            heartbeat_interval_ms: u64::try_from(self.config.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            stop,
+            register,
+        }
+    }
+
+    fn client(&self, address: &str) -> Option<Client> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(address) {
+            return Some(c.clone());
+        }
+        match Client::new(address, self.config.worker_timeout) {
+            Ok(c) => {
+                clients.insert(address.to_owned(), c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::error!(address, error = %e, "cannot build a client for this worker");
+                None
+            }
+        }
+    }
+
+    /// Sends a placed task to its node, retrying with backoff; gives the task back to the
+    /// placement queue if the node cannot take it.
+    ///
+    /// Boxed with an explicit `Send` bound: dispatch and stop calls spawn each other indirectly
+    /// (a failed dispatch changes state, which may dispatch again), and the compiler cannot
+    /// infer `Send` through that cycle on its own.
+    fn dispatch(self: Arc<Self>, d: Dispatch) -> BoxFuture {
+        Box::pin(async move { self.dispatch_inner(d).await })
+    }
+
+    async fn dispatch_inner(self: Arc<Self>, d: Dispatch) {
+        let mut delay = FIRST_RETRY;
+        let mut last_error = String::from("no attempt made");
+        for attempt in 1..=CALL_ATTEMPTS {
+            let target = {
+                let state = self.lock();
+                let current = state.task(d.task).filter(|t| {
+                    t.generation == d.generation
+                        && t.node == Some(d.node)
+                        && t.state == cube_core::TaskState::Scheduled
+                        && t.desired == cube_core::DesiredState::Running
+                });
+                match (current, state.node(d.node)) {
+                    (Some(t), Some(n)) => Some((n.node.address.clone(), t.spec.clone())),
+                    _ => None,
+                }
+            };
+            let Some((address, spec)) = target else {
+                // Things moved on (stopped, node lost, placed again): nothing to send.
+                self.lock().dispatch_done(d.task);
+                return;
+            };
+            let Some(client) = self.client(&address) else { break };
+            match client.submit_generation(Some(d.task), Some(d.generation), &spec).await {
+                Ok(_) => {
+                    tracing::debug!(task = %d.task, node = %d.node, attempt, "task handed to its node");
+                    self.lock().dispatch_done(d.task);
+                    return;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    // 409: the node still runs an older placement of this task; it frees up
+                    // once the node stops that copy (fencing).
+                    let retry = e.is_transient() || e.code() == Some(ErrorCode::Conflict);
+                    tracing::debug!(task = %d.task, node = %d.node, attempt, error = %e, retry, "dispatch failed");
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+        tracing::warn!(task = %d.task, node = %d.node, error = %last_error, "giving up handing the task to its node; placing it again");
+        let result =
+            self.change(|s, e| s.dispatch_failed(&d, &last_error, Timestamp::now(), e)).await;
+        if let Err(e) = result {
+            tracing::error!(task = %d.task, error = %e, "cannot record the failed dispatch");
+        }
+    }
+
+    /// Tells a node to stop a task, retrying with backoff. If the node never got the task, the
+    /// task is finished here; if the node stays unreachable, its next heartbeat (fencing) or
+    /// its expiry finishes the job.
+    fn send_stop(self: Arc<Self>, s: StopCall) -> BoxFuture {
+        Box::pin(async move { self.send_stop_inner(s).await })
+    }
+
+    async fn send_stop_inner(self: Arc<Self>, s: StopCall) {
+        let mut delay = FIRST_RETRY;
+        for attempt in 1..=CALL_ATTEMPTS {
+            let address = self.lock().node(s.node).map(|n| n.node.address.clone());
+            let Some(client) = address.and_then(|a| self.client(&a)) else { return };
+            match client.stop(s.task).await {
+                Ok(_) => return,
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                    let result = self
+                        .change(|st, ef| {
+                            st.stop_unknown_on_node(s.task, s.node, Timestamp::now(), ef)
+                        })
+                        .await;
+                    if let Err(e) = result {
+                        tracing::error!(task = %s.task, error = %e, "cannot record the stop");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(task = %s.task, node = %s.node, attempt, error = %e, "stop call failed");
+                    if !e.is_transient() {
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            delay = (delay * 2).min(MAX_RETRY);
+        }
+        tracing::warn!(task = %s.task, node = %s.node, "node unreachable for a stop; fencing will stop the task when it returns");
+    }
+
+    /// Places pending tasks whenever something may have made room, until shutdown.
+    async fn placement_loop(self: Arc<Self>) {
+        loop {
+            let pending = self.lock().pending_count() > 0;
+            let rescan = async {
+                if pending {
+                    tokio::time::sleep(PENDING_RESCAN).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = self.kick.notified() => {}
+                () = rescan => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let mut effects = Effects::default();
+            let commit = {
+                let mut state = self.lock();
+                state.place_pending(Timestamp::now(), &mut effects);
+                // Placement itself must not wake the loop again.
+                effects.kick = false;
+                self.stage(&state, &effects)
+            };
+            let result = match commit {
+                Ok(commit) => self.finish(commit, effects).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot persist placements");
+            }
+        }
+    }
+
+    /// Marks silent nodes down and moves their tasks, until shutdown.
+    async fn liveness_loop(self: Arc<Self>) {
+        let period = (self.config.node_ttl / 10).max(Duration::from_millis(50));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            let ttl = self.config.node_ttl;
+            let result = self
+                .change(|s, e| {
+                    let down = s.expire_nodes(ttl, Timestamp::now(), Instant::now(), e);
+                    for node in &down {
+                        tracing::warn!(node = %node, "node missed its heartbeats: marked down, moving its tasks");
+                    }
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot persist node expiry");
+            }
+        }
+    }
+
+    /// Resumes work a previous run left unfinished: placements not yet confirmed by their node
+    /// are sent again, stops not yet confirmed are sent again, and pending tasks are placed.
+    fn resume(self: &Arc<Self>) {
+        let (dispatches, stops) = {
+            let mut state = self.lock();
+            let dispatches = state.scheduled();
+            for d in &dispatches {
+                state.dispatch_started(d.task);
+            }
+            (dispatches, state.stopping())
+        };
+        if !dispatches.is_empty() || !stops.is_empty() {
+            tracing::info!(
+                dispatches = dispatches.len(),
+                stops = stops.len(),
+                "resuming unfinished work"
+            );
+        }
+        for d in dispatches {
+            let this = Arc::clone(self);
+            self.tracker.spawn(this.dispatch(d));
+        }
+        for s in stops {
+            let this = Arc::clone(self);
+            self.tracker.spawn(this.send_stop(s));
+        }
+        self.kick.notify_one();
+    }
+}
+
+/// A started manager.
+#[derive(Debug)]
+pub struct Running {
+    /// The address the API is bound to.
+    pub addr: SocketAddr,
+    /// The manager.
+    pub manager: Arc<Manager>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Waits for the server and every background task to stop (after shutdown).
+    pub async fn wait(self) -> Result<(), ManagerError> {
+        let served = self.server.await;
+        self.manager.tracker.close();
+        self.manager.tracker.wait().await;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ManagerError::Startup(format!("API server failed: {e}"))),
+            Err(e) => Err(ManagerError::Startup(format!("API server task failed: {e}"))),
+        }
+    }
+}
+
+/// Starts a manager: loads state, starts the loops and the API. Stops when `shutdown` is
+/// cancelled.
+pub async fn start(
+    config: ManagerConfig,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> Result<Running, ManagerError> {
+    let loaded = {
+        let (config, store, shutdown) = (config.clone(), Arc::clone(&store), shutdown.clone());
+        tokio::task::spawn_blocking(move || Manager::new(config, store, shutdown))
+            .await
+            .map_err(|e| ManagerError::Startup(format!("loading state failed: {e}")))?
+    };
+    let manager = loaded?;
+    let listener = cube_api::server::bind(config.listen)
+        .await
+        .map_err(|e| ManagerError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ManagerError::Startup(format!("cannot read bound address: {e}")))?;
+    manager.tracker.spawn(Arc::clone(&manager).placement_loop());
+    manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
+    manager.resume();
+    let router = api::router(Arc::clone(&manager));
+    let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown));
+    tracing::info!(%addr, scheduler = %config.scheduler, ttl = ?config.node_ttl, "manager API listening");
+    Ok(Running { addr, manager, server })
+}

@@ -1,0 +1,306 @@
+//! The durable store, on [redb](https://docs.rs/redb): one file, ACID, checksummed,
+//! copy-on-write B-trees (BoltDB's design, in Rust). Every redb call of the project lives in
+//! this module, so a redb major version bump is a one-file change.
+//!
+//! **Group commit.** One writer thread owns all writes. It takes the first waiting batch plus
+//! every batch queued behind it, applies them in order in a single transaction and commits once
+//! (one fsync), then answers every caller. Under load many requests share a sync, so
+//! durability does not cap throughput at one fsync per request; when idle, a lone batch
+//! commits at once.
+//!
+//! **Format.** The `meta` table holds `format_version`. A file written by a newer Cube, a file
+//! that is not a Cube database, or a damaged one is refused with a one-line error; the integrity
+//! check on open turns damage into an error instead of a crash.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use tokio::sync::oneshot;
+
+use crate::{Batch, Commit, Op, Store, StoreError, Table};
+
+/// Format of the data this version writes.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &str = "format_version";
+/// Most batches folded into one transaction.
+const MAX_GROUP: usize = 4096;
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// A store in one redb file.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Arc<Database>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<(Batch, Reply)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer finish what it has and exit; waiting for it means
+        // the file is closed (and can be reopened) once the store is gone.
+        self.writer.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing_free_warning(&self.path);
+        }
+    }
+}
+
+/// The store crate does not log; a writer that panicked is reported on stderr as a last resort.
+#[allow(clippy::print_stderr)]
+fn tracing_free_warning(path: &Path) {
+    eprintln!("warning: the writer thread of {} panicked", path.display());
+}
+
+fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    TableDefinition::new(table.name())
+}
+
+fn backend(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("{}: {what}: {e}", path.display()))
+}
+
+impl RedbStore {
+    /// Opens (creating if absent) the database at `path` and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| backend(dir, "cannot create directory", e))?;
+        }
+        let db = Database::builder().set_check_integrity_on_open(true).create(&path).map_err(
+            |e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    backend(&path, "in use by another process", "stop the other cube first")
+                }
+                redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                    if io.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    backend(&path, "not a Cube database (or damaged beyond recognition)", io)
+                }
+                other => backend(&path, "cannot open database (damaged?)", other),
+            },
+        )?;
+        let db = Arc::new(db);
+        check_format(&db, &path)?;
+        let (writer, queue) = mpsc::channel::<(Batch, Reply)>();
+        let thread_db = Arc::clone(&db);
+        let thread_path = path.clone();
+        let thread = std::thread::Builder::new()
+            .name("cube-store-writer".into())
+            .spawn(move || write_loop(&thread_db, &thread_path, &queue))
+            .map_err(|e| backend(&path, "cannot start writer thread", e))?;
+        Ok(Self { db, writer: Some(writer), thread: Some(thread), path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Stamps a new database with the format version, or checks an existing one's.
+fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(|e| backend(path, "cannot begin transaction", e))?;
+    {
+        let mut meta = txn
+            .open_table(definition(Table::Meta))
+            .map_err(|e| backend(path, "cannot open meta table", e))?;
+        let stored = meta
+            .get(FORMAT_KEY)
+            .map_err(|e| backend(path, "cannot read format", e))?
+            .map(|v| v.value().to_vec());
+        match stored {
+            None => {
+                let version = FORMAT_VERSION.to_string();
+                meta.insert(FORMAT_KEY, version.as_bytes())
+                    .map_err(|e| backend(path, "cannot write format", e))?;
+            }
+            Some(bytes) => {
+                let version: u32 = std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| {
+                        backend(path, "unreadable format version", String::from_utf8_lossy(&bytes))
+                    })?;
+                if version > FORMAT_VERSION {
+                    return Err(StoreError::Backend(format!(
+                        "{}: written by a newer Cube (data format {version}, this version reads up to {FORMAT_VERSION})",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
+    for table in Table::ALL {
+        txn.open_table(definition(table)).map_err(|e| backend(path, "cannot create table", e))?;
+    }
+    txn.commit().map_err(|e| backend(path, "cannot commit", e))
+}
+
+fn write_loop(db: &Database, path: &Path, queue: &mpsc::Receiver<(Batch, Reply)>) {
+    // Ends when every sender is gone, i.e. when the store is dropped.
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let result = apply(db, path, &group);
+        for (_, reply) in group {
+            let answer = match &result {
+                Ok(()) => Ok(()),
+                Err(message) => Err(StoreError::Backend(message.clone())),
+            };
+            // The caller may have stopped waiting; the write is done either way.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+fn apply(db: &Database, path: &Path, group: &[(Batch, Reply)]) -> Result<(), String> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{}: {what}: {e}", path.display());
+    let txn = db.begin_write().map_err(|e| fail("cannot begin transaction", &e))?;
+    for table in Table::ALL {
+        let mut t = txn.open_table(definition(table)).map_err(|e| fail("cannot open table", &e))?;
+        for (batch, _) in group {
+            for op in &batch.ops {
+                match op {
+                    Op::Put { table: tt, key, value } if *tt == table => {
+                        t.insert(key.as_str(), value.as_slice())
+                            .map_err(|e| fail("cannot write", &e))?;
+                    }
+                    Op::Delete { table: tt, key } if *tt == table => {
+                        t.remove(key.as_str()).map_err(|e| fail("cannot delete", &e))?;
+                    }
+                    Op::Put { .. } | Op::Delete { .. } => {}
+                }
+            }
+        }
+    }
+    txn.commit().map_err(|e| fail("cannot commit", &e))
+}
+
+impl Store for RedbStore {
+    fn commit(&self, batch: Batch) -> Commit {
+        let (reply, wait) = oneshot::channel();
+        match self.writer.as_ref().map(|w| w.send((batch, reply))) {
+            Some(Ok(())) => Commit::pending(wait),
+            Some(Err(_)) | None => Commit::ready(Err(StoreError::Closed)),
+        }
+    }
+
+    fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let path = &self.path;
+        let txn = self.db.begin_read().map_err(|e| backend(path, "cannot begin read", e))?;
+        let t = match txn.open_table(definition(table)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(backend(path, "cannot open table", e)),
+        };
+        let mut rows = Vec::new();
+        for item in t.range::<&str>(..).map_err(|e| backend(path, "cannot read table", e))? {
+            let (k, v) = item.map_err(|e| backend(path, "cannot read row", e))?;
+            rows.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(rows)
+    }
+
+    fn kind(&self) -> &'static str {
+        "redb"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_json;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cube.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            let mut b = Batch::new();
+            b.put(Table::Tasks, "a", &"one").unwrap().put(Table::Nodes, "n", &7u32).unwrap();
+            store.commit(b).await.unwrap();
+            let mut b = Batch::new();
+            b.delete(Table::Tasks, "missing").put(Table::Tasks, "b", &"two").unwrap();
+            store.commit(b).await.unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let tasks: Vec<(String, String)> = load_json(&store, Table::Tasks).unwrap();
+        assert_eq!(tasks, [("a".into(), "one".into()), ("b".into(), "two".into())]);
+        let nodes: Vec<(String, u32)> = load_json(&store, Table::Nodes).unwrap();
+        assert_eq!(nodes, [("n".into(), 7)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_are_grouped_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path().join("g.redb")).unwrap());
+        let commits: Vec<_> = (0..500)
+            .map(|i| {
+                let mut b = Batch::new();
+                b.put(Table::Tasks, format!("k{i:04}"), &i).unwrap();
+                store.commit(b)
+            })
+            .collect();
+        for c in commits {
+            c.await.unwrap();
+        }
+        assert_eq!(store.load(Table::Tasks).unwrap().len(), 500);
+    }
+
+    #[test]
+    fn garbage_and_truncated_files_are_refused_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.redb");
+        std::fs::write(&garbage, vec![0x5a; 64 * 1024]).unwrap();
+        let err = RedbStore::open(&garbage).unwrap_err().to_string();
+        assert!(err.contains("garbage.redb"), "{err}");
+
+        let good = dir.path().join("good.redb");
+        drop(RedbStore::open(&good).unwrap());
+        let bytes = std::fs::read(&good).unwrap();
+        let truncated = dir.path().join("truncated.redb");
+        std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+        let err = RedbStore::open(&truncated).unwrap_err().to_string();
+        assert!(err.contains("truncated.redb"), "{err}");
+    }
+
+    #[test]
+    fn a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.redb");
+        drop(RedbStore::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(definition(Table::Meta))
+                .unwrap()
+                .insert(FORMAT_KEY, b"99".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = RedbStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("newer Cube (data format 99"), "{err}");
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_file_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.redb");
+        let _first = RedbStore::open(&path).unwrap();
+        let err = RedbStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("in use by another process"), "{err}");
+    }
+}

@@ -1,0 +1,185 @@
+//! The worker's side of cluster membership: register with the manager, then heartbeat.
+//!
+//! Heartbeats are pushed (the book's manager pulled every 15 s): one every interval for
+//! liveness and stats, and one as soon as any task changes, carrying the changed tasks. While a
+//! heartbeat is in flight further changes accumulate and go out together in the next one, so a
+//! burst of changes costs a few requests, not one per change. Reports that do not reach the
+//! manager are re-sent; nothing observed is lost while the manager is away.
+//!
+//! The manager answers with tasks to stop (user stops, and fencing of tasks it moved elsewhere
+//! while this node was unreachable) and, if it lost track of this node, a request to register
+//! again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cube_api::client::{Client, ClientError};
+use cube_api::types::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, TaskView};
+use cube_core::{DriverKind, Resources};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+use crate::metrics::HostSnapshot;
+
+/// How the worker introduces itself to the manager.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    /// Manager base URL.
+    pub manager: String,
+    /// This worker's API address as the manager should call it.
+    pub advertise: String,
+    /// Labels for placement constraints.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Resources offered to tasks.
+    pub capacity: Resources,
+    /// Drivers available.
+    pub drivers: Vec<DriverKind>,
+}
+
+/// Used until the manager says otherwise.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait between registration attempts.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Registers and heartbeats until `shutdown`.
+pub async fn run(
+    agent: Arc<Agent>,
+    membership: Membership,
+    host: watch::Receiver<HostSnapshot>,
+    shutdown: CancellationToken,
+) {
+    let client = match Client::new(&membership.manager, Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the manager client; not joining a cluster");
+            return;
+        }
+    };
+    loop {
+        let Some(response) = register(&agent, &membership, &client, &shutdown).await else {
+            return;
+        };
+        tracing::info!(manager = %membership.manager, node = %agent.node_id(), "registered with the manager");
+        let interval = interval_of(&response);
+        stop_all(&agent, &response.stop).await;
+        if !heartbeat_loop(&agent, &client, &host, interval, &shutdown).await {
+            return;
+        }
+        tracing::warn!("the manager asked this node to register again");
+    }
+}
+
+/// Registers, retrying with backoff; `None` on shutdown.
+async fn register(
+    agent: &Agent,
+    membership: &Membership,
+    client: &Client,
+    shutdown: &CancellationToken,
+) -> Option<HeartbeatResponse> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempts = 0u32;
+    loop {
+        // Everything this node knows, so the manager can reconcile against it.
+        agent.take_dirty();
+        let request = RegisterRequest {
+            node_id: agent.node_id(),
+            name: agent.name().to_owned(),
+            address: membership.advertise.clone(),
+            labels: membership.labels.clone(),
+            capacity: membership.capacity,
+            drivers: membership.drivers.clone(),
+            tasks: agent.list().iter().map(TaskView::from).collect(),
+        };
+        match client.register(&request).await {
+            Ok(response) => return Some(response),
+            Err(e) => {
+                attempts += 1;
+                // Say it once, then every tenth attempt, so a long outage does not flood logs.
+                if attempts == 1 || attempts.is_multiple_of(10) {
+                    tracing::warn!(error = %e, attempts, "cannot register with the manager; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return None,
+        }
+        delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+/// Heartbeats until shutdown (`false`) or until the manager asks to register again (`true`).
+async fn heartbeat_loop(
+    agent: &Agent,
+    client: &Client,
+    host: &watch::Receiver<HostSnapshot>,
+    mut interval: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = agent.changed() => {}
+            () = shutdown.cancelled() => return false,
+        }
+        let dirty = agent.take_dirty();
+        let ids: Vec<_> = dirty.iter().map(|t| t.id).collect();
+        let stats = agent.stats(&host.borrow());
+        let request = HeartbeatRequest {
+            stats: Some(stats),
+            tasks: dirty.iter().map(TaskView::from).collect(),
+            active: agent.active(),
+        };
+        match client.heartbeat(agent.node_id(), &request).await {
+            Ok(response) => {
+                if failures > 0 {
+                    tracing::info!(failures, "manager reachable again");
+                }
+                failures = 0;
+                if response.register {
+                    agent.mark_dirty(ids);
+                    return true;
+                }
+                let wanted = interval_of(&response);
+                if wanted != interval {
+                    interval = wanted;
+                    ticker = tokio::time::interval(interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                }
+                stop_all(agent, &response.stop).await;
+            }
+            Err(e) => {
+                agent.mark_dirty(ids);
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    log_failure(&e, failures);
+                }
+            }
+        }
+    }
+}
+
+fn log_failure(e: &ClientError, failures: u32) {
+    tracing::warn!(error = %e, failures, "heartbeat failed; will retry");
+}
+
+fn interval_of(response: &HeartbeatResponse) -> Duration {
+    match response.heartbeat_interval_ms {
+        0 => DEFAULT_INTERVAL,
+        ms => Duration::from_millis(ms),
+    }
+}
+
+async fn stop_all(agent: &Agent, ids: &[cube_core::TaskId]) {
+    for id in ids {
+        match agent.stop(*id).await {
+            Ok(_) => tracing::info!(task = %id, "stopping task at the manager's request"),
+            Err(crate::WorkerError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(task = %id, error = %e, "cannot stop task"),
+        }
+    }
+}

@@ -84,7 +84,13 @@ struct SubmitBody<'a> {
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// For streams (followed logs): no overall timeout, only a connect timeout.
+    streaming: reqwest::Client,
 }
+
+/// A stream of raw log bytes.
+pub type LogStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>;
 
 /// Result of a submit: the task and whether it was newly created (201) or already known (200).
 #[derive(Clone, Debug)]
@@ -99,12 +105,55 @@ impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:5556`), with a per-request `timeout`.
     pub fn new(base: impl Into<String>, timeout: Duration) -> Result<Self, ClientError> {
         let base = base.into().trim_end_matches('/').to_owned();
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            url: base.clone(),
+            reason: e.to_string(),
+        };
+        let connect = timeout.min(Duration::from_secs(3));
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .connect_timeout(connect)
             .build()
-            .map_err(|e| ClientError::Unreachable { url: base.clone(), reason: e.to_string() })?;
-        Ok(Self { base, http })
+            .map_err(unreachable)?;
+        let streaming =
+            reqwest::Client::builder().connect_timeout(connect).build().map_err(unreachable)?;
+        Ok(Self { base, http, streaming })
+    }
+
+    /// `GET /v1/tasks/{id}/logs`: the task's output, the last `tail` lines only if given, and
+    /// with `follow` kept open for new output until the task finishes.
+    pub async fn logs(
+        &self,
+        id: TaskId,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<LogStream, ClientError> {
+        use futures_util::StreamExt;
+        let mut url = format!("{}/v1/tasks/{id}/logs?follow={follow}", self.base);
+        if let Some(n) = tail {
+            url.push_str(&format!("&tail={n}"));
+        }
+        let response = self
+            .streaming
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api { url, status: status.as_u16(), error: body.error },
+                Err(_) => ClientError::Decode {
+                    url,
+                    status: status.as_u16(),
+                    reason: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                },
+            });
+        }
+        Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })
+        })))
     }
 
     /// The base URL.

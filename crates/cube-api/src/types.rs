@@ -276,6 +276,17 @@ impl TaskCounts {
     }
 }
 
+/// Query of `GET /v1/tasks/{id}/logs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsQuery {
+    /// Keep the response open and send new output until the task finishes.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last this many lines.
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
 /// Query of `GET /v1/tasks` on the manager.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFilter {

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cube_api::server::{Body, Query, parse_id};
 use cube_api::types::{
-    HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter,
-    TaskSubmission, TaskView,
+    HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, RegisterRequest,
+    TaskFilter, TaskSubmission, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{NodeId, TaskId};
@@ -26,6 +26,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
+        .route("/v1/tasks/{id}/logs", get(task_logs))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/register", post(register))
         .route("/v1/nodes/{id}", get(get_node))
@@ -106,4 +107,16 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid: {e}"))
     })
+}
+
+/// Streams the task's output from the node it was placed on.
+async fn task_logs(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let id: TaskId = parse_id(&id)?;
+    let stream = m.logs(id, q.follow, q.tail).await?;
+    let body = axum::body::Body::from_stream(stream);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }

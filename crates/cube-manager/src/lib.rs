@@ -260,6 +260,35 @@ impl Manager {
         }
     }
 
+    /// The output of a task, streamed from the node that ran it last.
+    pub async fn logs(
+        &self,
+        id: TaskId,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<cube_api::client::LogStream, ApiError> {
+        let (node, address) = {
+            let state = self.lock();
+            let task = state.task(id).ok_or_else(|| ApiError::not_found("task", id))?;
+            // A task placed again keeps no node until it lands; its last node is in its history.
+            let node = task.node.or_else(|| task.events.iter().rev().find_map(|e| e.node));
+            let node = node.ok_or_else(|| {
+                ApiError::new(ErrorCode::NotFound, format!("task {id} has not run on any node yet"))
+            })?;
+            let address = state.node(node).map(|n| n.node.address.clone());
+            (node, address)
+        };
+        let address = address.ok_or_else(|| ApiError::not_found("node", node))?;
+        let client =
+            self.client(&address).ok_or_else(|| ApiError::internal("cannot build a client"))?;
+        client.logs(id, follow, tail).await.map_err(|e| match e {
+            cube_api::client::ClientError::Api { error, .. } => error,
+            other => {
+                ApiError::new(ErrorCode::Unavailable, format!("node {node} unreachable: {other}"))
+            }
+        })
+    }
+
     /// A worker registers (on every start).
     pub async fn register(
         self: &Arc<Self>,

@@ -105,6 +105,11 @@ impl Agent {
         &self.name
     }
 
+    /// Drivers usable on this node.
+    pub fn drivers(&self) -> Vec<cube_core::DriverKind> {
+        self.drivers.available()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Nothing panics while holding this lock except on bugs; the table is still consistent
         // entry by entry, so keep serving rather than poisoning the whole worker.

@@ -8,8 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cube_api::server::{Body, parse_id};
-use cube_api::types::{HealthView, NodeStats, TaskSubmission, TaskView};
+use cube_api::server::{Body, Query, parse_id};
+use cube_api::types::{HealthView, LogsQuery, NodeStats, TaskSubmission, TaskView};
 use cube_api::{ApiError, ErrorCode};
 use cube_core::TaskId;
 use tokio::sync::watch;
@@ -34,6 +34,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
+        .route("/v1/tasks/{id}/logs", get(task_logs))
         .with_state(state);
     cube_api::server::finish_router(routes)
 }
@@ -100,4 +101,22 @@ async fn stop_task(
     let id: TaskId = parse_id(&id)?;
     let task = s.agent.stop(id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(TaskView::from(&task))).into_response())
+}
+
+async fn task_logs(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let id: TaskId = parse_id(&id)?;
+    if s.agent.get(id).is_none() {
+        return Err(ApiError::not_found("task", id));
+    }
+    let body = axum::body::Body::from_stream(crate::logs::stream(
+        Arc::clone(&s.agent),
+        id,
+        q.follow,
+        q.tail,
+    ));
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod api;
 pub mod driver;
 mod health;
+pub mod logs;
 pub mod metrics;
 pub mod reporter;
 mod runner;

@@ -1,12 +1,12 @@
 //! The `cube` command.
 
-mod cmd;
+mod cli;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cmd::Cli::parse();
-    match cmd::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             // One line, as the CLI promises; the cause chain is joined with ": ".

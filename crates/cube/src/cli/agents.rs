@@ -1,45 +1,31 @@
-//! Command-line definition and dispatch.
+//! The long-running commands: `cube worker`, `cube manager` and `cube dev` (both in one
+//! process, for a local cluster).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-/// Cube: a small container orchestrator.
-#[derive(Debug, Parser)]
-#[command(name = "cube", version, about, long_about = None)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run a worker node: it runs the tasks it is given (docker containers or host processes).
-    ///
-    /// The worker API listens on 127.0.0.1 by default. Anyone who can reach it can start
-    /// containers, which is root on this host: only pass a non-loopback --listen address on a
-    /// network you trust.
-    ///
-    /// Examples:
-    ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
-    ///   cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
-    ///       --advertise http://10.0.0.5:5556 --label zone=a
-    Worker(WorkerArgs),
-    /// Run the manager: it accepts tasks, places them on workers and heals the cluster.
-    ///
-    /// Workers join with `cube worker --manager URL`. The manager API listens on 127.0.0.1 by
-    /// default: it starts workloads on every worker, so only expose it on a network you trust.
-    ///
-    /// Example: cube manager --listen 127.0.0.1:5555 --scheduler spread
-    Manager(ManagerArgs),
+/// Options of `cube dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address the manager API listens on (the worker picks a free loopback port).
+    #[arg(long, env = "CUBE_DEV_LISTEN", default_value = "127.0.0.1:5555")]
+    pub listen: SocketAddr,
+    /// Directory for the cluster's state; it survives restarts of `cube dev`.
+    #[arg(long, env = "CUBE_DEV_DATA_DIR", default_value = ".cube/dev")]
+    pub data_dir: PathBuf,
+    /// Placement strategy: round-robin, epvm, binpack or spread.
+    #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread", value_parser = parse_scheduler)]
+    pub scheduler: cube_core::SchedulerKind,
+    /// Also submit a demo task once the cluster is up (a web server in a container when Docker
+    /// is available, a chatty shell loop otherwise).
+    #[arg(long)]
+    pub demo: bool,
 }
 
 /// Options of `cube manager`.
@@ -160,30 +146,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     cube_core::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
-/// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Worker(args) => {
-            init_logging();
-            runtime()?.block_on(worker(args))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Manager(args) => {
-            init_logging();
-            runtime()?.block_on(manager(args))?;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUBE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -202,7 +172,8 @@ fn host_name() -> String {
         .unwrap_or_else(|| "worker".to_owned())
 }
 
-async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+/// `cube worker`.
+pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let store_kind = args.store;
@@ -229,7 +200,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
+/// `cube manager`.
+pub(crate) async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let config = cube_manager::ManagerConfig {
@@ -246,6 +218,121 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
     running.wait().await?;
     tracing::info!("manager stopped");
     Ok(())
+}
+
+/// `cube dev`: a manager and one worker in this process, sharing nothing but HTTP on loopback,
+/// with durable state under one directory.
+pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let manager_dir = args.data_dir.join("manager");
+    let worker_dir = args.data_dir.join("worker");
+    let manager_store = open_store(StoreKind::Redb, &manager_dir, "manager.redb").await?;
+    let manager_config = cube_manager::ManagerConfig {
+        name: "dev".into(),
+        listen: args.listen,
+        scheduler: args.scheduler,
+        heartbeat_interval: Duration::from_secs(1),
+        node_ttl: Duration::from_secs(5),
+        worker_timeout: Duration::from_secs(5),
+    };
+    let manager = cube_manager::start(manager_config, manager_store, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot start the manager on {}", args.listen))?;
+    let manager_url = format!("http://{}", manager.addr);
+    let worker_store = open_store(StoreKind::Redb, &worker_dir, "worker.redb").await?;
+    let worker_config = cube_worker::WorkerConfig {
+        name: host_name(),
+        data_dir: worker_dir,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        stats_interval: Duration::from_secs(1),
+        pull_timeout: Duration::from_secs(300),
+        manager: Some(manager_url.clone()),
+        advertise: None,
+        labels: Default::default(),
+        capacity: cube_worker::CapacityOverride::default(),
+    };
+    let worker = cube_worker::start(worker_config, worker_store, shutdown.clone()).await?;
+    let drivers = worker.agent.drivers();
+    let docker = drivers.contains(&cube_core::DriverKind::Docker);
+    announce(&format!("cube dev listening on {manager_url}"));
+    say(&format!(
+        "cube dev: a manager and one worker ({} driver{}) with state in {}\n{}",
+        drivers.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" and "),
+        if drivers.len() == 1 { "" } else { "s" },
+        args.data_dir.display(),
+        if docker { "" } else { "No Docker engine answers, so tasks run as host processes.\n" },
+    ));
+    say(&format!(
+        "Next steps, in another terminal (with target/release on your PATH):\n  \
+         cube run examples/{} --wait\n  cube status\n  cube logs <id> -f\n  cube node\n  \
+         cube stop <id>\nCtrl-C stops the cluster; tasks keep running and are picked up again \
+         by the next `cube dev`.",
+        if docker { "web.toml" } else { "process.toml" }
+    ));
+    if args.demo {
+        demo(&manager.manager, docker).await;
+    }
+    let (m, w) = tokio::join!(manager.wait(), worker.wait());
+    m?;
+    w?;
+    tracing::info!("cube dev stopped; tasks keep running");
+    Ok(())
+}
+
+/// Submits the demo task and reports where it runs.
+async fn demo(manager: &Arc<cube_manager::Manager>, docker: bool) {
+    let spec = if docker {
+        serde_json::json!({
+            "name": "demo-web", "driver": "docker", "image": "cube-test/busybox:latest",
+            "command": "httpd", "args": ["-f", "-v", "-p", "80", "-h", "/www"],
+            "ports": [{"container": 80}],
+            "health": {"type": "http", "port": 80, "path": "/", "interval": "5s"},
+            "restart": {"mode": "on-failure"}
+        })
+    } else {
+        serde_json::json!({
+            "name": "demo-loop", "driver": "process", "command": "sh",
+            "args": ["-c", "while true; do echo \"hello from cube at $(date)\"; sleep 1; done"],
+            "restart": {"mode": "on-failure"}
+        })
+    };
+    let spec: cube_core::TaskSpec = match serde_json::from_value(spec) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!(error = %e, "demo spec is invalid"),
+    };
+    let id = match manager.submit(None, spec).await {
+        Ok((task, _)) => task.id,
+        Err(e) => return tracing::error!(error = %e, "cannot submit the demo task"),
+    };
+    say(&format!("demo task {id} submitted"));
+    // Report once it runs (or fails), giving up quietly after half a minute.
+    for _ in 0..300 {
+        if let Some(task) = manager.task(id) {
+            match task.state {
+                cube_core::TaskState::Running => {
+                    let url = task
+                        .host_ports
+                        .first()
+                        .map(|p| format!(" at http://127.0.0.1:{}/", p.host_port));
+                    say(&format!("demo task {id} is running{}", url.unwrap_or_default()));
+                    return;
+                }
+                cube_core::TaskState::Failed => {
+                    say(&format!("demo task {id} failed: {}", task.reason.unwrap_or_default()));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A line of the command's own output.
+#[allow(clippy::print_stdout)]
+fn say(text: &str) {
+    println!("{text}");
 }
 
 /// Prints the one line tests and scripts wait for.

@@ -1,0 +1,111 @@
+//! The `cube` command line: one binary for the agents (`worker`, `manager`, `dev`) and the
+//! client commands that talk to a manager (`run`, `status`, `stop`, `logs`, `node`).
+//!
+//! Exit codes: 0 success; 1 error (one `error: ...` line on stderr); 2 bad usage (from clap);
+//! 3 a waited-for task failed (`cube run --wait`).
+
+pub mod agents;
+pub mod client;
+
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// Cube: a small container orchestrator.
+///
+/// Start a local cluster with `cube dev`, then run tasks on it with `cube run`.
+#[derive(Debug, Parser)]
+#[command(name = "cube", version, about, long_about = None)]
+pub struct Cli {
+    /// Options shared by the client commands.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Manager to talk to.
+    #[arg(long, global = true, env = "CUBE_ADDR", default_value = "http://127.0.0.1:5555")]
+    pub addr: String,
+    /// Output format: `table` for people, `json` for scripts (stable, complete).
+    #[arg(long, short = 'o', global = true, env = "CUBE_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable tables.
+    Table,
+    /// JSON, as the API returns it.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker node: it runs the tasks it is given (docker containers or host processes).
+    ///
+    /// The worker API listens on 127.0.0.1 by default. Anyone who can reach it can start
+    /// containers, which is root on this host: only pass a non-loopback --listen address on a
+    /// network you trust.
+    ///
+    /// Examples:
+    ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
+    ///   cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
+    ///       --advertise http://10.0.0.5:5556 --label zone=a
+    Worker(agents::WorkerArgs),
+    /// Run the manager: it accepts tasks, places them on workers and heals the cluster.
+    ///
+    /// Workers join with `cube worker --manager URL`. The manager API listens on 127.0.0.1 by
+    /// default: it starts workloads on every worker, so only expose it on a network you trust.
+    ///
+    /// Example: cube manager --listen 127.0.0.1:5555 --scheduler spread
+    Manager(agents::ManagerArgs),
+    /// Run a local cluster: a manager and one worker in this process, with state in a data
+    /// directory that survives restarts. Uses Docker when an engine answers, host processes
+    /// otherwise.
+    ///
+    /// Example: cube dev --demo
+    Dev(agents::DevArgs),
+    /// Commands that talk to a manager.
+    #[command(flatten)]
+    Client(client::ClientCommand),
+    /// Print a shell completion script.
+    ///
+    /// Example: cube completion bash > /etc/bash_completion.d/cube
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Worker(args) => {
+            agents::init_logging();
+            agents::runtime()?.block_on(agents::worker(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manager(args) => {
+            agents::init_logging();
+            agents::runtime()?.block_on(agents::manager(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev(args) => {
+            agents::init_logging();
+            agents::runtime()?.block_on(agents::dev(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Client(command) => client::run(command, &cli.global),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cube", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -21,6 +21,8 @@ pub mod task;
 pub mod units;
 
 pub use ids::{NodeId, TaskId};
+/// Timestamps throughout Cube are UTC instants.
+pub use jiff::Timestamp;
 pub use node::{Node, NodeState};
 pub use scheduler::{Decision, Explanation, NodeView, Scheduler, SchedulerKind};
 pub use spec::{

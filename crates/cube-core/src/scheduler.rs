@@ -140,8 +140,11 @@ pub struct Explanation {
     pub chosen: Option<ScoredNode>,
     /// The best-scoring candidates, winner first (at most [`MAX_EXPLAINED`]).
     pub candidates: Vec<ScoredNode>,
-    /// Nodes that could not take the task.
+    /// Nodes that could not take the task (at most [`MAX_REJECTIONS`] of them).
     pub rejected: Vec<Rejection>,
+    /// How many nodes were rejected in all.
+    #[serde(default)]
+    pub rejected_total: usize,
 }
 
 /// Candidates kept in an explanation.
@@ -156,7 +159,9 @@ impl Explanation {
         }
         let reasons: Vec<String> =
             self.rejected.iter().map(|r| format!("{}: {}", r.name, r.reason)).collect();
-        format!("no node fits: {}", reasons.join("; "))
+        let more = self.rejected_total.saturating_sub(self.rejected.len());
+        let more = if more > 0 { format!("; and {more} more nodes") } else { String::new() };
+        format!("no node fits: {}{more}", reasons.join("; "))
     }
 }
 
@@ -181,8 +186,18 @@ pub enum Decision {
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     kind: SchedulerKind,
+    /// Round-robin position.
     cursor: usize,
+    /// Where the next sampled scan starts (large clusters only).
+    offset: usize,
 }
+
+/// Clusters up to this size are scored in full.
+pub const FULL_SCORING_MAX_NODES: usize = 128;
+/// Feasible nodes scored per placement in larger clusters.
+pub const SAMPLE_SIZE: usize = 64;
+/// Rejections kept in an explanation (the total is counted separately).
+pub const MAX_REJECTIONS: usize = 32;
 
 /// Lieb's square-ice constant: the base the book's E-PVM uses for its exponential costs.
 pub const LIEB: f64 = 1.539_600_717_839_002;
@@ -192,7 +207,7 @@ pub const EPVM_CPU_CAPACITY: f64 = 1.741_101_126_592_248;
 impl Scheduler {
     /// A scheduler of `kind`.
     pub fn new(kind: SchedulerKind) -> Self {
-        Self { kind, cursor: 0 }
+        Self { kind, cursor: 0, offset: 0 }
     }
 
     /// Which kind it is.
@@ -205,21 +220,51 @@ impl Scheduler {
     pub fn place(&mut self, spec: &TaskSpec, nodes: &[NodeView], avoid: &[NodeId]) -> Decision {
         let constraints: Vec<Constraint> =
             spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
+        let n = nodes.len();
+        // Small clusters are scored in full. Large ones score a bounded sample of feasible
+        // nodes, starting where the previous placement stopped (kube-scheduler's
+        // percentageOfNodesToScore, Nomad's limit iterator): placement cost stops growing with
+        // the cluster, at the price of sometimes missing the very best node.
+        let (start, limit) = if n <= FULL_SCORING_MAX_NODES {
+            (0, usize::MAX)
+        } else {
+            (self.offset % n, SAMPLE_SIZE)
+        };
         let mut rejected = Vec::new();
+        let mut rejected_total = 0;
         let mut feasible = Vec::new();
-        for (i, node) in nodes.iter().enumerate() {
-            match check(spec, &constraints, node) {
-                Ok(()) => feasible.push(i),
+        let mut examined = 0;
+        for k in 0..n {
+            let i = (start + k) % n;
+            examined += 1;
+            match check(spec, &constraints, &nodes[i]) {
+                Ok(()) => {
+                    feasible.push(i);
+                    if feasible.len() >= limit {
+                        break;
+                    }
+                }
                 Err(reason) => {
-                    rejected.push(Rejection { node: node.id, name: node.name.clone(), reason })
+                    rejected_total += 1;
+                    if rejected.len() < MAX_REJECTIONS {
+                        rejected.push(Rejection {
+                            node: nodes[i].id,
+                            name: nodes[i].name.clone(),
+                            reason,
+                        });
+                    }
                 }
             }
+        }
+        if limit != usize::MAX {
+            self.offset = (start + examined) % n;
         }
         // Prefer nodes the task has not failed on; fall back to them rather than not running.
         if feasible.iter().any(|i| !avoid.contains(&nodes[*i].id)) {
             feasible.retain(|i| {
                 let keep = !avoid.contains(&nodes[*i].id);
                 if !keep {
+                    rejected_total += 1;
                     rejected.push(Rejection {
                         node: nodes[*i].id,
                         name: nodes[*i].name.clone(),
@@ -229,12 +274,15 @@ impl Scheduler {
                 keep
             });
         }
-
+        // Scored in node order so ties go to the first node; round-robin counts from its cursor.
+        feasible.sort_unstable();
+        let max_jobs = if self.kind == SchedulerKind::Epvm { epvm_max_jobs(nodes) } else { 1.0 };
         let mut scored: Vec<(usize, f64)> = feasible
             .iter()
-            .filter_map(|&i| match self.score(spec, nodes, i) {
+            .filter_map(|&i| match self.score(spec, nodes, i, max_jobs) {
                 Ok(score) => Some((i, score)),
                 Err(reason) => {
+                    rejected_total += 1;
                     rejected.push(Rejection {
                         node: nodes[i].id,
                         name: nodes[i].name.clone(),
@@ -264,6 +312,7 @@ impl Scheduler {
                         chosen: candidates.first().cloned(),
                         candidates,
                         rejected,
+                        rejected_total,
                     },
                 }
             }
@@ -273,6 +322,7 @@ impl Scheduler {
                     chosen: None,
                     candidates,
                     rejected,
+                    rejected_total,
                 },
             },
         }
@@ -280,7 +330,13 @@ impl Scheduler {
 
     /// The cost of placing `spec` on `nodes[i]` (lower is better), or why the node cannot be
     /// scored.
-    fn score(&self, spec: &TaskSpec, nodes: &[NodeView], i: usize) -> Result<f64, String> {
+    fn score(
+        &self,
+        spec: &TaskSpec,
+        nodes: &[NodeView],
+        i: usize,
+        max_jobs: f64,
+    ) -> Result<f64, String> {
         let node = &nodes[i];
         let req = &spec.resources;
         match self.kind {
@@ -300,7 +356,6 @@ impl Scheduler {
             }
             SchedulerKind::Epvm => {
                 let load = node.load.ok_or_else(|| "no stats reported yet".to_owned())?;
-                let max_jobs = epvm_max_jobs(nodes);
                 Ok(epvm_cost(node, load, req, max_jobs))
             }
         }
@@ -610,6 +665,35 @@ mod tests {
         s.ports.clear();
         s.driver = DriverKind::Docker;
         assert_eq!(check(&s, &[], &n).unwrap_err(), "docker driver not available");
+    }
+
+    #[test]
+    fn large_clusters_score_a_bounded_sample_that_moves_on() {
+        let mut nodes: Vec<NodeView> =
+            (0..1000u128).map(|i| node(i + 1, &format!("n{i}"))).collect();
+        // Every other node is full: the sample keeps scanning until it has enough feasible ones.
+        for n in nodes.iter_mut().step_by(2) {
+            n.reserved.memory = n.capacity.memory;
+        }
+        let mut s = Scheduler::new(SchedulerKind::Binpack);
+        let Decision::Place { explanation: first, .. } = s.place(&spec(0, 10), &nodes, &[]) else {
+            panic!()
+        };
+        assert_eq!(first.candidates.len(), MAX_EXPLAINED);
+        assert_eq!(first.rejected.len(), MAX_REJECTIONS);
+        assert_eq!(first.rejected_total, SAMPLE_SIZE, "half of the examined nodes were full");
+        let Decision::Place { node: second, .. } = s.place(&spec(0, 10), &nodes, &[]) else {
+            panic!()
+        };
+        let first_chosen = first.chosen.unwrap().node;
+        assert_ne!(second, first_chosen, "the next placement samples other nodes");
+        // Nothing fits anywhere: every node is examined and the reason counts them all.
+        let Decision::Unplaceable { explanation } = s.place(&spec(0, 4096), &nodes, &[]) else {
+            panic!()
+        };
+        assert_eq!(explanation.rejected_total, 1000);
+        let reason = explanation.unplaceable_reason();
+        assert!(reason.ends_with("; and 968 more nodes"), "{reason}");
     }
 
     #[test]

@@ -199,6 +199,7 @@ impl Task {
             self.host_ports.clear();
             self.restart_count = 0;
             self.healthy = None;
+            self.synced_until = None;
         }
         self.push_event(TaskEvent { at: now, from, to, node, reason });
         Ok(to)

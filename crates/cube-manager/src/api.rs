@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +20,10 @@ use crate::Manager;
 
 type Shared = Arc<Manager>;
 
+/// Registrations and heartbeats carry a node's tasks (a registration all of them), so they may
+/// be much larger than a user's request.
+const NODE_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
 /// The router for `/v1/...`.
 pub fn router(manager: Arc<Manager>) -> Router {
     let routes = Router::new()
@@ -28,9 +32,9 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
         .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/register", post(register))
+        .route("/v1/nodes/register", post(register).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)))
         .route("/v1/nodes/{id}", get(get_node))
-        .route("/v1/nodes/{id}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{id}/heartbeat", post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)))
         .with_state(manager);
     cube_api::server::finish_router(routes)
 }

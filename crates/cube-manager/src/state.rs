@@ -636,3 +636,233 @@ fn apply(t: &mut Task, trigger: Trigger, now: Timestamp, reason: impl Into<Strin
         tracing::error!(task = %t.id, error = %e, "manager attempted an invalid transition");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cube_api::types::{CpuStats, DiskStats, LoadStats, MemoryStats, TaskCounts};
+    use cube_core::{Bytes, DriverKind, Millicores, SchedulerKind, TaskSpec};
+    use uuid::Uuid;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn node(n: u128, name: &str, memory_mib: u64) -> Node {
+        Node {
+            id: NodeId::from_uuid(Uuid::from_u128(n)),
+            name: name.into(),
+            address: format!("http://{name}"),
+            labels: Default::default(),
+            capacity: Resources { cpu: Millicores::cores(2), memory: Bytes::mib(memory_mib), disk: Bytes::gib(10) },
+            drivers: vec![DriverKind::Process],
+            state: NodeState::Ready,
+            registered_at: at(0),
+            last_heartbeat: None,
+        }
+    }
+
+    fn spec(memory_mib: u64) -> TaskSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "t", "driver": "process", "command": "sleep", "args": ["100"],
+            "resources": {"memory": format!("{memory_mib}MiB")},
+            "restart": {"mode": "on-failure", "max_attempts": 1, "reschedule_attempts": 1}
+        }))
+        .unwrap()
+    }
+
+    fn task(n: u128, memory_mib: u64) -> Task {
+        Task::new(TaskId::from_uuid(Uuid::from_u128(n)), spec(memory_mib), at(0))
+    }
+
+    fn stats() -> NodeStats {
+        NodeStats {
+            collected_at: at(0),
+            memory: MemoryStats { total_bytes: 100, available_bytes: 50, used_bytes: 50 },
+            cpu: CpuStats { cores: 2, busy_fraction: 0.1, interval_ms: 1000 },
+            load: LoadStats { one: 0.0, five: 0.0, fifteen: 0.0 },
+            disk: DiskStats { path: "/".into(), total_bytes: 1, free_bytes: 1 },
+            tasks: TaskCounts::default(),
+            reserved: Resources::default(),
+        }
+    }
+
+    /// A cluster with the given nodes registered.
+    fn cluster(nodes: &[Node]) -> (State, Instant) {
+        let mut s = State::new(Scheduler::new(SchedulerKind::Spread));
+        let mono = Instant::now();
+        for n in nodes {
+            s.register(n.clone(), &[], at(0), mono, &mut Effects::default());
+        }
+        (s, mono)
+    }
+
+    /// What the worker would report for `t` after `moves` (state, reason), one per second
+    /// from its last known event on.
+    fn report(t: &Task, moves: &[(TaskState, &str)]) -> TaskView {
+        let mut w = t.clone();
+        let base = w.events.last().map_or(at(0), |e| e.at).as_second() - 1_800_000_000;
+        for (i, (to, reason)) in moves.iter().enumerate() {
+            w.events.push(cube_core::TaskEvent {
+                at: at(base + 10 + i as i64),
+                from: w.state,
+                to: *to,
+                node: w.node,
+                reason: (*reason).into(),
+            });
+            w.state = *to;
+        }
+        TaskView::from(&w)
+    }
+
+    #[test]
+    fn submitted_tasks_are_placed_and_dispatched() {
+        let (mut s, _) = cluster(&[node(1, "w1", 1024), node(2, "w2", 1024)]);
+        let mut e = Effects::default();
+        s.submit(task(10, 100), &mut e).unwrap();
+        s.submit(task(11, 100), &mut e).unwrap();
+        assert!(e.kick);
+        let mut e = Effects::default();
+        s.place_pending(at(1), &mut e);
+        assert_eq!(e.dispatch.len(), 2);
+        let nodes: BTreeSet<NodeId> = e.dispatch.iter().map(|d| d.node).collect();
+        assert_eq!(nodes.len(), 2, "spread puts one on each node");
+        assert_eq!(s.pending_count(), 0);
+        let t = s.task(TaskId::from_uuid(Uuid::from_u128(10))).unwrap();
+        assert_eq!((t.state, t.generation), (TaskState::Scheduled, 1));
+        assert!(t.placement.as_ref().unwrap().chosen.is_some());
+        assert_eq!(s.usage(e.dispatch[0].node).reserved.memory, Bytes::mib(100));
+    }
+
+    #[test]
+    fn unplaceable_tasks_wait_with_reasons_until_a_node_fits() {
+        let (mut s, mono) = cluster(&[node(1, "w1", 512), node(2, "w2", 512)]);
+        let id = TaskId::from_uuid(Uuid::from_u128(10));
+        s.submit(task(10, 1024), &mut Effects::default()).unwrap();
+        let mut e = Effects::default();
+        s.place_pending(at(1), &mut e);
+        assert!(e.dispatch.is_empty());
+        let t = s.task(id).unwrap();
+        assert_eq!(t.state, TaskState::Pending);
+        assert_eq!(
+            t.reason.as_deref(),
+            Some("no node fits: w1: needs 1.0GiB memory, 512MiB free; w2: needs 1.0GiB memory, 512MiB free")
+        );
+        let mut e = Effects::default();
+        s.register(node(3, "big", 2048), &[], at(2), mono, &mut e);
+        assert!(e.kick, "a new node wakes placement");
+        let mut e = Effects::default();
+        s.place_pending(at(3), &mut e);
+        assert_eq!(e.dispatch[0].node, NodeId::from_uuid(Uuid::from_u128(3)));
+    }
+
+    #[test]
+    fn worker_reports_are_replayed_through_the_state_machine() {
+        let (mut s, _) = cluster(&[node(1, "w1", 1024)]);
+        let id = TaskId::from_uuid(Uuid::from_u128(10));
+        s.submit(task(10, 0), &mut Effects::default()).unwrap();
+        s.place_pending(at(1), &mut Effects::default());
+        let placed = s.task(id).unwrap().clone();
+        let r = report(&placed, &[(TaskState::Running, "started (pid 7)"), (TaskState::Running, "health check passing")]);
+        s.sync_report(placed.node.unwrap(), &r, at(20), &mut Effects::default());
+        let t = s.task(id).unwrap();
+        assert_eq!(t.state, TaskState::Running);
+        assert_eq!(t.started_at, Some(at(11)), "the worker's time of the event");
+        let reasons: Vec<&str> = t.events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons.last(), Some(&"health check passing"));
+        // The same report again changes nothing.
+        let before = t.events.len();
+        s.sync_report(placed.node.unwrap(), &r, at(21), &mut Effects::default());
+        assert_eq!(s.task(id).unwrap().events.len(), before);
+    }
+
+    #[test]
+    fn exhausted_restarts_reschedule_elsewhere_once_then_fail() {
+        let (mut s, _) = cluster(&[node(1, "w1", 1024), node(2, "w2", 1024)]);
+        let id = TaskId::from_uuid(Uuid::from_u128(10));
+        s.submit(task(10, 0), &mut Effects::default()).unwrap();
+        s.place_pending(at(1), &mut Effects::default());
+        let first = s.task(id).unwrap().clone();
+        let r = report(&first, &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")]);
+        let mut e = Effects::default();
+        s.sync_report(first.node.unwrap(), &r, at(20), &mut e);
+        let t = s.task(id).unwrap();
+        assert_eq!(t.state, TaskState::Pending, "rescheduled");
+        assert_eq!(t.failed_nodes, vec![first.node.unwrap()]);
+        assert!(e.kick);
+        s.place_pending(at(21), &mut Effects::default());
+        let second = s.task(id).unwrap().clone();
+        assert_ne!(second.node, first.node, "placed away from the node it failed on");
+        assert_eq!(second.generation, 2);
+        let r = report(&second, &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")]);
+        s.sync_report(second.node.unwrap(), &r, at(30), &mut Effects::default());
+        let t = s.task(id).unwrap();
+        assert_eq!(t.state, TaskState::Failed, "no reschedules left");
+        assert_eq!(t.reason.as_deref(), Some("exited with code 1"));
+    }
+
+    #[test]
+    fn silent_nodes_go_down_and_their_tasks_move() {
+        let (mut s, mono) = cluster(&[node(1, "w1", 1024), node(2, "w2", 1024)]);
+        for n in 10..14 {
+            s.submit(task(n, 0), &mut Effects::default()).unwrap();
+        }
+        s.place_pending(at(1), &mut Effects::default());
+        let w1 = NodeId::from_uuid(Uuid::from_u128(1));
+        let w2 = NodeId::from_uuid(Uuid::from_u128(2));
+        let stopped = s.tasks().find(|t| t.node == Some(w1)).map(|t| t.id).unwrap();
+        s.stop(stopped, at(2), &mut Effects::default());
+        // w2 keeps heartbeating, w1 falls silent.
+        let later = mono + Duration::from_secs(6);
+        let hb = HeartbeatRequest { stats: Some(stats()), tasks: vec![], active: vec![] };
+        s.heartbeat(w2, &hb, at(6), later, &mut Effects::default()).unwrap();
+        let mut e = Effects::default();
+        let down = s.expire_nodes(Duration::from_secs(5), at(6), later, &mut e);
+        assert_eq!(down, vec![w1]);
+        assert_eq!(s.node(w1).unwrap().node.state, NodeState::Down);
+        assert_eq!(s.task(stopped).unwrap().state, TaskState::Completed, "a stop in flight completes");
+        assert_eq!(s.pending_count(), 1, "the other task on w1 waits for placement");
+        let mut e = Effects::default();
+        s.place_pending(at(7), &mut e);
+        assert!(e.dispatch.iter().all(|d| d.node == w2));
+        assert_eq!(s.usage(w1).count, 0);
+    }
+
+    #[test]
+    fn a_returning_node_is_told_to_stop_copies_that_moved() {
+        let (mut s, mono) = cluster(&[node(1, "w1", 1024)]);
+        let id = TaskId::from_uuid(Uuid::from_u128(10));
+        s.submit(task(10, 0), &mut Effects::default()).unwrap();
+        s.place_pending(at(1), &mut Effects::default());
+        let w1 = NodeId::from_uuid(Uuid::from_u128(1));
+        let later = mono + Duration::from_secs(6);
+        s.expire_nodes(Duration::from_secs(5), at(6), later, &mut Effects::default());
+        s.register(node(2, "w2", 1024), &[], at(6), later, &mut Effects::default());
+        s.place_pending(at(7), &mut Effects::default());
+        assert_eq!(s.task(id).unwrap().generation, 2);
+        // w1 comes back still running generation 1.
+        let active = [ActiveTask { id, generation: 1 }];
+        let hb = HeartbeatRequest { stats: None, tasks: vec![], active: active.to_vec() };
+        let stop = s.heartbeat(w1, &hb, at(8), later, &mut Effects::default()).unwrap();
+        assert_eq!(stop, vec![id]);
+        assert_eq!(s.node(w1).unwrap().node.state, NodeState::Ready);
+        // And a node the manager never heard of must register.
+        let stranger = NodeId::from_uuid(Uuid::from_u128(99));
+        assert!(s.heartbeat(stranger, &hb, at(8), later, &mut Effects::default()).is_none());
+    }
+
+    #[test]
+    fn a_node_that_lost_its_tasks_gets_them_placed_again() {
+        let (mut s, mono) = cluster(&[node(1, "w1", 1024)]);
+        let id = TaskId::from_uuid(Uuid::from_u128(10));
+        s.submit(task(10, 0), &mut Effects::default()).unwrap();
+        s.place_pending(at(1), &mut Effects::default());
+        let placed = s.task(id).unwrap().clone();
+        s.sync_report(placed.node.unwrap(), &report(&placed, &[(TaskState::Running, "started")]), at(2), &mut Effects::default());
+        s.dispatch_done(id);
+        // The worker restarts with an empty store and registers knowing nothing.
+        let stop = s.register(node(1, "w1", 1024), &[], at(3), mono, &mut Effects::default());
+        assert!(stop.is_empty());
+        assert_eq!(s.task(id).unwrap().state, TaskState::Pending);
+    }
+}

@@ -136,6 +136,75 @@ impl CubeProcess {
     }
 }
 
+/// A manager on a loopback port with its own data directory; it can be killed and restarted on
+/// the same port (workers and clients keep their address).
+pub struct TestManager {
+    pub process: CubeProcess,
+    pub client: Client,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl TestManager {
+    /// Starts a manager with extra arguments (e.g. `--scheduler binpack`).
+    pub async fn start(extra: &[&str]) -> TestManager {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra).await
+    }
+
+    /// Starts a manager whose data directory is `dir` (which may hold state already).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestManager {
+        let data = dir.path().join("data").to_str().unwrap().to_owned();
+        let mut args: Vec<String> =
+            ["manager", "--listen", "127.0.0.1:0", "--data-dir", &data].iter().map(|s| (*s).to_owned()).collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let process = CubeProcess::start(&refs, dir.path());
+        let url = process.url.clone();
+        // From now on restarts reuse the port the OS picked.
+        let port = url.rsplit(':').next().unwrap().to_owned();
+        args[2] = format!("127.0.0.1:{port}");
+        let client = process.client();
+        TestManager { process, client, url, dir, args }
+    }
+
+    /// Kills the manager with SIGKILL.
+    pub fn kill9(&mut self) {
+        self.process.child.kill().unwrap();
+        self.process.child.wait().unwrap();
+    }
+
+    /// Starts the manager again on the same port and data directory (after `kill9`).
+    pub fn restart(&mut self) {
+        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        // The port was just released; binding can race with its teardown, so retry briefly.
+        let mut last = None;
+        for _ in 0..50 {
+            match std::panic::catch_unwind(|| CubeProcess::start(&refs, self.dir.path())) {
+                Ok(p) => {
+                    self.process = p;
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        std::panic::resume_unwind(last.unwrap());
+    }
+
+    /// Starts a worker that joins this manager, named `name`, with extra arguments.
+    pub async fn worker(&self, name: &str, extra: &[&str]) -> TestWorker {
+        let mut args = vec!["--manager", &self.url, "--name", name];
+        args.extend_from_slice(extra);
+        TestWorker::start(&args).await
+    }
+
+    /// Node name by id, from the manager.
+    pub async fn node_names(&self) -> std::collections::HashMap<cube_core::NodeId, String> {
+        self.client.nodes().await.unwrap().into_iter().map(|n| (n.id, n.name)).collect()
+    }
+}
+
 impl Drop for CubeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -150,6 +219,8 @@ pub struct TestWorker {
     pub client: Client,
     pub node_id: String,
     pub dir: tempfile::TempDir,
+    /// Arguments it was started with (a restart reuses them, data directory included).
+    args: Vec<String>,
 }
 
 impl TestWorker {
@@ -171,7 +242,23 @@ impl TestWorker {
         let process = CubeProcess::start(&args, dir.path());
         let client = process.client();
         let node_id = client.health().await.unwrap().node_id.unwrap().to_string();
-        TestWorker { process, client, node_id, dir }
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        TestWorker { process, client, node_id, dir, args }
+    }
+
+    /// Kills the worker with SIGKILL (its workloads keep running).
+    pub fn kill9(&mut self) {
+        self.process.child.kill().unwrap();
+        self.process.child.wait().unwrap();
+    }
+
+    /// Starts the worker again with the same arguments and data directory (after `kill9`).
+    pub async fn restart(&mut self) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.process = CubeProcess::start(&args, self.dir.path());
+        self.client = self.process.client();
+        let node_id = self.client.health().await.unwrap().node_id.unwrap().to_string();
+        assert_eq!(node_id, self.node_id, "a restarted worker keeps its node id");
     }
 
     /// Ids of containers labelled for this node, running or not.

@@ -230,7 +230,8 @@ impl Scheduler {
         } else {
             (self.offset % n, SAMPLE_SIZE)
         };
-        let mut rejected = Vec::new();
+        // (node index, why), in the order found; only the kept ones are put into words.
+        let mut rejected: Vec<(usize, Reject)> = Vec::new();
         let mut rejected_total = 0;
         let mut feasible = Vec::new();
         let mut examined = 0;
@@ -247,11 +248,7 @@ impl Scheduler {
                 Err(reason) => {
                     rejected_total += 1;
                     if rejected.len() < MAX_REJECTIONS {
-                        rejected.push(Rejection {
-                            node: nodes[i].id,
-                            name: nodes[i].name.clone(),
-                            reason,
-                        });
+                        rejected.push((i, reason));
                     }
                 }
             }
@@ -261,15 +258,11 @@ impl Scheduler {
         }
         // Prefer nodes the task has not failed on; fall back to them rather than not running.
         if feasible.iter().any(|i| !avoid.contains(&nodes[*i].id)) {
-            feasible.retain(|i| {
-                let keep = !avoid.contains(&nodes[*i].id);
+            feasible.retain(|&i| {
+                let keep = !avoid.contains(&nodes[i].id);
                 if !keep {
                     rejected_total += 1;
-                    rejected.push(Rejection {
-                        node: nodes[*i].id,
-                        name: nodes[*i].name.clone(),
-                        reason: "the task already failed on this node".into(),
-                    });
+                    rejected.push((i, Reject::FailedHere));
                 }
                 keep
             });
@@ -277,21 +270,16 @@ impl Scheduler {
         // Scored in node order so ties go to the first node; round-robin counts from its cursor.
         feasible.sort_unstable();
         let max_jobs = if self.kind == SchedulerKind::Epvm { epvm_max_jobs(nodes) } else { 1.0 };
-        let mut scored: Vec<(usize, f64)> = feasible
-            .iter()
-            .filter_map(|&i| match self.score(spec, nodes, i, max_jobs) {
-                Ok(score) => Some((i, score)),
+        let mut scored: Vec<(usize, f64)> = Vec::with_capacity(feasible.len());
+        for &i in &feasible {
+            match self.score(spec, nodes, i, max_jobs) {
+                Ok(score) => scored.push((i, score)),
                 Err(reason) => {
                     rejected_total += 1;
-                    rejected.push(Rejection {
-                        node: nodes[i].id,
-                        name: nodes[i].name.clone(),
-                        reason,
-                    });
-                    None
+                    rejected.push((i, reason));
                 }
-            })
-            .collect();
+            }
+        }
         // Stable sort: equal scores keep node order, so ties go to the first node.
         scored.sort_by(|a, b| a.1.total_cmp(&b.1));
         let candidates: Vec<ScoredNode> = scored
@@ -299,32 +287,40 @@ impl Scheduler {
             .take(MAX_EXPLAINED)
             .map(|&(i, score)| ScoredNode { node: nodes[i].id, name: nodes[i].name.clone(), score })
             .collect();
+        // A placed task needs only a glimpse of the rejections; an unplaceable one needs them.
+        let keep = if scored.is_empty() { MAX_REJECTIONS } else { MAX_EXPLAINED };
+        let mut rejected: Vec<Rejection> = rejected
+            .into_iter()
+            .take(keep)
+            .map(|(i, r)| Rejection {
+                node: nodes[i].id,
+                name: nodes[i].name.clone(),
+                reason: r.describe(&constraints),
+            })
+            .collect();
         rejected.sort_by(|a, b| a.name.cmp(&b.name));
+        let explanation = |chosen| Explanation {
+            scheduler: self.kind,
+            chosen,
+            candidates,
+            rejected,
+            rejected_total,
+        };
         match scored.first() {
             Some(&(i, _)) => {
+                let chosen = Some(ScoredNode {
+                    node: nodes[i].id,
+                    name: nodes[i].name.clone(),
+                    score: scored[0].1,
+                });
+                let decision =
+                    Decision::Place { node: nodes[i].id, explanation: explanation(chosen) };
                 if self.kind == SchedulerKind::RoundRobin {
                     self.cursor = (i + 1) % nodes.len();
                 }
-                Decision::Place {
-                    node: nodes[i].id,
-                    explanation: Explanation {
-                        scheduler: self.kind,
-                        chosen: candidates.first().cloned(),
-                        candidates,
-                        rejected,
-                        rejected_total,
-                    },
-                }
+                decision
             }
-            None => Decision::Unplaceable {
-                explanation: Explanation {
-                    scheduler: self.kind,
-                    chosen: None,
-                    candidates,
-                    rejected,
-                    rejected_total,
-                },
-            },
+            None => Decision::Unplaceable { explanation: explanation(None) },
         }
     }
 
@@ -336,7 +332,7 @@ impl Scheduler {
         nodes: &[NodeView],
         i: usize,
         max_jobs: f64,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, Reject> {
         let node = &nodes[i];
         let req = &spec.resources;
         match self.kind {
@@ -355,7 +351,7 @@ impl Scheduler {
                 Ok(f64::from(node.task_count) + utilization_after(node, req) * 0.5)
             }
             SchedulerKind::Epvm => {
-                let load = node.load.ok_or_else(|| "no stats reported yet".to_owned())?;
+                let load = node.load.ok_or(Reject::NoStats)?;
                 Ok(epvm_cost(node, load, req, max_jobs))
             }
         }
@@ -409,39 +405,86 @@ fn utilization_after(node: &NodeView, req: &Resources) -> f64 {
     if fractions.is_empty() { 0.0 } else { fractions.iter().sum::<f64>() / fractions.len() as f64 }
 }
 
-/// Feasibility: can `node` run `spec` at all?
-fn check(spec: &TaskSpec, constraints: &[Constraint], node: &NodeView) -> Result<(), String> {
-    if !node.ready {
-        return Err("node is down".into());
-    }
-    if !node.drivers.contains(&spec.driver) {
-        return Err(format!("{} driver not available", spec.driver));
-    }
-    for c in constraints {
-        if !c.matches(node.id, &node.name, &node.labels) {
-            return Err(format!("constraint not met: {c}"));
+/// Why a node cannot take a task. Cheap to build; turned into words only for the rejections an
+/// explanation keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reject {
+    Down,
+    Driver(DriverKind),
+    /// Index of the constraint not met.
+    Constraint(usize),
+    Cpu {
+        need: Millicores,
+        free: Millicores,
+    },
+    Memory {
+        need: Bytes,
+        free: Bytes,
+    },
+    Disk {
+        need: Bytes,
+        free: Bytes,
+    },
+    Port(u16, Protocol),
+    FailedHere,
+    NoStats,
+}
+
+impl Reject {
+    fn describe(self, constraints: &[Constraint]) -> String {
+        match self {
+            Reject::Down => "node is down".into(),
+            Reject::Driver(d) => format!("{d} driver not available"),
+            Reject::Constraint(i) => match constraints.get(i) {
+                Some(c) => format!("constraint not met: {c}"),
+                None => "constraint not met".into(),
+            },
+            Reject::Cpu { need, free } => {
+                format!("needs {} CPU, {} free", show_cpu(need), show_cpu(free))
+            }
+            Reject::Memory { need, free } => {
+                format!("needs {} memory, {} free", show_bytes(need), show_bytes(free))
+            }
+            Reject::Disk { need, free } => {
+                format!("needs {} disk, {} free", show_bytes(need), show_bytes(free))
+            }
+            Reject::Port(port, proto) => {
+                format!("host port {port}/{} already in use", proto.as_str())
+            }
+            Reject::FailedHere => "the task already failed on this node".into(),
+            Reject::NoStats => "no stats reported yet".into(),
         }
     }
+}
+
+/// Feasibility: can `node` run `spec` at all?
+fn check(spec: &TaskSpec, constraints: &[Constraint], node: &NodeView) -> Result<(), Reject> {
+    if !node.ready {
+        return Err(Reject::Down);
+    }
+    if !node.drivers.contains(&spec.driver) {
+        return Err(Reject::Driver(spec.driver));
+    }
+    if let Some(i) = constraints.iter().position(|c| !c.matches(node.id, &node.name, &node.labels))
+    {
+        return Err(Reject::Constraint(i));
+    }
     let req = &spec.resources;
-    let free_cpu = node.capacity.cpu.saturating_sub(node.reserved.cpu);
-    if req.cpu > free_cpu {
-        return Err(format!("needs {} CPU, {} free", show_cpu(req.cpu), show_cpu(free_cpu)));
+    let free = node.capacity.cpu.saturating_sub(node.reserved.cpu);
+    if req.cpu > free {
+        return Err(Reject::Cpu { need: req.cpu, free });
     }
-    let free_mem = node.capacity.memory.saturating_sub(node.reserved.memory);
-    if req.memory > free_mem {
-        return Err(format!(
-            "needs {} memory, {} free",
-            show_bytes(req.memory),
-            show_bytes(free_mem)
-        ));
+    let free = node.capacity.memory.saturating_sub(node.reserved.memory);
+    if req.memory > free {
+        return Err(Reject::Memory { need: req.memory, free });
     }
-    let free_disk = node.capacity.disk.saturating_sub(node.reserved.disk);
-    if req.disk > free_disk {
-        return Err(format!("needs {} disk, {} free", show_bytes(req.disk), show_bytes(free_disk)));
+    let free = node.capacity.disk.saturating_sub(node.reserved.disk);
+    if req.disk > free {
+        return Err(Reject::Disk { need: req.disk, free });
     }
     for p in spec.ports.iter().filter(|p| p.host != 0) {
         if node.used_ports.contains(&(p.host, p.protocol)) {
-            return Err(format!("host port {}/{} already in use", p.host, p.protocol.as_str()));
+            return Err(Reject::Port(p.host, p.protocol));
         }
     }
     Ok(())
@@ -655,16 +698,16 @@ mod tests {
         n.used_ports.insert((8080, Protocol::Tcp));
         n.drivers = vec![DriverKind::Process];
         let mut s = spec(3000, 0);
-        assert_eq!(check(&s, &[], &n).unwrap_err(), "needs 3000m CPU, 2000m free");
+        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "needs 3000m CPU, 2000m free");
         s.resources.cpu = Millicores(0);
         s.resources.disk = Bytes::gib(20);
-        assert_eq!(check(&s, &[], &n).unwrap_err(), "needs 20.0GiB disk, 10.0GiB free");
+        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "needs 20.0GiB disk, 10.0GiB free");
         s.resources.disk = Bytes(0);
         s.ports = vec![PortSpec { container: 80, host: 8080, protocol: Protocol::Tcp }];
-        assert_eq!(check(&s, &[], &n).unwrap_err(), "host port 8080/tcp already in use");
+        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "host port 8080/tcp already in use");
         s.ports.clear();
         s.driver = DriverKind::Docker;
-        assert_eq!(check(&s, &[], &n).unwrap_err(), "docker driver not available");
+        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "docker driver not available");
     }
 
     #[test]
@@ -680,7 +723,7 @@ mod tests {
             panic!()
         };
         assert_eq!(first.candidates.len(), MAX_EXPLAINED);
-        assert_eq!(first.rejected.len(), MAX_REJECTIONS);
+        assert_eq!(first.rejected.len(), MAX_EXPLAINED, "a placed task keeps a few rejections");
         assert_eq!(first.rejected_total, SAMPLE_SIZE, "half of the examined nodes were full");
         let Decision::Place { node: second, .. } = s.place(&spec(0, 10), &nodes, &[]) else {
             panic!()

@@ -1,0 +1,115 @@
+//! Scheduler throughput: placements per second for every scheduler at 100, 1,000, 5,000 and
+//! 10,000 nodes with mixed load (nodes of different sizes, partly full, some down, some without
+//! stats), single core.
+//!
+//! Run: `cargo bench -p cube-core --bench scheduler`
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use cube_core::scheduler::NodeLoad;
+use cube_core::{
+    Bytes, DriverKind, Millicores, NodeId, NodeView, Resources, RestartPolicy, Scheduler,
+    SchedulerKind, TaskSpec,
+};
+
+/// Deterministic pseudo-random numbers, so every run sees the same cluster.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+fn cluster(n: usize) -> Vec<NodeView> {
+    let mut rng = Lcg(42);
+    (0..n)
+        .map(|i| {
+            let cores = [2, 4, 8, 16][rng.next(4) as usize];
+            let mem_gib = [4, 8, 16, 64][rng.next(4) as usize];
+            let fill = rng.next(90) as f64 / 100.0;
+            let capacity = Resources {
+                cpu: Millicores::cores(cores),
+                memory: Bytes::gib(mem_gib),
+                disk: Bytes::gib(100),
+            };
+            NodeView {
+                id: NodeId::from_uuid(uuid::Uuid::from_u128(i as u128 + 1)),
+                name: format!("node-{i}"),
+                ready: rng.next(100) >= 2,
+                labels: BTreeMap::from([("zone".to_owned(), format!("z{}", rng.next(3)))]),
+                drivers: vec![DriverKind::Docker, DriverKind::Process],
+                reserved: Resources {
+                    cpu: Millicores((capacity.cpu.get() as f64 * fill) as u64),
+                    memory: Bytes((capacity.memory.get() as f64 * fill) as u64),
+                    disk: Bytes::gib(1),
+                },
+                capacity,
+                used_ports: BTreeSet::new(),
+                task_count: rng.next(40) as u32,
+                load: (rng.next(100) >= 5).then(|| NodeLoad {
+                    cpu_busy: rng.next(100) as f64 / 100.0,
+                    memory_used: rng.next(100) as f64 / 100.0,
+                }),
+            }
+        })
+        .collect()
+}
+
+fn specs() -> Vec<TaskSpec> {
+    let mut rng = Lcg(7);
+    (0..64)
+        .map(|i| TaskSpec {
+            name: format!("t{i}"),
+            driver: DriverKind::Docker,
+            image: Some("cube-test/busybox:latest".into()),
+            command: None,
+            args: vec![],
+            env: BTreeMap::new(),
+            workdir: None,
+            resources: Resources {
+                cpu: Millicores(100 * (1 + rng.next(10))),
+                memory: Bytes::mib(64 * (1 + rng.next(16))),
+                disk: Bytes::mib(100),
+            },
+            ports: vec![],
+            restart: RestartPolicy::default(),
+            health: None,
+            constraints: if i % 4 == 0 { vec!["node.labels.zone == z1".into()] } else { vec![] },
+            stop_grace: Duration::from_secs(10),
+        })
+        .collect()
+}
+
+fn placements(c: &mut Criterion) {
+    let specs = specs();
+    for n in [100, 1_000, 5_000, 10_000] {
+        let nodes = cluster(n);
+        let mut group = c.benchmark_group(format!("place/{n}-nodes"));
+        group.throughput(Throughput::Elements(1));
+        for kind in SchedulerKind::ALL {
+            group.bench_with_input(BenchmarkId::from_parameter(kind), &nodes, |b, nodes| {
+                let mut scheduler = Scheduler::new(kind);
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) % specs.len();
+                    black_box(scheduler.place(&specs[i], nodes, &[]))
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = placements
+}
+criterion_main!(benches);

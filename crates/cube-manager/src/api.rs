@@ -34,7 +34,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/register", post(register).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)))
         .route("/v1/nodes/{id}", get(get_node))
-        .route("/v1/nodes/{id}/heartbeat", post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)))
+        .route(
+            "/v1/nodes/{id}/heartbeat",
+            post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)),
+        )
         .with_state(manager);
     cube_api::server::finish_router(routes)
 }

@@ -100,9 +100,6 @@ type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 const CALL_ATTEMPTS: u32 = 8;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
-/// Placement is retried this often while tasks wait, in case capacity appeared in a way that
-/// sent no event (e.g. stats that make a node acceptable to E-PVM).
-const PENDING_RESCAN: Duration = Duration::from_secs(2);
 
 impl Manager {
     /// A manager over `store`, with the records it already holds.
@@ -459,17 +456,8 @@ impl Manager {
     /// Places pending tasks whenever something may have made room, until shutdown.
     async fn placement_loop(self: Arc<Self>) {
         loop {
-            let pending = self.lock().pending_count() > 0;
-            let rescan = async {
-                if pending {
-                    tokio::time::sleep(PENDING_RESCAN).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            };
             tokio::select! {
                 () = self.kick.notified() => {}
-                () = rescan => {}
                 () = self.shutdown.cancelled() => return,
             }
             let mut effects = Effects::default();

@@ -9,7 +9,7 @@
 //! **Invariant:** tasks are only changed through [`State::modify`], which keeps `pending` and the
 //! usage counters consistent with the tasks themselves.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cube_api::types::{ActiveTask, HeartbeatRequest, NodeStats, TaskView};
@@ -87,6 +87,12 @@ pub struct State {
     usage: BTreeMap<NodeId, Usage>,
     /// Tasks whose dispatch to a node is in flight.
     dispatching: HashSet<TaskId>,
+    /// Bumped whenever capacity may have appeared (a node joined or came back, a task left a
+    /// node, stats arrived). A task found unplaceable is not tried again until it changes, so a
+    /// backlog of unplaceable tasks costs nothing per new submission.
+    capacity_epoch: u64,
+    /// Epoch at which each waiting task was last found unplaceable.
+    tried: HashMap<TaskId, u64>,
     scheduler: Scheduler,
 }
 
@@ -99,6 +105,8 @@ impl State {
             pending: BTreeSet::new(),
             usage: BTreeMap::new(),
             dispatching: HashSet::new(),
+            capacity_epoch: 0,
+            tried: HashMap::new(),
             scheduler,
         }
     }
@@ -150,6 +158,12 @@ impl State {
         self.pending.len()
     }
 
+    /// Something may have made room: placement should look at waiting tasks again.
+    fn capacity_changed(&mut self, effects: &mut Effects) {
+        self.capacity_epoch += 1;
+        effects.kick = true;
+    }
+
     /// Marks a dispatch finished (successfully or not).
     pub fn dispatch_done(&mut self, id: TaskId) {
         self.dispatching.remove(&id);
@@ -178,6 +192,13 @@ impl State {
             self.pending.insert(id);
         } else {
             self.pending.remove(&id);
+            self.tried.remove(&id);
+        }
+        if matches!(before, Some(Some(_)))
+            && before.as_ref().and_then(|b| b.as_ref()) != after.as_ref()
+        {
+            // The task released (some of) what it held on its node.
+            self.capacity_epoch += 1;
         }
         if let Some(Some((node, res, ports))) = before
             && let Some(u) = self.usage.get_mut(&node)
@@ -235,7 +256,7 @@ impl State {
         if let Some(node) = node {
             effects.stop.push(StopCall { task: id, node });
         }
-        effects.kick = true;
+        self.capacity_changed(effects);
         self.tasks.get(&id).cloned()
     }
 
@@ -252,7 +273,7 @@ impl State {
             self.modify(id, effects, |t| {
                 apply(t, Trigger::Stopped, now, "stopped before it reached its node")
             });
-            effects.kick = true;
+            self.capacity_changed(effects);
         }
     }
 
@@ -274,7 +295,7 @@ impl State {
         self.modify(d.task, effects, |t| {
             apply(t, Trigger::Requeue, now, format!("could not hand the task to {name}: {reason}"))
         });
-        effects.kick = true;
+        self.capacity_changed(effects);
     }
 
     /// Places waiting tasks, oldest first. Unplaceable ones stay pending with the reason.
@@ -283,7 +304,9 @@ impl State {
             return;
         }
         let mut views: Vec<NodeView> = self.nodes.values().map(|n| self.node_view(n)).collect();
-        let ids: Vec<TaskId> = self.pending.iter().copied().collect();
+        let epoch = self.capacity_epoch;
+        let ids: Vec<TaskId> =
+            self.pending.iter().copied().filter(|id| self.tried.get(id) != Some(&epoch)).collect();
         for id in ids {
             let Some(task) = self.tasks.get(&id) else { continue };
             match self.scheduler.place(&task.spec, &views, &task.failed_nodes) {
@@ -322,6 +345,7 @@ impl State {
                     }
                 }
                 Decision::Unplaceable { explanation } => {
+                    self.tried.insert(id, epoch);
                     let reason = explanation.unplaceable_reason();
                     if task.reason.as_deref() != Some(reason.as_str()) {
                         self.modify(id, effects, |t| {
@@ -394,7 +418,7 @@ impl State {
             tracing::info!(node = %id, "node is back");
         }
         effects.nodes.insert(id);
-        effects.kick = true;
+        self.capacity_changed(effects);
         for r in reports {
             self.sync_report(id, r, now, effects);
         }
@@ -439,18 +463,19 @@ impl State {
         let entry = self.nodes.get_mut(&node)?;
         entry.last_seen = mono;
         entry.node.last_heartbeat = Some(now);
-        if entry.stats.is_none() && req.stats.is_some() {
-            // First stats: the E-PVM scheduler could not score this node before.
-            effects.kick = true;
-        }
+        // First stats: the E-PVM scheduler could not score this node before.
+        let mut room = entry.stats.is_none() && req.stats.is_some();
         if req.stats.is_some() {
             entry.stats = req.stats.clone();
         }
         if entry.node.state == NodeState::Down {
             entry.node.state = NodeState::Ready;
             effects.nodes.insert(node);
-            effects.kick = true;
+            room = true;
             tracing::info!(node = %node, "node is back");
+        }
+        if room {
+            self.capacity_changed(effects);
         }
         for r in &req.tasks {
             self.sync_report(node, r, now, effects);
@@ -527,7 +552,7 @@ impl State {
         });
         let finished = self.tasks.get(&r.id).is_some_and(|t| !t.state.is_active_on_node());
         if requeued || finished {
-            effects.kick = true;
+            self.capacity_changed(effects);
         }
     }
 
@@ -565,7 +590,7 @@ impl State {
             for t in tasks {
                 self.modify(t, effects, |t| requeue_or_stop(t, now, reason.clone()));
             }
-            effects.kick = true;
+            self.capacity_changed(effects);
         }
         expired
     }
@@ -654,7 +679,11 @@ mod tests {
             name: name.into(),
             address: format!("http://{name}"),
             labels: Default::default(),
-            capacity: Resources { cpu: Millicores::cores(2), memory: Bytes::mib(memory_mib), disk: Bytes::gib(10) },
+            capacity: Resources {
+                cpu: Millicores::cores(2),
+                memory: Bytes::mib(memory_mib),
+                disk: Bytes::gib(10),
+            },
             drivers: vec![DriverKind::Process],
             state: NodeState::Ready,
             registered_at: at(0),
@@ -746,7 +775,9 @@ mod tests {
         assert_eq!(t.state, TaskState::Pending);
         assert_eq!(
             t.reason.as_deref(),
-            Some("no node fits: w1: needs 1.0GiB memory, 512MiB free; w2: needs 1.0GiB memory, 512MiB free")
+            Some(
+                "no node fits: w1: needs 1.0GiB memory, 512MiB free; w2: needs 1.0GiB memory, 512MiB free"
+            )
         );
         let mut e = Effects::default();
         s.register(node(3, "big", 2048), &[], at(2), mono, &mut e);
@@ -763,7 +794,13 @@ mod tests {
         s.submit(task(10, 0), &mut Effects::default()).unwrap();
         s.place_pending(at(1), &mut Effects::default());
         let placed = s.task(id).unwrap().clone();
-        let r = report(&placed, &[(TaskState::Running, "started (pid 7)"), (TaskState::Running, "health check passing")]);
+        let r = report(
+            &placed,
+            &[
+                (TaskState::Running, "started (pid 7)"),
+                (TaskState::Running, "health check passing"),
+            ],
+        );
         s.sync_report(placed.node.unwrap(), &r, at(20), &mut Effects::default());
         let t = s.task(id).unwrap();
         assert_eq!(t.state, TaskState::Running);
@@ -783,7 +820,10 @@ mod tests {
         s.submit(task(10, 0), &mut Effects::default()).unwrap();
         s.place_pending(at(1), &mut Effects::default());
         let first = s.task(id).unwrap().clone();
-        let r = report(&first, &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")]);
+        let r = report(
+            &first,
+            &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")],
+        );
         let mut e = Effects::default();
         s.sync_report(first.node.unwrap(), &r, at(20), &mut e);
         let t = s.task(id).unwrap();
@@ -794,7 +834,10 @@ mod tests {
         let second = s.task(id).unwrap().clone();
         assert_ne!(second.node, first.node, "placed away from the node it failed on");
         assert_eq!(second.generation, 2);
-        let r = report(&second, &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")]);
+        let r = report(
+            &second,
+            &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")],
+        );
         s.sync_report(second.node.unwrap(), &r, at(30), &mut Effects::default());
         let t = s.task(id).unwrap();
         assert_eq!(t.state, TaskState::Failed, "no reschedules left");
@@ -820,7 +863,11 @@ mod tests {
         let down = s.expire_nodes(Duration::from_secs(5), at(6), later, &mut e);
         assert_eq!(down, vec![w1]);
         assert_eq!(s.node(w1).unwrap().node.state, NodeState::Down);
-        assert_eq!(s.task(stopped).unwrap().state, TaskState::Completed, "a stop in flight completes");
+        assert_eq!(
+            s.task(stopped).unwrap().state,
+            TaskState::Completed,
+            "a stop in flight completes"
+        );
         assert_eq!(s.pending_count(), 1, "the other task on w1 waits for placement");
         let mut e = Effects::default();
         s.place_pending(at(7), &mut e);
@@ -858,7 +905,12 @@ mod tests {
         s.submit(task(10, 0), &mut Effects::default()).unwrap();
         s.place_pending(at(1), &mut Effects::default());
         let placed = s.task(id).unwrap().clone();
-        s.sync_report(placed.node.unwrap(), &report(&placed, &[(TaskState::Running, "started")]), at(2), &mut Effects::default());
+        s.sync_report(
+            placed.node.unwrap(),
+            &report(&placed, &[(TaskState::Running, "started")]),
+            at(2),
+            &mut Effects::default(),
+        );
         s.dispatch_done(id);
         // The worker restarts with an empty store and registers knowing nothing.
         let stop = s.register(node(1, "w1", 1024), &[], at(3), mono, &mut Effects::default());

@@ -319,7 +319,7 @@ async fn an_unhealthy_container_is_restarted_per_policy() {
     let m = TestManager::start(&[]).await;
     let _w = m.worker("w1", &[]).await;
     // Serves /health for two seconds, then the file disappears and the check starts failing.
-    let script = "mkdir -p /w && echo ok > /w/health && (sleep 2; rm /w/health) & httpd -f -p 80 -h /w";
+    let script = "mkdir -p /w; echo ok > /w/health; (sleep 2; rm /w/health) & exec httpd -f -p 80 -h /w";
     let id = m
         .client
         .submit(

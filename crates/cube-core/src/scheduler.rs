@@ -701,10 +701,16 @@ mod tests {
         assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "needs 3000m CPU, 2000m free");
         s.resources.cpu = Millicores(0);
         s.resources.disk = Bytes::gib(20);
-        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "needs 20.0GiB disk, 10.0GiB free");
+        assert_eq!(
+            check(&s, &[], &n).unwrap_err().describe(&[]),
+            "needs 20.0GiB disk, 10.0GiB free"
+        );
         s.resources.disk = Bytes(0);
         s.ports = vec![PortSpec { container: 80, host: 8080, protocol: Protocol::Tcp }];
-        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "host port 8080/tcp already in use");
+        assert_eq!(
+            check(&s, &[], &n).unwrap_err().describe(&[]),
+            "host port 8080/tcp already in use"
+        );
         s.ports.clear();
         s.driver = DriverKind::Docker;
         assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "docker driver not available");

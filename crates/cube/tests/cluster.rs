@@ -49,7 +49,11 @@ async fn three_nodes(scheduler: &str) -> (TestManager, Vec<TestWorker>) {
     }
     wait_until(Duration::from_secs(10), "three nodes ready", || async {
         let nodes = m.client.nodes().await.ok()?;
-        (nodes.iter().filter(|n| n.state == cube_core::NodeState::Ready && n.stats.is_some()).count() == 3)
+        (nodes
+            .iter()
+            .filter(|n| n.state == cube_core::NodeState::Ready && n.stats.is_some())
+            .count()
+            == 3)
             .then_some(())
     })
     .await;
@@ -131,7 +135,15 @@ async fn epvm_places_by_marginal_cost_and_explains_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_goes_down_its_tasks_move_and_it_is_fenced_when_it_returns() {
-    let m = TestManager::start(&["--scheduler", "spread", "--node-ttl", "5s", "--heartbeat-interval", "1s"]).await;
+    let m = TestManager::start(&[
+        "--scheduler",
+        "spread",
+        "--node-ttl",
+        "5s",
+        "--heartbeat-interval",
+        "1s",
+    ])
+    .await;
     let mut victim = m.worker("victim", &[]).await;
     let tasks = submit_and_wait(&m, 10, "0B").await;
     let old_pids: HashMap<TaskId, u32> = tasks.iter().map(|t| (t.id, pid(t))).collect();
@@ -151,13 +163,24 @@ async fn a_killed_worker_goes_down_its_tasks_move_and_it_is_fenced_when_it_retur
     })
     .await;
     let down_after = killed_at.elapsed();
-    let moved = wait_until(Duration::from_secs(10), "all ten tasks running elsewhere within TTL + 5s", || async {
-        let tasks = m.client.tasks().await.ok()?;
-        (tasks.iter().filter(|t| t.state == TaskState::Running && t.node != Some(victim_id)).count() == 10)
-            .then_some(tasks)
-    })
+    let moved = wait_until(
+        Duration::from_secs(10),
+        "all ten tasks running elsewhere within TTL + 5s",
+        || async {
+            let tasks = m.client.tasks().await.ok()?;
+            (tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Running && t.node != Some(victim_id))
+                .count()
+                == 10)
+                .then_some(tasks)
+        },
+    )
     .await;
-    eprintln!("node down after {down_after:?}; tasks running elsewhere after {:?}", killed_at.elapsed());
+    eprintln!(
+        "node down after {down_after:?}; tasks running elsewhere after {:?}",
+        killed_at.elapsed()
+    );
     for t in &moved {
         assert_eq!(t.generation, 2, "placed a second time");
         assert!(t.events.iter().any(|e| e.reason.contains("victim is down")), "history says why");
@@ -205,13 +228,20 @@ async fn a_crash_looping_task_backs_off_and_fails_with_its_reason() {
     .await;
     assert_eq!(t.reason.as_deref(), Some("exited with code 1"));
     assert_eq!(t.restart_count, 5);
-    let starts: Vec<_> = t.events.iter().filter(|e| e.to == TaskState::Running && e.from != e.to).map(|e| e.at).collect();
+    let starts: Vec<_> = t
+        .events
+        .iter()
+        .filter(|e| e.to == TaskState::Running && e.from != e.to)
+        .map(|e| e.at)
+        .collect();
     assert_eq!(starts.len(), 6, "one run and five restarts");
-    let gaps: Vec<i64> = starts.windows(2).map(|w| w[1].duration_since(w[0]).as_millis() as i64).collect();
+    let gaps: Vec<i64> =
+        starts.windows(2).map(|w| w[1].duration_since(w[0]).as_millis() as i64).collect();
     eprintln!("gaps between attempts (ms): {gaps:?}");
     assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "delays grow: {gaps:?}");
     assert!(gaps[3] >= 1500, "the fourth delay is 1.6s: {gaps:?}");
-    let notes: Vec<&str> = t.events.iter().map(|e| e.reason.as_str()).filter(|r| r.starts_with("restart ")).collect();
+    let notes: Vec<&str> =
+        t.events.iter().map(|e| e.reason.as_str()).filter(|r| r.starts_with("restart ")).collect();
     assert_eq!(notes.first(), Some(&"restart 1/5 in 200ms"));
     assert_eq!(notes.last(), Some(&"restart 5/5 in 2s"));
 }
@@ -244,7 +274,12 @@ async fn exhausted_restarts_move_the_task_to_another_node() {
     .await;
     assert_eq!(t.reschedule_count, 1);
     assert_eq!(t.generation, 2);
-    let placed_on: Vec<_> = t.events.iter().filter(|e| e.to == TaskState::Scheduled && e.from != e.to).map(|e| e.node).collect();
+    let placed_on: Vec<_> = t
+        .events
+        .iter()
+        .filter(|e| e.to == TaskState::Scheduled && e.from != e.to)
+        .map(|e| e.node)
+        .collect();
     assert_eq!(placed_on.len(), 2);
     assert_ne!(placed_on[0], placed_on[1], "the second placement avoided the node it failed on");
     assert!(t.events.iter().any(|e| e.reason.starts_with("rescheduling after failing on")));
@@ -268,23 +303,37 @@ async fn an_oversized_task_waits_with_reasons_until_a_big_enough_node_joins() {
     assert_eq!(t.state, TaskState::Pending);
     assert_eq!(
         t.reason.as_deref(),
-        Some("no node fits: small1: needs 1.0GiB memory, 512MiB free; small2: needs 1.0GiB memory, 512MiB free")
+        Some(
+            "no node fits: small1: needs 1.0GiB memory, 512MiB free; small2: needs 1.0GiB memory, 512MiB free"
+        )
     );
     let rejected = &t.placement.as_ref().unwrap().rejected;
     assert_eq!(rejected.len(), 2);
 
     let _big = m.worker("big", &["--memory", "2GiB"]).await;
-    let t = wait_until(Duration::from_secs(10), "placed on the new node without any user action", || async {
-        let t = m.client.task(id).await.ok()?;
-        (t.state == TaskState::Running).then_some(t)
-    })
+    let t = wait_until(
+        Duration::from_secs(10),
+        "placed on the new node without any user action",
+        || async {
+            let t = m.client.task(id).await.ok()?;
+            (t.state == TaskState::Running).then_some(t)
+        },
+    )
     .await;
     assert_eq!(t.placement.unwrap().chosen.unwrap().name, "big");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_meant_for_an_unreachable_worker_are_placed_again_not_lost() {
-    let m = TestManager::start(&["--scheduler", "round-robin", "--worker-timeout", "500ms", "--node-ttl", "3s"]).await;
+    let m = TestManager::start(&[
+        "--scheduler",
+        "round-robin",
+        "--worker-timeout",
+        "500ms",
+        "--node-ttl",
+        "3s",
+    ])
+    .await;
     let frozen = m.worker("frozen", &[]).await;
     let _healthy = m.worker("healthy", &[]).await;
     wait_until(Duration::from_secs(10), "two nodes", || async {
@@ -292,22 +341,34 @@ async fn tasks_meant_for_an_unreachable_worker_are_placed_again_not_lost() {
     })
     .await;
     // SIGSTOP: the node still accepts TCP connections but never answers.
-    std::process::Command::new("kill").args(["-STOP", &frozen.process.child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-STOP", &frozen.process.child.id().to_string()])
+        .status()
+        .unwrap();
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(m.client.submit(None, &sleeper(&format!("t{i}"), "0B")).await.unwrap().task.id);
     }
-    let healthy_id = m.client.nodes().await.unwrap().into_iter().find(|n| n.name == "healthy").unwrap().id;
-    let tasks = wait_until(Duration::from_secs(30), "all six running on the healthy node", || async {
-        let tasks = m.client.tasks().await.ok()?;
-        (tasks.iter().filter(|t| t.state == TaskState::Running && t.node == Some(healthy_id)).count() == 6)
-            .then_some(tasks)
-    })
-    .await;
+    let healthy_id =
+        m.client.nodes().await.unwrap().into_iter().find(|n| n.name == "healthy").unwrap().id;
+    let tasks =
+        wait_until(Duration::from_secs(30), "all six running on the healthy node", || async {
+            let tasks = m.client.tasks().await.ok()?;
+            (tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Running && t.node == Some(healthy_id))
+                .count()
+                == 6)
+                .then_some(tasks)
+        })
+        .await;
     assert_eq!(tasks.len(), 6, "nothing lost, nothing duplicated");
     let moved = tasks.iter().filter(|t| t.generation > 1).count();
     assert!(moved >= 1, "some tasks were first placed on the frozen node");
-    std::process::Command::new("kill").args(["-CONT", &frozen.process.child.id().to_string()]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-CONT", &frozen.process.child.id().to_string()])
+        .status()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +380,8 @@ async fn an_unhealthy_container_is_restarted_per_policy() {
     let m = TestManager::start(&[]).await;
     let _w = m.worker("w1", &[]).await;
     // Serves /health for two seconds, then the file disappears and the check starts failing.
-    let script = "mkdir -p /w; echo ok > /w/health; (sleep 2; rm /w/health) & exec httpd -f -p 80 -h /w";
+    let script =
+        "mkdir -p /w; echo ok > /w/health; (sleep 2; rm /w/health) & exec httpd -f -p 80 -h /w";
     let id = m
         .client
         .submit(
@@ -343,7 +405,8 @@ async fn an_unhealthy_container_is_restarted_per_policy() {
     .await;
     let reasons: Vec<&str> = t.events.iter().map(|e| e.reason.as_str()).collect();
     assert!(reasons.contains(&"health check passing"), "{reasons:?}");
-    let unhealthy = reasons.iter().filter(|r| r.starts_with("unhealthy: GET http://127.0.0.1:")).count();
+    let unhealthy =
+        reasons.iter().filter(|r| r.starts_with("unhealthy: GET http://127.0.0.1:")).count();
     assert!(unhealthy >= 2, "each run turned unhealthy: {reasons:?}");
     assert!(reasons.contains(&"restart 1/1 in 100ms"), "{reasons:?}");
     assert_eq!(t.restart_count, 1);
@@ -355,28 +418,71 @@ async fn an_unhealthy_container_is_restarted_per_policy() {
 async fn manager_api_rejects_bad_input_with_json_errors() {
     let m = TestManager::start(&[]).await;
     let base = &m.url;
-    let bad_spec = br#"{"name": "x", "driver": "docker", "image": "", "constraints": ["zone = a"]}"#.to_vec();
+    let bad_spec =
+        br#"{"name": "x", "driver": "docker", "image": "", "constraints": ["zone = a"]}"#.to_vec();
     let checks = [
-        (reqwest::Method::POST, format!("{base}/v1/tasks"), Some(b"{nope".to_vec()), 400, "invalid_json"),
+        (
+            reqwest::Method::POST,
+            format!("{base}/v1/tasks"),
+            Some(b"{nope".to_vec()),
+            400,
+            "invalid_json",
+        ),
         (reqwest::Method::POST, format!("{base}/v1/tasks"), Some(bad_spec), 400, "invalid_spec"),
-        (reqwest::Method::GET, format!("{base}/v1/tasks/01900000-0000-7000-8000-0000000000ff"), None, 404, "not_found"),
-        (reqwest::Method::DELETE, format!("{base}/v1/tasks/01900000-0000-7000-8000-0000000000ff"), None, 404, "not_found"),
-        (reqwest::Method::GET, format!("{base}/v1/tasks?state=sleeping"), None, 400, "invalid_argument"),
+        (
+            reqwest::Method::GET,
+            format!("{base}/v1/tasks/01900000-0000-7000-8000-0000000000ff"),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("{base}/v1/tasks/01900000-0000-7000-8000-0000000000ff"),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{base}/v1/tasks?state=sleeping"),
+            None,
+            400,
+            "invalid_argument",
+        ),
         (reqwest::Method::GET, format!("{base}/v1/nodes/nobody"), None, 404, "not_found"),
-        (reqwest::Method::POST, format!("{base}/v1/nodes/not-a-uuid/heartbeat"), Some(b"{}".to_vec()), 400, "invalid_argument"),
+        (
+            reqwest::Method::POST,
+            format!("{base}/v1/nodes/not-a-uuid/heartbeat"),
+            Some(b"{}".to_vec()),
+            400,
+            "invalid_argument",
+        ),
     ];
     for (method, url, body, status, code) in checks {
         let (got, json) = common::raw(method.clone(), &url, body).await;
-        assert_eq!((got, json["error"]["code"].as_str()), (status, Some(code)), "{method} {url}: {json}");
+        assert_eq!(
+            (got, json["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {url}: {json}"
+        );
     }
     // Several problems are listed at once.
     let (_, json) = common::raw(
         reqwest::Method::POST,
         &format!("{base}/v1/tasks"),
-        Some(br#"{"name": "x", "driver": "docker", "image": "", "constraints": ["zone = a"]}"#.to_vec()),
+        Some(
+            br#"{"name": "x", "driver": "docker", "image": "", "constraints": ["zone = a"]}"#
+                .to_vec(),
+        ),
     )
     .await;
-    let fields: Vec<&str> = json["error"]["details"].as_array().unwrap().iter().map(|d| d["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = json["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap())
+        .collect();
     assert_eq!(fields, ["image", "constraints[0]"]);
     assert!(m.client.tasks().await.unwrap().is_empty());
 }
@@ -401,5 +507,8 @@ async fn process_submit_to_running_on_an_idle_cluster() {
     }
     samples.sort();
     // A measurement for the record, not an assertion (see BENCHMARKS.md for the benchmark).
-    eprintln!("process submit->running over 20 tasks: p50 {:?}, max {:?}", samples[10], samples[19]);
+    eprintln!(
+        "process submit->running over 20 tasks: p50 {:?}, max {:?}",
+        samples[10], samples[19]
+    );
 }

@@ -22,7 +22,8 @@ fn client_id(i: usize) -> TaskId {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 =
+            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % below
     }
 }
@@ -30,7 +31,12 @@ impl Lcg {
 /// The crash harness: `clients` concurrent clients submit `total` tasks (each retried with its
 /// own id until acknowledged) while the manager is SIGKILLed `kills` times at moments spread
 /// over the run (with jitter) and restarted on the same port. Returns the acknowledged ids.
-async fn submit_through_manager_crashes(m: &mut TestManager, total: usize, clients: usize, kills: usize) -> BTreeSet<TaskId> {
+async fn submit_through_manager_crashes(
+    m: &mut TestManager,
+    total: usize,
+    clients: usize,
+    kills: usize,
+) -> BTreeSet<TaskId> {
     let next = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let mut handles = Vec::new();
@@ -42,7 +48,8 @@ async fn submit_through_manager_crashes(m: &mut TestManager, total: usize, clien
                 if i >= total {
                     return;
                 }
-                let s = spec(json!({"name": format!("c{i}"), "driver": "process", "command": "sleep",
+                let s =
+                    spec(json!({"name": format!("c{i}"), "driver": "process", "command": "sleep",
                                     "args": ["3600"], "stop_grace": "1s"}));
                 let id = client_id(i);
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -75,8 +82,7 @@ async fn submit_through_manager_crashes(m: &mut TestManager, total: usize, clien
     for h in handles {
         h.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    acked
+    acked.lock().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -150,21 +156,30 @@ async fn a_killed_worker_readopts_its_containers_without_restarting_them() {
         })
         .collect();
     let started_at = |id: &str| {
-        let out = std::process::Command::new("docker").args(["inspect", "--format", "{{.State.StartedAt}}", id]).output().unwrap();
+        let out = std::process::Command::new("docker")
+            .args(["inspect", "--format", "{{.State.StartedAt}}", id])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    let start_times: BTreeMap<&String, String> = containers.values().map(|c| (c, started_at(c))).collect();
+    let start_times: BTreeMap<&String, String> =
+        containers.values().map(|c| (c, started_at(c))).collect();
 
     w.kill9();
     w.restart().await;
 
-    let after = wait_until(Duration::from_secs(20), "the same twenty tasks running again", || async {
-        let tasks = w.client.tasks().await.ok()?;
-        (tasks.iter().filter(|t| t.state == TaskState::Running).count() == 20).then_some(tasks)
-    })
-    .await;
+    let after =
+        wait_until(Duration::from_secs(20), "the same twenty tasks running again", || async {
+            let tasks = w.client.tasks().await.ok()?;
+            (tasks.iter().filter(|t| t.state == TaskState::Running).count() == 20).then_some(tasks)
+        })
+        .await;
     for t in &after {
-        assert_eq!(t.handle, Some(DriverHandle::Container { id: containers[&t.id].clone() }), "same container");
+        assert_eq!(
+            t.handle,
+            Some(DriverHandle::Container { id: containers[&t.id].clone() }),
+            "same container"
+        );
         assert!(t.events.iter().any(|e| e.reason.starts_with("re-adopted after a worker restart")));
     }
     for (c, at) in &start_times {
@@ -179,7 +194,10 @@ async fn a_killed_worker_readopts_its_containers_without_restarting_them() {
     for id in &ids {
         w.client.stop(*id).await.unwrap();
     }
-    wait_until(Duration::from_secs(60), "containers removed", || async { w.containers(None).is_empty().then_some(()) }).await;
+    wait_until(Duration::from_secs(60), "containers removed", || async {
+        w.containers(None).is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +206,8 @@ async fn a_restarted_manager_serves_ten_thousand_stored_tasks() {
     {
         // Write the state a busy manager would have left behind, straight into its store.
         let store = cube_store::RedbStore::open(dir.path().join("data/manager.redb")).unwrap();
-        let s = spec(json!({"name": "stored", "driver": "process", "command": "sleep", "args": ["1"]}));
+        let s =
+            spec(json!({"name": "stored", "driver": "process", "command": "sleep", "args": ["1"]}));
         let now = cube_core::Timestamp::now();
         let mut commits = Vec::new();
         for chunk in (0..10_000).collect::<Vec<usize>>().chunks(1000) {
@@ -209,7 +228,9 @@ async fn a_restarted_manager_serves_ten_thousand_stored_tasks() {
     let answering = started.elapsed();
     assert_eq!(tasks.len(), 10_000);
     assert!(tasks.iter().all(|t| t.state == TaskState::Pending), "nothing to run them on yet");
-    eprintln!("manager with 10000 stored tasks: process start to a full task list in {answering:?}");
+    eprintln!(
+        "manager with 10000 stored tasks: process start to a full task list in {answering:?}"
+    );
 }
 
 #[test]

@@ -78,7 +78,7 @@ pub struct WorkerArgs {
     /// Manager to join (e.g. http://127.0.0.1:5555); without it the worker runs standalone.
     #[arg(long, env = "CUBE_MANAGER")]
     pub manager: Option<String>,
-    /// URL the manager uses to reach this worker [default: http://<listen address>].
+    /// URL the manager uses to reach this worker [default: `http://` + the listen address].
     #[arg(long, env = "CUBE_WORKER_ADVERTISE")]
     pub advertise: Option<String>,
     /// A label for placement constraints, KEY=VALUE (repeatable).

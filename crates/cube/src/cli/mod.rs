@@ -58,6 +58,7 @@ pub enum Command {
     ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
     ///   cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
     ///       --advertise http://10.0.0.5:5556 --label zone=a
+    #[command(verbatim_doc_comment)]
     Worker(agents::WorkerArgs),
     /// Run the manager: it accepts tasks, places them on workers and heals the cluster.
     ///

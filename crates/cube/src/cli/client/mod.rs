@@ -1,25 +1,301 @@
-//! Client commands: they talk to a manager's HTTP API.
+//! Client commands: they talk to a manager's HTTP API (`--addr`, `CUBE_ADDR`).
+//!
+//! - `run` (module `run`, with `file` for task files and `wait` for `--wait`): submit a task
+//!   from a file or from flags, optionally waiting for it;
+//! - `status`: list tasks, or explain one (placement and history);
+//! - `stop`, `logs`, `node`: the rest of the day-to-day.
+//!
+//! Every command prints tables for people (`--output table`) or the API's JSON for scripts
+//! (`--output json`). Errors are one `error: ...` line on stderr. Task ids may be shortened to
+//! any unique prefix of the full id or of the 12-digit short id the tables show (`api`).
+//! User-facing documentation: `docs/cli.md` and `docs/job-files.md`.
 
+mod api;
+mod file;
+mod format;
+mod logs;
+mod node;
+mod run;
+mod status;
+mod stop;
+mod wait;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use cube_core::{Bytes, DriverKind, Millicores, PortSpec, RestartMode, TaskState};
 
 use super::GlobalArgs;
 
 /// Commands that talk to a manager.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
-    /// Ask a task to stop.
+    /// Submit a task, from a task file or from flags, and print its id
     ///
-    /// Example: cube stop 0190a1b2
-    Stop {
-        /// Task id (or a unique prefix).
-        id: String,
-    },
+    /// A task file is TOML (JSON when its name ends in .json) with the fields of a task spec
+    /// (docs/job-files.md). Without a file, the flags describe a one-off task and everything
+    /// after `--` is its command. With --wait, the command returns once the task runs (exit 0)
+    /// or has failed (exit 3).
+    ///
+    /// Examples:
+    ///   cube run examples/web.toml --wait
+    ///   cube run --image cube-test/busybox:latest --port 80 -- httpd -f -p 80
+    ///   cube run --driver process --name ticker -- sh -c 'while true; do date; sleep 1; done'
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// List tasks, or show one task in detail (placement and history)
+    ///
+    /// Examples:
+    ///   cube status
+    ///   cube status --state running --node worker-1
+    ///   cube status 3f2a9c    (any unique prefix of an id)
+    ///   cube status 3f2a9c -o json
+    #[command(verbatim_doc_comment, visible_alias = "ps")]
+    Status(StatusArgs),
+    /// Ask a task to stop (SIGTERM, then SIGKILL after its stop_grace).
+    ///
+    /// Example: cube stop 3f2a9c --wait
+    Stop(StopArgs),
+    /// Print a task's output (stdout and stderr), optionally following it.
+    ///
+    /// Example: cube logs 3f2a9c -f --tail 20
+    Logs(LogsArgs),
+    /// List the worker nodes, or show one node in detail
+    ///
+    /// Examples:
+    ///   cube node
+    ///   cube node worker-1    (a name, an id or an id prefix)
+    #[command(verbatim_doc_comment, visible_alias = "nodes")]
+    Node(NodeArgs),
+}
+
+/// Options of `cube run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Task file: TOML, or JSON when the name ends in `.json`; `-` reads standard input.
+    #[arg(
+        value_name = "FILE",
+        conflicts_with_all = [
+            "image", "driver", "name", "ports", "env", "memory", "cpu", "restart", "workdir",
+            "constraints", "command",
+        ]
+    )]
+    pub file: Option<PathBuf>,
+    /// Container image of a one-off docker task.
+    #[arg(long, value_name = "IMAGE", help_heading = "One-off task")]
+    pub image: Option<String>,
+    /// Driver of a one-off task [default: docker when --image is given].
+    #[arg(long, value_name = "DRIVER", value_parser = parse_driver, help_heading = "One-off task")]
+    pub driver: Option<DriverKind>,
+    /// Task name [default: derived from the image or the command].
+    #[arg(long, value_name = "NAME", help_heading = "One-off task")]
+    pub name: Option<String>,
+    /// Publish a container port: CONTAINER, HOST:CONTAINER, with an optional /udp (repeatable).
+    #[arg(
+        long = "port",
+        short = 'p',
+        value_name = "PORT",
+        value_parser = parse_port,
+        help_heading = "One-off task"
+    )]
+    pub ports: Vec<PortSpec>,
+    /// An environment variable, KEY=VALUE (repeatable).
+    #[arg(
+        long,
+        short = 'e',
+        value_name = "KEY=VALUE",
+        value_parser = parse_env,
+        help_heading = "One-off task"
+    )]
+    pub env: Vec<(String, String)>,
+    /// Memory to reserve (and, for docker, the limit), e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes, help_heading = "One-off task")]
+    pub memory: Option<Bytes>,
+    /// CPU to reserve (and, for docker, the limit), in cores (0.5) or millicores (500m).
+    #[arg(long, value_name = "CPU", value_parser = parse_cpu, help_heading = "One-off task")]
+    pub cpu: Option<Millicores>,
+    /// Restart policy: never, on-failure or always [default: never].
+    #[arg(long, value_name = "MODE", value_parser = parse_restart, help_heading = "One-off task")]
+    pub restart: Option<RestartMode>,
+    /// Working directory (absolute; inside the container for docker).
+    #[arg(long, value_name = "DIR", help_heading = "One-off task")]
+    pub workdir: Option<String>,
+    /// A placement constraint such as `node.labels.zone == a` (repeatable).
+    #[arg(long = "constraint", value_name = "EXPR", help_heading = "One-off task")]
+    pub constraints: Vec<String>,
+    /// Command and arguments of a one-off task, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Wait until the task runs (exit 0) or fails (exit 3), showing progress.
+    ///
+    /// "Runs" means: running and healthy when the task has a health check, otherwise running
+    /// for a second without exiting.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Longest time --wait waits (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print only the task id.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Check the task and print it with defaults filled in, without submitting it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Options of `cube status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Show this task in detail (an id or a unique prefix of one).
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
+    /// Only tasks in this state: pending, scheduled, running, restarting, completed, failed.
+    #[arg(long, value_name = "STATE", value_parser = parse_state, conflicts_with = "id")]
+    pub state: Option<TaskState>,
+    /// Only tasks placed on this node (a name, an id or an id prefix).
+    #[arg(long, value_name = "NODE", conflicts_with = "id")]
+    pub node: Option<String>,
+}
+
+/// Options of `cube stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Task id (or a unique prefix of one).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Wait until the task has stopped.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Longest time --wait waits (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Options of `cube logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Task id (or a unique prefix of one).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Keep printing new output until the task finishes (Ctrl-C to stop watching).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Start with the last N lines only.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub tail: Option<usize>,
+}
+
+/// Options of `cube node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Show this node in detail (a name, an id or an id prefix).
+    #[arg(value_name = "NODE")]
+    pub id: Option<String>,
 }
 
 /// Runs a client command.
 pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let _ = (command, global);
-    anyhow::bail!("not implemented yet")
+    let api = api::Api::new(&global.addr)?;
+    let output = global.output;
+    let runtime = super::agents::runtime()?;
+    runtime.block_on(async move {
+        match command {
+            ClientCommand::Run(args) => run::run(&api, args, output).await,
+            ClientCommand::Status(args) => status::status(&api, args, output).await,
+            ClientCommand::Stop(args) => stop::stop(&api, args, output).await,
+            ClientCommand::Logs(args) => logs::logs(&api, args).await,
+            ClientCommand::Node(args) => node::node(&api, args, output).await,
+        }
+    })
+}
+
+fn parse_driver(s: &str) -> Result<DriverKind, String> {
+    match s {
+        "docker" => Ok(DriverKind::Docker),
+        "process" => Ok(DriverKind::Process),
+        _ => Err("expected docker or process".to_owned()),
+    }
+}
+
+fn parse_restart(s: &str) -> Result<RestartMode, String> {
+    match s {
+        "never" => Ok(RestartMode::Never),
+        "on-failure" => Ok(RestartMode::OnFailure),
+        "always" => Ok(RestartMode::Always),
+        _ => Err("expected never, on-failure or always".to_owned()),
+    }
+}
+
+fn parse_state(s: &str) -> Result<TaskState, String> {
+    s.parse().map_err(|_| {
+        "expected pending, scheduled, running, restarting, completed or failed".to_owned()
+    })
+}
+
+fn parse_bytes(s: &str) -> Result<Bytes, String> {
+    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
+}
+
+fn parse_cpu(s: &str) -> Result<Millicores, String> {
+    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cube_core::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// `80`, `8080:80`, `53/udp`, `5353:53/udp`.
+fn parse_port(s: &str) -> Result<PortSpec, String> {
+    let bad = || format!("{s:?} is not CONTAINER, HOST:CONTAINER, or either with /tcp or /udp");
+    let (ports, protocol) = match s.rsplit_once('/') {
+        Some((p, "tcp")) => (p, cube_core::Protocol::Tcp),
+        Some((p, "udp")) => (p, cube_core::Protocol::Udp),
+        Some(_) => return Err(bad()),
+        None => (s, cube_core::Protocol::Tcp),
+    };
+    let (host, container) = match ports.split_once(':') {
+        Some((h, c)) => (h.parse::<u16>().map_err(|_| bad())?, c),
+        None => (0, ports),
+    };
+    let container = container.parse::<u16>().map_err(|_| bad())?;
+    if container == 0 {
+        return Err("the container port must be between 1 and 65535".to_owned());
+    }
+    Ok(PortSpec { container, host, protocol })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn ports_parse_like_docker() {
+        let p = parse_port("80").unwrap();
+        assert_eq!((p.container, p.host, p.protocol), (80, 0, cube_core::Protocol::Tcp));
+        let p = parse_port("8080:80").unwrap();
+        assert_eq!((p.container, p.host), (80, 8080));
+        let p = parse_port("5353:53/udp").unwrap();
+        assert_eq!((p.container, p.host, p.protocol), (53, 5353, cube_core::Protocol::Udp));
+        assert!(parse_port("80/sctp").is_err());
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("x:80").is_err());
+    }
+
+    #[test]
+    fn env_needs_a_key() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".to_owned(), "b=c".to_owned()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
+    }
 }

@@ -1,0 +1,56 @@
+//! `cube stop`: ask a task to stop, and optionally wait until it has.
+
+use std::process::ExitCode;
+
+use super::StopArgs;
+use super::api::Api;
+use super::format;
+use super::run::WAIT_FAILED;
+use super::wait::{self, Goal, Outcome};
+use crate::cli::Output;
+
+/// Runs `cube stop`.
+pub(super) async fn stop(api: &Api, args: StopArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let id = api.resolve_task(&args.id).await?;
+    let task = api.stop(id).await?;
+    if task.state.is_terminal() {
+        match output {
+            Output::Json => format::emit_json(&task)?,
+            Output::Table => {
+                format::emit(&format!("task {id} has already finished ({})", task.state))?
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match output {
+        Output::Json if !args.wait => format::emit_json(&task)?,
+        Output::Json => {}
+        Output::Table => format::emit(&format!("stopping task {id}"))?,
+    }
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    match wait::wait(api, id, Goal::Stopped, args.timeout).await? {
+        Outcome::Reached(task) => {
+            match output {
+                Output::Json => format::emit_json(&task)?,
+                Output::Table => format::emit(&format!("task {id} {}", task.state))?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Outcome::Failed(task, why) => {
+            if output == Output::Json {
+                format::emit_json(&task)?;
+            }
+            format::error_line(&why);
+            Ok(ExitCode::from(WAIT_FAILED))
+        }
+        Outcome::TimedOut(task, why) => {
+            if let (Output::Json, Some(task)) = (output, &task) {
+                format::emit_json(task)?;
+            }
+            format::error_line(&why);
+            Ok(ExitCode::from(WAIT_FAILED))
+        }
+    }
+}

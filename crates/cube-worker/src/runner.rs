@@ -128,11 +128,12 @@ async fn supervise(
         tracing::info!(task = %id, handle = %handle.short(), "task running");
     }
 
-    let check = agent.get(id).and_then(|t| t.spec.health.clone());
+    let spec = agent.get(id).map(|t| t.spec);
+    let check = spec.as_ref().and_then(|s| s.health.clone());
     let target = health::Target {
         handle: handle.clone(),
         host_ports: started.host_ports.clone(),
-        env: agent.get(id).map(|t| t.spec.env.into_iter().collect()).unwrap_or_default(),
+        env: spec.map(|s| s.env.into_iter().collect()).unwrap_or_default(),
     };
     let health = async {
         match &check {

@@ -10,7 +10,7 @@
 //! with the image's name in the reason. Container output is copied to the task's log file while
 //! the container lives, so logs stay readable after the container is removed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,10 @@ pub const LABEL_TASK_ID: &str = "cube.task-id";
 pub const LABEL_NODE: &str = "cube.node";
 /// Label holding the task name.
 pub const LABEL_TASK_NAME: &str = "cube.task-name";
+
+/// Reads of a fresh container's port bindings before accepting what is there.
+const PORT_READ_ATTEMPTS: u32 = 20;
+const PORT_READ_PAUSE: Duration = Duration::from_millis(50);
 
 /// Extra time, beyond the grace period, allowed for the engine to report a stop.
 const STOP_SLACK: Duration = Duration::from_secs(10);
@@ -243,6 +247,30 @@ impl DockerDriver {
         }
     }
 
+    /// The container's published ports. Under load the engine can answer an inspect right after
+    /// start before its port bindings are filled in, so wait briefly for all `expected` of them.
+    async fn published_ports(
+        &self,
+        id: &str,
+        expected: usize,
+    ) -> Result<Vec<HostPort>, DriverError> {
+        let mut ports = Vec::new();
+        for attempt in 0..PORT_READ_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(PORT_READ_PAUSE).await;
+            }
+            match self.inspect(id).await? {
+                Some(info) => ports = host_ports(&info),
+                None => return Ok(Vec::new()),
+            }
+            // Both address families bound: the engine has finished publishing.
+            if ports.len() >= expected {
+                break;
+            }
+        }
+        Ok(ports)
+    }
+
     async fn inspect(&self, id: &str) -> Result<Option<ContainerInspectResponse>, DriverError> {
         match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(r) => Ok(Some(r)),
@@ -314,10 +342,7 @@ impl Driver for DockerDriver {
         drop(permit);
         self.follow_logs(id.clone(), log, 0);
         let exit = self.watch_exit(id.clone());
-        let host_ports = match self.inspect(&id).await? {
-            Some(info) => host_ports(&info),
-            None => Vec::new(),
-        };
+        let host_ports = self.published_ports(&id, req.spec.ports.len()).await?;
         Ok(Started { handle: DriverHandle::Container { id }, host_ports, exit })
     }
 
@@ -448,8 +473,10 @@ fn host_ports(info: &ContainerInspectResponse) -> Vec<HostPort> {
     let Some(ports) = info.network_settings.as_ref().and_then(|n| n.ports.as_ref()) else {
         return Vec::new();
     };
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
+    // Docker binds IPv4 and IPv6 separately, and with a random host port it may even give them
+    // different numbers. Report one binding per container port: the IPv4 one when there is one
+    // (what `127.0.0.1:<port>` and most users reach), else the first.
+    let mut chosen: BTreeMap<(u16, Protocol), HostPort> = BTreeMap::new();
     for (key, bindings) in ports {
         let Some((port, proto)) = key.split_once('/') else {
             continue;
@@ -463,19 +490,19 @@ fn host_ports(info: &ContainerInspectResponse) -> Vec<HostPort> {
             let Some(host_port) = b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) else {
                 continue;
             };
-            // Docker binds IPv4 and IPv6 separately; one entry per port is what users need.
-            if seen.insert((container_port, protocol, host_port)) {
-                out.push(HostPort {
-                    container_port,
-                    host_port,
-                    protocol,
-                    host_ip: b.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into()),
-                });
+            let host_ip =
+                b.host_ip.clone().filter(|ip| !ip.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+            let ipv4 = !host_ip.contains(':');
+            let candidate = HostPort { container_port, host_port, protocol, host_ip };
+            match chosen.get(&(container_port, protocol)) {
+                Some(existing) if !existing.host_ip.contains(':') || !ipv4 => {}
+                _ => {
+                    chosen.insert((container_port, protocol), candidate);
+                }
             }
         }
     }
-    out.sort_by_key(|p| (p.container_port, p.protocol, p.host_port));
-    out
+    chosen.into_values().collect()
 }
 
 fn port_key(port: u16, protocol: Protocol) -> String {
@@ -506,5 +533,47 @@ fn runtime(e: BollardError) -> DriverError {
             DriverError::Unavailable { driver: DriverKind::Docker, reason: e.to_string() }
         }
         other => DriverError::Runtime(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::NetworkSettings;
+
+    fn binding(ip: &str, port: &str) -> PortBinding {
+        PortBinding { host_ip: Some(ip.into()), host_port: Some(port.into()) }
+    }
+
+    #[test]
+    fn one_binding_per_container_port_preferring_ipv4() {
+        let ports: PortMap = HashMap::from([
+            // Docker 20.10 can give the two address families different random ports.
+            ("80/tcp".to_owned(), Some(vec![binding("::", "32793"), binding("0.0.0.0", "32792")])),
+            ("53/udp".to_owned(), Some(vec![binding("::", "40000")])),
+            ("9000/tcp".to_owned(), None),
+        ]);
+        let info = ContainerInspectResponse {
+            network_settings: Some(NetworkSettings { ports: Some(ports), ..Default::default() }),
+            ..Default::default()
+        };
+        let got = host_ports(&info);
+        assert_eq!(
+            got,
+            [
+                HostPort {
+                    container_port: 53,
+                    host_port: 40000,
+                    protocol: Protocol::Udp,
+                    host_ip: "::".into()
+                },
+                HostPort {
+                    container_port: 80,
+                    host_port: 32792,
+                    protocol: Protocol::Tcp,
+                    host_ip: "0.0.0.0".into()
+                },
+            ]
+        );
     }
 }

@@ -150,15 +150,7 @@ async fn supervise(
     match outcome {
         Outcome::Shutdown => None,
         Outcome::StopRequested => {
-            let grace = agent.get(id).map(|t| t.spec.stop_grace).unwrap_or_default();
-            let info = match agent.drivers.stop(&handle, grace, &mut started.exit).await {
-                Ok(info) => info,
-                Err(e) => {
-                    tracing::error!(task = %id, error = %e, "stopping task failed");
-                    ExitInfo { error: Some(format!("stop failed: {e}")), ..ExitInfo::default() }
-                }
-            };
-            cleanup(agent, id, &handle).await;
+            let info = stop_workload(agent, id, &handle, &mut started).await;
             agent
                 .update(id, |t| {
                     t.exit_code = info.code;
@@ -170,52 +162,62 @@ async fn supervise(
         }
         Outcome::Unhealthy(reason) => {
             // An unhealthy workload is killed and counts as a failed run.
-            let grace = agent.get(id).map(|t| t.spec.stop_grace).unwrap_or_default();
-            let info = match agent.drivers.stop(&handle, grace, &mut started.exit).await {
-                Ok(info) => info,
-                Err(e) => {
-                    ExitInfo { error: Some(format!("stop failed: {e}")), ..ExitInfo::default() }
-                }
-            };
-            cleanup(agent, id, &handle).await;
-            let retry = agent
-                .update(id, |t| {
-                    t.exit_code = info.code;
-                    if t.desired == DesiredState::Stopped {
-                        apply(t, Trigger::Stopped, format!("stopped on request ({reason})"));
-                        return false;
-                    }
-                    let retry = t.should_restart(false);
-                    apply(t, Trigger::Exited { success: false, retry }, reason.clone());
-                    retry
-                })
-                .await
-                .unwrap_or(false);
+            let info = stop_workload(agent, id, &handle, &mut started).await;
+            let retry = record_end(agent, id, info.code, false, reason.clone()).await;
             tracing::info!(task = %id, %reason, retry, "task killed: unhealthy");
             Some(retry && backoff(agent, id, control).await)
         }
         Outcome::Exited(info) => {
             cleanup(agent, id, &handle).await;
             let reason = info.describe();
-            let success = info.success();
-            let retry = agent
-                .update(id, |t| {
-                    t.exit_code = info.code;
-                    if t.desired == DesiredState::Stopped {
-                        // The stop request and the exit raced; the user asked for the stop.
-                        apply(t, Trigger::Stopped, format!("stopped on request ({reason})"));
-                        return false;
-                    }
-                    let retry = t.should_restart(success);
-                    apply(t, Trigger::Exited { success, retry }, reason.clone());
-                    retry
-                })
-                .await
-                .unwrap_or(false);
+            let retry = record_end(agent, id, info.code, info.success(), reason.clone()).await;
             tracing::info!(task = %id, %reason, retry, "task exited");
             Some(retry && backoff(agent, id, control).await)
         }
     }
+}
+
+/// Stops a running workload within its task's grace period and releases it.
+async fn stop_workload(
+    agent: &Agent,
+    id: TaskId,
+    handle: &DriverHandle,
+    started: &mut Started,
+) -> ExitInfo {
+    let grace = agent.get(id).map(|t| t.spec.stop_grace).unwrap_or_default();
+    let info = match agent.drivers.stop(handle, grace, &mut started.exit).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::error!(task = %id, error = %e, "stopping task failed");
+            ExitInfo { error: Some(format!("stop failed: {e}")), ..ExitInfo::default() }
+        }
+    };
+    cleanup(agent, id, handle).await;
+    info
+}
+
+/// Records the end of a run that nobody asked for and returns whether the restart policy wants
+/// another one. If a stop request raced with the end, the stop wins: the user asked for it.
+async fn record_end(
+    agent: &Agent,
+    id: TaskId,
+    code: Option<i64>,
+    success: bool,
+    reason: String,
+) -> bool {
+    agent
+        .update(id, |t| {
+            t.exit_code = code;
+            if t.desired == DesiredState::Stopped {
+                apply(t, Trigger::Stopped, format!("stopped on request ({reason})"));
+                return false;
+            }
+            let retry = t.should_restart(success);
+            apply(t, Trigger::Exited { success, retry }, reason);
+            retry
+        })
+        .await
+        .unwrap_or(false)
 }
 
 /// Waits out the restart delay. Returns `true` to restart now, `false` if the task was stopped

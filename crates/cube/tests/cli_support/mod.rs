@@ -161,33 +161,7 @@ impl Drop for Cluster {
                 let _ = Command::new("docker").arg("rm").arg("-f").args(chunk).output();
             }
         }
-        kill_process_tasks(&self.worker_data());
-    }
-}
-
-/// Kills the processes of process-driver tasks whose logs live under `data_dir` (their
-/// `CUBE_TASK_ID` environment names them).
-fn kill_process_tasks(data_dir: &Path) {
-    let Ok(tasks) = std::fs::read_dir(data_dir.join("tasks")) else {
-        return;
-    };
-    let ids: Vec<String> =
-        tasks.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let name = p.file_name().to_string_lossy().into_owned();
-        if !name.chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(env) = std::fs::read(p.path().join("environ")) else {
-            continue;
-        };
-        let env = String::from_utf8_lossy(&env);
-        if ids.iter().any(|id| env.contains(&format!("CUBE_TASK_ID={id}"))) {
-            let _ = Command::new("kill").args(["-KILL", &name]).status();
-        }
+        crate::common::kill_process_tasks(&self.worker_data());
     }
 }
 

@@ -297,7 +297,7 @@ impl Drop for TestWorker {
 
 /// Kills the process groups of process-driver tasks whose logs live under `data_dir` (their
 /// `CUBE_TASK_ID` environment names them).
-fn kill_process_tasks(data_dir: &Path) {
+pub fn kill_process_tasks(data_dir: &Path) {
     let Ok(tasks) = std::fs::read_dir(data_dir.join("tasks")) else {
         return;
     };

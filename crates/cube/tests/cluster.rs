@@ -83,6 +83,38 @@ async fn round_robin_lands_ten_on_each_of_three_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_with_docker_tasks_lands_ten_on_each_node() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let (m, workers) = three_nodes("round-robin").await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let s = spec(json!({"name": format!("c{i}"), "driver": "docker", "image": TEST_IMAGE,
+                            "command": "sleep", "args": ["3600"], "stop_grace": "1s"}));
+        ids.push(m.client.submit(None, &s).await.unwrap().task.id);
+    }
+    let tasks = wait_until(Duration::from_secs(120), "thirty containers running", || async {
+        let tasks = m.client.tasks().await.ok()?;
+        (tasks.iter().filter(|t| t.state == TaskState::Running).count() == 30).then_some(tasks)
+    })
+    .await;
+    let counts: Vec<usize> = per_node(&tasks, &m.node_names().await).into_values().collect();
+    assert_eq!(counts, [10, 10, 10], "{counts:?}");
+    for w in &workers {
+        assert_eq!(w.containers(None).len(), 10, "one container per task on {}", w.node_id);
+    }
+    for id in ids {
+        m.client.stop(id).await.unwrap();
+    }
+    wait_until(Duration::from_secs(120), "containers removed", || async {
+        workers.iter().all(|w| w.containers(None).is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binpack_fills_one_node_before_the_next() {
     let (m, _workers) = three_nodes("binpack").await;
     // 100MiB tasks on 1GiB nodes: ten fit on one node.

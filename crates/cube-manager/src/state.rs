@@ -9,7 +9,7 @@
 //! **Invariant:** tasks are only changed through [`State::modify`], which keeps `pending` and the
 //! usage counters consistent with the tasks themselves.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use cube_api::types::{ActiveTask, HeartbeatRequest, NodeStats, TaskView};
@@ -87,12 +87,13 @@ pub struct State {
     usage: BTreeMap<NodeId, Usage>,
     /// Tasks whose dispatch to a node is in flight.
     dispatching: HashSet<TaskId>,
-    /// Bumped whenever capacity may have appeared (a node joined or came back, a task left a
-    /// node, stats arrived). A task found unplaceable is not tried again until it changes, so a
-    /// backlog of unplaceable tasks costs nothing per new submission.
-    capacity_epoch: u64,
-    /// Epoch at which each waiting task was last found unplaceable.
-    tried: HashMap<TaskId, u64>,
+    /// Waiting tasks not tried since they started waiting. A task found unplaceable is tried
+    /// again only once capacity may have appeared (`retry_all`), so a backlog of unplaceable
+    /// tasks costs nothing per new submission.
+    fresh: BTreeSet<TaskId>,
+    /// Capacity may have appeared (a node joined or came back, a task left a node, stats
+    /// arrived): the next placement pass tries every waiting task.
+    retry_all: bool,
     scheduler: Scheduler,
 }
 
@@ -105,8 +106,8 @@ impl State {
             pending: BTreeSet::new(),
             usage: BTreeMap::new(),
             dispatching: HashSet::new(),
-            capacity_epoch: 0,
-            tried: HashMap::new(),
+            fresh: BTreeSet::new(),
+            retry_all: false,
             scheduler,
         }
     }
@@ -160,7 +161,7 @@ impl State {
 
     /// Something may have made room: placement should look at waiting tasks again.
     fn capacity_changed(&mut self, effects: &mut Effects) {
-        self.capacity_epoch += 1;
+        self.retry_all = true;
         effects.kick = true;
     }
 
@@ -189,16 +190,18 @@ impl State {
         let after = contribution(task);
         let waiting = task.state == TaskState::Pending && task.desired == DesiredState::Running;
         if waiting {
-            self.pending.insert(id);
+            if self.pending.insert(id) {
+                self.fresh.insert(id);
+            }
         } else {
             self.pending.remove(&id);
-            self.tried.remove(&id);
+            self.fresh.remove(&id);
         }
         if matches!(before, Some(Some(_)))
             && before.as_ref().and_then(|b| b.as_ref()) != after.as_ref()
         {
             // The task released (some of) what it held on its node.
-            self.capacity_epoch += 1;
+            self.retry_all = true;
         }
         if let Some(Some((node, res, ports))) = before
             && let Some(u) = self.usage.get_mut(&node)
@@ -303,10 +306,16 @@ impl State {
         if self.pending.is_empty() {
             return;
         }
+        let ids: Vec<TaskId> = if std::mem::take(&mut self.retry_all) {
+            self.fresh.clear();
+            self.pending.iter().copied().collect()
+        } else {
+            std::mem::take(&mut self.fresh).into_iter().collect()
+        };
+        if ids.is_empty() {
+            return;
+        }
         let mut views: Vec<NodeView> = self.nodes.values().map(|n| self.node_view(n)).collect();
-        let epoch = self.capacity_epoch;
-        let ids: Vec<TaskId> =
-            self.pending.iter().copied().filter(|id| self.tried.get(id) != Some(&epoch)).collect();
         for id in ids {
             let Some(task) = self.tasks.get(&id) else { continue };
             match self.scheduler.place(&task.spec, &views, &task.failed_nodes) {
@@ -345,7 +354,6 @@ impl State {
                     }
                 }
                 Decision::Unplaceable { explanation } => {
-                    self.tried.insert(id, epoch);
                     let reason = explanation.unplaceable_reason();
                     if task.reason.as_deref() != Some(reason.as_str()) {
                         self.modify(id, effects, |t| {
@@ -785,6 +793,29 @@ mod tests {
         let mut e = Effects::default();
         s.place_pending(at(3), &mut e);
         assert_eq!(e.dispatch[0].node, NodeId::from_uuid(Uuid::from_u128(3)));
+    }
+
+    #[test]
+    fn an_unplaceable_backlog_is_retried_only_when_capacity_may_have_appeared() {
+        let (mut s, mono) = cluster(&[node(1, "w1", 512)]);
+        for n in 10..12 {
+            s.submit(task(n, 1024), &mut Effects::default()).unwrap();
+        }
+        let mut e = Effects::default();
+        s.place_pending(at(1), &mut e);
+        assert_eq!(e.tasks.len(), 2, "both tried and found unplaceable");
+        s.submit(task(12, 1024), &mut Effects::default()).unwrap();
+        let mut e = Effects::default();
+        s.place_pending(at(2), &mut e);
+        let tried: Vec<TaskId> = e.tasks.into_iter().collect();
+        assert_eq!(tried, [TaskId::from_uuid(Uuid::from_u128(12))], "only the new one is tried");
+        let mut e = Effects::default();
+        s.place_pending(at(3), &mut e);
+        assert!(e.tasks.is_empty(), "nothing changed, nothing tried");
+        s.register(node(2, "big", 4096), &[], at(4), mono, &mut Effects::default());
+        let mut e = Effects::default();
+        s.place_pending(at(5), &mut e);
+        assert_eq!(e.dispatch.len(), 3, "a new node: the whole backlog is tried and placed");
     }
 
     #[test]

@@ -1,0 +1,442 @@
+//! Real `cube` processes for a benchmark: a scratch directory, managers and workers on loopback
+//! ports chosen by the OS, and cleanup that runs even when the benchmark fails.
+//!
+//! Cleanup is done by `Drop`: a [`Worker`] is killed (SIGKILL), then the containers labelled
+//! with its node id are removed a few at a time through the engine, and the process groups of
+//! its process tasks are killed. A [`Manager`] is killed. The [`Lab`] removes the scratch
+//! directory, or keeps it and prints the tail of every log when the benchmark did not finish.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cube_api::client::Client;
+use cube_core::NodeId;
+
+use crate::out;
+
+/// How long a `cube` process may take to print its "listening on" line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The scratch directory of one benchmark run and the binary under test.
+#[derive(Debug)]
+pub struct Lab {
+    dir: Option<tempfile::TempDir>,
+    bin: PathBuf,
+    finished: bool,
+}
+
+impl Lab {
+    /// A fresh scratch directory; `bin` is the `cube` binary to run.
+    pub fn new(bin: &Path) -> anyhow::Result<Self> {
+        if !bin.is_file() {
+            bail!(
+                "cube binary {} not found: build it with `cargo build --release -p cube` or pass \
+                 --cube-bin / CUBE_BIN",
+                bin.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("cube-bench-")
+            .tempdir()
+            .context("cannot create a scratch directory")?;
+        Ok(Self { dir: Some(dir), bin: bin.to_owned(), finished: false })
+    }
+
+    /// The scratch directory.
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new("/nonexistent"), |d| d.path())
+    }
+
+    /// The `cube` binary.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Marks the run as successful: the scratch directory is removed on drop.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Starts a manager with its data in `<scratch>/<name>` and `extra` arguments.
+    pub async fn manager(&self, name: &str, extra: &[&str]) -> anyhow::Result<Manager> {
+        let data = self.path().join(name);
+        Manager::start(&self.bin, &data, self.path(), name, extra).await
+    }
+
+    /// Starts a worker named `name` that joins `manager`, with `extra` arguments.
+    pub async fn worker(
+        &self,
+        manager: &Manager,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Worker> {
+        let data = self.path().join(name);
+        let data_s = data.to_string_lossy().into_owned();
+        let mut args: Vec<String> = [
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data_s,
+            "--manager",
+            &manager.url,
+            "--name",
+            name,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = self.path().join(format!("{name}.log"));
+        let process = CubeProcess::spawn(&self.bin, &args, &log)?;
+        let client = Client::new(&process.url, Duration::from_secs(10))?;
+        let health = client.health().await.context("worker health")?;
+        let node_id = health.node_id.context("the worker reported no node id")?;
+        Ok(Worker { process, client, node_id, data, args })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        if self.finished {
+            return;
+        }
+        // Keep the evidence: print the end of every log and leave the directory in place.
+        let path = dir.keep();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&path)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            out::warn(&format!("--- last lines of {}:\n{tail}", log.display()));
+        }
+        out::warn(&format!("benchmark did not finish; scratch directory kept: {}", path.display()));
+    }
+}
+
+/// A `cube` process, killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct CubeProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its stderr (logs).
+    pub log: PathBuf,
+}
+
+impl CubeProcess {
+    /// Starts `cube <args>` with stderr in `log`, and waits for its "listening on" line.
+    pub fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        let (process, _) = Self::spawn_timed(bin, args, log)?;
+        Ok(process)
+    }
+
+    /// Like [`CubeProcess::spawn`], also returning when the spawn began and when the line
+    /// arrived.
+    pub fn spawn_timed(
+        bin: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> anyhow::Result<(Self, (Instant, Instant))> {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let began = Instant::now();
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("CUBE_LOG", std::env::var("CUBE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading until the process exits, so it never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    let _ = tx.send((url.trim().to_owned(), Instant::now()));
+                }
+            }
+        });
+        let process = |child, url| CubeProcess { child, url, log: log.to_owned() };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok((url, at)) => Ok((process(child, url), (began, at))),
+            Err(_) => {
+                let mut p = process(child, String::new());
+                p.kill9();
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("cube {args:?} did not start listening; its log:\n{text}");
+            }
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        rss_of(self.pid())
+    }
+
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.pid()))
+    }
+}
+
+impl Drop for CubeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
+    let kib: u64 =
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).context("bad VmRSS line")?;
+    Ok(kib * 1024)
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` file.
+pub fn cpu_seconds_of(stat_path: &str) -> anyhow::Result<f64> {
+    let stat =
+        std::fs::read_to_string(stat_path).with_context(|| format!("cannot read {stat_path}"))?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit(')').next().context("bad stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15, i.e. indexes 11 and 12 after the name.
+    let total = ticks(11) + ticks(12);
+    // /proc reports in USER_HZ, which is 100 on every Linux architecture.
+    Ok(total as f64 / 100.0)
+}
+
+/// CPU seconds this benchmark process has used.
+pub fn own_cpu_seconds() -> f64 {
+    cpu_seconds_of("/proc/self/stat").unwrap_or(0.0)
+}
+
+/// A manager with its own data directory; it can be killed and started again on the same
+/// port.
+#[derive(Debug)]
+pub struct Manager {
+    /// The process.
+    pub process: CubeProcess,
+    /// A client with a 30 s timeout.
+    pub client: Client,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// When its latest start began (the process was spawned).
+    pub spawned: Instant,
+    /// When its latest start printed the listening line (state loaded, port bound).
+    pub listening: Instant,
+    args: Vec<String>,
+    bin: PathBuf,
+}
+
+impl Manager {
+    /// Starts a manager with data in `data`, its log in `log_dir/<name>.log`.
+    pub async fn start(
+        bin: &Path,
+        data: &Path,
+        log_dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let data_s = data.to_string_lossy().into_owned();
+        let mut args: Vec<String> = ["manager", "--listen", "127.0.0.1:0", "--data-dir", &data_s]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = log_dir.join(format!("{name}.log"));
+        let (process, (spawned, listening)) = CubeProcess::spawn_timed(bin, &args, &log)?;
+        let url = process.url.clone();
+        // Restarts reuse the port the OS picked, so workers keep their manager address.
+        let port = url.rsplit(':').next().unwrap_or("0").to_owned();
+        args[2] = format!("127.0.0.1:{port}");
+        let client = Client::new(&url, Duration::from_secs(30))?;
+        Ok(Self {
+            process,
+            client,
+            url,
+            data: data.to_owned(),
+            spawned,
+            listening,
+            args,
+            bin: bin.to_owned(),
+        })
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts the manager again on the same port and data directory (after [`Manager::kill9`]);
+    /// [`Manager::spawned`] and [`Manager::listening`] say when.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let log = self.process.log.clone();
+        let mut last = None;
+        // The port was just released; binding can race with its teardown, so retry briefly.
+        for _ in 0..20 {
+            match CubeProcess::spawn_timed(&self.bin, &self.args, &log) {
+                Ok((p, (spawned, listening))) => {
+                    self.process = p;
+                    self.spawned = spawned;
+                    self.listening = listening;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("manager restart failed")))
+    }
+}
+
+/// A worker; on drop it is killed and what it started is removed.
+#[derive(Debug)]
+pub struct Worker {
+    /// The process.
+    pub process: CubeProcess,
+    /// A client for its API.
+    pub client: Client,
+    /// Its node id.
+    pub node_id: NodeId,
+    data: PathBuf,
+    args: Vec<String>,
+}
+
+impl Worker {
+    /// SIGKILL (its workloads keep running).
+    pub fn kill9(&mut self) {
+        self.process.kill9();
+    }
+
+    /// Starts the worker again with the same arguments and data directory.
+    pub fn restart(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let log = self.process.log.clone();
+        self.process = CubeProcess::spawn(bin, &self.args, &log)?;
+        self.client = Client::new(&self.process.url, Duration::from_secs(10))?;
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.process.kill9();
+        remove_node_containers(&self.node_id.to_string());
+        kill_process_tasks(&self.data);
+    }
+}
+
+/// Whether a Docker engine answers within 10 s.
+pub fn docker_answers() -> bool {
+    run_quiet(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]))
+}
+
+/// Runs a command with a 10 s deadline, output discarded; whether it succeeded in time.
+fn run_quiet(cmd: &mut Command) -> bool {
+    let Ok(mut child) = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+        return false;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+/// Removes containers labelled `label=value`, five at a time (a burst of forced removals is
+/// hard on Docker 20.10).
+pub fn remove_labelled_containers(label: &str) {
+    let Ok(out) =
+        Command::new("docker").args(["ps", "-aq", "--no-trunc", "--filter"]).arg(label).output()
+    else {
+        return;
+    };
+    let ids: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    for chunk in ids.chunks(5) {
+        let _ = Command::new("docker").args(["rm", "-f"]).args(chunk).output();
+    }
+}
+
+/// Removes the containers Cube created for `node`.
+pub fn remove_node_containers(node: &str) {
+    remove_labelled_containers(&format!("label=cube.node={node}"));
+}
+
+/// Kills the process groups of process-driver tasks whose logs live under `data_dir` (their
+/// `CUBE_TASK_ID` environment variable names them).
+pub fn kill_process_tasks(data_dir: &Path) {
+    let Ok(tasks) = std::fs::read_dir(data_dir.join("tasks")) else {
+        return;
+    };
+    let ids: HashSet<String> =
+        tasks.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let name = p.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<i32>() else { continue };
+        let Ok(env) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        let owned = env.split(|b| *b == 0).any(|var| {
+            var.strip_prefix(b"CUBE_TASK_ID=")
+                .is_some_and(|id| ids.contains(String::from_utf8_lossy(id).as_ref()))
+        });
+        if owned && let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            // Process tasks lead their own group; it may have exited since the scan.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}

@@ -1,0 +1,152 @@
+//! `cube-bench`: Cube's benchmark harness. A benchmark tool, not part of the product.
+//!
+//! Every subcommand starts real `cube manager` and `cube worker` processes (the release binary)
+//! on loopback ports chosen by the OS, each in its own scratch data directory, measures one
+//! thing, prints what it saw and writes a JSON results file (`--json`). Processes, containers
+//! labelled with the benchmark's node ids and process tasks are cleaned up even when a
+//! benchmark fails. `report` turns the JSON files into the tables of `BENCHMARKS.md`.
+//!
+//! `scripts/bench.sh` runs the whole suite; see `BENCHMARKS.md`.
+
+mod failover;
+mod lab;
+mod latency;
+mod load;
+mod memory;
+mod out;
+mod report;
+mod restart;
+mod scale;
+mod sim;
+mod submit;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Cube's benchmark harness: a benchmark tool, not part of the product.
+///
+/// Starts real `cube` processes on loopback ports chosen by the OS, each in a scratch data
+/// directory, measures, prints the figures and writes them as JSON. Everything it started is
+/// cleaned up, even on failure. `scripts/bench.sh` runs the whole suite and rewrites the
+/// tables of BENCHMARKS.md.
+#[derive(Debug, Parser)]
+#[command(name = "cube-bench", version)]
+struct Cli {
+    /// The `cube` binary under test [default: `cube` next to this tool, i.e. target/release].
+    #[arg(long, env = "CUBE_BIN", global = true)]
+    cube_bin: Option<PathBuf>,
+    /// Write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Durable submits per second and their latency with 1, 8 and 64 concurrent clients.
+    Submit(submit::SubmitArgs),
+    /// Submit -> running for the process and docker drivers, with a raw create+start floor.
+    Latency(latency::LatencyArgs),
+    /// Manager resident memory idle and with 10k and 100k tasks.
+    Memory(memory::MemoryArgs),
+    /// Time from a worker's kill -9 to all its tasks running elsewhere.
+    Failover(failover::FailoverArgs),
+    /// Manager restart time with 100k tasks in its store.
+    Restart(restart::RestartArgs),
+    /// Simulated nodes (a benchmark tool, like kwok): thousands of nodes that accept tasks
+    /// without running them. Benchmarks a manager of its own, or serves `--manager URL`.
+    SimNodes(scale::SimNodesArgs),
+    /// From nothing to N containers running (the Cube side of scripts/bench-swarm.sh).
+    ScaleUp(scale::ScaleUpArgs),
+    /// Rewrites the tables of BENCHMARKS.md from the JSON results.
+    Report(report::ReportArgs),
+}
+
+/// Parses `250ms`, `5s`, `1m` (Cube's duration syntax).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cube_core::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn default_cube_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("cube")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("target/release/cube"))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            out::warn(&format!("error: cannot start the async runtime: {e}"));
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(&cli) => r,
+            // Returning drops the benchmark's future, and with it every process and container
+            // it started.
+            () = interrupted() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // Background tasks (simulated nodes, servers) must not outlive the cleanup.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            out::warn(&format!("error: {e:#}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    if let Command::Report(args) = &cli.command {
+        return report::run(args);
+    }
+    let bin = cli.cube_bin.clone().unwrap_or_else(default_cube_bin);
+    let mut lab = lab::Lab::new(&bin)?;
+    let started = out::now();
+    let mut results = match &cli.command {
+        Command::Submit(a) => submit::run(&lab, a).await,
+        Command::Latency(a) => latency::run(&lab, a).await,
+        Command::Memory(a) => memory::run(&lab, a).await,
+        Command::Failover(a) => failover::run(&lab, a).await,
+        Command::Restart(a) => restart::run(&lab, a).await,
+        Command::SimNodes(a) => scale::sim_nodes(&lab, a).await,
+        Command::ScaleUp(a) => scale::scale_up(&lab, a).await,
+        Command::Report(_) => unreachable_report(),
+    }?;
+    lab.finish();
+    if let Some(obj) = results.as_object_mut() {
+        obj.insert("started_at".into(), started.into());
+        obj.insert("finished_at".into(), out::now().into());
+        obj.insert("cube_bin".into(), bin.display().to_string().into());
+    }
+    out::write_json(cli.json.as_deref(), &results).context("writing results")
+}
+
+fn unreachable_report() -> anyhow::Result<serde_json::Value> {
+    Err(anyhow::anyhow!("report is handled before any process starts"))
+}

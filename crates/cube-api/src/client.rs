@@ -156,6 +156,16 @@ impl Client {
         })))
     }
 
+    /// A client for another server that shares this one's connection pools and timeouts (a
+    /// manager talking to thousands of workers must not hold a pool per worker).
+    pub fn with_base(&self, base: impl Into<String>) -> Self {
+        Self {
+            base: base.into().trim_end_matches('/').to_owned(),
+            http: self.http.clone(),
+            streaming: self.streaming.clone(),
+        }
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base

@@ -337,14 +337,16 @@ pub struct HeartbeatResponse {
 /// `POST /v1/nodes/{id}/heartbeat`: liveness, stats and task changes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
-    /// Latest host metrics.
+    /// Latest host metrics (periodic heartbeats only).
+    #[serde(default)]
     pub stats: Option<NodeStats>,
     /// Tasks that changed since the last acknowledged heartbeat.
     #[serde(default)]
     pub tasks: Vec<TaskView>,
-    /// Every task that is not finished on the worker, with its generation.
+    /// Every task that is not finished on the worker, with its generation (periodic heartbeats
+    /// only: the manager checks them against its own records, which costs a lookup per task).
     #[serde(default)]
-    pub active: Vec<ActiveTask>,
+    pub active: Option<Vec<ActiveTask>>,
 }
 
 /// A task that is not finished on a worker.

@@ -278,7 +278,8 @@ async fn heartbeat_loop(
                 .collect();
             (reports, active)
         };
-        let request = HeartbeatRequest { stats: Some(node.stats()), tasks: reports, active };
+        let request =
+            HeartbeatRequest { stats: Some(node.stats()), tasks: reports, active: Some(active) };
         let response = tokio::select! {
             r = client.heartbeat(node.id, &request) => r,
             () = shutdown.cancelled() => return,

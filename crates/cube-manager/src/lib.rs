@@ -12,7 +12,6 @@
 pub mod api;
 mod state;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -89,7 +88,8 @@ pub struct Manager {
     state: Mutex<State>,
     store: Arc<dyn Store>,
     kick: Notify,
-    clients: Mutex<HashMap<String, Client>>,
+    /// One connection pool for every worker; per-worker clients are cheap views of it.
+    http: Client,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -122,12 +122,14 @@ impl Manager {
         if task_count + node_count > 0 {
             tracing::info!(tasks = task_count, nodes = node_count, "state loaded");
         }
+        let http = Client::new("http://worker.invalid", config.worker_timeout)
+            .map_err(|e| ManagerError::Startup(e.to_string()))?;
         Ok(Arc::new(Self {
             config,
             state: Mutex::new(state),
             store,
             kick: Notify::new(),
-            clients: Mutex::new(HashMap::new()),
+            http,
             tracker: TaskTracker::new(),
             shutdown,
         }))
@@ -276,8 +278,7 @@ impl Manager {
             (node, address)
         };
         let address = address.ok_or_else(|| ApiError::not_found("node", node))?;
-        let client =
-            self.client(&address).ok_or_else(|| ApiError::internal("cannot build a client"))?;
+        let client = self.client(&address);
         client.logs(id, follow, tail).await.map_err(|e| match e {
             cube_api::client::ClientError::Api { error, .. } => error,
             other => {
@@ -331,21 +332,8 @@ impl Manager {
         }
     }
 
-    fn client(&self, address: &str) -> Option<Client> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(address) {
-            return Some(c.clone());
-        }
-        match Client::new(address, self.config.worker_timeout) {
-            Ok(c) => {
-                clients.insert(address.to_owned(), c.clone());
-                Some(c)
-            }
-            Err(e) => {
-                tracing::error!(address, error = %e, "cannot build a client for this worker");
-                None
-            }
-        }
+    fn client(&self, address: &str) -> Client {
+        self.http.with_base(address)
     }
 
     /// Sends a placed task to its node, retrying with backoff; gives the task back to the
@@ -380,7 +368,7 @@ impl Manager {
                 self.lock().dispatch_done(d.task);
                 return;
             };
-            let Some(client) = self.client(&address) else { break };
+            let client = self.client(&address);
             match client.submit_generation(Some(d.task), Some(d.generation), &spec).await {
                 Ok(_) => {
                     tracing::debug!(task = %d.task, node = %d.node, attempt, "task handed to its node");
@@ -423,7 +411,7 @@ impl Manager {
         let mut delay = FIRST_RETRY;
         for attempt in 1..=CALL_ATTEMPTS {
             let address = self.lock().node(s.node).map(|n| n.node.address.clone());
-            let Some(client) = address.and_then(|a| self.client(&a)) else { return };
+            let Some(client) = address.map(|a| self.client(&a)) else { return };
             match client.stop(s.task).await {
                 Ok(_) => return,
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {

@@ -7,7 +7,8 @@
 //! plain functions.
 //!
 //! **Invariant:** tasks are only changed through [`State::modify`], which keeps `pending` and the
-//! usage counters consistent with the tasks themselves.
+//! usage counters consistent with the tasks themselves (the one exception, an unplaceable task's
+//! reason, touches neither).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
@@ -94,6 +95,8 @@ pub struct State {
     /// Capacity may have appeared (a node joined or came back, a task left a node, stats
     /// arrived): the next placement pass tries every waiting task.
     retry_all: bool,
+    /// Scheduler runs so far (a task tried once counts once).
+    attempts: u64,
     scheduler: Scheduler,
 }
 
@@ -108,6 +111,7 @@ impl State {
             dispatching: HashSet::new(),
             fresh: BTreeSet::new(),
             retry_all: false,
+            attempts: 0,
             scheduler,
         }
     }
@@ -152,6 +156,11 @@ impl State {
     /// What tasks hold on `node`.
     pub fn usage(&self, node: NodeId) -> Usage {
         self.usage.get(&node).cloned().unwrap_or_default()
+    }
+
+    /// How many times the scheduler was asked to place a task.
+    pub fn placement_attempts(&self) -> u64 {
+        self.attempts
     }
 
     /// Tasks waiting for a node.
@@ -318,6 +327,7 @@ impl State {
         let mut views: Vec<NodeView> = self.nodes.values().map(|n| self.node_view(n)).collect();
         for id in ids {
             let Some(task) = self.tasks.get(&id) else { continue };
+            self.attempts += 1;
             match self.scheduler.place(&task.spec, &views, &task.failed_nodes) {
                 Decision::Place { node, explanation } => {
                     let resources = task.spec.resources;
@@ -355,12 +365,15 @@ impl State {
                 }
                 Decision::Unplaceable { explanation } => {
                     let reason = explanation.unplaceable_reason();
-                    if task.reason.as_deref() != Some(reason.as_str()) {
-                        self.modify(id, effects, |t| {
-                            t.reason = Some(reason.clone());
-                            t.placement = Some(explanation);
-                            t.note(now, format!("cannot place: {reason}"));
-                        });
+                    if task.reason.as_deref() != Some(reason.as_str())
+                        && let Some(t) = self.tasks.get_mut(&id)
+                    {
+                        // Derived, not persisted: the reason changes neither the task's state
+                        // nor its accounting, and after a restart the first pass recomputes it.
+                        // Writing it would cost an fsync per waiting task per capacity change.
+                        t.reason = Some(reason.clone());
+                        t.placement = Some(explanation);
+                        t.note(now, format!("cannot place: {reason}"));
                     }
                 }
             }
@@ -488,7 +501,7 @@ impl State {
         for r in &req.tasks {
             self.sync_report(node, r, now, effects);
         }
-        Some(self.fence(node, &req.active))
+        Some(req.active.as_deref().map(|a| self.fence(node, a)).unwrap_or_default())
     }
 
     /// Tasks `node` runs that it must not: unknown here, finished or stopped here, or placed
@@ -803,15 +816,15 @@ mod tests {
         }
         let mut e = Effects::default();
         s.place_pending(at(1), &mut e);
-        assert_eq!(e.tasks.len(), 2, "both tried and found unplaceable");
+        assert_eq!(s.placement_attempts(), 2, "both tried");
+        assert!(e.tasks.is_empty(), "a reason is derived state, not written to the store");
+        let t = s.task(TaskId::from_uuid(Uuid::from_u128(10))).unwrap();
+        assert!(t.reason.as_ref().unwrap().starts_with("no node fits"));
         s.submit(task(12, 1024), &mut Effects::default()).unwrap();
-        let mut e = Effects::default();
-        s.place_pending(at(2), &mut e);
-        let tried: Vec<TaskId> = e.tasks.into_iter().collect();
-        assert_eq!(tried, [TaskId::from_uuid(Uuid::from_u128(12))], "only the new one is tried");
-        let mut e = Effects::default();
-        s.place_pending(at(3), &mut e);
-        assert!(e.tasks.is_empty(), "nothing changed, nothing tried");
+        s.place_pending(at(2), &mut Effects::default());
+        assert_eq!(s.placement_attempts(), 3, "only the new one is tried");
+        s.place_pending(at(3), &mut Effects::default());
+        assert_eq!(s.placement_attempts(), 3, "nothing changed, nothing tried");
         s.register(node(2, "big", 4096), &[], at(4), mono, &mut Effects::default());
         let mut e = Effects::default();
         s.place_pending(at(5), &mut e);
@@ -888,7 +901,7 @@ mod tests {
         s.stop(stopped, at(2), &mut Effects::default());
         // w2 keeps heartbeating, w1 falls silent.
         let later = mono + Duration::from_secs(6);
-        let hb = HeartbeatRequest { stats: Some(stats()), tasks: vec![], active: vec![] };
+        let hb = HeartbeatRequest { stats: Some(stats()), tasks: vec![], active: Some(vec![]) };
         s.heartbeat(w2, &hb, at(6), later, &mut Effects::default()).unwrap();
         let mut e = Effects::default();
         let down = s.expire_nodes(Duration::from_secs(5), at(6), later, &mut e);
@@ -920,7 +933,7 @@ mod tests {
         assert_eq!(s.task(id).unwrap().generation, 2);
         // w1 comes back still running generation 1.
         let active = [ActiveTask { id, generation: 1 }];
-        let hb = HeartbeatRequest { stats: None, tasks: vec![], active: active.to_vec() };
+        let hb = HeartbeatRequest { stats: None, tasks: vec![], active: Some(active.to_vec()) };
         let stop = s.heartbeat(w1, &hb, at(8), later, &mut Effects::default()).unwrap();
         assert_eq!(stop, vec![id]);
         assert_eq!(s.node(w1).unwrap().node.state, NodeState::Ready);

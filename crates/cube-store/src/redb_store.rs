@@ -24,6 +24,8 @@ use crate::{Batch, Commit, Op, Store, StoreError, Table};
 /// Format of the data this version writes.
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &str = "format_version";
+/// redb's page cache (its default is up to 1 GiB).
+const CACHE_SIZE: usize = 16 * 1024 * 1024;
 /// Most batches folded into one transaction.
 const MAX_GROUP: usize = 4096;
 
@@ -73,8 +75,13 @@ impl RedbStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| backend(dir, "cannot create directory", e))?;
         }
-        let db = Database::builder().set_check_integrity_on_open(true).create(&path).map_err(
-            |e| match e {
+        // Cube reads the store only at start-up; its live state is in memory. redb's default
+        // page cache (up to 1 GiB) would hold every record a second time.
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_SIZE)
+            .create(&path)
+            .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
                     backend(&path, "in use by another process", "stop the other cube first")
                 }
@@ -84,8 +91,7 @@ impl RedbStore {
                     backend(&path, "not a Cube database (or damaged beyond recognition)", io)
                 }
                 other => backend(&path, "cannot open database (damaged?)", other),
-            },
-        )?;
+            })?;
         let db = Arc::new(db);
         check_format(&db, &path)?;
         let (writer, queue) = mpsc::channel::<(Batch, Reply)>();

@@ -121,18 +121,19 @@ async fn heartbeat_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = agent.changed() => {}
+        // A periodic beat carries stats and the list of unfinished tasks (for fencing); a beat
+        // pushed by a change carries just the changed tasks, so it stays cheap for both sides.
+        let periodic = tokio::select! {
+            _ = ticker.tick() => true,
+            () = agent.changed() => false,
             () = shutdown.cancelled() => return false,
-        }
+        };
         let dirty = agent.take_dirty();
         let ids: Vec<_> = dirty.iter().map(|t| t.id).collect();
-        let stats = agent.stats(&host.borrow());
         let request = HeartbeatRequest {
-            stats: Some(stats),
+            stats: periodic.then(|| agent.stats(&host.borrow())),
             tasks: dirty.iter().map(TaskView::from).collect(),
-            active: agent.active(),
+            active: periodic.then(|| agent.active()),
         };
         match client.heartbeat(agent.node_id(), &request).await {
             Ok(response) => {

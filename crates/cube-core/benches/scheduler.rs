@@ -90,7 +90,7 @@ fn specs() -> Vec<TaskSpec> {
 fn placements(c: &mut Criterion) {
     let specs = specs();
     for n in [100, 1_000, 5_000, 10_000] {
-        let nodes = cluster(n);
+        let nodes = cube_core::NodeSet::new(cluster(n));
         let mut group = c.benchmark_group(format!("place/{n}-nodes"));
         group.throughput(Throughput::Elements(1));
         for kind in SchedulerKind::ALL {

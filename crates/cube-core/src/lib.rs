@@ -24,7 +24,7 @@ pub use ids::{NodeId, TaskId};
 /// Timestamps throughout Cube are UTC instants.
 pub use jiff::Timestamp;
 pub use node::{Node, NodeState};
-pub use scheduler::{Decision, Explanation, NodeView, Scheduler, SchedulerKind};
+pub use scheduler::{Decision, Explanation, NodeSet, NodeView, Scheduler, SchedulerKind};
 pub use spec::{
     DriverKind, FieldError, HealthCheck, PortSpec, Probe, ProbeKind, Protocol, Resources,
     RestartMode, RestartPolicy, TaskSpec,

@@ -109,6 +109,40 @@ pub struct NodeLoad {
     pub memory_used: f64,
 }
 
+/// The nodes a scheduler chooses among (in a stable order, e.g. by id), with the aggregates
+/// scoring needs kept in step as tasks are assigned, so no decision rescans the whole cluster.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeSet {
+    nodes: Vec<NodeView>,
+    /// Most tasks on any node (E-PVM's job ceiling depends on it).
+    busiest: u32,
+}
+
+impl NodeSet {
+    /// A set of `nodes`.
+    pub fn new(nodes: Vec<NodeView>) -> Self {
+        let busiest = nodes.iter().map(|n| n.task_count).max().unwrap_or(0);
+        Self { nodes, busiest }
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NodeView] {
+        &self.nodes
+    }
+
+    /// Records that a task needing `spec` was placed on node number `index` (from
+    /// [`Decision::Place`]), before the next decision.
+    pub fn assign(&mut self, index: usize, spec: &TaskSpec) {
+        if let Some(n) = self.nodes.get_mut(index) {
+            n.reserved = n.reserved.saturating_add(spec.resources);
+            n.used_ports
+                .extend(spec.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol)));
+            n.task_count += 1;
+            self.busiest = self.busiest.max(n.task_count);
+        }
+    }
+}
+
 /// A node and its cost.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScoredNode {
@@ -172,6 +206,8 @@ pub enum Decision {
     Place {
         /// The chosen node.
         node: NodeId,
+        /// Its position in the [`NodeSet`] (for [`NodeSet::assign`]).
+        index: usize,
         /// Why.
         explanation: Explanation,
     },
@@ -217,7 +253,8 @@ impl Scheduler {
 
     /// Chooses a node for `spec` among `nodes` (in a stable order, e.g. by id). Nodes in
     /// `avoid` (where the task already failed) are used only if nothing else fits.
-    pub fn place(&mut self, spec: &TaskSpec, nodes: &[NodeView], avoid: &[NodeId]) -> Decision {
+    pub fn place(&mut self, spec: &TaskSpec, set: &NodeSet, avoid: &[NodeId]) -> Decision {
+        let nodes = set.nodes();
         let constraints: Vec<Constraint> =
             spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
         let n = nodes.len();
@@ -269,7 +306,7 @@ impl Scheduler {
         }
         // Scored in node order so ties go to the first node; round-robin counts from its cursor.
         feasible.sort_unstable();
-        let max_jobs = if self.kind == SchedulerKind::Epvm { epvm_max_jobs(nodes) } else { 1.0 };
+        let max_jobs = epvm_max_jobs(set.busiest);
         let mut scored: Vec<(usize, f64)> = Vec::with_capacity(feasible.len());
         for &i in &feasible {
             match self.score(spec, nodes, i, max_jobs) {
@@ -313,8 +350,11 @@ impl Scheduler {
                     name: nodes[i].name.clone(),
                     score: scored[0].1,
                 });
-                let decision =
-                    Decision::Place { node: nodes[i].id, explanation: explanation(chosen) };
+                let decision = Decision::Place {
+                    node: nodes[i].id,
+                    index: i,
+                    explanation: explanation(chosen),
+                };
                 if self.kind == SchedulerKind::RoundRobin {
                     self.cursor = (i + 1) % nodes.len();
                 }
@@ -360,9 +400,8 @@ impl Scheduler {
 
 /// The paper's job ceiling: the smallest power of two at least as large as the busiest node's
 /// job count after one more placement (the book fixed it at 4).
-pub fn epvm_max_jobs(nodes: &[NodeView]) -> f64 {
-    let busiest = nodes.iter().map(|n| n.task_count).max().unwrap_or(0);
-    f64::from((busiest + 1).next_power_of_two())
+pub fn epvm_max_jobs(busiest: u32) -> f64 {
+    f64::from(busiest.saturating_add(1).next_power_of_two())
 }
 
 /// E-PVM marginal cost of adding a task needing `req` to `node`:
@@ -554,21 +593,28 @@ mod tests {
 
     /// Places `count` tasks, updating the node views as the manager would, and returns how many
     /// landed on each node.
-    fn run(kind: SchedulerKind, nodes: &mut [NodeView], spec: &TaskSpec, count: usize) -> Vec<u32> {
+    fn run(
+        kind: SchedulerKind,
+        nodes: &mut Vec<NodeView>,
+        spec: &TaskSpec,
+        count: usize,
+    ) -> Vec<u32> {
         let mut s = Scheduler::new(kind);
+        let mut set = NodeSet::new(std::mem::take(nodes));
         for _ in 0..count {
-            match s.place(spec, nodes, &[]) {
-                Decision::Place { node, .. } => {
-                    let n = nodes.iter_mut().find(|n| n.id == node).unwrap();
-                    n.reserved = n.reserved.saturating_add(spec.resources);
-                    n.task_count += 1;
-                }
+            match s.place(spec, &set, &[]) {
+                Decision::Place { index, .. } => set.assign(index, spec),
                 Decision::Unplaceable { explanation } => {
                     panic!("{}", explanation.unplaceable_reason())
                 }
             }
         }
+        *nodes = set.nodes().to_vec();
         nodes.iter().map(|n| n.task_count).collect()
+    }
+
+    fn set(nodes: &[NodeView]) -> NodeSet {
+        NodeSet::new(nodes.to_vec())
     }
 
     fn three() -> Vec<NodeView> {
@@ -622,7 +668,8 @@ mod tests {
         // total                             = 0.5313367
         let got = epvm_cost(&n, load, &req, 4.0);
         assert!((got - 0.531_336_7).abs() < 1e-6, "hand-computed total: {got}");
-        assert_eq!(epvm_max_jobs(&[n]), 4.0);
+        assert_eq!(epvm_max_jobs(n.task_count), 4.0);
+        assert_eq!(epvm_max_jobs(4), 8.0, "doubles once a node exceeds the ceiling");
     }
 
     #[test]
@@ -639,8 +686,8 @@ mod tests {
         nodes[0].load = Some(busy);
         nodes[1].load = Some(idle);
         nodes[2].load = Some(busy);
-        let Decision::Place { node, explanation } =
-            Scheduler::new(SchedulerKind::Epvm).place(&spec(1000, 100), &nodes, &[])
+        let Decision::Place { node, explanation, .. } =
+            Scheduler::new(SchedulerKind::Epvm).place(&spec(1000, 100), &set(&nodes), &[])
         else {
             panic!()
         };
@@ -655,8 +702,8 @@ mod tests {
         nodes[0].load = None;
         nodes[1].load = Some(NodeLoad { cpu_busy: 0.95, memory_used: 0.9 });
         nodes[2].load = None;
-        let Decision::Place { node, explanation } =
-            Scheduler::new(SchedulerKind::Epvm).place(&spec(0, 0), &nodes, &[])
+        let Decision::Place { node, explanation, .. } =
+            Scheduler::new(SchedulerKind::Epvm).place(&spec(0, 0), &set(&nodes), &[])
         else {
             panic!()
         };
@@ -666,7 +713,7 @@ mod tests {
         let mut none = three();
         none.iter_mut().for_each(|n| n.load = None);
         assert!(matches!(
-            Scheduler::new(SchedulerKind::Epvm).place(&spec(0, 0), &none, &[]),
+            Scheduler::new(SchedulerKind::Epvm).place(&spec(0, 0), &set(&none), &[]),
             Decision::Unplaceable { .. }
         ));
     }
@@ -681,7 +728,7 @@ mod tests {
         s.constraints = vec!["node.labels.zone == b".into()];
         nodes[2].capacity.memory = Bytes::mib(256);
         let Decision::Unplaceable { explanation } =
-            Scheduler::new(SchedulerKind::Spread).place(&s, &nodes, &[])
+            Scheduler::new(SchedulerKind::Spread).place(&s, &set(&nodes), &[])
         else {
             panic!()
         };
@@ -725,19 +772,21 @@ mod tests {
             n.reserved.memory = n.capacity.memory;
         }
         let mut s = Scheduler::new(SchedulerKind::Binpack);
-        let Decision::Place { explanation: first, .. } = s.place(&spec(0, 10), &nodes, &[]) else {
+        let Decision::Place { explanation: first, .. } = s.place(&spec(0, 10), &set(&nodes), &[])
+        else {
             panic!()
         };
         assert_eq!(first.candidates.len(), MAX_EXPLAINED);
         assert_eq!(first.rejected.len(), MAX_EXPLAINED, "a placed task keeps a few rejections");
         assert_eq!(first.rejected_total, SAMPLE_SIZE, "half of the examined nodes were full");
-        let Decision::Place { node: second, .. } = s.place(&spec(0, 10), &nodes, &[]) else {
+        let Decision::Place { node: second, .. } = s.place(&spec(0, 10), &set(&nodes), &[]) else {
             panic!()
         };
         let first_chosen = first.chosen.unwrap().node;
         assert_ne!(second, first_chosen, "the next placement samples other nodes");
         // Nothing fits anywhere: every node is examined and the reason counts them all.
-        let Decision::Unplaceable { explanation } = s.place(&spec(0, 4096), &nodes, &[]) else {
+        let Decision::Unplaceable { explanation } = s.place(&spec(0, 4096), &set(&nodes), &[])
+        else {
             panic!()
         };
         assert_eq!(explanation.rejected_total, 1000);
@@ -750,7 +799,7 @@ mod tests {
         let nodes = three();
         let avoid = [nodes[0].id, nodes[1].id];
         let Decision::Place { node, .. } =
-            Scheduler::new(SchedulerKind::Binpack).place(&spec(0, 0), &nodes, &avoid)
+            Scheduler::new(SchedulerKind::Binpack).place(&spec(0, 0), &set(&nodes), &avoid)
         else {
             panic!()
         };
@@ -758,7 +807,7 @@ mod tests {
         let all: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
         assert!(
             matches!(
-                Scheduler::new(SchedulerKind::Binpack).place(&spec(0, 0), &nodes, &all),
+                Scheduler::new(SchedulerKind::Binpack).place(&spec(0, 0), &set(&nodes), &all),
                 Decision::Place { .. }
             ),
             "falls back rather than leaving the task pending"

@@ -171,6 +171,12 @@ impl Manager {
         commit: Commit,
         effects: Effects,
     ) -> Result<(), ManagerError> {
+        // Placement may start before this commit is durable: the store applies batches in
+        // order, so the placement's own commit (awaited before any dispatch) lands after this
+        // one, and the two often share an fsync.
+        if effects.kick {
+            self.kick.notify_one();
+        }
         commit.await?;
         for d in effects.dispatch {
             let this = Arc::clone(self);
@@ -179,9 +185,6 @@ impl Manager {
         for s in effects.stop {
             let this = Arc::clone(self);
             self.tracker.spawn(this.send_stop(s));
-        }
-        if effects.kick {
-            self.kick.notify_one();
         }
         Ok(())
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use cube_api::types::{ActiveTask, HeartbeatRequest, NodeStats, TaskView};
 use cube_core::scheduler::NodeLoad;
 use cube_core::{
-    Decision, DesiredState, Node, NodeId, NodeState, NodeView, Protocol, Resources, Scheduler,
-    Task, TaskId, TaskState, Trigger,
+    Decision, DesiredState, Node, NodeId, NodeSet, NodeState, NodeView, Protocol, Resources,
+    Scheduler, Task, TaskId, TaskState, Trigger,
 };
 use jiff::Timestamp;
 
@@ -324,20 +324,13 @@ impl State {
         if ids.is_empty() {
             return;
         }
-        let mut views: Vec<NodeView> = self.nodes.values().map(|n| self.node_view(n)).collect();
+        let mut views = NodeSet::new(self.nodes.values().map(|n| self.node_view(n)).collect());
         for id in ids {
             let Some(task) = self.tasks.get(&id) else { continue };
             self.attempts += 1;
             match self.scheduler.place(&task.spec, &views, &task.failed_nodes) {
-                Decision::Place { node, explanation } => {
-                    let resources = task.spec.resources;
-                    let ports: Vec<(u16, Protocol)> = task
-                        .spec
-                        .ports
-                        .iter()
-                        .filter(|p| p.host != 0)
-                        .map(|p| (p.host, p.protocol))
-                        .collect();
+                Decision::Place { node, index, explanation } => {
+                    views.assign(index, &task.spec);
                     let name =
                         explanation.chosen.as_ref().map(|c| c.name.clone()).unwrap_or_default();
                     let score = explanation.chosen.as_ref().map(|c| c.score).unwrap_or_default();
@@ -353,11 +346,6 @@ impl State {
                         );
                         t.generation
                     });
-                    if let Some(v) = views.iter_mut().find(|v| v.id == node) {
-                        v.reserved = v.reserved.saturating_add(resources);
-                        v.used_ports.extend(ports);
-                        v.task_count += 1;
-                    }
                     if let Some(generation) = generation {
                         self.dispatching.insert(id);
                         effects.dispatch.push(Dispatch { task: id, generation, node });

@@ -8,7 +8,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{TEST_IMAGE, TestManager, TestWorker, docker_lock, docker_ready, spec, wait_until};
+use common::{
+    TEST_IMAGE, TestManager, TestWorker, docker_lock, docker_ready, spec, wait_state, wait_until,
+};
 use cube_api::types::TaskView;
 use cube_core::{DriverHandle, NodeId, TaskId, TaskState};
 use serde_json::json;
@@ -253,11 +255,7 @@ async fn a_crash_looping_task_backs_off_and_fails_with_its_reason() {
         .unwrap()
         .task
         .id;
-    let t = wait_until(Duration::from_secs(30), "the task fails after its restarts", || async {
-        let t = m.client.task(id).await.ok()?;
-        (t.state == TaskState::Failed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&m.client, id, TaskState::Failed, Duration::from_secs(30)).await;
     assert_eq!(t.reason.as_deref(), Some("exited with code 1"));
     assert_eq!(t.restart_count, 5);
     let starts: Vec<_> = t
@@ -299,11 +297,7 @@ async fn exhausted_restarts_move_the_task_to_another_node() {
         .unwrap()
         .task
         .id;
-    let t = wait_until(Duration::from_secs(20), "failed after trying both nodes", || async {
-        let t = m.client.task(id).await.ok()?;
-        (t.state == TaskState::Failed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&m.client, id, TaskState::Failed, Duration::from_secs(20)).await;
     assert_eq!(t.reschedule_count, 1);
     assert_eq!(t.generation, 2);
     let placed_on: Vec<_> = t
@@ -430,11 +424,7 @@ async fn an_unhealthy_container_is_restarted_per_policy() {
         .unwrap()
         .task
         .id;
-    let t = wait_until(Duration::from_secs(30), "restarted once, then failed for good", || async {
-        let t = m.client.task(id).await.ok()?;
-        (t.state == TaskState::Failed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&m.client, id, TaskState::Failed, Duration::from_secs(30)).await;
     let reasons: Vec<&str> = t.events.iter().map(|e| e.reason.as_str()).collect();
     assert!(reasons.contains(&"health check passing"), "{reasons:?}");
     let unhealthy =

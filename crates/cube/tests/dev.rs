@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{CubeProcess, spec, wait_until};
+use common::{CubeProcess, spec, wait_state, wait_until};
 use cube_core::{DriverHandle, TaskState};
 use serde_json::json;
 
@@ -21,11 +21,7 @@ async fn a_restarted_dev_cluster_still_lists_and_runs_its_tasks() {
         spec(json!({"name": "keeper", "driver": "process", "command": "sleep", "args": ["3600"],
                         "stop_grace": "1s"}));
     let id = client.submit(None, &s).await.unwrap().task.id;
-    let before = wait_until(Duration::from_secs(10), "the task running", || async {
-        let t = client.task(id).await.ok()?;
-        (t.state == TaskState::Running).then_some(t)
-    })
-    .await;
+    let before = wait_state(&client, id, TaskState::Running, Duration::from_secs(10)).await;
     let Some(DriverHandle::Process { pid, .. }) = before.handle else {
         panic!("{:?}", before.handle)
     };
@@ -42,9 +38,6 @@ async fn a_restarted_dev_cluster_still_lists_and_runs_its_tasks() {
     assert_eq!(after.handle, before.handle, "the same process, re-adopted, not restarted");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     client.stop(id).await.unwrap();
-    wait_until(Duration::from_secs(10), "stopped", || async {
-        (client.task(id).await.ok()?.state == TaskState::Completed).then_some(())
-    })
-    .await;
+    wait_state(&client, id, TaskState::Completed, Duration::from_secs(10)).await;
     assert!(dev.terminate().success());
 }

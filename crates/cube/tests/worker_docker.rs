@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TEST_IMAGE, TestWorker, docker_lock, docker_ready, spec, wait_until};
+use common::{TEST_IMAGE, TestWorker, docker_lock, docker_ready, spec, wait_state, wait_until};
 use cube_core::{DriverHandle, TaskState};
 use serde_json::json;
 
@@ -83,10 +83,7 @@ async fn a_container_ignoring_sigterm_is_killed_after_the_grace_period() {
         .unwrap()
         .task
         .id;
-    wait_until(Duration::from_secs(5), "task running", || async {
-        (w.client.task(id).await.ok()?.state == TaskState::Running).then_some(())
-    })
-    .await;
+    wait_state(&w.client, id, TaskState::Running, Duration::from_secs(5)).await;
     let stop_at = Instant::now();
     w.client.stop(id).await.unwrap();
     let t = wait_until(Duration::from_secs(2), "container gone within grace + 1s", || async {
@@ -132,20 +129,12 @@ async fn failing_containers_and_missing_images_fail_with_reasons() {
         .task
         .id;
 
-    let t = wait_until(Duration::from_secs(5), "missing image task failed", || async {
-        let t = w.client.task(missing).await.ok()?;
-        (t.state == TaskState::Failed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, missing, TaskState::Failed, Duration::from_secs(5)).await;
     assert!(missing_at.elapsed() < Duration::from_secs(5));
     let reason = t.reason.unwrap();
     assert!(reason.contains("does-not-exist:1"), "reason names the image: {reason}");
 
-    let t = wait_until(Duration::from_secs(10), "exit-3 task failed", || async {
-        let t = w.client.task(exit3).await.ok()?;
-        (t.state == TaskState::Failed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, exit3, TaskState::Failed, Duration::from_secs(10)).await;
     assert_eq!(t.exit_code, Some(3));
     assert_eq!(t.reason.as_deref(), Some("exited with code 3"));
     assert!(w.containers(Some(&exit3.to_string())).is_empty(), "exited container is removed");
@@ -179,11 +168,7 @@ async fn published_port_answers_http_from_the_host() {
         .unwrap()
         .task
         .id;
-    let t = wait_until(Duration::from_secs(5), "web task running", || async {
-        let t = w.client.task(id).await.ok()?;
-        (t.state == TaskState::Running).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, id, TaskState::Running, Duration::from_secs(5)).await;
     assert_eq!(t.host_ports.len(), 1, "{:?}", t.host_ports);
     let port = t.host_ports[0].host_port;
     assert_eq!(t.host_ports[0].container_port, 80);

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestWorker, spec, wait_until};
+use common::{TestWorker, spec, wait_state, wait_until};
 use cube_core::{DriverHandle, TaskState};
 use serde_json::json;
 
@@ -32,11 +32,7 @@ async fn process_task_runs_in_its_own_group_and_stops() {
         .unwrap()
         .task
         .id;
-    let t = wait_until(Duration::from_secs(2), "process task running", || async {
-        let t = w.client.task(id).await.ok()?;
-        (t.state == TaskState::Running).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, id, TaskState::Running, Duration::from_secs(2)).await;
     eprintln!("process submit->running: {:?}", submitted_at.elapsed());
     let Some(DriverHandle::Process { pid, start_ticks }) = t.handle else {
         panic!("no pid: {:?}", t.handle)
@@ -77,17 +73,10 @@ async fn a_process_ignoring_sigterm_is_killed_after_grace() {
         .unwrap()
         .task
         .id;
-    wait_until(Duration::from_secs(2), "running", || async {
-        (w.client.task(id).await.ok()?.state == TaskState::Running).then_some(())
-    })
-    .await;
+    wait_state(&w.client, id, TaskState::Running, Duration::from_secs(2)).await;
     let stop_at = Instant::now();
     w.client.stop(id).await.unwrap();
-    let t = wait_until(Duration::from_secs(3), "completed", || async {
-        let t = w.client.task(id).await.ok()?;
-        (t.state == TaskState::Completed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, id, TaskState::Completed, Duration::from_secs(3)).await;
     assert!(stop_at.elapsed() >= Duration::from_millis(900));
     assert!(t.reason.unwrap().contains("killed by signal 9"));
 }
@@ -118,11 +107,7 @@ async fn exit_codes_and_missing_commands_fail_with_reasons() {
         .unwrap()
         .task
         .id;
-    let t = wait_until(Duration::from_secs(5), "exit-3 task failed", || async {
-        let t = w.client.task(exit3).await.ok()?;
-        (t.state == TaskState::Failed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, exit3, TaskState::Failed, Duration::from_secs(5)).await;
     assert_eq!(t.exit_code, Some(3));
     let log = std::fs::read_to_string(
         w.dir.path().join("data/tasks").join(exit3.to_string()).join("output.log"),
@@ -130,11 +115,7 @@ async fn exit_codes_and_missing_commands_fail_with_reasons() {
     .unwrap();
     assert_eq!(log, "out\nerr\n");
 
-    let t = wait_until(Duration::from_secs(5), "missing-command task failed", || async {
-        let t = w.client.task(missing).await.ok()?;
-        (t.state == TaskState::Failed).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, missing, TaskState::Failed, Duration::from_secs(5)).await;
     let reason = t.reason.unwrap();
     assert!(reason.contains("no-such-command-xyz") && reason.contains("No such file"), "{reason}");
     assert_eq!(w.client.health().await.unwrap().status, "ok");
@@ -150,11 +131,7 @@ async fn tasks_keep_running_when_the_worker_shuts_down() {
         .unwrap()
         .task
         .id;
-    let t = wait_until(Duration::from_secs(2), "running", || async {
-        let t = w.client.task(id).await.ok()?;
-        (t.state == TaskState::Running).then_some(t)
-    })
-    .await;
+    let t = wait_state(&w.client, id, TaskState::Running, Duration::from_secs(2)).await;
     let Some(DriverHandle::Process { pid, .. }) = t.handle else { panic!() };
     let status = w.process.terminate();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}\n{}", w.process.logs());

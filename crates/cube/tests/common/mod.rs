@@ -346,3 +346,17 @@ pub async fn raw(
     });
     (status, json)
 }
+
+/// Waits until task `id` is in `state` (as `client` sees it) and returns it.
+pub async fn wait_state(
+    client: &Client,
+    id: cube_core::TaskId,
+    state: cube_core::TaskState,
+    timeout: Duration,
+) -> cube_api::types::TaskView {
+    wait_until(timeout, &format!("task {id} {state}"), || async {
+        let t = client.task(id).await.ok()?;
+        (t.state == state).then_some(t)
+    })
+    .await
+}

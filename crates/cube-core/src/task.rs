@@ -187,8 +187,14 @@ impl Task {
             TaskState::Completed | TaskState::Failed => {
                 self.finished_at = Some(now);
                 self.reason = Some(reason.clone());
+                // Nothing listens on them any more; the handle stays, for the history.
+                self.host_ports.clear();
             }
-            TaskState::Pending | TaskState::Scheduled | TaskState::Restarting => {
+            TaskState::Restarting => {
+                self.reason = Some(reason.clone());
+                self.host_ports.clear();
+            }
+            TaskState::Pending | TaskState::Scheduled => {
                 self.reason = Some(reason.clone());
             }
         }
@@ -306,7 +312,14 @@ mod tests {
         let mut t = task(RestartMode::Never);
         t.apply(Trigger::Place, at(1), "placed").unwrap();
         t.apply(Trigger::Started, at(2), "started").unwrap();
+        t.host_ports = vec![HostPort {
+            container_port: 80,
+            host_port: 32768,
+            protocol: crate::Protocol::Tcp,
+            host_ip: "0.0.0.0".into(),
+        }];
         t.apply(Trigger::Exited { success: false, retry: false }, at(3), "exit code 3").unwrap();
+        assert!(t.host_ports.is_empty(), "a finished task publishes nothing");
         assert_eq!(t.state, TaskState::Failed);
         assert_eq!(t.started_at, Some(at(2)));
         assert_eq!(t.finished_at, Some(at(3)));

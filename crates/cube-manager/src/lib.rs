@@ -108,6 +108,7 @@ impl Manager {
         store: Arc<dyn Store>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ManagerError> {
+        let started = std::time::Instant::now();
         let tasks: Vec<Task> = cube_store::load_json(store.as_ref(), Table::Tasks)?
             .into_iter()
             .map(|(_, t)| t)
@@ -116,11 +117,18 @@ impl Manager {
             .into_iter()
             .map(|(_, n)| n)
             .collect();
+        let decoded = started.elapsed();
         let mut state = State::new(Scheduler::new(config.scheduler));
         let (task_count, node_count) = (tasks.len(), nodes.len());
         state.load(tasks, nodes, Instant::now());
         if task_count + node_count > 0 {
-            tracing::info!(tasks = task_count, nodes = node_count, "state loaded");
+            tracing::info!(
+                tasks = task_count,
+                nodes = node_count,
+                decode_ms = decoded.as_millis() as u64,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "state loaded"
+            );
         }
         let http = Client::new("http://worker.invalid", config.worker_timeout)
             .map_err(|e| ManagerError::Startup(e.to_string()))?;

@@ -118,7 +118,15 @@ async fn open_store(
     Ok(match kind {
         StoreKind::Memory => Arc::new(cube_store::MemoryStore::new()),
         StoreKind::Redb => {
-            Arc::new(tokio::task::spawn_blocking(move || cube_store::RedbStore::open(path)).await??)
+            let started = std::time::Instant::now();
+            let store =
+                tokio::task::spawn_blocking(move || cube_store::RedbStore::open(path)).await??;
+            tracing::debug!(
+                path = %store.path().display(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "store opened and checked"
+            );
+            Arc::new(store)
         }
     })
 }

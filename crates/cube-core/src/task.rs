@@ -257,6 +257,12 @@ impl Task {
             && self.reschedule_count < self.spec.restart.reschedule_attempts
     }
 
+    /// Whether the task finished (completed or failed) at or before `cutoff`, so that garbage
+    /// collection may forget it. Active tasks are never collectable, however old.
+    pub fn finished_by(&self, cutoff: Timestamp) -> bool {
+        self.state.is_terminal() && self.finished_at.unwrap_or(self.updated_at) <= cutoff
+    }
+
     /// Delay before the next restart: the initial backoff doubled per restart already made,
     /// capped at the maximum.
     pub fn restart_delay(&self) -> Duration {
@@ -305,6 +311,19 @@ mod tests {
 
     fn task(mode: RestartMode) -> Task {
         Task::new(TaskId::from_uuid(Uuid::nil()), spec(mode), at(0))
+    }
+
+    #[test]
+    fn only_tasks_finished_by_the_cutoff_are_collectable() {
+        let mut t = task(RestartMode::Never);
+        t.apply(Trigger::Place, at(1), "placed").unwrap();
+        t.apply(Trigger::Started, at(2), "started").unwrap();
+        assert!(!t.finished_by(at(1_000)), "a running task is never collectable");
+        t.apply(Trigger::Exited { success: true, retry: false }, at(10), "exit code 0").unwrap();
+        t.note(at(20), "a later note does not make it younger");
+        assert!(!t.finished_by(at(9)));
+        assert!(t.finished_by(at(10)));
+        assert!(t.finished_by(at(11)));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct ManagerConfig {
     pub node_ttl: Duration,
     /// Timeout of each call to a worker.
     pub worker_timeout: Duration,
+    /// Finished tasks are forgotten this long after they finished (`None`: kept forever).
+    pub gc_after: Option<Duration>,
 }
 
 /// The manager: cluster state plus the machinery that acts on it.
@@ -100,6 +102,8 @@ type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 const CALL_ATTEMPTS: u32 = 8;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Most tasks one garbage-collection pass forgets under one hold of the state lock.
+const GC_BATCH: usize = 5_000;
 
 impl Manager {
     /// A manager over `store`, with the records it already holds.
@@ -502,6 +506,61 @@ impl Manager {
         }
     }
 
+    /// Forgets finished tasks once they are older than `gc_after`, like Nomad's periodic
+    /// job GC: without it a long-lived cluster's state, memory and restart time only grow.
+    async fn gc_loop(self: Arc<Self>, retain: Duration) {
+        // Sweeps often enough that a record outlives its retention by at most a quarter of it
+        // (and a minute), rarely enough to cost nothing.
+        let period = (retain / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.shutdown.cancelled() => return,
+            }
+            // Bounded batches keep each hold of the state lock short; a large backlog (e.g.
+            // after lowering the retention) drains over consecutive passes.
+            loop {
+                match self.collect_garbage(retain, GC_BATCH).await {
+                    Ok(n) if n == GC_BATCH => tokio::task::yield_now().await,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot delete finished tasks; retrying on the next pass");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets up to `limit` tasks that finished more than `retain` ago: deleted from memory
+    /// and then from the store. Returns how many. If the delete is lost in a crash, the records
+    /// come back on restart and are collected again.
+    pub async fn collect_garbage(
+        &self,
+        retain: Duration,
+        limit: usize,
+    ) -> Result<usize, ManagerError> {
+        // A retention reaching before the representable past collects nothing.
+        let Ok(cutoff) = Timestamp::now().checked_sub(retain) else { return Ok(0) };
+        let (doomed, commit) = {
+            let mut state = self.lock();
+            let doomed = state.collect_garbage(cutoff, limit);
+            if doomed.is_empty() {
+                return Ok(0);
+            }
+            let mut batch = Batch::new();
+            for id in &doomed {
+                batch.delete(Table::Tasks, id.to_string());
+            }
+            (doomed, self.store.commit(batch))
+        };
+        commit.await?;
+        tracing::info!(tasks = doomed.len(), retain = ?retain, "garbage-collected finished tasks");
+        Ok(doomed.len())
+    }
+
     /// Resumes work a previous run left unfinished: placements not yet confirmed by their node
     /// are sent again, stops not yet confirmed are sent again, and pending tasks are placed.
     fn resume(self: &Arc<Self>) {
@@ -578,6 +637,9 @@ pub async fn start(
         .map_err(|e| ManagerError::Startup(format!("cannot read bound address: {e}")))?;
     manager.tracker.spawn(Arc::clone(&manager).placement_loop());
     manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
+    if let Some(retain) = config.gc_after {
+        manager.tracker.spawn(Arc::clone(&manager).gc_loop(retain));
+    }
     manager.resume();
     let router = api::router(Arc::clone(&manager));
     let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown));

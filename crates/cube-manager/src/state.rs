@@ -626,6 +626,27 @@ impl State {
     pub fn dispatch_started(&mut self, id: TaskId) {
         self.dispatching.insert(id);
     }
+
+    /// Forgets up to `limit` tasks that finished at or before `cutoff` and returns them (the
+    /// caller deletes their records). A finished task holds no resources on any node, so usage
+    /// is unchanged; a worker still running a copy of a forgotten task is told to stop it by
+    /// [`State::fence`], as for any task unknown here.
+    pub fn collect_garbage(&mut self, cutoff: Timestamp, limit: usize) -> Vec<TaskId> {
+        let doomed: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.finished_by(cutoff))
+            .map(|t| t.id)
+            .take(limit)
+            .collect();
+        for id in &doomed {
+            self.tasks.remove(id);
+            self.pending.remove(id);
+            self.fresh.remove(id);
+            self.dispatching.remove(id);
+        }
+        doomed
+    }
 }
 
 /// A task's hold on a node: (node, resources, host ports) while it is placed and not finished.
@@ -751,6 +772,31 @@ mod tests {
             w.state = *to;
         }
         TaskView::from(&w)
+    }
+
+    #[test]
+    fn garbage_collection_forgets_only_tasks_finished_by_the_cutoff() {
+        let (mut s, _) = cluster(&[node(1, "w1", 1024)]);
+        let mut e = Effects::default();
+        for n in 1..=3 {
+            s.submit(task(n, 100), &mut e);
+        }
+        s.place_pending(at(1), &mut e);
+        let (old, young) =
+            (TaskId::from_uuid(Uuid::from_u128(1)), TaskId::from_uuid(Uuid::from_u128(2)));
+        s.stop(old, at(2), &mut e);
+        s.stop_unknown_on_node(old, NodeId::from_uuid(Uuid::from_u128(1)), at(3), &mut e);
+        s.stop(young, at(2), &mut e);
+        s.stop_unknown_on_node(young, NodeId::from_uuid(Uuid::from_u128(1)), at(30), &mut e);
+        let usage = s.usage(NodeId::from_uuid(Uuid::from_u128(1)));
+        assert_eq!(usage.count, 1, "only the third task still holds its node");
+
+        assert_eq!(s.collect_garbage(at(10), 100), [old]);
+        assert!(s.task(old).is_none());
+        assert_eq!(s.task_count(), 2);
+        assert_eq!(s.usage(NodeId::from_uuid(Uuid::from_u128(1))), usage, "usage is untouched");
+        assert!(s.collect_garbage(at(10), 100).is_empty(), "nothing else finished by then");
+        assert_eq!(s.collect_garbage(at(1_000), 100), [young], "the running task stays");
     }
 
     #[test]

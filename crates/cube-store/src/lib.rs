@@ -328,7 +328,7 @@ mod tests {
         let n = PARALLEL_DECODE_MIN_ROWS as u32 * 3 + 7;
         let mut b = Batch::new();
         for i in 0..n {
-            b.put(Table::Tasks, &format!("{i:08}"), &i).unwrap();
+            b.put(Table::Tasks, format!("{i:08}"), &i).unwrap();
         }
         store.commit(b).await.unwrap();
         let rows: Vec<(String, u32)> = load_json(&store, Table::Tasks).unwrap();

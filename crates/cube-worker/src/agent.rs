@@ -389,9 +389,61 @@ impl Agent {
         }
     }
 
+    /// The directory holding what the worker keeps for a task (its log).
+    fn task_dir(&self, id: TaskId) -> PathBuf {
+        self.data_dir.join("tasks").join(id.to_string())
+    }
+
     /// The file holding a task's output.
     pub fn log_path(&self, id: TaskId) -> PathBuf {
-        self.data_dir.join("tasks").join(id.to_string()).join("output.log")
+        self.task_dir(id).join("output.log")
+    }
+
+    /// Forgets tasks that finished at or before `cutoff`: their records, then their log
+    /// directories. A task whose runner has not returned yet is kept, and so is one whose
+    /// final state the manager has not acknowledged when `keep_unreported` is set (a worker
+    /// with a manager); a standalone worker has nobody to report to. Returns how many.
+    pub async fn collect_garbage(&self, cutoff: Timestamp, keep_unreported: bool) -> usize {
+        let (doomed, commit) = {
+            let mut inner = self.lock();
+            let doomed: Vec<TaskId> = inner
+                .tasks
+                .iter()
+                .filter(|(id, e)| {
+                    e.task.finished_by(cutoff)
+                        && e.control.is_closed()
+                        && !(keep_unreported && inner.dirty.contains(id))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if doomed.is_empty() {
+                return 0;
+            }
+            let mut batch = Batch::new();
+            for id in &doomed {
+                inner.tasks.remove(id);
+                inner.dirty.remove(id);
+                batch.delete(Table::Tasks, id.to_string());
+            }
+            (doomed, self.store.commit(batch))
+        };
+        if let Err(e) = commit.await {
+            // The records come back on restart and are collected again; keep their logs.
+            tracing::error!(error = %e, "cannot delete finished tasks");
+            return 0;
+        }
+        for id in &doomed {
+            let dir = self.task_dir(*id);
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(task = %id, dir = %dir.display(), error = %e, "cannot remove task directory")
+                }
+            }
+        }
+        tracing::info!(tasks = doomed.len(), "garbage-collected finished tasks and their logs");
+        doomed.len()
     }
 
     /// Waits until every runner has returned (after `shutdown` was cancelled).

@@ -94,6 +94,9 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Resources offered to tasks; each unset part defaults to what the host has.
     pub capacity: CapacityOverride,
+    /// Finished tasks and their logs are deleted this long after they finished (`None`: kept
+    /// forever).
+    pub gc_after: Option<Duration>,
 }
 
 /// Resources a node offers, when they should differ from the host's (e.g. to keep some for
@@ -198,6 +201,10 @@ pub async fn start(
     let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown.clone()));
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
 
+    if let Some(retain) = config.gc_after {
+        let keep_unreported = config.manager.is_some();
+        tokio::spawn(gc_loop(Arc::clone(&agent), retain, keep_unreported, shutdown.clone()));
+    }
     if let Some(manager) = config.manager.clone() {
         let snapshot = host.borrow().clone();
         let capacity = Resources {
@@ -215,6 +222,30 @@ pub async fn start(
         tokio::spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }
     Ok(Worker { addr, agent, server })
+}
+
+/// Deletes finished tasks and their logs once they are older than `retain`.
+async fn gc_loop(
+    agent: Arc<Agent>,
+    retain: Duration,
+    keep_unreported: bool,
+    shutdown: CancellationToken,
+) {
+    // As on the manager: a record outlives its retention by at most a quarter of it (and a
+    // minute).
+    let period = (retain / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        // A retention reaching before the representable past collects nothing.
+        if let Ok(cutoff) = jiff::Timestamp::now().checked_sub(retain) {
+            agent.collect_garbage(cutoff, keep_unreported).await;
+        }
+    }
 }
 
 /// Reads the node id from `<data_dir>/node-id`, creating it on first start, so a node keeps its

@@ -536,3 +536,45 @@ async fn process_submit_to_running_on_an_idle_cluster() {
         samples[10], samples[19]
     );
 }
+
+fn is_not_found<T: std::fmt::Debug>(r: Result<T, cube_api::client::ClientError>) -> bool {
+    matches!(r, Err(cube_api::client::ClientError::Api { status: 404, .. }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_are_garbage_collected_everywhere_and_stay_gone() {
+    let mut m = TestManager::start(&["--gc-after", "2s"]).await;
+    let w = m.worker("w1", &["--gc-after", "2s"]).await;
+    let done = m
+        .client
+        .submit(
+            None,
+            &spec(json!({"name": "once", "driver": "process", "command": "sh",
+                                    "args": ["-c", "echo finished"]})),
+        )
+        .await
+        .unwrap()
+        .task
+        .id;
+    let keep = m.client.submit(None, &sleeper("keeper", "0B")).await.unwrap().task.id;
+    wait_state(&m.client, done, TaskState::Completed, Duration::from_secs(20)).await;
+    wait_state(&m.client, keep, TaskState::Running, Duration::from_secs(20)).await;
+    let log_dir = w.dir.path().join("data").join("tasks").join(done.to_string());
+
+    wait_until(Duration::from_secs(30), "the finished task forgotten by both", || async {
+        let gone = is_not_found(m.client.task(done).await)
+            && is_not_found(w.client.task(done).await)
+            && !log_dir.exists();
+        gone.then_some(())
+    })
+    .await;
+    // The running task is untouched, however old it gets.
+    assert_eq!(m.client.task(keep).await.unwrap().state, TaskState::Running);
+    assert_eq!(w.client.task(keep).await.unwrap().state, TaskState::Running);
+
+    // The deletion was durable: a restarted manager does not bring the record back.
+    m.kill9();
+    m.restart();
+    assert!(is_not_found(m.client.task(done).await));
+    assert_eq!(m.client.task(keep).await.unwrap().state, TaskState::Running);
+}

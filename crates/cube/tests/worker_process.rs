@@ -175,3 +175,29 @@ async fn fifty_concurrent_process_tasks_all_run_once() {
     ids.dedup();
     assert_eq!(ids.len(), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_worker_deletes_finished_tasks_and_their_logs() {
+    let w = TestWorker::start(&["--gc-after", "1s"]).await;
+    let id = w
+        .client
+        .submit(
+            None,
+            &spec(json!({"name": "once", "driver": "process", "command": "echo",
+                                    "args": ["bye"]})),
+        )
+        .await
+        .unwrap()
+        .task
+        .id;
+    let task_dir = w.dir.path().join("data").join("tasks").join(id.to_string());
+    wait_state(&w.client, id, TaskState::Completed, Duration::from_secs(5)).await;
+    wait_until(Duration::from_secs(20), "record and log directory deleted", || async {
+        let gone = matches!(
+            w.client.task(id).await,
+            Err(cube_api::client::ClientError::Api { status: 404, .. })
+        ) && !task_dir.exists();
+        gone.then_some(())
+    })
+    .await;
+}

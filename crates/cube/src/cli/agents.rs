@@ -26,6 +26,10 @@ pub struct DevArgs {
     /// is available, a chatty shell loop otherwise).
     #[arg(long)]
     pub demo: bool,
+    /// Finished tasks are forgotten, with their logs, this long after they finished (e.g. 24h,
+    /// 30m), or `never`.
+    #[arg(long, env = "CUBE_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
+    pub gc_after: Retention,
 }
 
 /// Options of `cube manager`.
@@ -55,6 +59,10 @@ pub struct ManagerArgs {
     /// Where state lives: redb (durable, in the data directory) or memory (lost on exit).
     #[arg(long, env = "CUBE_MANAGER_STORE", default_value = "redb")]
     pub store: StoreKind,
+    /// Finished tasks are forgotten this long after they finished (e.g. 24h, 30m), or `never`.
+    /// Workers delete their logs on their own schedule (`cube worker --gc-after`).
+    #[arg(long, env = "CUBE_MANAGER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
+    pub gc_after: Retention,
 }
 
 /// Options of `cube worker`.
@@ -96,6 +104,24 @@ pub struct WorkerArgs {
     /// Where task state lives: redb (durable, in the data directory) or memory (lost on exit).
     #[arg(long, env = "CUBE_WORKER_STORE", default_value = "redb")]
     pub store: StoreKind,
+    /// Finished tasks' records and logs are deleted this long after they finished (e.g. 24h,
+    /// 30m), or `never`. With a manager, only once it has the task's final state.
+    #[arg(long, env = "CUBE_WORKER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
+    pub gc_after: Retention,
+}
+
+/// How long finished tasks are kept: a duration, or `never`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention(pub Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(Retention(None));
+    }
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0s (or `never`)".into()),
+        d => Ok(Retention(Some(d))),
+    }
 }
 
 /// Store implementations selectable on the command line.
@@ -199,6 +225,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             memory: args.memory,
             disk: args.disk,
         },
+        gc_after: args.gc_after.0,
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, store, shutdown).await?;
@@ -219,6 +246,7 @@ pub(crate) async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         heartbeat_interval: args.heartbeat_interval,
         node_ttl: args.node_ttl,
         worker_timeout: args.worker_timeout,
+        gc_after: args.gc_after.0,
     };
     let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, shutdown).await?;
@@ -243,6 +271,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_secs(1),
         node_ttl: Duration::from_secs(5),
         worker_timeout: Duration::from_secs(5),
+        gc_after: args.gc_after.0,
     };
     let manager = cube_manager::start(manager_config, manager_store, shutdown.clone())
         .await
@@ -259,6 +288,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         advertise: None,
         labels: Default::default(),
         capacity: cube_worker::CapacityOverride::default(),
+        gc_after: args.gc_after.0,
     };
     let worker = cube_worker::start(worker_config, worker_store, shutdown.clone()).await?;
     let drivers = worker.agent.drivers();

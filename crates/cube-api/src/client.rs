@@ -10,6 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::auth::Token;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest,
@@ -86,6 +87,8 @@ pub struct Client {
     http: reqwest::Client,
     /// For streams (followed logs): no overall timeout, only a connect timeout.
     streaming: reqwest::Client,
+    /// Sent as `Authorization: Bearer` on every request when set.
+    token: Option<Token>,
 }
 
 /// A stream of raw log bytes.
@@ -117,7 +120,20 @@ impl Client {
             .map_err(unreachable)?;
         let streaming =
             reqwest::Client::builder().connect_timeout(connect).build().map_err(unreachable)?;
-        Ok(Self { base, http, streaming })
+        Ok(Self { base, http, streaming, token: None })
+    }
+
+    /// This client, sending `token` with every request (none if `None`).
+    pub fn with_token(mut self, token: Option<Token>) -> Self {
+        self.token = token;
+        self
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => request.bearer_auth(t.secret()),
+            None => request,
+        }
     }
 
     /// `GET /v1/tasks/{id}/logs`: the task's output, the last `tail` lines only if given, and
@@ -134,8 +150,7 @@ impl Client {
             url.push_str(&format!("&tail={n}"));
         }
         let response = self
-            .streaming
-            .get(&url)
+            .authorize(self.streaming.get(&url))
             .send()
             .await
             .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })?;
@@ -163,6 +178,7 @@ impl Client {
             base: base.into().trim_end_matches('/').to_owned(),
             http: self.http.clone(),
             streaming: self.streaming.clone(),
+            token: self.token.clone(),
         }
     }
 
@@ -268,7 +284,7 @@ impl Client {
         body: Option<&B>,
     ) -> Result<(StatusCode, T), ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut request = self.http.request(method, &url);
+        let mut request = self.authorize(self.http.request(method, &url));
         if let Some(body) = body {
             request = request.json(body);
         }

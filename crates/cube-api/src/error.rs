@@ -16,6 +16,8 @@ pub enum ErrorCode {
     InvalidSpec,
     /// A path or query parameter is malformed (400).
     InvalidArgument,
+    /// The request carries no token, or the wrong one, and the server requires one (401).
+    Unauthorized,
     /// No such resource (404).
     NotFound,
     /// The method is not allowed on this path (405).
@@ -35,6 +37,7 @@ impl ErrorCode {
     pub const fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidJson | ErrorCode::InvalidSpec | ErrorCode::InvalidArgument => 400,
+            ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,

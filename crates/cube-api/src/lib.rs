@@ -6,11 +6,13 @@
 //! - [`server`]: axum plumbing shared by the worker and manager servers (body limits, JSON
 //!   errors for every rejection, request logs, graceful shutdown).
 //! - [`client`]: a typed HTTP client with timeouts.
+//! - [`auth`]: the cluster token every request carries when the server requires one.
 //!
 //! **Boundary:** this crate is the only one that defines JSON shapes sent over HTTP. Domain types
 //! from `cube-core` that appear in bodies (the task spec, states, history entries) are part of
 //! that promise too.
 
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod server;

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Token, require_token};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 
 /// Largest request body accepted (1 MiB): a task spec is a few KiB at most.
@@ -82,15 +83,20 @@ where
     raw.parse::<T>().map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
 }
 
-/// Adds what every Cube API router needs: JSON 404/405 answers, the body limit and request logs.
-pub fn finish_router(router: Router) -> Router {
-    router
+/// Adds what every Cube API router needs: JSON 404/405 answers, the body limit, the token check
+/// when `token` is set (before anything else looks at the request) and request logs.
+pub fn finish_router(router: Router, token: Option<Token>) -> Router {
+    let router = router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
         })
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(log_request))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT));
+    let router = match token {
+        Some(token) => router.layer(middleware::from_fn_with_state(token, require_token)),
+        None => router,
+    };
+    router.layer(middleware::from_fn(log_request))
 }
 
 async fn log_request(req: Request, next: Next) -> Response {

@@ -157,6 +157,8 @@ impl CubeProcess {
         let mut child = Command::new(bin)
             .args(args)
             .env("CUBE_LOG", std::env::var("CUBE_LOG").unwrap_or_else(|_| "warn".into()))
+            // The harness speaks to what it starts without a token.
+            .env_remove("CUBE_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

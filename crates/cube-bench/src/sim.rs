@@ -366,7 +366,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/{index}/v1/tasks", post(submit))
         .route("/sim/{index}/v1/tasks/{id}", get(get_task).delete(stop))
         .with_state(shared);
-    cube_api::server::finish_router(routes)
+    cube_api::server::finish_router(routes, None)
 }
 
 fn node_at(shared: &Shared, index: usize) -> Result<&Arc<SimNode>, ApiError> {

@@ -26,6 +26,7 @@ const NODE_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The router for `/v1/...`.
 pub fn router(manager: Arc<Manager>) -> Router {
+    let token = manager.config().token.clone();
     let routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tasks", get(list_tasks).post(submit_task))
@@ -39,7 +40,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
             post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)),
         )
         .with_state(manager);
-    cube_api::server::finish_router(routes)
+    cube_api::server::finish_router(routes, token)
 }
 
 async fn health(State(m): State<Shared>) -> axum::Json<HealthView> {

@@ -81,6 +81,9 @@ pub struct ManagerConfig {
     pub worker_timeout: Duration,
     /// Finished tasks are forgotten this long after they finished (`None`: kept forever).
     pub gc_after: Option<Duration>,
+    /// The cluster token: required on this API (but health checks) and sent to workers. `None`
+    /// serves everyone who can connect.
+    pub token: Option<cube_api::auth::Token>,
 }
 
 /// The manager: cluster state plus the machinery that acts on it.
@@ -135,7 +138,8 @@ impl Manager {
             );
         }
         let http = Client::new("http://worker.invalid", config.worker_timeout)
-            .map_err(|e| ManagerError::Startup(e.to_string()))?;
+            .map_err(|e| ManagerError::Startup(e.to_string()))?
+            .with_token(config.token.clone());
         Ok(Arc::new(Self {
             config,
             state: Mutex::new(state),

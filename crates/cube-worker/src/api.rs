@@ -25,10 +25,13 @@ pub struct ApiState {
     pub agent: Arc<Agent>,
     /// Latest host metrics.
     pub host: watch::Receiver<HostSnapshot>,
+    /// Required on every request but health checks, when set.
+    pub token: Option<cube_api::auth::Token>,
 }
 
 /// The router for `/v1/...`.
 pub fn router(state: ApiState) -> Router {
+    let token = state.token.clone();
     let routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/stats", get(stats))
@@ -36,7 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
         .with_state(state);
-    cube_api::server::finish_router(routes)
+    cube_api::server::finish_router(routes, token)
 }
 
 impl From<WorkerError> for ApiError {

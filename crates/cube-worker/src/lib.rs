@@ -97,6 +97,9 @@ pub struct WorkerConfig {
     /// Finished tasks and their logs are deleted this long after they finished (`None`: kept
     /// forever).
     pub gc_after: Option<Duration>,
+    /// The cluster token: required on this worker's API (but health checks) and sent to the
+    /// manager. `None` serves everyone who can connect.
+    pub token: Option<cube_api::auth::Token>,
 }
 
 /// Resources a node offers, when they should differ from the host's (e.g. to keep some for
@@ -197,7 +200,11 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| WorkerError::Startup(format!("cannot read bound address: {e}")))?;
-    let router = api::router(api::ApiState { agent: Arc::clone(&agent), host: host.clone() });
+    let router = api::router(api::ApiState {
+        agent: Arc::clone(&agent),
+        host: host.clone(),
+        token: config.token.clone(),
+    });
     let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown.clone()));
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
 
@@ -218,6 +225,7 @@ pub async fn start(
             labels: config.labels.clone(),
             capacity,
             drivers: available_drivers,
+            token: config.token.clone(),
         };
         tokio::spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }

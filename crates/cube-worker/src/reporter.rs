@@ -35,6 +35,8 @@ pub struct Membership {
     pub capacity: Resources,
     /// Drivers available.
     pub drivers: Vec<DriverKind>,
+    /// The cluster token, sent with every call to the manager.
+    pub token: Option<cube_api::auth::Token>,
 }
 
 /// Used until the manager says otherwise.
@@ -50,7 +52,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let client = match Client::new(&membership.manager, Duration::from_secs(5)) {
-        Ok(c) => c,
+        Ok(c) => c.with_token(membership.token.clone()),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the manager client; not joining a cluster");
             return;

@@ -402,6 +402,51 @@ fn an_unreachable_manager_is_one_line_naming_the_address() {
     );
 }
 
+#[test]
+fn agents_refuse_an_unauthenticated_api_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [
+        vec!["manager", "--listen", "0.0.0.0:0", "--data-dir", data],
+        vec!["worker", "--listen", "0.0.0.0:0", "--data-dir", data],
+        vec!["dev", "--listen", "0.0.0.0:0", "--data-dir", data],
+    ] {
+        let out = cube(&args, &[]);
+        assert_eq!(out.code, 1, "{out:#?}");
+        assert!(
+            out.error_line().starts_with("error: refusing to listen on 0.0.0.0:0 without a token"),
+            "{args:?}: {out:#?}"
+        );
+    }
+    let out = cube(&["manager", "--token", "short"], &[]);
+    assert_eq!(out.code, 2, "a weak token is bad usage: {out:#?}");
+    assert!(out.stderr.contains("at least 16 characters"), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_send_the_token_and_say_when_it_is_refused() {
+    const TOKEN: &str = "cli-token-0123456789abcdef";
+    let m = common::TestManager::start(&["--token", TOKEN]).await;
+    let out = cube(&["--addr", &m.url, "status"], &[]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert_eq!(
+        out.error_line(),
+        format!(
+            "error: manager at {} refused the request: this server requires a token: set \
+             CUBE_TOKEN or pass --token",
+            m.url
+        )
+    );
+    let out = cube(&["--addr", &m.url, "status", "--token", "wrong-token-0123456789"], &[]);
+    assert_eq!(
+        out.error_line(),
+        format!("error: manager at {} refused the request: wrong token", m.url)
+    );
+    let out = cube(&["--addr", &m.url, "-o", "json", "node"], &[("CUBE_TOKEN", TOKEN)]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert_eq!(out.json(), serde_json::json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_web_example_runs_and_serves() {
     if !common::docker_ready() {

@@ -578,3 +578,46 @@ async fn finished_tasks_are_garbage_collected_everywhere_and_stay_gone() {
     assert!(is_not_found(m.client.task(done).await));
     assert_eq!(m.client.task(keep).await.unwrap().state, TaskState::Running);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_token_guards_every_api_and_nodes_use_it_with_each_other() {
+    const TOKEN: &str = "cluster-token-0123456789abcdef";
+    let m = TestManager::start(&["--token", TOKEN]).await;
+    let w = m.worker("w1", &["--token", TOKEN]).await;
+    let with =
+        |c: &cube_api::client::Client, t: &str| c.clone().with_token(Some(t.parse().unwrap()));
+
+    // Without the token, or with another one: 401 with the JSON error, on both servers.
+    for c in [m.client.clone(), w.client.clone(), with(&m.client, "another-token-0123456789")] {
+        match c.tasks().await {
+            Err(cube_api::client::ClientError::Api { status: 401, error, .. }) => {
+                assert_eq!(error.code, cube_api::ErrorCode::Unauthorized);
+            }
+            other => panic!("expected 401 from {}: {other:?}", c.base()),
+        }
+    }
+    // Health checks stay open (load balancers and probes carry no secrets).
+    assert!(m.client.health().await.is_ok());
+
+    // With it, everything works, including what the manager and the worker say to each other:
+    // registration and heartbeats (the node is ready), dispatch (the task runs), the logs proxy.
+    let client = with(&m.client, TOKEN);
+    let s = spec(json!({"name": "guarded", "driver": "process", "command": "sh",
+                        "args": ["-c", "echo guarded; sleep 3600"], "stop_grace": "1s"}));
+    let id = client.submit(None, &s).await.unwrap().task.id;
+    wait_state(&client, id, TaskState::Running, Duration::from_secs(20)).await;
+    assert_eq!(client.nodes().await.unwrap()[0].state, cube_core::NodeState::Ready);
+    let logs = wait_until(Duration::from_secs(10), "the task's output via the manager", || async {
+        use futures_util::StreamExt;
+        let mut stream = client.logs(id, false, None).await.ok()?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.ok()?);
+        }
+        let out = String::from_utf8_lossy(&out).into_owned();
+        out.contains("guarded").then_some(out)
+    })
+    .await;
+    assert_eq!(logs.trim(), "guarded");
+    assert_eq!(with(&w.client, TOKEN).task(id).await.unwrap().state, TaskState::Running);
+}

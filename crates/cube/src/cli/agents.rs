@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use cube_api::auth::Token;
 use tokio_util::sync::CancellationToken;
 
 /// Options of `cube dev`.
@@ -30,6 +31,10 @@ pub struct DevArgs {
     /// 30m), or `never`.
     #[arg(long, env = "CUBE_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
+    /// Listen on a non-loopback address without a token: anyone who can reach the port can then
+    /// start containers, i.e. run anything as root on this host.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 /// Options of `cube manager`.
@@ -63,6 +68,10 @@ pub struct ManagerArgs {
     /// Workers delete their logs on their own schedule (`cube worker --gc-after`).
     #[arg(long, env = "CUBE_MANAGER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
+    /// Listen on a non-loopback address without a token: anyone who can reach the port can then
+    /// start containers, i.e. run anything as root on this host.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 /// Options of `cube worker`.
@@ -108,6 +117,32 @@ pub struct WorkerArgs {
     /// 30m), or `never`. With a manager, only once it has the task's final state.
     #[arg(long, env = "CUBE_WORKER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
+    /// Listen on a non-loopback address without a token: anyone who can reach the port can then
+    /// start containers, i.e. run anything as root on this host.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+}
+
+/// Refuses to serve an unauthenticated API beyond loopback unless told to: the API starts
+/// containers, so an open port is root on this host for anyone who reaches it (Docker now
+/// refuses an unauthenticated TCP socket for the same reason).
+fn check_exposure(
+    listen: SocketAddr,
+    token: Option<&Token>,
+    allow_unauthenticated: bool,
+) -> anyhow::Result<()> {
+    if listen.ip().is_loopback() || token.is_some() {
+        return Ok(());
+    }
+    if allow_unauthenticated {
+        tracing::warn!(%listen, "serving an unauthenticated API beyond loopback: anyone who reaches it can run anything as root here");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {listen} without a token: anyone who could reach it could start \
+         containers (root on this host); set CUBE_TOKEN (or --token), or pass \
+         --allow-unauthenticated on a network you trust"
+    )
 }
 
 /// How long finished tasks are kept: a duration, or `never`.
@@ -207,7 +242,8 @@ fn host_name() -> String {
 }
 
 /// `cube worker`.
-pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+pub(crate) async fn worker(args: WorkerArgs, token: Option<Token>) -> anyhow::Result<()> {
+    check_exposure(args.listen, token.as_ref(), args.allow_unauthenticated)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let store_kind = args.store;
@@ -226,6 +262,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             disk: args.disk,
         },
         gc_after: args.gc_after.0,
+        token: token.clone(),
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, store, shutdown).await?;
@@ -236,7 +273,8 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// `cube manager`.
-pub(crate) async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
+pub(crate) async fn manager(args: ManagerArgs, token: Option<Token>) -> anyhow::Result<()> {
+    check_exposure(args.listen, token.as_ref(), args.allow_unauthenticated)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let config = cube_manager::ManagerConfig {
@@ -247,6 +285,7 @@ pub(crate) async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
         node_ttl: args.node_ttl,
         worker_timeout: args.worker_timeout,
         gc_after: args.gc_after.0,
+        token: token.clone(),
     };
     let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, shutdown).await?;
@@ -258,7 +297,8 @@ pub(crate) async fn manager(args: ManagerArgs) -> anyhow::Result<()> {
 
 /// `cube dev`: a manager and one worker in this process, sharing nothing but HTTP on loopback,
 /// with durable state under one directory.
-pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn dev(args: DevArgs, token: Option<Token>) -> anyhow::Result<()> {
+    check_exposure(args.listen, token.as_ref(), args.allow_unauthenticated)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let manager_dir = args.data_dir.join("manager");
@@ -272,6 +312,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         node_ttl: Duration::from_secs(5),
         worker_timeout: Duration::from_secs(5),
         gc_after: args.gc_after.0,
+        token: token.clone(),
     };
     let manager = cube_manager::start(manager_config, manager_store, shutdown.clone())
         .await
@@ -289,6 +330,7 @@ pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<()> {
         labels: Default::default(),
         capacity: cube_worker::CapacityOverride::default(),
         gc_after: args.gc_after.0,
+        token: token.clone(),
     };
     let worker = cube_worker::start(worker_config, worker_store, shutdown.clone()).await?;
     let drivers = worker.agent.drivers();

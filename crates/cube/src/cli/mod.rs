@@ -34,6 +34,16 @@ pub struct GlobalArgs {
     /// Output format: `table` for people, `json` for scripts (stable, complete).
     #[arg(long, short = 'o', global = true, env = "CUBE_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// The cluster token (16+ printable characters, e.g. `openssl rand -hex 32`). Client
+    /// commands send it; `cube manager`, `cube worker` and `cube dev` require it on their APIs
+    /// and send it to each other. Prefer the environment variable: other users can read
+    /// command lines.
+    #[arg(long, global = true, env = "CUBE_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub token: Option<cube_api::auth::Token>,
+}
+
+fn parse_token(s: &str) -> Result<cube_api::auth::Token, String> {
+    s.parse().map_err(|e: cube_api::auth::TokenError| e.to_string())
 }
 
 /// Output formats.
@@ -51,19 +61,20 @@ pub enum Command {
     /// Run a worker node: it runs the tasks it is given (docker containers or host processes).
     ///
     /// The worker API listens on 127.0.0.1 by default. Anyone who can reach it can start
-    /// containers, which is root on this host: only pass a non-loopback --listen address on a
-    /// network you trust.
+    /// containers, which is root on this host: a non-loopback --listen address needs the
+    /// cluster token (CUBE_TOKEN), and even then only a network you trust (no TLS yet).
     ///
     /// Examples:
     ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
-    ///   cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
+    ///   CUBE_TOKEN=... cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
     ///       --advertise http://10.0.0.5:5556 --label zone=a
     #[command(verbatim_doc_comment)]
     Worker(agents::WorkerArgs),
     /// Run the manager: it accepts tasks, places them on workers and heals the cluster.
     ///
     /// Workers join with `cube worker --manager URL`. The manager API listens on 127.0.0.1 by
-    /// default: it starts workloads on every worker, so only expose it on a network you trust.
+    /// default: it starts workloads on every worker, so a non-loopback --listen address needs
+    /// the cluster token (CUBE_TOKEN), shared by the manager, its workers and the client.
     ///
     /// Example: cube manager --listen 127.0.0.1:5555 --scheduler spread
     Manager(agents::ManagerArgs),
@@ -90,17 +101,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Worker(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::worker(args))?;
+            agents::runtime()?.block_on(agents::worker(args, cli.global.token))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Manager(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::manager(args))?;
+            agents::runtime()?.block_on(agents::manager(args, cli.global.token))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::dev(args))?;
+            agents::runtime()?.block_on(agents::dev(args, cli.global.token))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(command) => client::run(command, &cli.global),

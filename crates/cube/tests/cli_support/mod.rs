@@ -68,6 +68,7 @@ pub fn cube(args: &[&str], envs: &[(&str, &str)]) -> Run {
     cmd.args(args)
         .env_remove("CUBE_ADDR")
         .env_remove("CUBE_OUTPUT")
+        .env_remove("CUBE_TOKEN")
         .env_remove("NO_COLOR")
         .timeout(COMMAND_TIMEOUT);
     for (k, v) in envs {

@@ -95,6 +95,8 @@ impl CubeProcess {
         let mut child = Command::new(cube_bin())
             .args(args)
             .env("CUBE_LOG", "info,cube_worker=debug")
+            // Tests that want a token pass --token.
+            .env_remove("CUBE_TOKEN")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -19,13 +19,14 @@ pub(super) struct Api {
 
 impl Api {
     /// A client for the manager at `addr` (`http://` is assumed when no scheme is given).
-    pub(super) fn new(addr: &str) -> anyhow::Result<Self> {
+    pub(super) fn new(addr: &str, token: Option<cube_api::auth::Token>) -> anyhow::Result<Self> {
         let addr = addr.trim();
         if addr.is_empty() {
             anyhow::bail!("the manager address is empty: pass --addr URL or set CUBE_ADDR");
         }
         let base = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let client = Client::new(base, REQUEST_TIMEOUT).map_err(|e| describe(&e, addr))?;
+        let client =
+            Client::new(base, REQUEST_TIMEOUT).map_err(|e| describe(&e, addr))?.with_token(token);
         Ok(Self { client })
     }
 
@@ -175,6 +176,9 @@ fn describe(e: &ClientError, base: &str) -> anyhow::Error {
         }
         ClientError::Api { error, status, .. } if *status >= 500 => {
             anyhow::anyhow!("manager at {base} failed (HTTP {status}): {}", error.message)
+        }
+        ClientError::Api { error, status: 401, .. } => {
+            anyhow::anyhow!("manager at {base} refused the request: {}", error.message)
         }
         ClientError::Api { error, .. } => anyhow::anyhow!("{}", error.message),
         ClientError::Decode { status, reason, .. } => anyhow::anyhow!(

@@ -258,11 +258,13 @@ async fn heartbeat_loop(
     let mut ticker = tokio::time::interval_at(start, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = node.wake.notified() => {}
+        // As the real worker does: the periodic beat carries stats and the active list (for
+        // fencing); a beat pushed by a task change carries just the changed tasks.
+        let periodic = tokio::select! {
+            _ = ticker.tick() => true,
+            () = node.wake.notified() => false,
             () = shutdown.cancelled() => return,
-        }
+        };
         let ids = node.take_dirty();
         let (reports, active) = {
             let tasks = node.tasks();
@@ -271,15 +273,17 @@ async fn heartbeat_loop(
                 .filter_map(|id| tasks.get(id))
                 .map(|e| TaskView::from(&e.task))
                 .collect();
-            let active: Vec<ActiveTask> = tasks
-                .values()
-                .filter(|e| !e.task.state.is_terminal())
-                .map(|e| ActiveTask { id: e.task.id, generation: e.task.generation })
-                .collect();
+            let active: Option<Vec<ActiveTask>> = periodic.then(|| {
+                tasks
+                    .values()
+                    .filter(|e| !e.task.state.is_terminal())
+                    .map(|e| ActiveTask { id: e.task.id, generation: e.task.generation })
+                    .collect()
+            });
             (reports, active)
         };
-        let request =
-            HeartbeatRequest { stats: Some(node.stats()), tasks: reports, active: Some(active) };
+        let stats = periodic.then(|| node.stats());
+        let request = HeartbeatRequest { stats, tasks: reports, active };
         let response = tokio::select! {
             r = client.heartbeat(node.id, &request) => r,
             () = shutdown.cancelled() => return,

@@ -41,7 +41,7 @@ fn cluster(n: usize) -> Vec<NodeView> {
             };
             NodeView {
                 id: NodeId::from_uuid(uuid::Uuid::from_u128(i as u128 + 1)),
-                name: format!("node-{i}"),
+                name: format!("node-{i}").into(),
                 ready: rng.next(100) >= 2,
                 labels: BTreeMap::from([("zone".to_owned(), format!("z{}", rng.next(3)))]),
                 drivers: vec![DriverKind::Docker, DriverKind::Process],

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,8 +81,8 @@ impl FromStr for SchedulerKind {
 pub struct NodeView {
     /// Node id.
     pub id: NodeId,
-    /// Node name (for explanations).
-    pub name: String,
+    /// Node name (for explanations; shared, as every explanation that names the node keeps it).
+    pub name: Arc<str>,
     /// Whether the node is up and accepting tasks.
     pub ready: bool,
     /// Labels for constraints.
@@ -148,8 +149,8 @@ impl NodeSet {
 pub struct ScoredNode {
     /// Node id.
     pub node: NodeId,
-    /// Node name.
-    pub name: String,
+    /// Node name (shared with the node's [`NodeView`]: each placed task keeps several).
+    pub name: Arc<str>,
     /// Cost (lower is better).
     pub score: f64,
 }
@@ -160,7 +161,7 @@ pub struct Rejection {
     /// Node id.
     pub node: NodeId,
     /// Node name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Why, e.g. "needs 512MiB memory, 200MiB free".
     pub reason: String,
 }

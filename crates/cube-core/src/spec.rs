@@ -45,9 +45,10 @@ pub struct TaskSpec {
     /// What to do when the task exits.
     #[serde(default)]
     pub restart: RestartPolicy,
-    /// How to tell whether the running task is healthy.
+    /// How to tell whether the running task is healthy. Boxed: most tasks have none, and the
+    /// manager keeps every spec in memory (120 bytes inline vs 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthCheck>,
+    pub health: Option<Box<HealthCheck>>,
     /// Placement constraints, e.g. `node.labels.zone == a` (all must hold).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<String>,
@@ -569,7 +570,7 @@ mod tests {
                 max_backoff: Duration::from_secs(1),
                 ..RestartPolicy::default()
             },
-            health: Some(HealthCheck {
+            health: Some(Box::new(HealthCheck {
                 kind: ProbeKind::Http,
                 port: Some(9999),
                 path: Some("health".into()),
@@ -578,7 +579,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 failure_threshold: 0,
                 grace_period: Duration::ZERO,
-            }),
+            })),
             constraints: vec!["zone = a".into()],
             stop_grace: Duration::from_secs(7200),
         };

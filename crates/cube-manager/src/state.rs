@@ -11,6 +11,7 @@
 //! reason, touches neither).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cube_api::types::{ActiveTask, HeartbeatRequest, NodeStats, TaskView};
@@ -65,6 +66,15 @@ pub struct NodeEntry {
     pub stats: Option<NodeStats>,
     /// When the last heartbeat arrived, on the manager's monotonic clock.
     pub last_seen: Instant,
+    /// `node.name`, shared by every placement explanation that names the node.
+    name: Arc<str>,
+}
+
+impl NodeEntry {
+    fn new(node: Node, last_seen: Instant) -> Self {
+        let name = Arc::from(node.name.as_str());
+        Self { node, stats: None, last_seen, name }
+    }
 }
 
 /// Resources held on one node by tasks placed there and not finished.
@@ -81,7 +91,9 @@ pub struct Usage {
 /// The cluster as the manager knows it.
 #[derive(Debug)]
 pub struct State {
-    tasks: BTreeMap<TaskId, Task>,
+    /// Boxed: a `Task` is ~800 bytes, and B-tree nodes filled in id (= time) order stay about
+    /// half full, so storing tasks inline cost ~500 more bytes per task than the boxes do.
+    tasks: BTreeMap<TaskId, Box<Task>>,
     nodes: BTreeMap<NodeId, NodeEntry>,
     /// Tasks waiting for a node, oldest first.
     pending: BTreeSet<TaskId>,
@@ -119,23 +131,38 @@ impl State {
     /// Loads records (at start-up). Nodes get a full TTL from `now` to heartbeat again.
     pub fn load(&mut self, tasks: Vec<Task>, nodes: Vec<Node>, now: Instant) {
         for node in nodes {
-            self.nodes.insert(node.id, NodeEntry { node, stats: None, last_seen: now });
+            self.nodes.insert(node.id, NodeEntry::new(node, now));
         }
-        for task in tasks {
+        for mut task in tasks {
             let id = task.id;
-            self.tasks.insert(id, task);
+            // Decoding gave every explanation its own copy of each node name; share them again
+            // so a restarted manager is as small as one that never stopped.
+            if let Some(p) = &mut task.placement {
+                let names =
+                    p.chosen.iter_mut().chain(&mut p.candidates).map(|s| (s.node, &mut s.name));
+                for (node, name) in
+                    names.chain(p.rejected.iter_mut().map(|r| (r.node, &mut r.name)))
+                {
+                    if let Some(entry) = self.nodes.get(&node)
+                        && *entry.name == **name
+                    {
+                        *name = Arc::clone(&entry.name);
+                    }
+                }
+            }
+            self.tasks.insert(id, Box::new(task));
             self.account(id, None);
         }
     }
 
     /// One task.
     pub fn task(&self, id: TaskId) -> Option<&Task> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(|t| &**t)
     }
 
     /// All tasks, oldest first.
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     /// Number of tasks.
@@ -186,8 +213,8 @@ impl State {
         effects: &mut Effects,
         f: impl FnOnce(&mut Task) -> R,
     ) -> Option<R> {
-        let before = self.tasks.get(&id).map(contribution)?;
-        let result = self.tasks.get_mut(&id).map(f)?;
+        let before = self.tasks.get(&id).map(|t| contribution(t))?;
+        let result = self.tasks.get_mut(&id).map(|t| f(t))?;
         self.account(id, Some(before));
         effects.tasks.insert(id);
         Some(result)
@@ -240,10 +267,10 @@ impl State {
     /// (`None`).
     pub fn submit(&mut self, task: Task, effects: &mut Effects) -> Option<(Task, bool)> {
         if let Some(existing) = self.tasks.get(&task.id) {
-            return (existing.spec == task.spec).then(|| (existing.clone(), false));
+            return (existing.spec == task.spec).then(|| ((**existing).clone(), false));
         }
         let id = task.id;
-        self.tasks.insert(id, task.clone());
+        self.tasks.insert(id, Box::new(task.clone()));
         self.account(id, None);
         effects.tasks.insert(id);
         effects.kick = true;
@@ -255,7 +282,7 @@ impl State {
     pub fn stop(&mut self, id: TaskId, now: Timestamp, effects: &mut Effects) -> Option<Task> {
         let task = self.tasks.get(&id)?;
         if task.desired == DesiredState::Stopped || task.state.is_terminal() {
-            return Some(task.clone());
+            return Some((**task).clone());
         }
         let node = task.node;
         self.modify(id, effects, |t| {
@@ -269,7 +296,7 @@ impl State {
             effects.stop.push(StopCall { task: id, node });
         }
         self.capacity_changed(effects);
-        self.tasks.get(&id).cloned()
+        self.tasks.get(&id).map(|t| (**t).clone())
     }
 
     /// A node could not be told to stop a task it never received: the task is done.
@@ -372,7 +399,7 @@ impl State {
         let usage = self.usage(n.node.id);
         NodeView {
             id: n.node.id,
-            name: n.node.name.clone(),
+            name: Arc::clone(&n.name),
             ready: n.node.state == NodeState::Ready,
             labels: n.node.labels.clone(),
             drivers: n.node.drivers.clone(),
@@ -408,6 +435,9 @@ impl State {
         let rejoined = match self.nodes.get_mut(&id) {
             Some(entry) => {
                 let was_down = entry.node.state == NodeState::Down;
+                if entry.node.name != node.name {
+                    entry.name = Arc::from(node.name.as_str());
+                }
                 entry.node = Node { registered_at: entry.node.registered_at, ..node };
                 entry.node.state = NodeState::Ready;
                 entry.node.last_heartbeat = Some(now);
@@ -419,7 +449,7 @@ impl State {
                 node.state = NodeState::Ready;
                 node.registered_at = now;
                 node.last_heartbeat = Some(now);
-                self.nodes.insert(id, NodeEntry { node, stats: None, last_seen: mono });
+                self.nodes.insert(id, NodeEntry::new(node, mono));
                 false
             }
         };
@@ -772,6 +802,27 @@ mod tests {
             w.state = *to;
         }
         TaskView::from(&w)
+    }
+
+    #[test]
+    fn loaded_explanations_share_node_names_with_the_nodes() {
+        let (mut s, _) = cluster(&[node(1, "w1", 1024)]);
+        let mut e = Effects::default();
+        s.submit(task(1, 100), &mut e);
+        s.place_pending(at(1), &mut e);
+        // Through JSON, as after a restart: every name is a copy of its own.
+        let records: Vec<Task> = s
+            .tasks()
+            .map(|t| serde_json::from_value(serde_json::to_value(t).unwrap()).unwrap())
+            .collect();
+        let nodes = vec![node(1, "w1", 1024)];
+        let mut restarted = State::new(Scheduler::new(SchedulerKind::Spread));
+        restarted.load(records, nodes, Instant::now());
+        let id = TaskId::from_uuid(Uuid::from_u128(1));
+        let chosen =
+            restarted.task(id).unwrap().placement.as_ref().unwrap().chosen.clone().unwrap();
+        let entry = restarted.node(chosen.node).unwrap();
+        assert!(Arc::ptr_eq(&chosen.name, &entry.name), "the name is the node's own");
     }
 
     #[test]

@@ -346,7 +346,7 @@ async fn an_oversized_task_waits_with_reasons_until_a_big_enough_node_joins() {
         },
     )
     .await;
-    assert_eq!(t.placement.unwrap().chosen.unwrap().name, "big");
+    assert_eq!(&*t.placement.unwrap().chosen.unwrap().name, "big");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

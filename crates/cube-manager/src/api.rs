@@ -60,11 +60,29 @@ async fn submit_task(State(m): State<Shared>, Body(body): Body) -> Result<Respon
     Ok((status, axum::Json(TaskView::from(&task))).into_response())
 }
 
+/// Lists at least this long are encoded on a blocking thread, not on the async runtime.
+const BLOCKING_LIST_LEN: usize = 256;
+
 async fn list_tasks(
     State(m): State<Shared>,
     Query(filter): Query<TaskFilter>,
-) -> axum::Json<Vec<TaskView>> {
-    axum::Json(m.tasks(&filter).iter().map(TaskView::from).collect())
+) -> Result<Response, ApiError> {
+    let tasks = m.tasks(&filter);
+    let encode = move || {
+        let views: Vec<TaskView> = tasks.iter().map(|t| TaskView::from(&**t)).collect();
+        serde_json::to_vec(&views)
+    };
+    // 100k tasks are ~180 MB of JSON and take seconds to encode: that must not stall the
+    // runtime threads that serve submits and heartbeats.
+    let body = if m.task_count() < BLOCKING_LIST_LEN {
+        encode()
+    } else {
+        tokio::task::spawn_blocking(encode)
+            .await
+            .map_err(|e| ApiError::internal(format!("encoding the task list failed: {e}")))?
+    }
+    .map_err(|e| ApiError::internal(format!("cannot encode the task list: {e}")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn get_task(

@@ -241,14 +241,13 @@ impl Manager {
         self.lock().task(id).cloned()
     }
 
-    /// Tasks matching `filter`, oldest first.
-    pub fn tasks(&self, filter: &TaskFilter) -> Vec<Task> {
-        self.lock()
-            .tasks()
-            .filter(|t| filter.state.is_none_or(|s| t.state == s))
-            .filter(|t| filter.node.is_none_or(|n| t.node == Some(n)))
-            .cloned()
-            .collect()
+    /// Tasks matching `filter`, oldest first, as shared snapshots (the lock is held only to
+    /// take the handles, not to copy 100k records).
+    pub fn tasks(&self, filter: &TaskFilter) -> Vec<Arc<Task>> {
+        self.lock().task_handles(|t| {
+            filter.state.is_none_or(|s| t.state == s)
+                && filter.node.is_none_or(|n| t.node == Some(n))
+        })
     }
 
     /// Number of tasks (for health and benchmarks).

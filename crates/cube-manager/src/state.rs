@@ -91,9 +91,11 @@ pub struct Usage {
 /// The cluster as the manager knows it.
 #[derive(Debug)]
 pub struct State {
-    /// Boxed: a `Task` is ~800 bytes, and B-tree nodes filled in id (= time) order stay about
-    /// half full, so storing tasks inline cost ~500 more bytes per task than the boxes do.
-    tasks: BTreeMap<TaskId, Box<Task>>,
+    /// Behind a pointer: a `Task` is ~800 bytes, and B-tree nodes filled in id (= time) order
+    /// stay about half full, so storing tasks inline cost ~500 more bytes per task. An `Arc`
+    /// so readers (a full `GET /v1/tasks`) take cheap handles under the lock and do the heavy
+    /// work after releasing it; a change copies a task only while such a handle is alive.
+    tasks: BTreeMap<TaskId, Arc<Task>>,
     nodes: BTreeMap<NodeId, NodeEntry>,
     /// Tasks waiting for a node, oldest first.
     pending: BTreeSet<TaskId>,
@@ -150,7 +152,7 @@ impl State {
                     }
                 }
             }
-            self.tasks.insert(id, Box::new(task));
+            self.tasks.insert(id, Arc::new(task));
             self.account(id, None);
         }
     }
@@ -163,6 +165,12 @@ impl State {
     /// All tasks, oldest first.
     pub fn tasks(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values().map(|t| &**t)
+    }
+
+    /// Shared handles to the tasks matching `keep`, oldest first: cheap to take under the
+    /// manager's lock, to be read after it is released.
+    pub fn task_handles(&self, keep: impl Fn(&Task) -> bool) -> Vec<Arc<Task>> {
+        self.tasks.values().filter(|t| keep(t)).cloned().collect()
     }
 
     /// Number of tasks.
@@ -214,7 +222,7 @@ impl State {
         f: impl FnOnce(&mut Task) -> R,
     ) -> Option<R> {
         let before = self.tasks.get(&id).map(|t| contribution(t))?;
-        let result = self.tasks.get_mut(&id).map(|t| f(t))?;
+        let result = self.tasks.get_mut(&id).map(|t| f(Arc::make_mut(t)))?;
         self.account(id, Some(before));
         effects.tasks.insert(id);
         Some(result)
@@ -270,7 +278,7 @@ impl State {
             return (existing.spec == task.spec).then(|| ((**existing).clone(), false));
         }
         let id = task.id;
-        self.tasks.insert(id, Box::new(task.clone()));
+        self.tasks.insert(id, Arc::new(task.clone()));
         self.account(id, None);
         effects.tasks.insert(id);
         effects.kick = true;
@@ -381,7 +389,7 @@ impl State {
                 Decision::Unplaceable { explanation } => {
                     let reason = explanation.unplaceable_reason();
                     if task.reason.as_deref() != Some(reason.as_str())
-                        && let Some(t) = self.tasks.get_mut(&id)
+                        && let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut)
                     {
                         // Derived, not persisted: the reason changes neither the task's state
                         // nor its accounting, and after a restart the first pass recomputes it.

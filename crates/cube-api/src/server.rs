@@ -130,3 +130,42 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
+
+/// The clock of a periodic background loop that must stop promptly on shutdown: the first
+/// tick is immediate, a late tick is delayed rather than bunched.
+#[derive(Debug)]
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    shutdown: CancellationToken,
+}
+
+impl Ticker {
+    /// Ticks every `period` until `shutdown` is cancelled.
+    pub fn new(period: std::time::Duration, shutdown: CancellationToken) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { interval, shutdown }
+    }
+
+    /// Waits for the next tick: `true`, or `false` once shutdown was asked for.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.interval.tick() => !self.shutdown.is_cancelled(),
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_ticker_ticks_at_once_and_stops_on_shutdown() {
+        let shutdown = CancellationToken::new();
+        let mut ticker = Ticker::new(std::time::Duration::from_secs(3600), shutdown.clone());
+        assert!(ticker.tick().await, "the first tick is immediate");
+        shutdown.cancel();
+        assert!(!ticker.tick().await, "a cancelled loop ends instead of waiting an hour");
+    }
+}

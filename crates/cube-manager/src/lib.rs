@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cube_api::client::Client;
+use cube_api::server::Ticker;
 use cube_api::types::{HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter};
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
@@ -487,13 +488,8 @@ impl Manager {
     /// Marks silent nodes down and moves their tasks, until shutdown.
     async fn liveness_loop(self: Arc<Self>) {
         let period = (self.config.node_ttl / 10).max(Duration::from_millis(50));
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = self.shutdown.cancelled() => return,
-            }
+        let mut ticker = Ticker::new(period, self.shutdown.clone());
+        while ticker.tick().await {
             let ttl = self.config.node_ttl;
             let result = self
                 .change(|s, e| {
@@ -512,16 +508,8 @@ impl Manager {
     /// Forgets finished tasks once they are older than `gc_after`, like Nomad's periodic
     /// job GC: without it a long-lived cluster's state, memory and restart time only grow.
     async fn gc_loop(self: Arc<Self>, retain: Duration) {
-        // Sweeps often enough that a record outlives its retention by at most a quarter of it
-        // (and a minute), rarely enough to cost nothing.
-        let period = (retain / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = self.shutdown.cancelled() => return,
-            }
+        let mut ticker = Ticker::new(cube_core::task::gc_period(retain), self.shutdown.clone());
+        while ticker.tick().await {
             // Bounded batches keep each hold of the state lock short; a large backlog (e.g.
             // after lowering the retention) drains over consecutive passes.
             loop {

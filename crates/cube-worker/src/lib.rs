@@ -239,16 +239,8 @@ async fn gc_loop(
     keep_unreported: bool,
     shutdown: CancellationToken,
 ) {
-    // As on the manager: a record outlives its retention by at most a quarter of it (and a
-    // minute).
-    let period = (retain / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
+    let mut ticker = cube_api::server::Ticker::new(cube_core::task::gc_period(retain), shutdown);
+    while ticker.tick().await {
         // A retention reaching before the representable past collects nothing.
         if let Ok(cutoff) = jiff::Timestamp::now().checked_sub(retain) {
             agent.collect_garbage(cutoff, keep_unreported).await;

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 if docker info >/dev/null 2>&1; then
   scripts/build-test-image.sh
 else
-  echo "warning: no Docker engine answers; docker tests will be skipped (they fail when CI is set)" >&2
+  echo "warning: no Docker engine answers; docker tests will be skipped (they fail when CI is set)." >&2
+  echo "         scripts/ensure-docker.sh starts the local daemon (as root or with sudo)." >&2
 fi
 
 cargo test --workspace --locked "$@"

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::Token;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::tls::ClientTls;
 use crate::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest,
     TaskFilter, TaskView,
@@ -107,19 +108,31 @@ pub struct Submitted {
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:5556`), with a per-request `timeout`.
     pub fn new(base: impl Into<String>, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_tls(base, timeout, None)
+    }
+
+    /// A client for `base` that, for `https://` addresses, trusts only the CA certificates of
+    /// `tls` (the system's roots when `None`).
+    pub fn with_tls(
+        base: impl Into<String>,
+        timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, ClientError> {
         let base = base.into().trim_end_matches('/').to_owned();
         let unreachable = |e: reqwest::Error| ClientError::Unreachable {
             url: base.clone(),
             reason: e.to_string(),
         };
         let connect = timeout.min(Duration::from_secs(3));
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(connect)
-            .build()
-            .map_err(unreachable)?;
-        let streaming =
-            reqwest::Client::builder().connect_timeout(connect).build().map_err(unreachable)?;
+        let builder = || {
+            let builder = crate::tls::http_client_builder().connect_timeout(connect);
+            match tls {
+                Some(tls) => builder.tls_certs_only(tls.certificates()),
+                None => builder,
+            }
+        };
+        let http = builder().timeout(timeout).build().map_err(unreachable)?;
+        let streaming = builder().build().map_err(unreachable)?;
         Ok(Self { base, http, streaming, token: None })
     }
 

@@ -7,6 +7,7 @@
 //!   errors for every rejection, request logs, graceful shutdown).
 //! - [`client`]: a typed HTTP client with timeouts.
 //! - [`auth`]: the cluster token every request carries when the server requires one.
+//! - [`tls`]: HTTPS for servers (certificate and key) and clients (a CA to trust).
 //!
 //! **Boundary:** this crate is the only one that defines JSON shapes sent over HTTP. Domain types
 //! from `cube-core` that appear in bodies (the task spec, states, history entries) are part of
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod server;
+pub mod tls;
 pub mod types;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

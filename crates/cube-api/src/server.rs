@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Token, require_token};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::tls::{ServerTls, TlsListener};
 
 /// Largest request body accepted (1 MiB): a task spec is a few KiB at most.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -120,15 +121,23 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves `router` until `shutdown` is cancelled, then finishes in-flight requests and returns.
+/// Serves `router` (over TLS when `tls` is given) until `shutdown` is cancelled, then finishes
+/// in-flight requests and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    tls: Option<ServerTls>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    let stop = async move { shutdown.cancelled().await };
+    match tls {
+        Some(tls) => {
+            axum::serve(TlsListener::new(listener, &tls)?, router)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => axum::serve(listener, router).with_graceful_shutdown(stop).await,
+    }
 }
 
 /// The clock of a periodic background loop that must stop promptly on shutdown: the first

@@ -157,8 +157,11 @@ impl CubeProcess {
         let mut child = Command::new(bin)
             .args(args)
             .env("CUBE_LOG", std::env::var("CUBE_LOG").unwrap_or_else(|_| "warn".into()))
-            // The harness speaks to what it starts without a token.
+            // The harness speaks plain HTTP without a token to what it starts.
             .env_remove("CUBE_TOKEN")
+            .env_remove("CUBE_TLS_CA")
+            .env_remove("CUBE_TLS_CERT")
+            .env_remove("CUBE_TLS_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

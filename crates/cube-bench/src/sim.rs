@@ -189,7 +189,7 @@ impl SimCluster {
         let shared = Arc::new(Shared { nodes: nodes.clone(), counters: Arc::clone(&counters) });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(cube_api::server::serve(listener, router(shared), shutdown.clone()));
+        tracker.spawn(cube_api::server::serve(listener, router(shared), shutdown.clone(), None));
         // Until the cluster is built, a failure must still stop the server.
         let guard = shutdown.clone().drop_guard();
 

@@ -85,6 +85,10 @@ pub struct ManagerConfig {
     /// The cluster token: required on this API (but health checks) and sent to workers. `None`
     /// serves everyone who can connect.
     pub token: Option<cube_api::auth::Token>,
+    /// Serve HTTPS with this certificate (plain HTTP when `None`).
+    pub tls: Option<cube_api::tls::ServerTls>,
+    /// CA to trust when calling `https://` workers (the system's roots when `None`).
+    pub tls_ca: Option<cube_api::tls::ClientTls>,
 }
 
 /// The manager: cluster state plus the machinery that acts on it.
@@ -138,9 +142,13 @@ impl Manager {
                 "state loaded"
             );
         }
-        let http = Client::new("http://worker.invalid", config.worker_timeout)
-            .map_err(|e| ManagerError::Startup(e.to_string()))?
-            .with_token(config.token.clone());
+        let http = Client::with_tls(
+            "http://worker.invalid",
+            config.worker_timeout,
+            config.tls_ca.as_ref(),
+        )
+        .map_err(|e| ManagerError::Startup(e.to_string()))?
+        .with_token(config.token.clone());
         Ok(Arc::new(Self {
             config,
             state: Mutex::new(state),
@@ -633,7 +641,8 @@ pub async fn start(
     }
     manager.resume();
     let router = api::router(Arc::clone(&manager));
-    let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown));
+    let server =
+        tokio::spawn(cube_api::server::serve(listener, router, shutdown, config.tls.clone()));
     tracing::info!(%addr, scheduler = %config.scheduler, ttl = ?config.node_ttl, "manager API listening");
     Ok(Running { addr, manager, server })
 }

@@ -100,6 +100,10 @@ pub struct WorkerConfig {
     /// The cluster token: required on this worker's API (but health checks) and sent to the
     /// manager. `None` serves everyone who can connect.
     pub token: Option<cube_api::auth::Token>,
+    /// Serve HTTPS with this certificate (plain HTTP when `None`).
+    pub tls: Option<cube_api::tls::ServerTls>,
+    /// CA to trust when calling an `https://` manager (the system's roots when `None`).
+    pub tls_ca: Option<cube_api::tls::ClientTls>,
 }
 
 /// Resources a node offers, when they should differ from the host's (e.g. to keep some for
@@ -205,7 +209,12 @@ pub async fn start(
         host: host.clone(),
         token: config.token.clone(),
     });
-    let server = tokio::spawn(cube_api::server::serve(listener, router, shutdown.clone()));
+    let server = tokio::spawn(cube_api::server::serve(
+        listener,
+        router,
+        shutdown.clone(),
+        config.tls.clone(),
+    ));
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
 
     if let Some(retain) = config.gc_after {
@@ -221,11 +230,15 @@ pub async fn start(
         };
         let membership = reporter::Membership {
             manager,
-            advertise: config.advertise.clone().unwrap_or_else(|| format!("http://{addr}")),
+            advertise: config.advertise.clone().unwrap_or_else(|| {
+                let scheme = if config.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
+            }),
             labels: config.labels.clone(),
             capacity,
             drivers: available_drivers,
             token: config.token.clone(),
+            tls_ca: config.tls_ca.clone(),
         };
         tokio::spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }

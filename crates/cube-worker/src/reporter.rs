@@ -37,6 +37,8 @@ pub struct Membership {
     pub drivers: Vec<DriverKind>,
     /// The cluster token, sent with every call to the manager.
     pub token: Option<cube_api::auth::Token>,
+    /// CA to trust when the manager speaks HTTPS.
+    pub tls_ca: Option<cube_api::tls::ClientTls>,
 }
 
 /// Used until the manager says otherwise.
@@ -51,7 +53,11 @@ pub async fn run(
     host: watch::Receiver<HostSnapshot>,
     shutdown: CancellationToken,
 ) {
-    let client = match Client::new(&membership.manager, Duration::from_secs(5)) {
+    let client = match Client::with_tls(
+        &membership.manager,
+        Duration::from_secs(5),
+        membership.tls_ca.as_ref(),
+    ) {
         Ok(c) => c.with_token(membership.token.clone()),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the manager client; not joining a cluster");

@@ -423,6 +423,27 @@ fn agents_refuse_an_unauthenticated_api_beyond_loopback() {
     assert!(out.stderr.contains("at least 16 characters"), "{out:#?}");
 }
 
+#[test]
+fn unusable_tls_files_are_one_line_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let bad = bad.to_str().unwrap();
+    let out = cube(&["manager", "--data-dir", data, "--tls-cert", bad, "--tls-key", bad], &[]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert_eq!(
+        out.error_line(),
+        format!("error: {bad}: no certificate in the file (expected PEM)")
+    );
+    let out = cube(&["status", "--tls-ca", "/nonexistent/ca.pem"], &[]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.error_line().starts_with("error: /nonexistent/ca.pem: "), "{out:#?}");
+    let out = cube(&["worker", "--data-dir", data, "--tls-cert", bad], &[]);
+    assert_eq!(out.code, 2, "a certificate without its key is bad usage: {out:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_commands_send_the_token_and_say_when_it_is_refused() {
     const TOKEN: &str = "cli-token-0123456789abcdef";
@@ -463,8 +484,9 @@ async fn docker_web_example_runs_and_serves() {
         .find_map(|l| l.strip_prefix("Ports:"))
         .and_then(|p| p.trim().split("->").next()?.rsplit(':').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no host port in {out:#?}"));
-    let body =
-        reqwest::get(format!("http://127.0.0.1:{port}/")).await.unwrap().text().await.unwrap();
+    let http = cube_api::tls::http_client_builder().build().unwrap();
+    let body = http.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+    let body = body.text().await.unwrap();
     assert!(body.contains("cube test image"), "{body}");
 
     let detail = c.cube(&["status", &id]).success().stdout;

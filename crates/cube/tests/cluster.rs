@@ -621,3 +621,62 @@ async fn a_cluster_token_guards_every_api_and_nodes_use_it_with_each_other() {
     assert_eq!(logs.trim(), "guarded");
     assert_eq!(with(&w.client, TOKEN).task(id).await.unwrap().state, TaskState::Running);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_cluster_works_and_clients_must_trust_its_ca() {
+    const TOKEN: &str = "tls-cluster-token-0123456789";
+    let certs_dir = tempfile::tempdir().unwrap();
+    let tls = common::TlsFiles::create(certs_dir.path());
+    let (ca, cert, key) =
+        (tls.ca.to_str().unwrap(), tls.cert.to_str().unwrap(), tls.key.to_str().unwrap());
+    let secure = ["--token", TOKEN, "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca];
+    let m = TestManager::start(&secure).await;
+    assert!(m.url.starts_with("https://127.0.0.1:"), "{}", m.url);
+    let w = m.worker("w1", &secure).await;
+    assert!(w.process.url.starts_with("https://"), "{}", w.process.url);
+
+    // A client that does not trust the CA gets nowhere, token or not; nor does plain HTTP.
+    let untrusting = cube_api::client::Client::new(&m.url, Duration::from_secs(5))
+        .unwrap()
+        .with_token(Some(TOKEN.parse().unwrap()));
+    assert!(
+        matches!(untrusting.tasks().await, Err(cube_api::client::ClientError::Unreachable { .. })),
+        "an unknown CA must fail the handshake"
+    );
+    let plain =
+        cube_api::client::Client::new(m.url.replace("https", "http"), Duration::from_secs(5))
+            .unwrap()
+            .with_token(Some(TOKEN.parse().unwrap()));
+    assert!(plain.tasks().await.is_err(), "plain HTTP is not served");
+
+    // Trusting the CA, with the token: the manager and the worker reach each other over TLS
+    // (registration, heartbeats, dispatch, the logs proxy).
+    let client = m.client.clone().with_token(Some(TOKEN.parse().unwrap()));
+    let s = spec(json!({"name": "sealed", "driver": "process", "command": "sh",
+                        "args": ["-c", "echo sealed; sleep 3600"], "stop_grace": "1s"}));
+    let id = client.submit(None, &s).await.unwrap().task.id;
+    wait_state(&client, id, TaskState::Running, Duration::from_secs(20)).await;
+    let node = &client.nodes().await.unwrap()[0];
+    assert!(node.address.starts_with("https://"), "the worker advertises HTTPS: {}", node.address);
+    wait_until(Duration::from_secs(10), "the task's output via the manager", || async {
+        use futures_util::StreamExt;
+        let mut stream = client.logs(id, false, None).await.ok()?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.ok()?);
+        }
+        String::from_utf8_lossy(&out).contains("sealed").then_some(())
+    })
+    .await;
+
+    // The CLI takes the CA with --tls-ca (or CUBE_TLS_CA).
+    let out = std::process::Command::new(common::cube_bin())
+        .args(["--addr", &m.url, "-o", "json", "status", &id.to_string()])
+        .env("CUBE_TOKEN", TOKEN)
+        .env("CUBE_TLS_CA", ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(view["state"], "running");
+}

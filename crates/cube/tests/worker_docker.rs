@@ -175,7 +175,13 @@ async fn published_port_answers_http_from_the_host() {
     assert_ne!(port, 0);
     let body =
         wait_until(Duration::from_secs(5), "httpd answering on the host port", || async move {
-            let resp = reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?;
+            let resp = cube_api::tls::http_client_builder()
+                .build()
+                .ok()?
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .ok()?;
             resp.status().is_success().then_some(())?;
             resp.text().await.ok()
         })

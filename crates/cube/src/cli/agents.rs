@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// start containers, i.e. run anything as root on this host.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Serving over TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Options of `cube manager`.
@@ -72,6 +75,9 @@ pub struct ManagerArgs {
     /// start containers, i.e. run anything as root on this host.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Serving over TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Options of `cube worker`.
@@ -95,7 +101,8 @@ pub struct WorkerArgs {
     /// Manager to join (e.g. http://127.0.0.1:5555); without it the worker runs standalone.
     #[arg(long, env = "CUBE_MANAGER")]
     pub manager: Option<String>,
-    /// URL the manager uses to reach this worker [default: `http://` + the listen address].
+    /// URL the manager uses to reach this worker [default: `http://` (`https://` with
+    /// --tls-cert) + the listen address].
     #[arg(long, env = "CUBE_WORKER_ADVERTISE")]
     pub advertise: Option<String>,
     /// A label for placement constraints, KEY=VALUE (repeatable).
@@ -121,6 +128,45 @@ pub struct WorkerArgs {
     /// start containers, i.e. run anything as root on this host.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Serving over TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// Options that make an agent serve HTTPS.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, env = "CUBE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CUBE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// What an agent needs to serve and to call its peers securely.
+struct Security {
+    token: Option<Token>,
+    tls: Option<cube_api::tls::ServerTls>,
+    tls_ca: Option<cube_api::tls::ClientTls>,
+}
+
+impl Security {
+    /// Loads the certificate, key and CA files named on the command line.
+    fn load(global: &super::GlobalArgs, tls: &TlsArgs) -> anyhow::Result<Self> {
+        let server = match (&tls.tls_cert, &tls.tls_key) {
+            (Some(cert), Some(key)) => Some(cube_api::tls::ServerTls::from_pem_files(cert, key)?),
+            _ => None,
+        };
+        let ca =
+            global.tls_ca.as_deref().map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
+        Ok(Self { token: global.token.clone(), tls: server, tls_ca: ca })
+    }
+
+    /// `https` when serving TLS.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
 }
 
 /// Refuses to serve an unauthenticated API beyond loopback unless told to: the API starts
@@ -242,8 +288,9 @@ fn host_name() -> String {
 }
 
 /// `cube worker`.
-pub(crate) async fn worker(args: WorkerArgs, token: Option<Token>) -> anyhow::Result<()> {
-    check_exposure(args.listen, token.as_ref(), args.allow_unauthenticated)?;
+pub(crate) async fn worker(args: WorkerArgs, global: super::GlobalArgs) -> anyhow::Result<()> {
+    let security = Security::load(&global, &args.tls)?;
+    check_exposure(args.listen, security.token.as_ref(), args.allow_unauthenticated)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let store_kind = args.store;
@@ -262,19 +309,22 @@ pub(crate) async fn worker(args: WorkerArgs, token: Option<Token>) -> anyhow::Re
             disk: args.disk,
         },
         gc_after: args.gc_after.0,
-        token: token.clone(),
+        token: security.token.clone(),
+        tls: security.tls.clone(),
+        tls_ca: security.tls_ca.clone(),
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, store, shutdown).await?;
-    announce(&format!("cube worker listening on http://{}", worker.addr));
+    announce(&format!("cube worker listening on {}://{}", security.scheme(), worker.addr));
     worker.wait().await?;
     tracing::info!("worker stopped; tasks keep running");
     Ok(())
 }
 
 /// `cube manager`.
-pub(crate) async fn manager(args: ManagerArgs, token: Option<Token>) -> anyhow::Result<()> {
-    check_exposure(args.listen, token.as_ref(), args.allow_unauthenticated)?;
+pub(crate) async fn manager(args: ManagerArgs, global: super::GlobalArgs) -> anyhow::Result<()> {
+    let security = Security::load(&global, &args.tls)?;
+    check_exposure(args.listen, security.token.as_ref(), args.allow_unauthenticated)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let config = cube_manager::ManagerConfig {
@@ -285,11 +335,13 @@ pub(crate) async fn manager(args: ManagerArgs, token: Option<Token>) -> anyhow::
         node_ttl: args.node_ttl,
         worker_timeout: args.worker_timeout,
         gc_after: args.gc_after.0,
-        token: token.clone(),
+        token: security.token.clone(),
+        tls: security.tls.clone(),
+        tls_ca: security.tls_ca.clone(),
     };
     let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, shutdown).await?;
-    announce(&format!("cube manager listening on http://{}", running.addr));
+    announce(&format!("cube manager listening on {}://{}", security.scheme(), running.addr));
     running.wait().await?;
     tracing::info!("manager stopped");
     Ok(())
@@ -297,8 +349,9 @@ pub(crate) async fn manager(args: ManagerArgs, token: Option<Token>) -> anyhow::
 
 /// `cube dev`: a manager and one worker in this process, sharing nothing but HTTP on loopback,
 /// with durable state under one directory.
-pub(crate) async fn dev(args: DevArgs, token: Option<Token>) -> anyhow::Result<()> {
-    check_exposure(args.listen, token.as_ref(), args.allow_unauthenticated)?;
+pub(crate) async fn dev(args: DevArgs, global: super::GlobalArgs) -> anyhow::Result<()> {
+    let security = Security::load(&global, &args.tls)?;
+    check_exposure(args.listen, security.token.as_ref(), args.allow_unauthenticated)?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let manager_dir = args.data_dir.join("manager");
@@ -312,12 +365,14 @@ pub(crate) async fn dev(args: DevArgs, token: Option<Token>) -> anyhow::Result<(
         node_ttl: Duration::from_secs(5),
         worker_timeout: Duration::from_secs(5),
         gc_after: args.gc_after.0,
-        token: token.clone(),
+        token: security.token.clone(),
+        tls: security.tls.clone(),
+        tls_ca: security.tls_ca.clone(),
     };
     let manager = cube_manager::start(manager_config, manager_store, shutdown.clone())
         .await
         .with_context(|| format!("cannot start the manager on {}", args.listen))?;
-    let manager_url = format!("http://{}", manager.addr);
+    let manager_url = format!("{}://{}", security.scheme(), manager.addr);
     let worker_store = open_store(StoreKind::Redb, &worker_dir, "worker.redb").await?;
     let worker_config = cube_worker::WorkerConfig {
         name: host_name(),
@@ -330,7 +385,9 @@ pub(crate) async fn dev(args: DevArgs, token: Option<Token>) -> anyhow::Result<(
         labels: Default::default(),
         capacity: cube_worker::CapacityOverride::default(),
         gc_after: args.gc_after.0,
-        token: token.clone(),
+        token: security.token.clone(),
+        tls: security.tls.clone(),
+        tls_ca: security.tls_ca.clone(),
     };
     let worker = cube_worker::start(worker_config, worker_store, shutdown.clone()).await?;
     let drivers = worker.agent.drivers();

@@ -40,6 +40,10 @@ pub struct GlobalArgs {
     /// command lines.
     #[arg(long, global = true, env = "CUBE_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub token: Option<cube_api::auth::Token>,
+    /// A CA certificate (PEM) to trust for `https://` addresses instead of the system's roots.
+    /// Client commands use it to reach the manager; the agents use it to reach each other.
+    #[arg(long, global = true, env = "CUBE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 fn parse_token(s: &str) -> Result<cube_api::auth::Token, String> {
@@ -62,7 +66,7 @@ pub enum Command {
     ///
     /// The worker API listens on 127.0.0.1 by default. Anyone who can reach it can start
     /// containers, which is root on this host: a non-loopback --listen address needs the
-    /// cluster token (CUBE_TOKEN), and even then only a network you trust (no TLS yet).
+    /// cluster token (CUBE_TOKEN), and --tls-cert/--tls-key keep it off the wire in clear text.
     ///
     /// Examples:
     ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
@@ -101,17 +105,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Worker(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::worker(args, cli.global.token))?;
+            agents::runtime()?.block_on(agents::worker(args, cli.global))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Manager(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::manager(args, cli.global.token))?;
+            agents::runtime()?.block_on(agents::manager(args, cli.global))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::dev(args, cli.global.token))?;
+            agents::runtime()?.block_on(agents::dev(args, cli.global))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(command) => client::run(command, &cli.global),

@@ -85,6 +85,8 @@ pub struct CubeProcess {
     pub url: String,
     /// Lines the process printed on stderr (its logs), kept for failure messages.
     pub stderr_path: PathBuf,
+    /// The CA it was told to trust (`--tls-ca`), which its clients trust too.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl CubeProcess {
@@ -97,6 +99,9 @@ impl CubeProcess {
             .env("CUBE_LOG", "info,cube_worker=debug")
             // Tests that want a token pass --token.
             .env_remove("CUBE_TOKEN")
+            .env_remove("CUBE_TLS_CA")
+            .env_remove("CUBE_TLS_CERT")
+            .env_remove("CUBE_TLS_KEY")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -118,12 +123,15 @@ impl CubeProcess {
                 panic!("cube {args:?} did not start listening; its log:\n{logs}");
             }
         };
-        CubeProcess { child, url, stderr_path }
+        let tls_ca = args.iter().position(|a| *a == "--tls-ca").map(|i| PathBuf::from(args[i + 1]));
+        CubeProcess { child, url, stderr_path, tls_ca }
     }
 
     /// A client for this process's API.
     pub fn client(&self) -> Client {
-        Client::new(&self.url, Duration::from_secs(10)).unwrap()
+        let tls =
+            self.tls_ca.as_deref().map(|ca| cube_api::tls::ClientTls::from_ca_file(ca).unwrap());
+        Client::with_tls(&self.url, Duration::from_secs(10), tls.as_ref()).unwrap()
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -335,7 +343,7 @@ pub async fn raw(
     url: &str,
     body: Option<Vec<u8>>,
 ) -> (u16, serde_json::Value) {
-    let client = reqwest::Client::new();
+    let client = cube_api::tls::http_client_builder().build().unwrap();
     let mut req = client.request(method, url);
     if let Some(body) = body {
         req = req.header("content-type", "application/json").body(body);
@@ -361,4 +369,62 @@ pub async fn wait_state(
         (t.state == state).then_some(t)
     })
     .await
+}
+
+/// PEM files for TLS tests, made with the `openssl` command: a CA, and a certificate for
+/// 127.0.0.1 signed by it with its key.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn create(dir: &Path) -> TlsFiles {
+        let run = |args: &[&str]| {
+            let out =
+                Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run(&[
+            &["req", "-x509"][..],
+            &ec,
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cube test CA"],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec,
+            &["-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=cube test node"],
+        ]
+        .concat());
+        std::fs::write(
+            dir.join("node.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "node.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "node.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "node.ext",
+        ]);
+        TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("node.pem"), key: dir.join("node.key") }
+    }
 }

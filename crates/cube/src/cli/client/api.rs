@@ -19,14 +19,20 @@ pub(super) struct Api {
 
 impl Api {
     /// A client for the manager at `addr` (`http://` is assumed when no scheme is given).
-    pub(super) fn new(addr: &str, token: Option<cube_api::auth::Token>) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        addr: &str,
+        token: Option<cube_api::auth::Token>,
+        tls_ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let addr = addr.trim();
         if addr.is_empty() {
             anyhow::bail!("the manager address is empty: pass --addr URL or set CUBE_ADDR");
         }
         let base = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let client =
-            Client::new(base, REQUEST_TIMEOUT).map_err(|e| describe(&e, addr))?.with_token(token);
+        let tls = tls_ca.map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
+        let client = Client::with_tls(base, REQUEST_TIMEOUT, tls.as_ref())
+            .map_err(|e| describe(&e, addr))?
+            .with_token(token);
         Ok(Self { client })
     }
 

@@ -1,0 +1,196 @@
+//! TLS for the API, so the cluster token and task specs do not cross the network in clear
+//! text. A server started with a certificate and key (PEM files) speaks only HTTPS; clients,
+//! and the manager and workers calling each other, trust the CA given to them (or the
+//! system's roots when none is given).
+//!
+//! rustls with the `ring` provider: pure Rust plus ring's small C/assembly core, no OpenSSL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// A client that never finishes its handshake is dropped after this long.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes finished but not yet taken by the server.
+const ACCEPT_QUEUE: usize = 128;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM item.
+    #[error("{}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The certificate and key do not make a valid server configuration (e.g. they do not
+    /// match).
+    #[error("cannot use this certificate and key: {0}")]
+    Config(String),
+}
+
+fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.to_owned(), reason: reason.to_string() }
+}
+
+/// Makes `ring` the process's rustls provider (the HTTP client looks it up), once; a provider
+/// installed before is kept.
+pub(crate) fn install_provider() {
+    // An error means a provider is already installed, which is just as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A `reqwest` client builder that can speak HTTPS. Build every HTTP client in Cube from this:
+/// reqwest is built without a crypto provider of its own (ring is ours) and panics when it
+/// finds none.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    install_provider();
+    reqwest::Client::builder()
+}
+
+/// A server's certificate chain and key.
+#[derive(Clone)]
+pub struct ServerTls(Arc<rustls::ServerConfig>);
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+impl ServerTls {
+    /// Loads the certificate chain (leaf first) and the private key from PEM files.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        install_provider();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| file_error(cert, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_error(cert, e))?;
+        if chain.is_empty() {
+            return Err(file_error(cert, "no certificate in the file (expected PEM)"));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(Self(Arc::new(config)))
+    }
+}
+
+/// The CA certificates a client trusts instead of the system's roots.
+#[derive(Clone)]
+pub struct ClientTls(Vec<reqwest::Certificate>);
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientTls({} CA certificates)", self.0.len())
+    }
+}
+
+impl ClientTls {
+    /// Loads one or more CA certificates from a PEM file.
+    pub fn from_ca_file(path: &Path) -> Result<Self, TlsError> {
+        let pem = std::fs::read(path).map_err(|e| file_error(path, e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| file_error(path, e))?;
+        if certs.is_empty() {
+            return Err(file_error(path, "no certificate in the file (expected PEM)"));
+        }
+        Ok(Self(certs))
+    }
+
+    pub(crate) fn certificates(&self) -> impl Iterator<Item = reqwest::Certificate> + '_ {
+        self.0.iter().cloned()
+    }
+}
+
+/// Accepts TCP connections and hands over those that completed a TLS handshake. Handshakes
+/// run in their own tasks, so a slow or silent client delays nobody else.
+#[derive(Debug)]
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    acceptor: JoinHandle<()>,
+}
+
+impl TlsListener {
+    /// Serves TLS with `tls` on `listener`.
+    pub fn new(listener: TcpListener, tls: &ServerTls) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(ACCEPT_QUEUE);
+        let acceptor =
+            tokio::spawn(accept_loop(listener, TlsAcceptor::from(Arc::clone(&tls.0)), tx));
+        Ok(Self { ready, local, acceptor })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = ready.closed() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let (acceptor, ready) = (acceptor.clone(), ready.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = ready.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning, as
+                // axum's own TCP listener does.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept loop only ends when this listener is dropped; never resolve.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}

@@ -3,9 +3,9 @@
 //!
 //! The API starts containers, which is root on the node, so anything but a loopback listener
 //! needs it (the `cube` binary refuses otherwise). Every client, the manager and every worker use
-//! the same token, as Swarm's join token and Nomad's bootstrap token are shared. Per-user tokens
-//! with scopes, and TLS so the token cannot be sniffed on the wire, are the next steps; until
-//! then, run non-loopback listeners on networks you trust.
+//! the same token, as Swarm's join token and Nomad's bootstrap token are shared. Serve over TLS
+//! ([`crate::tls`]) so the token cannot be sniffed on the wire; per-user tokens with scopes are
+//! the next step.
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -159,6 +159,7 @@ impl CubeProcess {
             .env("CUBE_LOG", std::env::var("CUBE_LOG").unwrap_or_else(|_| "warn".into()))
             // The harness speaks plain HTTP without a token to what it starts.
             .env_remove("CUBE_TOKEN")
+            .env_remove("CUBE_TOKEN_FILE")
             .env_remove("CUBE_TLS_CA")
             .env_remove("CUBE_TLS_CERT")
             .env_remove("CUBE_TLS_KEY")

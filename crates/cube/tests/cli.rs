@@ -466,6 +466,19 @@ async fn client_commands_send_the_token_and_say_when_it_is_refused() {
     let out = cube(&["--addr", &m.url, "-o", "json", "node"], &[("CUBE_TOKEN", TOKEN)]);
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(out.json(), serde_json::json!([]));
+
+    // From a file, as mounted secrets are (a trailing newline is fine).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let out = cube(&["--addr", &m.url, "node", "--token-file", file], &[]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let out = cube(&["--addr", &m.url, "node", "--token-file", "/nonexistent/token"], &[]);
+    assert!(
+        out.error_line().starts_with("error: /nonexistent/token: cannot read the token: "),
+        "{out:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,7 @@ impl Security {
         };
         let ca =
             global.tls_ca.as_deref().map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
-        Ok(Self { token: global.token.clone(), tls: server, tls_ca: ca })
+        Ok(Self { token: global.token()?, tls: server, tls_ca: ca })
     }
 
     /// `https` when serving TLS.

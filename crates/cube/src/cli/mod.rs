@@ -40,6 +40,10 @@ pub struct GlobalArgs {
     /// command lines.
     #[arg(long, global = true, env = "CUBE_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub token: Option<cube_api::auth::Token>,
+    /// Read the cluster token from this file (surrounding whitespace ignored), for secrets
+    /// mounted by systemd, Kubernetes or Docker; it takes precedence over --token.
+    #[arg(long, global = true, env = "CUBE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// A CA certificate (PEM) to trust for `https://` addresses instead of the system's roots.
     /// Client commands use it to reach the manager; the agents use it to reach each other.
     #[arg(long, global = true, env = "CUBE_TLS_CA", value_name = "FILE")]
@@ -48,6 +52,20 @@ pub struct GlobalArgs {
 
 fn parse_token(s: &str) -> Result<cube_api::auth::Token, String> {
     s.parse().map_err(|e: cube_api::auth::TokenError| e.to_string())
+}
+
+impl GlobalArgs {
+    /// The cluster token, from `--token` or from `--token-file`.
+    pub fn token(&self) -> anyhow::Result<Option<cube_api::auth::Token>> {
+        let Some(path) = &self.token_file else { return Ok(self.token.clone()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read the token: {e}", path.display()))?;
+        let token = text
+            .trim()
+            .parse()
+            .map_err(|e: cube_api::auth::TokenError| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(Some(token))
+    }
 }
 
 /// Output formats.

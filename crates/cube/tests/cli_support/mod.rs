@@ -69,6 +69,7 @@ pub fn cube(args: &[&str], envs: &[(&str, &str)]) -> Run {
         .env_remove("CUBE_ADDR")
         .env_remove("CUBE_OUTPUT")
         .env_remove("CUBE_TOKEN")
+        .env_remove("CUBE_TOKEN_FILE")
         .env_remove("CUBE_TLS_CA")
         .env_remove("NO_COLOR")
         .timeout(COMMAND_TIMEOUT);

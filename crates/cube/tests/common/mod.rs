@@ -99,6 +99,7 @@ impl CubeProcess {
             .env("CUBE_LOG", "info,cube_worker=debug")
             // Tests that want a token pass --token.
             .env_remove("CUBE_TOKEN")
+            .env_remove("CUBE_TOKEN_FILE")
             .env_remove("CUBE_TLS_CA")
             .env_remove("CUBE_TLS_CERT")
             .env_remove("CUBE_TLS_KEY")

@@ -197,7 +197,7 @@ pub struct NodeArgs {
 
 /// Runs a client command.
 pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let api = api::Api::new(&global.addr, global.token.clone(), global.tls_ca.as_deref())?;
+    let api = api::Api::new(&global.addr, global.token()?, global.tls_ca.as_deref())?;
     let output = global.output;
     let runtime = super::agents::runtime()?;
     runtime.block_on(async move {

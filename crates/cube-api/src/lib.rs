@@ -8,6 +8,7 @@
 //! - [`client`]: a typed HTTP client with timeouts.
 //! - [`auth`]: the cluster token every request carries when the server requires one.
 //! - [`tls`]: HTTPS for servers (certificate and key) and clients (a CA to trust).
+//! - [`security`]: an agent's token and TLS settings together.
 //!
 //! **Boundary:** this crate is the only one that defines JSON shapes sent over HTTP. Domain types
 //! from `cube-core` that appear in bodies (the task spec, states, history entries) are part of
@@ -16,8 +17,10 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod security;
 pub mod server;
 pub mod tls;
 pub mod types;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};
+pub use security::Security;

@@ -26,7 +26,7 @@ const NODE_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The router for `/v1/...`.
 pub fn router(manager: Arc<Manager>) -> Router {
-    let token = manager.config().token.clone();
+    let token = manager.config().security.token.clone();
     let routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tasks", get(list_tasks).post(submit_task))
@@ -68,13 +68,14 @@ async fn list_tasks(
     Query(filter): Query<TaskFilter>,
 ) -> Result<Response, ApiError> {
     let tasks = m.tasks(&filter);
+    let small = tasks.len() < BLOCKING_LIST_LEN;
     let encode = move || {
         let views: Vec<TaskView> = tasks.iter().map(|t| TaskView::from(&**t)).collect();
         serde_json::to_vec(&views)
     };
     // 100k tasks are ~180 MB of JSON and take seconds to encode: that must not stall the
     // runtime threads that serve submits and heartbeats.
-    let body = if m.task_count() < BLOCKING_LIST_LEN {
+    let body = if small {
         encode()
     } else {
         tokio::task::spawn_blocking(encode)

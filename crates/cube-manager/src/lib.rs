@@ -82,13 +82,8 @@ pub struct ManagerConfig {
     pub worker_timeout: Duration,
     /// Finished tasks are forgotten this long after they finished (`None`: kept forever).
     pub gc_after: Option<Duration>,
-    /// The cluster token: required on this API (but health checks) and sent to workers. `None`
-    /// serves everyone who can connect.
-    pub token: Option<cube_api::auth::Token>,
-    /// Serve HTTPS with this certificate (plain HTTP when `None`).
-    pub tls: Option<cube_api::tls::ServerTls>,
-    /// CA to trust when calling `https://` workers (the system's roots when `None`).
-    pub tls_ca: Option<cube_api::tls::ClientTls>,
+    /// Token and TLS of this API and of the calls to workers.
+    pub security: cube_api::Security,
 }
 
 /// The manager: cluster state plus the machinery that acts on it.
@@ -142,13 +137,10 @@ impl Manager {
                 "state loaded"
             );
         }
-        let http = Client::with_tls(
-            "http://worker.invalid",
-            config.worker_timeout,
-            config.tls_ca.as_ref(),
-        )
-        .map_err(|e| ManagerError::Startup(e.to_string()))?
-        .with_token(config.token.clone());
+        let http = config
+            .security
+            .client("http://worker.invalid", config.worker_timeout)
+            .map_err(|e| ManagerError::Startup(e.to_string()))?;
         Ok(Arc::new(Self {
             config,
             state: Mutex::new(state),
@@ -641,8 +633,12 @@ pub async fn start(
     }
     manager.resume();
     let router = api::router(Arc::clone(&manager));
-    let server =
-        tokio::spawn(cube_api::server::serve(listener, router, shutdown, config.tls.clone()));
+    let server = tokio::spawn(cube_api::server::serve(
+        listener,
+        router,
+        shutdown,
+        config.security.tls.clone(),
+    ));
     tracing::info!(%addr, scheduler = %config.scheduler, ttl = ?config.node_ttl, "manager API listening");
     Ok(Running { addr, manager, server })
 }

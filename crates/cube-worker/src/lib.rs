@@ -97,13 +97,8 @@ pub struct WorkerConfig {
     /// Finished tasks and their logs are deleted this long after they finished (`None`: kept
     /// forever).
     pub gc_after: Option<Duration>,
-    /// The cluster token: required on this worker's API (but health checks) and sent to the
-    /// manager. `None` serves everyone who can connect.
-    pub token: Option<cube_api::auth::Token>,
-    /// Serve HTTPS with this certificate (plain HTTP when `None`).
-    pub tls: Option<cube_api::tls::ServerTls>,
-    /// CA to trust when calling an `https://` manager (the system's roots when `None`).
-    pub tls_ca: Option<cube_api::tls::ClientTls>,
+    /// Token and TLS of this API and of the calls to the manager.
+    pub security: cube_api::Security,
 }
 
 /// Resources a node offers, when they should differ from the host's (e.g. to keep some for
@@ -207,13 +202,13 @@ pub async fn start(
     let router = api::router(api::ApiState {
         agent: Arc::clone(&agent),
         host: host.clone(),
-        token: config.token.clone(),
+        token: config.security.token.clone(),
     });
     let server = tokio::spawn(cube_api::server::serve(
         listener,
         router,
         shutdown.clone(),
-        config.tls.clone(),
+        config.security.tls.clone(),
     ));
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
 
@@ -230,15 +225,14 @@ pub async fn start(
         };
         let membership = reporter::Membership {
             manager,
-            advertise: config.advertise.clone().unwrap_or_else(|| {
-                let scheme = if config.tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://{addr}")
-            }),
+            advertise: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("{}://{addr}", config.security.scheme())),
             labels: config.labels.clone(),
             capacity,
             drivers: available_drivers,
-            token: config.token.clone(),
-            tls_ca: config.tls_ca.clone(),
+            security: config.security.clone(),
         };
         tokio::spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }

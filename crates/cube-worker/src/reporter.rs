@@ -35,10 +35,8 @@ pub struct Membership {
     pub capacity: Resources,
     /// Drivers available.
     pub drivers: Vec<DriverKind>,
-    /// The cluster token, sent with every call to the manager.
-    pub token: Option<cube_api::auth::Token>,
-    /// CA to trust when the manager speaks HTTPS.
-    pub tls_ca: Option<cube_api::tls::ClientTls>,
+    /// Token and CA for the calls to the manager.
+    pub security: cube_api::Security,
 }
 
 /// Used until the manager says otherwise.
@@ -53,12 +51,8 @@ pub async fn run(
     host: watch::Receiver<HostSnapshot>,
     shutdown: CancellationToken,
 ) {
-    let client = match Client::with_tls(
-        &membership.manager,
-        Duration::from_secs(5),
-        membership.tls_ca.as_ref(),
-    ) {
-        Ok(c) => c.with_token(membership.token.clone()),
+    let client = match membership.security.client(&membership.manager, Duration::from_secs(5)) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the manager client; not joining a cluster");
             return;

@@ -31,13 +31,9 @@ pub struct DevArgs {
     /// 30m), or `never`.
     #[arg(long, env = "CUBE_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
-    /// Listen on a non-loopback address without a token: anyone who can reach the port can then
-    /// start containers, i.e. run anything as root on this host.
-    #[arg(long)]
-    pub allow_unauthenticated: bool,
-    /// Serving over TLS.
+    /// How the API is exposed: TLS, and whether it may go unauthenticated.
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub exposure: ExposureArgs,
 }
 
 /// Options of `cube manager`.
@@ -71,13 +67,9 @@ pub struct ManagerArgs {
     /// Workers delete their logs on their own schedule (`cube worker --gc-after`).
     #[arg(long, env = "CUBE_MANAGER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
-    /// Listen on a non-loopback address without a token: anyone who can reach the port can then
-    /// start containers, i.e. run anything as root on this host.
-    #[arg(long)]
-    pub allow_unauthenticated: bool,
-    /// Serving over TLS.
+    /// How the API is exposed: TLS, and whether it may go unauthenticated.
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub exposure: ExposureArgs,
 }
 
 /// Options of `cube worker`.
@@ -124,49 +116,42 @@ pub struct WorkerArgs {
     /// 30m), or `never`. With a manager, only once it has the task's final state.
     #[arg(long, env = "CUBE_WORKER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
-    /// Listen on a non-loopback address without a token: anyone who can reach the port can then
-    /// start containers, i.e. run anything as root on this host.
-    #[arg(long)]
-    pub allow_unauthenticated: bool,
-    /// Serving over TLS.
+    /// How the API is exposed: TLS, and whether it may go unauthenticated.
     #[command(flatten)]
-    pub tls: TlsArgs,
+    pub exposure: ExposureArgs,
 }
 
-/// Options that make an agent serve HTTPS.
+/// How an agent's API is exposed (shared by `manager`, `worker` and `dev`).
 #[derive(Debug, Args)]
-pub struct TlsArgs {
+pub struct ExposureArgs {
     /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
     #[arg(long, env = "CUBE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "CUBE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Listen on a non-loopback address without a token: anyone who can reach the port can then
+    /// start containers, i.e. run anything as root on this host.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
-/// What an agent needs to serve and to call its peers securely.
-struct Security {
-    token: Option<Token>,
-    tls: Option<cube_api::tls::ServerTls>,
-    tls_ca: Option<cube_api::tls::ClientTls>,
-}
-
-impl Security {
-    /// Loads the certificate, key and CA files named on the command line.
-    fn load(global: &super::GlobalArgs, tls: &TlsArgs) -> anyhow::Result<Self> {
-        let server = match (&tls.tls_cert, &tls.tls_key) {
-            (Some(cert), Some(key)) => Some(cube_api::tls::ServerTls::from_pem_files(cert, key)?),
-            _ => None,
-        };
-        let ca =
-            global.tls_ca.as_deref().map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
-        Ok(Self { token: global.token()?, tls: server, tls_ca: ca })
-    }
-
-    /// `https` when serving TLS.
-    fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
-    }
+/// Loads an agent's token, certificate and CA (plain file reads: call it before the async
+/// runtime starts) and refuses an unauthenticated API beyond loopback.
+pub(crate) fn security(
+    global: &super::GlobalArgs,
+    exposure: &ExposureArgs,
+    listen: SocketAddr,
+) -> anyhow::Result<cube_api::Security> {
+    let tls = match (&exposure.tls_cert, &exposure.tls_key) {
+        (Some(cert), Some(key)) => Some(cube_api::tls::ServerTls::from_pem_files(cert, key)?),
+        _ => None,
+    };
+    let tls_ca =
+        global.tls_ca.as_deref().map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
+    let security = cube_api::Security { token: global.token()?, tls, tls_ca };
+    check_exposure(listen, security.token.as_ref(), exposure.allow_unauthenticated)?;
+    Ok(security)
 }
 
 /// Refuses to serve an unauthenticated API beyond loopback unless told to: the API starts
@@ -288,9 +273,7 @@ fn host_name() -> String {
 }
 
 /// `cube worker`.
-pub(crate) async fn worker(args: WorkerArgs, global: super::GlobalArgs) -> anyhow::Result<()> {
-    let security = Security::load(&global, &args.tls)?;
-    check_exposure(args.listen, security.token.as_ref(), args.allow_unauthenticated)?;
+pub(crate) async fn worker(args: WorkerArgs, security: cube_api::Security) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let store_kind = args.store;
@@ -309,9 +292,7 @@ pub(crate) async fn worker(args: WorkerArgs, global: super::GlobalArgs) -> anyho
             disk: args.disk,
         },
         gc_after: args.gc_after.0,
-        token: security.token.clone(),
-        tls: security.tls.clone(),
-        tls_ca: security.tls_ca.clone(),
+        security: security.clone(),
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, store, shutdown).await?;
@@ -322,9 +303,7 @@ pub(crate) async fn worker(args: WorkerArgs, global: super::GlobalArgs) -> anyho
 }
 
 /// `cube manager`.
-pub(crate) async fn manager(args: ManagerArgs, global: super::GlobalArgs) -> anyhow::Result<()> {
-    let security = Security::load(&global, &args.tls)?;
-    check_exposure(args.listen, security.token.as_ref(), args.allow_unauthenticated)?;
+pub(crate) async fn manager(args: ManagerArgs, security: cube_api::Security) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let config = cube_manager::ManagerConfig {
@@ -335,9 +314,7 @@ pub(crate) async fn manager(args: ManagerArgs, global: super::GlobalArgs) -> any
         node_ttl: args.node_ttl,
         worker_timeout: args.worker_timeout,
         gc_after: args.gc_after.0,
-        token: security.token.clone(),
-        tls: security.tls.clone(),
-        tls_ca: security.tls_ca.clone(),
+        security: security.clone(),
     };
     let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, shutdown).await?;
@@ -349,9 +326,13 @@ pub(crate) async fn manager(args: ManagerArgs, global: super::GlobalArgs) -> any
 
 /// `cube dev`: a manager and one worker in this process, sharing nothing but HTTP on loopback,
 /// with durable state under one directory.
-pub(crate) async fn dev(args: DevArgs, global: super::GlobalArgs) -> anyhow::Result<()> {
-    let security = Security::load(&global, &args.tls)?;
-    check_exposure(args.listen, security.token.as_ref(), args.allow_unauthenticated)?;
+pub(crate) async fn dev(args: DevArgs, security: cube_api::Security) -> anyhow::Result<()> {
+    if security.tls.is_some() && security.tls_ca.is_none() {
+        // The in-process worker calls the manager over HTTPS like any other worker.
+        tracing::warn!(
+            "serving TLS without --tls-ca: the worker trusts only the system's roots, so a private certificate keeps it from registering"
+        );
+    }
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let manager_dir = args.data_dir.join("manager");
@@ -365,9 +346,7 @@ pub(crate) async fn dev(args: DevArgs, global: super::GlobalArgs) -> anyhow::Res
         node_ttl: Duration::from_secs(5),
         worker_timeout: Duration::from_secs(5),
         gc_after: args.gc_after.0,
-        token: security.token.clone(),
-        tls: security.tls.clone(),
-        tls_ca: security.tls_ca.clone(),
+        security: security.clone(),
     };
     let manager = cube_manager::start(manager_config, manager_store, shutdown.clone())
         .await
@@ -385,9 +364,7 @@ pub(crate) async fn dev(args: DevArgs, global: super::GlobalArgs) -> anyhow::Res
         labels: Default::default(),
         capacity: cube_worker::CapacityOverride::default(),
         gc_after: args.gc_after.0,
-        token: security.token.clone(),
-        tls: security.tls.clone(),
-        tls_ca: security.tls_ca.clone(),
+        security: security.clone(),
     };
     let worker = cube_worker::start(worker_config, worker_store, shutdown.clone()).await?;
     let drivers = worker.agent.drivers();

@@ -123,17 +123,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Worker(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::worker(args, cli.global))?;
+            let security = agents::security(&cli.global, &args.exposure, args.listen)?;
+            agents::runtime()?.block_on(agents::worker(args, security))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Manager(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::manager(args, cli.global))?;
+            let security = agents::security(&cli.global, &args.exposure, args.listen)?;
+            agents::runtime()?.block_on(agents::manager(args, security))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(args) => {
             agents::init_logging();
-            agents::runtime()?.block_on(agents::dev(args, cli.global))?;
+            let security = agents::security(&cli.global, &args.exposure, args.listen)?;
+            agents::runtime()?.block_on(agents::dev(args, security))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(command) => client::run(command, &cli.global),

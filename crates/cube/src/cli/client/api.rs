@@ -29,10 +29,10 @@ impl Api {
             anyhow::bail!("the manager address is empty: pass --addr URL or set CUBE_ADDR");
         }
         let base = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let tls = tls_ca.map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
-        let client = Client::with_tls(base, REQUEST_TIMEOUT, tls.as_ref())
-            .map_err(|e| describe(&e, addr))?
-            .with_token(token);
+        let tls_ca = tls_ca.map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
+        let client = cube_api::Security { token, tls: None, tls_ca }
+            .client(base, REQUEST_TIMEOUT)
+            .map_err(|e| describe(&e, addr))?;
         Ok(Self { client })
     }
 

@@ -137,33 +137,23 @@ fn node_detail(n: &NodeInfo, tasks: &[TaskView], now: Timestamp, colour: bool) -
     d.row("Registered", format::when(n.registered_at, now));
     d.row("Last heartbeat", format::or_dash(n.last_heartbeat.map(|at| format::when(at, now))));
     d.row("Active tasks", n.task_count.to_string());
+    let reserved = |reserved: String, capacity: String, free: String| {
+        format!("{reserved} of {capacity} reserved, {free} free")
+    };
+    let bytes = |b: cube_core::Bytes| format::human_bytes(b.get());
     d.row(
         "CPU",
-        format!(
-            "{} of {} cores reserved, {} free",
+        reserved(
             format::cores(n.reserved.cpu),
-            format::cores(n.capacity.cpu),
-            format::cores(n.free.cpu)
+            format!("{} cores", format::cores(n.capacity.cpu)),
+            format::cores(n.free.cpu),
         ),
     );
     d.row(
         "Memory",
-        format!(
-            "{} of {} reserved, {} free",
-            format::human_bytes(n.reserved.memory.get()),
-            format::human_bytes(n.capacity.memory.get()),
-            format::human_bytes(n.free.memory.get())
-        ),
+        reserved(bytes(n.reserved.memory), bytes(n.capacity.memory), bytes(n.free.memory)),
     );
-    d.row(
-        "Disk",
-        format!(
-            "{} of {} reserved, {} free",
-            format::human_bytes(n.reserved.disk.get()),
-            format::human_bytes(n.capacity.disk.get()),
-            format::human_bytes(n.free.disk.get())
-        ),
-    );
+    d.row("Disk", reserved(bytes(n.reserved.disk), bytes(n.capacity.disk), bytes(n.free.disk)));
     let mut out = d.render();
     out.push_str("\n\nStats:\n");
     out.push_str(&format::indent(&match &n.stats {

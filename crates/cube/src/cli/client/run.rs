@@ -13,9 +13,6 @@ use super::wait::{self, Goal, Outcome};
 use super::{RunArgs, file};
 use crate::cli::Output;
 
-/// Exit code of a `--wait` that did not end well.
-pub(super) const WAIT_FAILED: u8 = 3;
-
 /// Runs `cube run`.
 pub(super) async fn run(api: &Api, args: RunArgs, output: Output) -> anyhow::Result<ExitCode> {
     let spec = match &args.file {
@@ -62,24 +59,15 @@ pub(super) async fn run(api: &Api, args: RunArgs, output: Output) -> anyhow::Res
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Failed(task, why) => {
-            if output == Output::Json {
-                format::emit_json(&task)?;
-            }
             let place = task
                 .node
                 .or_else(|| task.events.iter().rev().find_map(|e| e.node))
                 .map(|n| format!(" on node {}", node_name(&names, n)))
                 .unwrap_or_default();
-            format::error_line(&format!("task {} ({}) failed{place}: {why}", task.id, task.name));
-            Ok(ExitCode::from(WAIT_FAILED))
+            let line = format!("task {} ({}) failed{place}: {why}", task.id, task.name);
+            wait::unreached(output, Some(&task), &line)
         }
-        Outcome::TimedOut(task, why) => {
-            if let (Output::Json, Some(task)) = (output, &task) {
-                format::emit_json(task)?;
-            }
-            format::error_line(&why);
-            Ok(ExitCode::from(WAIT_FAILED))
-        }
+        Outcome::TimedOut(task, why) => wait::unreached(output, task.as_ref(), &why),
     }
 }
 

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use super::StopArgs;
 use super::api::Api;
 use super::format;
-use super::run::WAIT_FAILED;
 use super::wait::{self, Goal, Outcome};
 use crate::cli::Output;
 
@@ -38,19 +37,7 @@ pub(super) async fn stop(api: &Api, args: StopArgs, output: Output) -> anyhow::R
             }
             Ok(ExitCode::SUCCESS)
         }
-        Outcome::Failed(task, why) => {
-            if output == Output::Json {
-                format::emit_json(&task)?;
-            }
-            format::error_line(&why);
-            Ok(ExitCode::from(WAIT_FAILED))
-        }
-        Outcome::TimedOut(task, why) => {
-            if let (Output::Json, Some(task)) = (output, &task) {
-                format::emit_json(task)?;
-            }
-            format::error_line(&why);
-            Ok(ExitCode::from(WAIT_FAILED))
-        }
+        Outcome::Failed(task, why) => wait::unreached(output, Some(&task), &why),
+        Outcome::TimedOut(task, why) => wait::unreached(output, task.as_ref(), &why),
     }
 }

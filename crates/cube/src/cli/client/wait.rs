@@ -37,6 +37,23 @@ pub(super) enum Outcome {
     TimedOut(Option<TaskView>, String),
 }
 
+/// Exit code of a `--wait` that did not end well.
+pub(super) const WAIT_FAILED: u8 = 3;
+
+/// Ends a wait that did not reach its goal: the task as JSON (when asked for and known), one
+/// error line, exit code [`WAIT_FAILED`].
+pub(super) fn unreached(
+    output: crate::cli::Output,
+    task: Option<&TaskView>,
+    line: &str,
+) -> anyhow::Result<std::process::ExitCode> {
+    if let (crate::cli::Output::Json, Some(task)) = (output, task) {
+        super::format::emit_json(task)?;
+    }
+    super::format::error_line(line);
+    Ok(std::process::ExitCode::from(WAIT_FAILED))
+}
+
 /// Polls task `id` until `goal` is reached, cannot be reached, or `timeout` passes.
 pub(super) async fn wait(
     api: &Api,

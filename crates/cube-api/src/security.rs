@@ -1,0 +1,36 @@
+//! How a Cube agent protects its API and reaches its peers: the cluster token it requires and
+//! sends, the certificate it serves, and the CA it trusts. The manager and the worker take one
+//! of these instead of three loose settings.
+
+use std::time::Duration;
+
+use crate::auth::Token;
+use crate::client::{Client, ClientError};
+use crate::tls::{ClientTls, ServerTls};
+
+/// An agent's token and TLS settings; the default is plain HTTP without a token.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    /// Required on the agent's API (but health checks) and sent to its peers.
+    pub token: Option<Token>,
+    /// Serve HTTPS with this certificate (plain HTTP when `None`).
+    pub tls: Option<ServerTls>,
+    /// CA to trust when calling `https://` peers (the system's roots when `None`).
+    pub tls_ca: Option<ClientTls>,
+}
+
+impl Security {
+    /// The scheme of this agent's own address: `https` when it serves TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// A client for a peer at `base` that trusts the CA and sends the token.
+    pub fn client(
+        &self,
+        base: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        Ok(Client::with_tls(base, timeout, self.tls_ca.as_ref())?.with_token(self.token.clone()))
+    }
+}

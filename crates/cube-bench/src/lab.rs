@@ -14,8 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cube_api::client::Client;
 use cube_core::NodeId;
+use cube_http::client::Client;
 
 use crate::out;
 

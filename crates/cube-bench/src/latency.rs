@@ -19,9 +19,9 @@ use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use clap::Args;
-use cube_api::client::Client;
 use cube_api::types::{TaskFilter, TaskView};
 use cube_core::{DriverKind, TaskId, TaskSpec, TaskState, Timestamp};
+use cube_http::client::Client;
 use serde_json::json;
 
 use crate::lab::{Lab, docker_answers, remove_labelled_containers};

@@ -50,7 +50,7 @@ pub enum Until {
 
 /// Runs `clients` closed loops of `POST {manager}/v1/tasks` with `body` until `until`.
 pub async fn submit_load(manager: &str, body: Bytes, clients: usize, until: Until) -> Load {
-    let http = match cube_api::tls::http_client_builder()
+    let http = match cube_http::tls::http_client_builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(30))
         .build()

@@ -58,7 +58,7 @@ async fn time_start(manager: &Manager, probe: TaskId) -> anyhow::Result<Timing> 
         }
     }
     let first_get = manager.spawned.elapsed();
-    let http = cube_api::tls::http_client_builder().timeout(Duration::from_secs(300)).build()?;
+    let http = cube_http::tls::http_client_builder().timeout(Duration::from_secs(300)).build()?;
     let body = http
         .get(format!("{}/v1/tasks", manager.url))
         .send()

@@ -22,8 +22,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cube_api::client::Client;
-use cube_api::server::Body;
 use cube_api::types::{
     ActiveTask, CpuStats, DiskStats, HealthView, HeartbeatRequest, HeartbeatResponse, LoadStats,
     MemoryStats, NodeStats, RegisterRequest, TaskCounts, TaskSubmission, TaskView,
@@ -32,6 +30,8 @@ use cube_api::{ApiError, ErrorCode};
 use cube_core::{
     Bytes, DriverKind, Millicores, NodeId, Resources, Task, TaskId, TaskState, Trigger,
 };
+use cube_http::client::Client;
+use cube_http::server::{Body, HttpError};
 use jiff::Timestamp;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -171,7 +171,7 @@ impl SimCluster {
     /// Serves `count` simulated nodes on a loopback port, registers them all with `manager`
     /// (at most 32 registrations in flight) and starts their heartbeats.
     pub async fn start(manager: &str, count: usize) -> anyhow::Result<Self> {
-        let listener = cube_api::server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let listener = cube_http::server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let nodes: Vec<Arc<SimNode>> = (0..count)
             .map(|i| {
@@ -189,7 +189,7 @@ impl SimCluster {
         let shared = Arc::new(Shared { nodes: nodes.clone(), counters: Arc::clone(&counters) });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(cube_api::server::serve(listener, router(shared), shutdown.clone(), None));
+        tracker.spawn(cube_http::server::serve(listener, router(shared), shutdown.clone(), None));
         // Until the cluster is built, a failure must still stop the server.
         let guard = shutdown.clone().drop_guard();
 
@@ -370,7 +370,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/{index}/v1/tasks", post(submit))
         .route("/sim/{index}/v1/tasks/{id}", get(get_task).delete(stop))
         .with_state(shared);
-    cube_api::server::finish_router(routes, None)
+    cube_http::server::finish_router(routes, None)
 }
 
 fn node_at(shared: &Shared, index: usize) -> Result<&Arc<SimNode>, ApiError> {
@@ -380,7 +380,7 @@ fn node_at(shared: &Shared, index: usize) -> Result<&Arc<SimNode>, ApiError> {
 async fn health(
     State(shared): State<Arc<Shared>>,
     Path(index): Path<usize>,
-) -> Result<axum::Json<HealthView>, ApiError> {
+) -> Result<axum::Json<HealthView>, HttpError> {
     let node = node_at(&shared, index)?;
     Ok(axum::Json(HealthView {
         status: "ok".into(),
@@ -397,7 +397,7 @@ async fn submit(
     State(shared): State<Arc<Shared>>,
     Path(index): Path<usize>,
     Body(body): Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let node = node_at(&shared, index)?;
     let submission = TaskSubmission::parse(&body)?;
     let id = submission.id.unwrap_or_else(|| TaskId::from_uuid(uuid::Uuid::now_v7()));
@@ -408,7 +408,7 @@ async fn submit(
             && e.task.generation >= generation
         {
             if e.task.generation > generation {
-                return Err(ApiError::new(ErrorCode::Conflict, "older generation"));
+                return Err(ApiError::new(ErrorCode::Conflict, "older generation").into());
             }
             return Ok((StatusCode::OK, axum::Json(TaskView::from(&e.task))).into_response());
         }
@@ -431,9 +431,9 @@ async fn submit(
 async fn get_task(
     State(shared): State<Arc<Shared>>,
     Path((index, id)): Path<(usize, String)>,
-) -> Result<axum::Json<TaskView>, ApiError> {
+) -> Result<axum::Json<TaskView>, HttpError> {
     let node = node_at(&shared, index)?;
-    let id: TaskId = cube_api::server::parse_id(&id)?;
+    let id: TaskId = cube_http::server::parse_id(&id)?;
     let tasks = node.tasks();
     let e = tasks.get(&id).ok_or_else(|| ApiError::not_found("task", id))?;
     Ok(axum::Json(TaskView::from(&e.task)))
@@ -442,9 +442,9 @@ async fn get_task(
 async fn stop(
     State(shared): State<Arc<Shared>>,
     Path((index, id)): Path<(usize, String)>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let node = node_at(&shared, index)?;
-    let id: TaskId = cube_api::server::parse_id(&id)?;
+    let id: TaskId = cube_http::server::parse_id(&id)?;
     stop_tasks(node, &[id]);
     let tasks = node.tasks();
     let e = tasks.get(&id).ok_or_else(|| ApiError::not_found("task", id))?;

@@ -6,6 +6,7 @@
 //! - [`state`]: task states and the one [`transition`] function.
 //! - [`task`]: the task record with its history.
 //! - [`node`]: the node record the manager keeps.
+//! - [`stats`]: what a worker reports about its host.
 //! - [`constraint`], [`scheduler`]: placement (candidates, scores, pick) with explanations.
 //!
 //! **Invariant:** nothing here performs I/O, reads the clock or draws random numbers; time and
@@ -17,6 +18,7 @@ pub mod node;
 pub mod scheduler;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod task;
 pub mod units;
 

@@ -8,21 +8,27 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cube_api::server::{Body, Query, parse_id};
 use cube_api::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, RegisterRequest,
     TaskFilter, TaskSubmission, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{NodeId, TaskId};
+use cube_http::server::{Body, HttpError, Query, parse_id};
 
-use crate::Manager;
+use crate::{Manager, ManagerError};
 
 type Shared = Arc<Manager>;
 
 /// Registrations and heartbeats carry a node's tasks (a registration all of them), so they may
 /// be much larger than a user's request.
 const NODE_BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+impl From<ManagerError> for HttpError {
+    fn from(e: ManagerError) -> Self {
+        HttpError(e.into())
+    }
+}
 
 /// The router for `/v1/...`.
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -40,7 +46,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
             post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)),
         )
         .with_state(manager);
-    cube_api::server::finish_router(routes, token)
+    cube_http::server::finish_router(routes, token)
 }
 
 async fn health(State(m): State<Shared>) -> axum::Json<HealthView> {
@@ -53,7 +59,7 @@ async fn health(State(m): State<Shared>) -> axum::Json<HealthView> {
     })
 }
 
-async fn submit_task(State(m): State<Shared>, Body(body): Body) -> Result<Response, ApiError> {
+async fn submit_task(State(m): State<Shared>, Body(body): Body) -> Result<Response, HttpError> {
     let submission = TaskSubmission::parse(&body)?;
     let (task, created) = m.submit(submission.id, submission.spec).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -66,7 +72,7 @@ const BLOCKING_LIST_LEN: usize = 256;
 async fn list_tasks(
     State(m): State<Shared>,
     Query(filter): Query<TaskFilter>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let tasks = m.tasks(&filter);
     let small = tasks.len() < BLOCKING_LIST_LEN;
     let encode = move || {
@@ -89,13 +95,13 @@ async fn list_tasks(
 async fn get_task(
     State(m): State<Shared>,
     Path(id): Path<String>,
-) -> Result<axum::Json<TaskView>, ApiError> {
+) -> Result<axum::Json<TaskView>, HttpError> {
     let id: TaskId = parse_id(&id)?;
     let task = m.task(id).ok_or_else(|| ApiError::not_found("task", id))?;
     Ok(axum::Json(TaskView::from(&task)))
 }
 
-async fn stop_task(State(m): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn stop_task(State(m): State<Shared>, Path(id): Path<String>) -> Result<Response, HttpError> {
     let id: TaskId = parse_id(&id)?;
     let task = m.stop(id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(TaskView::from(&task))).into_response())
@@ -108,14 +114,14 @@ async fn list_nodes(State(m): State<Shared>) -> axum::Json<Vec<NodeInfo>> {
 async fn get_node(
     State(m): State<Shared>,
     Path(id): Path<String>,
-) -> Result<axum::Json<NodeInfo>, ApiError> {
+) -> Result<axum::Json<NodeInfo>, HttpError> {
     Ok(axum::Json(m.node(&id)?))
 }
 
 async fn register(
     State(m): State<Shared>,
     Body(body): Body,
-) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
+) -> Result<axum::Json<HeartbeatResponse>, HttpError> {
     let req: RegisterRequest = parse_json(&body)?;
     Ok(axum::Json(m.register(req).await?))
 }
@@ -124,7 +130,7 @@ async fn heartbeat(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Body(body): Body,
-) -> Result<axum::Json<HeartbeatResponse>, ApiError> {
+) -> Result<axum::Json<HeartbeatResponse>, HttpError> {
     let id: NodeId = parse_id(&id)?;
     let req: HeartbeatRequest = parse_json(&body)?;
     Ok(axum::Json(m.heartbeat(id, req).await?))
@@ -141,7 +147,7 @@ async fn task_logs(
     State(m): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let id: TaskId = parse_id(&id)?;
     let stream = m.logs(id, q.follow, q.tail).await?;
     let body = axum::body::Body::from_stream(stream);

@@ -16,11 +16,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cube_api::client::Client;
-use cube_api::server::Ticker;
-use cube_api::types::{HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter};
+use cube_api::types::{
+    HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter, TaskView,
+};
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
+use cube_http::client::Client;
+use cube_rt::Ticker;
 use cube_store::{Batch, Commit, Store, StoreError, Table};
 use jiff::Timestamp;
 use tokio::sync::Notify;
@@ -28,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use state::{ActiveCopy, Beat, Report};
 pub use state::{Dispatch, Effects, State, StopCall};
 
 /// Errors of the manager.
@@ -83,7 +86,7 @@ pub struct ManagerConfig {
     /// Finished tasks are forgotten this long after they finished (`None`: kept forever).
     pub gc_after: Option<Duration>,
     /// Token and TLS of this API and of the calls to workers.
-    pub security: cube_api::Security,
+    pub security: cube_http::Security,
 }
 
 /// The manager: cluster state plus the machinery that acts on it.
@@ -284,7 +287,7 @@ impl Manager {
         id: TaskId,
         follow: bool,
         tail: Option<usize>,
-    ) -> Result<cube_api::client::LogStream, ApiError> {
+    ) -> Result<cube_http::client::LogStream, ApiError> {
         let (node, address) = {
             let state = self.lock();
             let task = state.task(id).ok_or_else(|| ApiError::not_found("task", id))?;
@@ -299,7 +302,7 @@ impl Manager {
         let address = address.ok_or_else(|| ApiError::not_found("node", node))?;
         let client = self.client(&address);
         client.logs(id, follow, tail).await.map_err(|e| match e {
-            cube_api::client::ClientError::Api { error, .. } => error,
+            cube_http::client::ClientError::Api { error, .. } => error,
             other => {
                 ApiError::new(ErrorCode::Unavailable, format!("node {node} unreachable: {other}"))
             }
@@ -324,7 +327,8 @@ impl Manager {
             last_heartbeat: Some(now),
         };
         tracing::info!(node = %node.id, name = %node.name, address = %node.address, "node registered");
-        let stop = self.change(|s, e| s.register(node, &req.tasks, now, Instant::now(), e)).await?;
+        let reports: Vec<Report> = req.tasks.into_iter().map(report).collect();
+        let stop = self.change(|s, e| s.register(node, &reports, now, Instant::now(), e)).await?;
         Ok(self.heartbeat_response(stop, false))
     }
 
@@ -335,7 +339,17 @@ impl Manager {
         req: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, ManagerError> {
         let now = Timestamp::now();
-        let stop = self.change(|s, e| s.heartbeat(node, &req, now, Instant::now(), e)).await?;
+        let beat = Beat {
+            stats: req.stats,
+            reports: req.tasks.into_iter().map(report).collect(),
+            active: req.active.map(|active| {
+                active
+                    .into_iter()
+                    .map(|a| ActiveCopy { id: a.id, generation: a.generation })
+                    .collect()
+            }),
+        };
+        let stop = self.change(|s, e| s.heartbeat(node, &beat, now, Instant::now(), e)).await?;
         Ok(match stop {
             Some(stop) => self.heartbeat_response(stop, false),
             None => self.heartbeat_response(Vec::new(), true),
@@ -582,6 +596,22 @@ impl Manager {
     }
 }
 
+/// The rules' view of a task a worker reports: converted here, at the edge, so `state` is written
+/// against domain values rather than the wire.
+fn report(view: TaskView) -> Report {
+    Report {
+        id: view.id,
+        generation: view.generation,
+        state: view.state,
+        events: view.events,
+        handle: view.handle,
+        host_ports: view.host_ports,
+        exit_code: view.exit_code,
+        restart_count: view.restart_count,
+        healthy: view.healthy,
+    }
+}
+
 /// A started manager.
 #[derive(Debug)]
 pub struct Running {
@@ -620,7 +650,7 @@ pub async fn start(
             .map_err(|e| ManagerError::Startup(format!("loading state failed: {e}")))?
     };
     let manager = loaded?;
-    let listener = cube_api::server::bind(config.listen)
+    let listener = cube_http::server::bind(config.listen)
         .await
         .map_err(|e| ManagerError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
@@ -633,7 +663,7 @@ pub async fn start(
     }
     manager.resume();
     let router = api::router(Arc::clone(&manager));
-    let server = tokio::spawn(cube_api::server::serve(
+    let server = tokio::spawn(cube_http::server::serve(
         listener,
         router,
         shutdown,

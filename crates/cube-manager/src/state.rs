@@ -14,13 +14,57 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cube_api::types::{ActiveTask, HeartbeatRequest, NodeStats, TaskView};
 use cube_core::scheduler::NodeLoad;
+use cube_core::stats::NodeStats;
 use cube_core::{
-    Decision, DesiredState, Node, NodeId, NodeSet, NodeState, NodeView, Protocol, Resources,
-    Scheduler, Task, TaskId, TaskState, Trigger,
+    Decision, DesiredState, DriverHandle, HostPort, Node, NodeId, NodeSet, NodeState, NodeView,
+    Protocol, Resources, Scheduler, Task, TaskEvent, TaskId, TaskState, Trigger,
 };
 use jiff::Timestamp;
+
+/// What a worker says about one of its tasks (the domain side of a reported `TaskView`,
+/// converted at the manager's edge).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The task.
+    pub id: TaskId,
+    /// The placement generation the worker runs it under.
+    pub generation: u32,
+    /// Its state on the worker.
+    pub state: TaskState,
+    /// The worker's history of it, oldest first.
+    pub events: Vec<TaskEvent>,
+    /// How the worker finds the workload.
+    pub handle: Option<DriverHandle>,
+    /// Ports the workload publishes.
+    pub host_ports: Vec<HostPort>,
+    /// Exit code of its last run.
+    pub exit_code: Option<i64>,
+    /// Restarts on that worker so far.
+    pub restart_count: u32,
+    /// Latest health-check result.
+    pub healthy: Option<bool>,
+}
+
+/// A copy of a task a worker runs (not finished there), with its placement generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActiveCopy {
+    /// The task.
+    pub id: TaskId,
+    /// The generation the copy runs under.
+    pub generation: u32,
+}
+
+/// A heartbeat as the rules see it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Beat {
+    /// Fresh host stats (periodic beats only).
+    pub stats: Option<NodeStats>,
+    /// Tasks that changed on the worker.
+    pub reports: Vec<Report>,
+    /// Every unfinished copy on the worker (periodic beats only), to fence against.
+    pub active: Option<Vec<ActiveCopy>>,
+}
 
 /// A task placed on a node, to be sent there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -434,7 +478,7 @@ impl State {
     pub fn register(
         &mut self,
         node: Node,
-        reports: &[TaskView],
+        reports: &[Report],
         now: Timestamp,
         mono: Instant,
         effects: &mut Effects,
@@ -489,10 +533,10 @@ impl State {
                 requeue_or_stop(t, now, format!("node {name} no longer has the task"))
             });
         }
-        let active: Vec<ActiveTask> = reports
+        let active: Vec<ActiveCopy> = reports
             .iter()
             .filter(|r| !r.state.is_terminal())
-            .map(|r| ActiveTask { id: r.id, generation: r.generation })
+            .map(|r| ActiveCopy { id: r.id, generation: r.generation })
             .collect();
         self.fence(id, &active)
     }
@@ -502,7 +546,7 @@ impl State {
     pub fn heartbeat(
         &mut self,
         node: NodeId,
-        req: &HeartbeatRequest,
+        req: &Beat,
         now: Timestamp,
         mono: Instant,
         effects: &mut Effects,
@@ -524,7 +568,7 @@ impl State {
         if room {
             self.capacity_changed(effects);
         }
-        for r in &req.tasks {
+        for r in &req.reports {
             self.sync_report(node, r, now, effects);
         }
         Some(req.active.as_deref().map(|a| self.fence(node, a)).unwrap_or_default())
@@ -532,7 +576,7 @@ impl State {
 
     /// Tasks `node` runs that it must not: unknown here, finished or stopped here, or placed
     /// elsewhere (or under another generation) while the node was away.
-    fn fence(&self, node: NodeId, active: &[ActiveTask]) -> Vec<TaskId> {
+    fn fence(&self, node: NodeId, active: &[ActiveCopy]) -> Vec<TaskId> {
         active
             .iter()
             .filter(|a| match self.tasks.get(&a.id) {
@@ -551,13 +595,7 @@ impl State {
     /// Merges a worker's report of a task into the manager's record by replaying the worker's
     /// history through the state machine. Reports about copies that no longer count (another
     /// node, an older generation) are ignored; [`State::fence`] stops those copies.
-    pub fn sync_report(
-        &mut self,
-        node: NodeId,
-        r: &TaskView,
-        now: Timestamp,
-        effects: &mut Effects,
-    ) {
+    pub fn sync_report(&mut self, node: NodeId, r: &Report, now: Timestamp, effects: &mut Effects) {
         let Some(t) = self.tasks.get(&r.id) else { return };
         if t.node != Some(node) || t.generation != r.generation || t.state.is_terminal() {
             return;
@@ -733,7 +771,7 @@ fn apply(t: &mut Task, trigger: Trigger, now: Timestamp, reason: impl Into<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cube_api::types::{CpuStats, DiskStats, LoadStats, MemoryStats, TaskCounts};
+    use cube_core::stats::{CpuStats, DiskStats, LoadStats, MemoryStats, TaskCounts};
     use cube_core::{Bytes, DriverKind, Millicores, SchedulerKind, TaskSpec};
     use uuid::Uuid;
 
@@ -796,7 +834,7 @@ mod tests {
 
     /// What the worker would report for `t` after `moves` (state, reason), one per second
     /// from its last known event on.
-    fn report(t: &Task, moves: &[(TaskState, &str)]) -> TaskView {
+    fn report(t: &Task, moves: &[(TaskState, &str)]) -> Report {
         let mut w = t.clone();
         let base = w.events.last().map_or(at(0), |e| e.at).as_second() - 1_800_000_000;
         for (i, (to, reason)) in moves.iter().enumerate() {
@@ -809,7 +847,17 @@ mod tests {
             });
             w.state = *to;
         }
-        TaskView::from(&w)
+        Report {
+            id: w.id,
+            generation: w.generation,
+            state: w.state,
+            events: w.events,
+            handle: w.handle,
+            host_ports: w.host_ports,
+            exit_code: w.exit_code,
+            restart_count: w.restart_count,
+            healthy: w.healthy,
+        }
     }
 
     #[test]
@@ -994,7 +1042,7 @@ mod tests {
         s.stop(stopped, at(2), &mut Effects::default());
         // w2 keeps heartbeating, w1 falls silent.
         let later = mono + Duration::from_secs(6);
-        let hb = HeartbeatRequest { stats: Some(stats()), tasks: vec![], active: Some(vec![]) };
+        let hb = Beat { stats: Some(stats()), reports: vec![], active: Some(vec![]) };
         s.heartbeat(w2, &hb, at(6), later, &mut Effects::default()).unwrap();
         let mut e = Effects::default();
         let down = s.expire_nodes(Duration::from_secs(5), at(6), later, &mut e);
@@ -1025,8 +1073,8 @@ mod tests {
         s.place_pending(at(7), &mut Effects::default());
         assert_eq!(s.task(id).unwrap().generation, 2);
         // w1 comes back still running generation 1.
-        let active = [ActiveTask { id, generation: 1 }];
-        let hb = HeartbeatRequest { stats: None, tasks: vec![], active: Some(active.to_vec()) };
+        let active = [ActiveCopy { id, generation: 1 }];
+        let hb = Beat { stats: None, reports: vec![], active: Some(active.to_vec()) };
         let stop = s.heartbeat(w1, &hb, at(8), later, &mut Effects::default()).unwrap();
         assert_eq!(stop, vec![id]);
         assert_eq!(s.node(w1).unwrap().node.state, NodeState::Ready);

@@ -8,10 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cube_api::server::{Body, Query, parse_id};
 use cube_api::types::{HealthView, LogsQuery, NodeStats, TaskSubmission, TaskView};
 use cube_api::{ApiError, ErrorCode};
 use cube_core::TaskId;
+use cube_http::server::{Body, HttpError, Query, parse_id};
 use tokio::sync::watch;
 
 use crate::WorkerError;
@@ -26,7 +26,7 @@ pub struct ApiState {
     /// Latest host metrics.
     pub host: watch::Receiver<HostSnapshot>,
     /// Required on every request but health checks, when set.
-    pub token: Option<cube_api::auth::Token>,
+    pub token: Option<cube_http::auth::Token>,
 }
 
 /// The router for `/v1/...`.
@@ -39,7 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
         .with_state(state);
-    cube_api::server::finish_router(routes, token)
+    cube_http::server::finish_router(routes, token)
 }
 
 impl From<WorkerError> for ApiError {
@@ -58,6 +58,12 @@ impl From<WorkerError> for ApiError {
                 ApiError::internal(e.to_string())
             }
         }
+    }
+}
+
+impl From<WorkerError> for HttpError {
+    fn from(e: WorkerError) -> Self {
+        HttpError(e.into())
     }
 }
 
@@ -83,13 +89,13 @@ async fn list_tasks(State(s): State<ApiState>) -> axum::Json<Vec<TaskView>> {
 async fn get_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<TaskView>, ApiError> {
+) -> Result<axum::Json<TaskView>, HttpError> {
     let id: TaskId = parse_id(&id)?;
     let task = s.agent.get(id).ok_or_else(|| ApiError::not_found("task", id))?;
     Ok(axum::Json(TaskView::from(&task)))
 }
 
-async fn submit_task(State(s): State<ApiState>, Body(body): Body) -> Result<Response, ApiError> {
+async fn submit_task(State(s): State<ApiState>, Body(body): Body) -> Result<Response, HttpError> {
     let submission = TaskSubmission::parse(&body)?;
     let (task, created) =
         s.agent.submit(submission.id, submission.generation, submission.spec).await?;
@@ -100,7 +106,7 @@ async fn submit_task(State(s): State<ApiState>, Body(body): Body) -> Result<Resp
 async fn stop_task(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let id: TaskId = parse_id(&id)?;
     let task = s.agent.stop(id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(TaskView::from(&task))).into_response())
@@ -110,10 +116,10 @@ async fn task_logs(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, HttpError> {
     let id: TaskId = parse_id(&id)?;
     if s.agent.get(id).is_none() {
-        return Err(ApiError::not_found("task", id));
+        return Err(ApiError::not_found("task", id).into());
     }
     let body = axum::body::Body::from_stream(crate::logs::stream(
         Arc::clone(&s.agent),

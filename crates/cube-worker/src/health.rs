@@ -166,7 +166,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// A client for HTTP probes: no connection reuse (each probe should see a fresh connection, as
 /// a new user would) and no proxies.
 pub(crate) fn http_client() -> reqwest::Client {
-    cube_api::tls::http_client_builder()
+    cube_http::tls::http_client_builder()
         .pool_max_idle_per_host(0)
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))

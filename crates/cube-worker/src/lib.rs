@@ -98,7 +98,7 @@ pub struct WorkerConfig {
     /// forever).
     pub gc_after: Option<Duration>,
     /// Token and TLS of this API and of the calls to the manager.
-    pub security: cube_api::Security,
+    pub security: cube_http::Security,
 }
 
 /// Resources a node offers, when they should differ from the host's (e.g. to keep some for
@@ -193,7 +193,7 @@ pub async fn start(
         );
     }
 
-    let listener = cube_api::server::bind(config.listen)
+    let listener = cube_http::server::bind(config.listen)
         .await
         .map_err(|e| WorkerError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
@@ -204,7 +204,7 @@ pub async fn start(
         host: host.clone(),
         token: config.security.token.clone(),
     });
-    let server = tokio::spawn(cube_api::server::serve(
+    let server = tokio::spawn(cube_http::server::serve(
         listener,
         router,
         shutdown.clone(),
@@ -246,7 +246,7 @@ async fn gc_loop(
     keep_unreported: bool,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = cube_api::server::Ticker::new(cube_core::task::gc_period(retain), shutdown);
+    let mut ticker = cube_rt::Ticker::new(cube_core::task::gc_period(retain), shutdown);
     while ticker.tick().await {
         // A retention reaching before the representable past collects nothing.
         if let Ok(cutoff) = jiff::Timestamp::now().checked_sub(retain) {

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cube_api::client::{Client, ClientError};
 use cube_api::types::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, TaskView};
 use cube_core::{DriverKind, Resources};
+use cube_http::client::{Client, ClientError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +36,7 @@ pub struct Membership {
     /// Drivers available.
     pub drivers: Vec<DriverKind>,
     /// Token and CA for the calls to the manager.
-    pub security: cube_api::Security,
+    pub security: cube_http::Security,
 }
 
 /// Used until the manager says otherwise.

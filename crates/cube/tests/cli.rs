@@ -497,7 +497,7 @@ async fn docker_web_example_runs_and_serves() {
         .find_map(|l| l.strip_prefix("Ports:"))
         .and_then(|p| p.trim().split("->").next()?.rsplit(':').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no host port in {out:#?}"));
-    let http = cube_api::tls::http_client_builder().build().unwrap();
+    let http = cube_http::tls::http_client_builder().build().unwrap();
     let body = http.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
     let body = body.text().await.unwrap();
     assert!(body.contains("cube test image"), "{body}");

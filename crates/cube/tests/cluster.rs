@@ -537,8 +537,8 @@ async fn process_submit_to_running_on_an_idle_cluster() {
     );
 }
 
-fn is_not_found<T: std::fmt::Debug>(r: Result<T, cube_api::client::ClientError>) -> bool {
-    matches!(r, Err(cube_api::client::ClientError::Api { status: 404, .. }))
+fn is_not_found<T: std::fmt::Debug>(r: Result<T, cube_http::client::ClientError>) -> bool {
+    matches!(r, Err(cube_http::client::ClientError::Api { status: 404, .. }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,12 +585,12 @@ async fn a_cluster_token_guards_every_api_and_nodes_use_it_with_each_other() {
     let m = TestManager::start(&["--token", TOKEN]).await;
     let w = m.worker("w1", &["--token", TOKEN]).await;
     let with =
-        |c: &cube_api::client::Client, t: &str| c.clone().with_token(Some(t.parse().unwrap()));
+        |c: &cube_http::client::Client, t: &str| c.clone().with_token(Some(t.parse().unwrap()));
 
     // Without the token, or with another one: 401 with the JSON error, on both servers.
     for c in [m.client.clone(), w.client.clone(), with(&m.client, "another-token-0123456789")] {
         match c.tasks().await {
-            Err(cube_api::client::ClientError::Api { status: 401, error, .. }) => {
+            Err(cube_http::client::ClientError::Api { status: 401, error, .. }) => {
                 assert_eq!(error.code, cube_api::ErrorCode::Unauthorized);
             }
             other => panic!("expected 401 from {}: {other:?}", c.base()),
@@ -636,15 +636,15 @@ async fn over_tls_the_cluster_works_and_clients_must_trust_its_ca() {
     assert!(w.process.url.starts_with("https://"), "{}", w.process.url);
 
     // A client that does not trust the CA gets nowhere, token or not; nor does plain HTTP.
-    let untrusting = cube_api::client::Client::new(&m.url, Duration::from_secs(5))
+    let untrusting = cube_http::client::Client::new(&m.url, Duration::from_secs(5))
         .unwrap()
         .with_token(Some(TOKEN.parse().unwrap()));
     assert!(
-        matches!(untrusting.tasks().await, Err(cube_api::client::ClientError::Unreachable { .. })),
+        matches!(untrusting.tasks().await, Err(cube_http::client::ClientError::Unreachable { .. })),
         "an unknown CA must fail the handshake"
     );
     let plain =
-        cube_api::client::Client::new(m.url.replace("https", "http"), Duration::from_secs(5))
+        cube_http::client::Client::new(m.url.replace("https", "http"), Duration::from_secs(5))
             .unwrap()
             .with_token(Some(TOKEN.parse().unwrap()));
     assert!(plain.tasks().await.is_err(), "plain HTTP is not served");

@@ -175,7 +175,7 @@ async fn published_port_answers_http_from_the_host() {
     assert_ne!(port, 0);
     let body =
         wait_until(Duration::from_secs(5), "httpd answering on the host port", || async move {
-            let resp = cube_api::tls::http_client_builder()
+            let resp = cube_http::tls::http_client_builder()
                 .build()
                 .ok()?
                 .get(format!("http://127.0.0.1:{port}/"))

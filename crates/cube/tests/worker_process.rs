@@ -195,7 +195,7 @@ async fn a_standalone_worker_deletes_finished_tasks_and_their_logs() {
     wait_until(Duration::from_secs(20), "record and log directory deleted", || async {
         let gone = matches!(
             w.client.task(id).await,
-            Err(cube_api::client::ClientError::Api { status: 404, .. })
+            Err(cube_http::client::ClientError::Api { status: 404, .. })
         ) && !task_dir.exists();
         gone.then_some(())
     })

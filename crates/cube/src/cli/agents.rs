@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use cube_api::auth::Token;
+use cube_http::auth::Token;
 use tokio_util::sync::CancellationToken;
 
 /// Options of `cube dev`.
@@ -142,14 +142,14 @@ pub(crate) fn security(
     global: &super::GlobalArgs,
     exposure: &ExposureArgs,
     listen: SocketAddr,
-) -> anyhow::Result<cube_api::Security> {
+) -> anyhow::Result<cube_http::Security> {
     let tls = match (&exposure.tls_cert, &exposure.tls_key) {
-        (Some(cert), Some(key)) => Some(cube_api::tls::ServerTls::from_pem_files(cert, key)?),
+        (Some(cert), Some(key)) => Some(cube_http::tls::ServerTls::from_pem_files(cert, key)?),
         _ => None,
     };
     let tls_ca =
-        global.tls_ca.as_deref().map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
-    let security = cube_api::Security { token: global.token()?, tls, tls_ca };
+        global.tls_ca.as_deref().map(cube_http::tls::ClientTls::from_ca_file).transpose()?;
+    let security = cube_http::Security { token: global.token()?, tls, tls_ca };
     check_exposure(listen, security.token.as_ref(), exposure.allow_unauthenticated)?;
     Ok(security)
 }
@@ -273,7 +273,7 @@ fn host_name() -> String {
 }
 
 /// `cube worker`.
-pub(crate) async fn worker(args: WorkerArgs, security: cube_api::Security) -> anyhow::Result<()> {
+pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let store_kind = args.store;
@@ -303,7 +303,10 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_api::Security) -> an
 }
 
 /// `cube manager`.
-pub(crate) async fn manager(args: ManagerArgs, security: cube_api::Security) -> anyhow::Result<()> {
+pub(crate) async fn manager(
+    args: ManagerArgs,
+    security: cube_http::Security,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let config = cube_manager::ManagerConfig {
@@ -326,7 +329,7 @@ pub(crate) async fn manager(args: ManagerArgs, security: cube_api::Security) -> 
 
 /// `cube dev`: a manager and one worker in this process, sharing nothing but HTTP on loopback,
 /// with durable state under one directory.
-pub(crate) async fn dev(args: DevArgs, security: cube_api::Security) -> anyhow::Result<()> {
+pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow::Result<()> {
     if security.tls.is_some() && security.tls_ca.is_none() {
         // The in-process worker calls the manager over HTTPS like any other worker.
         tracing::warn!(

@@ -39,7 +39,7 @@ pub struct GlobalArgs {
     /// and send it to each other. Prefer the environment variable: other users can read
     /// command lines.
     #[arg(long, global = true, env = "CUBE_TOKEN", hide_env_values = true, value_parser = parse_token)]
-    pub token: Option<cube_api::auth::Token>,
+    pub token: Option<cube_http::auth::Token>,
     /// Read the cluster token from this file (surrounding whitespace ignored), for secrets
     /// mounted by systemd, Kubernetes or Docker; it takes precedence over --token.
     #[arg(long, global = true, env = "CUBE_TOKEN_FILE", value_name = "FILE")]
@@ -50,20 +50,20 @@ pub struct GlobalArgs {
     pub tls_ca: Option<std::path::PathBuf>,
 }
 
-fn parse_token(s: &str) -> Result<cube_api::auth::Token, String> {
-    s.parse().map_err(|e: cube_api::auth::TokenError| e.to_string())
+fn parse_token(s: &str) -> Result<cube_http::auth::Token, String> {
+    s.parse().map_err(|e: cube_http::auth::TokenError| e.to_string())
 }
 
 impl GlobalArgs {
     /// The cluster token, from `--token` or from `--token-file`.
-    pub fn token(&self) -> anyhow::Result<Option<cube_api::auth::Token>> {
+    pub fn token(&self) -> anyhow::Result<Option<cube_http::auth::Token>> {
         let Some(path) = &self.token_file else { return Ok(self.token.clone()) };
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: cannot read the token: {e}", path.display()))?;
         let token = text
             .trim()
             .parse()
-            .map_err(|e: cube_api::auth::TokenError| anyhow::anyhow!("{}: {e}", path.display()))?;
+            .map_err(|e: cube_http::auth::TokenError| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(Some(token))
     }
 }

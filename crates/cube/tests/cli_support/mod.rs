@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cube_api::client::Client;
 use cube_core::TaskState;
+use cube_http::client::Client;
 
 use crate::common::{CubeProcess, cube_bin, wait_until};
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cube_api::client::Client;
+use cube_http::client::Client;
 
 /// The image every docker test runs (built by scripts/build-test-image.sh).
 pub const TEST_IMAGE: &str = "cube-test/busybox:latest";
@@ -131,7 +131,7 @@ impl CubeProcess {
     /// A client for this process's API.
     pub fn client(&self) -> Client {
         let tls =
-            self.tls_ca.as_deref().map(|ca| cube_api::tls::ClientTls::from_ca_file(ca).unwrap());
+            self.tls_ca.as_deref().map(|ca| cube_http::tls::ClientTls::from_ca_file(ca).unwrap());
         Client::with_tls(&self.url, Duration::from_secs(10), tls.as_ref()).unwrap()
     }
 
@@ -344,7 +344,7 @@ pub async fn raw(
     url: &str,
     body: Option<Vec<u8>>,
 ) -> (u16, serde_json::Value) {
-    let client = cube_api::tls::http_client_builder().build().unwrap();
+    let client = cube_http::tls::http_client_builder().build().unwrap();
     let mut req = client.request(method, url);
     if let Some(body) = body {
         req = req.header("content-type", "application/json").body(body);

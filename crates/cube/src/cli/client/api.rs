@@ -1,11 +1,11 @@
-//! The manager as the client commands see it: [`cube_api::client::Client`] with one-line error
+//! The manager as the client commands see it: [`cube_http::client::Client`] with one-line error
 //! messages that name the manager's address, and id resolution (unique prefixes, node names).
 
 use std::time::Duration;
 
-use cube_api::client::{Client, ClientError, LogStream};
 use cube_api::types::{NodeInfo, TaskFilter, TaskView};
 use cube_core::{TaskId, TaskSpec};
+use cube_http::client::{Client, ClientError, LogStream};
 
 /// Timeout of one request (not of a followed log stream).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,7 +21,7 @@ impl Api {
     /// A client for the manager at `addr` (`http://` is assumed when no scheme is given).
     pub(super) fn new(
         addr: &str,
-        token: Option<cube_api::auth::Token>,
+        token: Option<cube_http::auth::Token>,
         tls_ca: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
         let addr = addr.trim();
@@ -29,8 +29,8 @@ impl Api {
             anyhow::bail!("the manager address is empty: pass --addr URL or set CUBE_ADDR");
         }
         let base = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
-        let tls_ca = tls_ca.map(cube_api::tls::ClientTls::from_ca_file).transpose()?;
-        let client = cube_api::Security { token, tls: None, tls_ca }
+        let tls_ca = tls_ca.map(cube_http::tls::ClientTls::from_ca_file).transpose()?;
+        let client = cube_http::Security { token, tls: None, tls_ca }
             .client(base, REQUEST_TIMEOUT)
             .map_err(|e| describe(&e, addr))?;
         Ok(Self { client })

@@ -1,5 +1,7 @@
 //! Server plumbing shared by the worker and manager APIs, so both answer every bad request the
 //! same way: a JSON [`ErrorBody`], never a plain-text rejection and never a 500 for bad input.
+//!
+//! Handlers fail with [`HttpError`], the [`ApiError`] of the contract as an HTTP response.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -17,17 +19,28 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Token, require_token};
-use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::tls::{ServerTls, TlsListener};
+use cube_api::{ApiError, ErrorBody, ErrorCode};
 
 /// Largest request body accepted (1 MiB): a task spec is a few KiB at most.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-impl IntoResponse for ApiError {
+/// An [`ApiError`] answered as an HTTP response: its code's status and the JSON envelope. (The
+/// contract crate knows nothing of axum, so the response lives here.)
+#[derive(Debug)]
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.code.http_status())
+        let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(ErrorBody { error: self })).into_response()
+        (status, axum::Json(ErrorBody { error: self.0 })).into_response()
     }
 }
 
@@ -36,21 +49,21 @@ impl IntoResponse for ApiError {
 pub struct Body(pub Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for Body {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Body(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::new(
+                Err(HttpError(ApiError::new(
                     ErrorCode::PayloadTooLarge,
                     format!("request body is larger than {BODY_LIMIT} bytes"),
-                ))
+                )))
             }
-            Err(rejection) => Err(ApiError::new(
+            Err(rejection) => Err(HttpError(ApiError::new(
                 ErrorCode::InvalidJson,
                 format!("could not read request body: {}", rejection.body_text()),
-            )),
+            ))),
         }
     }
 }
@@ -60,17 +73,17 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 pub struct Query<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
-    type Rejection = ApiError;
+    type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| Query(q.0))
             .map_err(|e: QueryRejection| {
-                ApiError::new(
+                HttpError(ApiError::new(
                     ErrorCode::InvalidArgument,
                     format!("bad query string: {}", e.body_text()),
-                )
+                ))
             })
     }
 }
@@ -88,9 +101,12 @@ where
 /// when `token` is set (before anything else looks at the request) and request logs.
 pub fn finish_router(router: Router, token: Option<Token>) -> Router {
     let router = router
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such endpoint")) })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+            HttpError(ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this endpoint",
+            ))
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT));
     let router = match token {
@@ -137,44 +153,5 @@ pub async fn serve(
                 .await
         }
         None => axum::serve(listener, router).with_graceful_shutdown(stop).await,
-    }
-}
-
-/// The clock of a periodic background loop that must stop promptly on shutdown: the first
-/// tick is immediate, a late tick is delayed rather than bunched.
-#[derive(Debug)]
-pub struct Ticker {
-    interval: tokio::time::Interval,
-    shutdown: CancellationToken,
-}
-
-impl Ticker {
-    /// Ticks every `period` until `shutdown` is cancelled.
-    pub fn new(period: std::time::Duration, shutdown: CancellationToken) -> Self {
-        let mut interval = tokio::time::interval(period);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Self { interval, shutdown }
-    }
-
-    /// Waits for the next tick: `true`, or `false` once shutdown was asked for.
-    pub async fn tick(&mut self) -> bool {
-        tokio::select! {
-            _ = self.interval.tick() => !self.shutdown.is_cancelled(),
-            () = self.shutdown.cancelled() => false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_ticker_ticks_at_once_and_stops_on_shutdown() {
-        let shutdown = CancellationToken::new();
-        let mut ticker = Ticker::new(std::time::Duration::from_secs(3600), shutdown.clone());
-        assert!(ticker.tick().await, "the first tick is immediate");
-        shutdown.cancel();
-        assert!(!ticker.tick().await, "a cancelled loop ends instead of waiting an hour");
     }
 }

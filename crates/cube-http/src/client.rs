@@ -11,12 +11,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::Token;
-use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::tls::ClientTls;
-use crate::types::{
+use cube_api::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest,
     TaskFilter, TaskView,
 };
+use cube_api::{ApiError, ErrorBody, ErrorCode};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]

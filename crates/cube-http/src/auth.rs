@@ -15,7 +15,7 @@ use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::error::{ApiError, ErrorCode};
+use cube_api::{ApiError, ErrorCode};
 
 /// Shortest token accepted: short secrets can be guessed over the network.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -97,7 +97,8 @@ pub(crate) async fn require_token(
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response = ApiError::new(ErrorCode::Unauthorized, message).into_response();
+    let mut response =
+        crate::server::HttpError(ApiError::new(ErrorCode::Unauthorized, message)).into_response();
     response.headers_mut().insert(WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
     response
 }

@@ -1,0 +1,18 @@
+//! Cube's HTTP plumbing around the [`cube_api`] contract: what the worker and manager servers
+//! share, and the client the manager, the workers and the CLI use to call them.
+//!
+//! - [`server`]: axum plumbing (body limits, JSON errors for every rejection, request logs,
+//!   graceful shutdown).
+//! - [`client`]: a typed HTTP client with timeouts, whose errors say what kind of failure
+//!   happened.
+//! - [`auth`]: the cluster token every request carries when the server requires one.
+//! - [`tls`]: HTTPS for servers (certificate and key) and clients (a CA to trust).
+//! - [`security`]: an agent's token and TLS settings together.
+
+pub mod auth;
+pub mod client;
+pub mod security;
+pub mod server;
+pub mod tls;
+
+pub use security::Security;

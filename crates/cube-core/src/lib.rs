@@ -4,7 +4,7 @@
 //! - [`units`]: quantities with units ([`Bytes`], [`Millicores`], durations).
 //! - [`spec`]: the task spec users submit and its validation.
 //! - [`state`]: task states and the one [`transition`] function.
-//! - [`task`]: the task record with its history.
+//! - [`task`]: the task record; [`event`]: its history, typed.
 //! - [`node`]: the node record the manager keeps.
 //! - [`stats`]: what a worker reports about its host.
 //! - [`constraint`], [`scheduler`]: placement (candidates, scores, pick) with explanations.
@@ -13,6 +13,7 @@
 //! new ids are passed in. Everything is therefore testable as plain functions.
 
 pub mod constraint;
+pub mod event;
 pub mod ids;
 pub mod node;
 pub mod scheduler;
@@ -22,6 +23,7 @@ pub mod stats;
 pub mod task;
 pub mod units;
 
+pub use event::{EventKind, Note, TaskEvent};
 pub use ids::{NodeId, TaskId};
 /// Timestamps throughout Cube are UTC instants.
 pub use jiff::Timestamp;
@@ -32,7 +34,7 @@ pub use spec::{
     RestartMode, RestartPolicy, TaskSpec,
 };
 pub use state::{DesiredState, InvalidTransition, TaskState, Trigger, transition};
-pub use task::{DriverHandle, HostPort, Task, TaskEvent};
+pub use task::{DriverHandle, HostPort, Task};
 pub use units::{Bytes, Millicores};
 
 /// Errors of the core crate.

@@ -130,6 +130,21 @@ pub enum Trigger {
     Requeue,
 }
 
+impl Trigger {
+    /// Whether the trigger is observed where the workload runs (the worker's runner) rather than
+    /// decided by placement (`Place`, `Requeue`, which the manager applies to its own record and
+    /// a worker to its copy). A manager replays only observed triggers from a worker's history.
+    pub const fn observed_on_node(self) -> bool {
+        match self {
+            Trigger::Place | Trigger::Requeue => false,
+            Trigger::Started
+            | Trigger::StartFailed { .. }
+            | Trigger::Exited { .. }
+            | Trigger::Stopped => true,
+        }
+    }
+}
+
 /// Every trigger shape, for exhaustive tests.
 pub const ALL_TRIGGERS: [Trigger; 10] = [
     Trigger::Place,

@@ -2,13 +2,15 @@
 //!
 //! All changes of observed state go through [`Task::apply`], which asks the state machine first,
 //! so a record can only ever hold a state reachable by valid moves, and every move is logged in
-//! [`Task::events`] with its time, node and reason. The clock is a parameter, never read here.
+//! [`Task::events`] with its trigger, time, node and reason. The clock is a parameter, never
+//! read here.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::event::{EventKind, Note, TaskEvent};
 use crate::ids::{NodeId, TaskId};
 use crate::scheduler::Explanation;
 use crate::spec::{Protocol, RestartMode, TaskSpec};
@@ -79,22 +81,6 @@ pub struct Task {
     pub synced_until: Option<Timestamp>,
 }
 
-/// One entry of a task's history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskEvent {
-    /// When it happened.
-    pub at: Timestamp,
-    /// State before (equal to `to` for events that are not transitions).
-    pub from: TaskState,
-    /// State after.
-    pub to: TaskState,
-    /// Node involved, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<NodeId>,
-    /// What happened, in words.
-    pub reason: String,
-}
-
 /// Enough to find a running workload again after the agent restarts.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -160,6 +146,7 @@ impl Task {
                 from: TaskState::Pending,
                 to: TaskState::Pending,
                 node: None,
+                kind: EventKind::Note(Note::Submitted),
                 reason: "submitted".into(),
             }],
             generation: 0,
@@ -214,24 +201,32 @@ impl Task {
             self.healthy = None;
             self.synced_until = None;
         }
-        self.push_event(TaskEvent { at: now, from, to, node, reason });
+        let kind = EventKind::Transition(trigger);
+        self.push_event(TaskEvent { at: now, from, to, node, kind, reason });
         Ok(to)
     }
 
     /// Records something notable that does not change the state (a health change, a stop
-    /// request, a restart delay).
-    pub fn note(&mut self, now: Timestamp, reason: impl Into<String>) {
-        self.note_at(now, now, reason);
+    /// request, a restart delay), with `reason` in words.
+    pub fn note(&mut self, now: Timestamp, note: Note, reason: impl Into<String>) {
+        self.note_at(now, now, note, reason);
     }
 
     /// Records a note that happened at `at` (e.g. on a worker), changing the record at `now`.
-    pub fn note_at(&mut self, at: Timestamp, now: Timestamp, reason: impl Into<String>) {
+    pub fn note_at(
+        &mut self,
+        at: Timestamp,
+        now: Timestamp,
+        note: Note,
+        reason: impl Into<String>,
+    ) {
         self.updated_at = now;
         self.push_event(TaskEvent {
             at,
             from: self.state,
             to: self.state,
             node: self.node,
+            kind: EventKind::Note(note),
             reason: reason.into(),
         });
     }
@@ -334,7 +329,7 @@ mod tests {
         t.apply(Trigger::Started, at(2), "started").unwrap();
         assert!(!t.finished_by(at(1_000)), "a running task is never collectable");
         t.apply(Trigger::Exited { success: true, retry: false }, at(10), "exit code 0").unwrap();
-        t.note(at(20), "a later note does not make it younger");
+        t.note(at(20), Note::Other, "a later note does not make it younger");
         assert!(!t.finished_by(at(9)));
         assert!(t.finished_by(at(10)));
         assert!(t.finished_by(at(11)));
@@ -410,7 +405,7 @@ mod tests {
     fn history_is_bounded_and_keeps_the_first_entry() {
         let mut t = task(RestartMode::Always);
         for i in 0..(MAX_EVENTS as i64 * 2) {
-            t.note(at(i), format!("note {i}"));
+            t.note(at(i), Note::Other, format!("note {i}"));
         }
         assert_eq!(t.events.len(), MAX_EVENTS);
         assert_eq!(t.events[0].reason, "submitted");

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use cube_core::scheduler::NodeLoad;
 use cube_core::stats::NodeStats;
 use cube_core::{
-    Decision, DesiredState, DriverHandle, HostPort, Node, NodeId, NodeSet, NodeState, NodeView,
-    Protocol, Resources, Scheduler, Task, TaskEvent, TaskId, TaskState, Trigger,
+    Decision, DesiredState, DriverHandle, EventKind, HostPort, Node, NodeId, NodeSet, NodeState,
+    NodeView, Note, Protocol, Resources, Scheduler, Task, TaskEvent, TaskId, TaskState, Trigger,
+    transition,
 };
 use jiff::Timestamp;
 
@@ -339,7 +340,7 @@ impl State {
         let node = task.node;
         self.modify(id, effects, |t| {
             t.desired = DesiredState::Stopped;
-            t.note(now, "stop requested");
+            t.note(now, Note::StopRequested, "stop requested");
             if t.state == TaskState::Pending {
                 apply(t, Trigger::Stopped, now, "stopped before it was placed");
             }
@@ -440,7 +441,7 @@ impl State {
                         // Writing it would cost an fsync per waiting task per capacity change.
                         t.reason = Some(reason.clone());
                         t.placement = Some(explanation);
-                        t.note(now, format!("cannot place: {reason}"));
+                        t.note(now, Note::Unplaceable, format!("cannot place: {reason}"));
                     }
                 }
             }
@@ -611,14 +612,18 @@ impl State {
         self.modify(r.id, effects, |t| {
             for e in events {
                 t.synced_until = Some(e.at);
-                if e.from == e.to {
-                    if e.reason != "submitted" && e.reason != "stop requested" {
-                        t.note_at(e.at, now, e.reason.clone());
+                let trigger = match e.kind {
+                    EventKind::Transition(trigger) if trigger.observed_on_node() => trigger,
+                    // The worker's own acceptance of the placement the manager made.
+                    EventKind::Transition(_) => continue,
+                    EventKind::Note(note) => {
+                        if mirrored(note) {
+                            t.note_at(e.at, now, note, e.reason.clone());
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                let Some(trigger) = worker_trigger(e.from, e.to, t.desired) else { continue };
-                if e.to == TaskState::Failed && t.may_reschedule() {
+                };
+                if transition(t.state, trigger) == Ok(TaskState::Failed) && t.may_reschedule() {
                     t.reschedule_count += 1;
                     t.failed_nodes.push(node);
                     apply(t, Trigger::Requeue, now, format!("rescheduling after failing on {name}: {}", e.reason));
@@ -736,21 +741,18 @@ fn contribution(t: &Task) -> Contribution {
     Some((t.node?, t.spec.resources, ports))
 }
 
-/// The trigger that reproduces a worker's transition on the manager's record.
-fn worker_trigger(from: TaskState, to: TaskState, desired: DesiredState) -> Option<Trigger> {
-    use TaskState as S;
-    Some(match (from, to) {
-        (_, S::Running) => Trigger::Started,
-        (S::Running, S::Restarting) => Trigger::Exited { success: false, retry: true },
-        (_, S::Restarting) => Trigger::StartFailed { retry: true },
-        (S::Running, S::Failed) => Trigger::Exited { success: false, retry: false },
-        (_, S::Failed) => Trigger::StartFailed { retry: false },
-        (S::Running, S::Completed) if desired == DesiredState::Running => {
-            Trigger::Exited { success: true, retry: false }
-        }
-        (_, S::Completed) => Trigger::Stopped,
-        (_, S::Pending | S::Scheduled) => return None,
-    })
+/// Whether the manager copies a worker's note into its own history. Submission and stop
+/// requests it records itself, when they happen here.
+fn mirrored(note: Note) -> bool {
+    match note {
+        Note::Submitted | Note::StopRequested => false,
+        Note::HealthPassing
+        | Note::Unhealthy
+        | Note::RestartScheduled
+        | Note::Readopted
+        | Note::Unplaceable
+        | Note::Other => true,
+    }
 }
 
 fn requeue_or_stop(t: &mut Task, now: Timestamp, reason: String) {
@@ -832,20 +834,23 @@ mod tests {
         (s, mono)
     }
 
-    /// What the worker would report for `t` after `moves` (state, reason), one per second
-    /// from its last known event on.
-    fn report(t: &Task, moves: &[(TaskState, &str)]) -> Report {
+    const STARTED: EventKind = EventKind::Transition(Trigger::Started);
+    const FAILED: EventKind =
+        EventKind::Transition(Trigger::Exited { success: false, retry: false });
+
+    /// What the worker would report for `t` after `steps` (what happened, in words), one per
+    /// second from its last known event on.
+    fn report(t: &Task, steps: &[(EventKind, &str)]) -> Report {
         let mut w = t.clone();
         let base = w.events.last().map_or(at(0), |e| e.at).as_second() - 1_800_000_000;
-        for (i, (to, reason)) in moves.iter().enumerate() {
-            w.events.push(cube_core::TaskEvent {
-                at: at(base + 10 + i as i64),
-                from: w.state,
-                to: *to,
-                node: w.node,
-                reason: (*reason).into(),
-            });
-            w.state = *to;
+        for (i, (kind, reason)) in steps.iter().enumerate() {
+            let when = at(base + 10 + i as i64);
+            match *kind {
+                EventKind::Transition(trigger) => {
+                    w.apply(trigger, when, *reason).unwrap();
+                }
+                EventKind::Note(note) => w.note(when, note, *reason),
+            }
         }
         Report {
             id: w.id,
@@ -982,8 +987,8 @@ mod tests {
         let r = report(
             &placed,
             &[
-                (TaskState::Running, "started (pid 7)"),
-                (TaskState::Running, "health check passing"),
+                (STARTED, "started (pid 7)"),
+                (EventKind::Note(Note::HealthPassing), "health check passing"),
             ],
         );
         s.sync_report(placed.node.unwrap(), &r, at(20), &mut Effects::default());
@@ -1005,10 +1010,7 @@ mod tests {
         s.submit(task(10, 0), &mut Effects::default()).unwrap();
         s.place_pending(at(1), &mut Effects::default());
         let first = s.task(id).unwrap().clone();
-        let r = report(
-            &first,
-            &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")],
-        );
+        let r = report(&first, &[(STARTED, "started"), (FAILED, "exited with code 1")]);
         let mut e = Effects::default();
         s.sync_report(first.node.unwrap(), &r, at(20), &mut e);
         let t = s.task(id).unwrap();
@@ -1019,10 +1021,7 @@ mod tests {
         let second = s.task(id).unwrap().clone();
         assert_ne!(second.node, first.node, "placed away from the node it failed on");
         assert_eq!(second.generation, 2);
-        let r = report(
-            &second,
-            &[(TaskState::Running, "started"), (TaskState::Failed, "exited with code 1")],
-        );
+        let r = report(&second, &[(STARTED, "started"), (FAILED, "exited with code 1")]);
         s.sync_report(second.node.unwrap(), &r, at(30), &mut Effects::default());
         let t = s.task(id).unwrap();
         assert_eq!(t.state, TaskState::Failed, "no reschedules left");
@@ -1092,7 +1091,7 @@ mod tests {
         let placed = s.task(id).unwrap().clone();
         s.sync_report(
             placed.node.unwrap(),
-            &report(&placed, &[(TaskState::Running, "started")]),
+            &report(&placed, &[(STARTED, "started")]),
             at(2),
             &mut Effects::default(),
         );

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cube_api::types::{ActiveTask, NodeStats, TaskCounts};
 use cube_core::{
-    DesiredState, DriverHandle, NodeId, Resources, Task, TaskId, TaskSpec, TaskState, Trigger,
+    DesiredState, DriverHandle, NodeId, Note, Resources, Task, TaskId, TaskSpec, TaskState, Trigger,
 };
 use cube_store::{Batch, Commit, Store, Table};
 use jiff::Timestamp;
@@ -284,7 +284,7 @@ impl Agent {
                 return Ok(entry.task.clone());
             }
             entry.task.desired = DesiredState::Stopped;
-            entry.task.note(now, "stop requested");
+            entry.task.note(now, Note::StopRequested, "stop requested");
             let commit = self.store.commit(task_batch(&entry.task)?);
             entry.control.send_replace(DesiredState::Stopped);
             let task = entry.task.clone();

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cube_core::{DriverHandle, HealthCheck, HostPort, Probe, Protocol, TaskId};
+use cube_core::{DriverHandle, HealthCheck, HostPort, Note, Probe, Protocol, TaskId};
 use jiff::Timestamp;
 
 use crate::agent::Agent;
@@ -75,7 +75,7 @@ pub(crate) async fn watch(
                     agent
                         .update(id, |t| {
                             t.healthy = Some(true);
-                            t.note(Timestamp::now(), "health check passing");
+                            t.note(Timestamp::now(), Note::HealthPassing, "health check passing");
                         })
                         .await;
                 }
@@ -88,7 +88,7 @@ pub(crate) async fn watch(
                     agent
                         .update(id, |t| {
                             t.healthy = Some(false);
-                            t.note(Timestamp::now(), reason.clone());
+                            t.note(Timestamp::now(), Note::Unhealthy, reason.clone());
                         })
                         .await;
                     return reason;

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use cube_core::{DesiredState, DriverHandle, TaskId, Trigger};
+use cube_core::{DesiredState, DriverHandle, Note, TaskId, Trigger};
 use jiff::Timestamp;
 use tokio::sync::watch;
 
@@ -111,6 +111,7 @@ async fn supervise(
                 t.host_ports = started.host_ports.clone();
                 t.note(
                     Timestamp::now(),
+                    Note::Readopted,
                     format!("re-adopted after a worker restart ({})", handle.short()),
                 );
             })
@@ -232,6 +233,7 @@ async fn backoff(
             let delay = t.restart_delay();
             t.note(
                 Timestamp::now(),
+                Note::RestartScheduled,
                 format!(
                     "restart {}/{} in {}",
                     t.restart_count + 1,

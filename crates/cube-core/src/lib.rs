@@ -13,6 +13,7 @@
 //! new ids are passed in. Everything is therefore testable as plain functions.
 
 pub mod constraint;
+mod error;
 pub mod event;
 pub mod ids;
 pub mod node;
@@ -23,6 +24,7 @@ pub mod stats;
 pub mod task;
 pub mod units;
 
+pub use error::{Chain, CoreError};
 pub use event::{EventKind, Note, TaskEvent};
 pub use ids::{NodeId, TaskId};
 /// Timestamps throughout Cube are UTC instants.
@@ -36,30 +38,3 @@ pub use spec::{
 pub use state::{DesiredState, InvalidTransition, TaskState, Trigger, transition};
 pub use task::{DriverHandle, HostPort, Task};
 pub use units::{Bytes, Millicores};
-
-/// Errors of the core crate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CoreError {
-    /// An id string is not a UUID.
-    #[error("invalid {kind} id {input:?}: expected a UUID")]
-    InvalidId {
-        /// Which kind of id was expected.
-        kind: &'static str,
-        /// The text given.
-        input: String,
-    },
-    /// A quantity (size, CPU, duration) could not be parsed.
-    #[error("invalid quantity {input:?}: expected {expected}")]
-    InvalidQuantity {
-        /// The text given.
-        input: String,
-        /// What a valid value looks like.
-        expected: &'static str,
-    },
-    /// A task state name is unknown.
-    #[error("unknown task state {0:?}")]
-    InvalidState(String),
-    /// A state machine move that is not allowed.
-    #[error(transparent)]
-    InvalidTransition(#[from] InvalidTransition),
-}

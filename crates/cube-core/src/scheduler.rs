@@ -69,9 +69,10 @@ impl FromStr for SchedulerKind {
     type Err = CoreError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| CoreError::InvalidQuantity {
+        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| CoreError::UnknownName {
+            kind: "scheduler",
             input: s.to_owned(),
-            expected: "one of round-robin, epvm, binpack, spread",
+            expected: "round-robin, epvm, binpack, spread",
         })
     }
 }

@@ -81,10 +81,13 @@ impl std::str::FromStr for TaskState {
     type Err = crate::CoreError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ALL_STATES
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| crate::CoreError::InvalidState(s.to_owned()))
+        ALL_STATES.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            crate::CoreError::UnknownName {
+                kind: "task state",
+                input: s.to_owned(),
+                expected: "pending, scheduled, running, restarting, completed, failed",
+            }
+        })
     }
 }
 

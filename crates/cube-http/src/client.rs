@@ -1,10 +1,17 @@
 //! A typed HTTP client for the worker and manager APIs.
 //!
-//! Every request has a timeout; errors say which address was tried and carry the server's
-//! [`ApiError`] when it answered with one.
+//! Every request has a timeout. Errors say which address was tried and what kind of failure it
+//! was ([`Unreachable`]: refused, timed out, no such host, TLS, bad URL...), decided from the
+//! error's types, never from its text; when the server answered with the error envelope they
+//! carry its [`ApiError`].
 
 use std::time::Duration;
 
+use cube_api::types::{
+    HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, NodeStats,
+    RegisterRequest, TaskFilter, TaskView,
+};
+use cube_api::{ApiError, ErrorBody, ErrorCode};
 use cube_core::{TaskId, TaskSpec};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -12,22 +19,20 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::Token;
 use crate::tls::ClientTls;
-use cube_api::types::{
-    HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest,
-    TaskFilter, TaskView,
-};
-use cube_api::{ApiError, ErrorBody, ErrorCode};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server could not be reached or did not answer in time.
-    #[error("cannot reach {url}: {reason}")]
+    #[error("cannot reach {url}: {kind}")]
     Unreachable {
         /// URL that was tried.
         url: String,
-        /// Why (connection refused, timeout...).
-        reason: String,
+        /// What kind of failure.
+        kind: Unreachable,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
     },
     /// The server answered with an API error.
     #[error("{url}: {} ({})", error.message, status)]
@@ -39,16 +44,125 @@ pub enum ClientError {
         /// The error body.
         error: ApiError,
     },
-    /// The server answered with something that is not the expected JSON.
-    #[error("{url}: unexpected response (status {status}): {reason}")]
+    /// The server answered 2xx with a body that is not the expected JSON.
+    #[error("{url}: unexpected response (status {status})")]
     Decode {
         /// URL that was called.
         url: String,
         /// HTTP status.
         status: u16,
-        /// What went wrong.
-        reason: String,
+        /// Why the body does not decode.
+        #[source]
+        source: serde_json::Error,
     },
+    /// The server answered with an error that is not the API's envelope (not a Cube server?).
+    #[error("{url}: unexpected response (status {status}): {body}")]
+    NotCube {
+        /// URL that was called.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// The HTTP client could not be built (bad TLS settings).
+    #[error("cannot build an HTTP client")]
+    Build(#[source] reqwest::Error),
+}
+
+/// Why a server could not be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unreachable {
+    /// Nothing listens at the address.
+    #[error("connection refused")]
+    Refused,
+    /// No answer within the timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The host name does not resolve.
+    #[error("cannot resolve the host name")]
+    Dns,
+    /// The TLS handshake failed (an untrusted certificate, or a server that does not speak
+    /// TLS).
+    #[error("TLS handshake failed")]
+    Tls,
+    /// The address is not a valid URL.
+    #[error("not a valid URL (expected e.g. http://127.0.0.1:5555)")]
+    InvalidUrl,
+    /// Connecting failed otherwise (no route, connection reset during connect).
+    #[error("cannot connect")]
+    Connect,
+    /// The connection broke after it was made.
+    #[error("the connection failed")]
+    Broken,
+}
+
+impl Unreachable {
+    /// Classifies a reqwest error by the types in its cause chain.
+    fn of(e: &reqwest::Error) -> Self {
+        if e.is_builder() {
+            return Unreachable::InvalidUrl;
+        }
+        if e.is_timeout() {
+            return Unreachable::Timeout;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cause {
+            if err.is::<ResolveError>() {
+                return Unreachable::Dns;
+            }
+            if err.is::<rustls::Error>() {
+                return Unreachable::Tls;
+            }
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => return Unreachable::Refused,
+                    std::io::ErrorKind::TimedOut => return Unreachable::Timeout,
+                    _ => {}
+                }
+                // An io::Error's `source` skips the error it wraps (often another io::Error
+                // around the TLS error): descend into the wrapped one instead.
+                if let Some(inner) = io.get_ref() {
+                    cause = Some(inner);
+                    continue;
+                }
+            }
+            cause = err.source();
+        }
+        if e.is_connect() { Unreachable::Connect } else { Unreachable::Broken }
+    }
+}
+
+/// A host name that did not resolve (from Cube's resolver, so the client can tell it apart).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve {host}")]
+pub struct ResolveError {
+    /// The name looked up.
+    pub host: String,
+    /// The resolver's error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The system resolver (`getaddrinfo` on a blocking thread, as reqwest's own), reporting
+/// failures as [`ResolveError`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Resolver;
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            // Port 0: the connector puts the URL's port on every address.
+            let found = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map(|addrs| addrs.collect::<Vec<std::net::SocketAddr>>());
+            match found {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs),
+                Err(source) => Err(Box::new(ResolveError { host, source }) as _),
+            }
+        })
+    }
 }
 
 impl ClientError {
@@ -56,16 +170,44 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Api { error, .. } => Some(error.code),
-            ClientError::Unreachable { .. } | ClientError::Decode { .. } => None,
+            ClientError::Unreachable { .. }
+            | ClientError::Decode { .. }
+            | ClientError::NotCube { .. }
+            | ClientError::Build(_) => None,
         }
     }
 
     /// Whether the request may succeed if retried (network trouble or a 503).
     pub fn is_transient(&self) -> bool {
         match self {
-            ClientError::Unreachable { .. } => true,
+            ClientError::Unreachable { kind, .. } => match kind {
+                Unreachable::Refused
+                | Unreachable::Timeout
+                | Unreachable::Dns
+                | Unreachable::Connect
+                | Unreachable::Broken => true,
+                Unreachable::Tls | Unreachable::InvalidUrl => false,
+            },
             ClientError::Api { status, .. } => *status == 503,
-            ClientError::Decode { .. } => false,
+            ClientError::Decode { .. } | ClientError::NotCube { .. } | ClientError::Build(_) => {
+                false
+            }
+        }
+    }
+
+    fn unreachable(url: &str, source: reqwest::Error) -> Self {
+        ClientError::Unreachable { url: url.to_owned(), kind: Unreachable::of(&source), source }
+    }
+
+    /// The error a non-2xx answer stands for: the API's envelope, or whatever else it was.
+    fn from_answer(url: String, status: StatusCode, body: &[u8]) -> Self {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(body) => ClientError::Api { url, status: status.as_u16(), error: body.error },
+            Err(_) => ClientError::NotCube {
+                url,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(body).chars().take(200).collect(),
+            },
         }
     }
 }
@@ -119,10 +261,6 @@ impl Client {
         tls: Option<&ClientTls>,
     ) -> Result<Self, ClientError> {
         let base = base.into().trim_end_matches('/').to_owned();
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
-            url: base.clone(),
-            reason: e.to_string(),
-        };
         let connect = timeout.min(Duration::from_secs(3));
         let builder = || {
             let builder = crate::tls::http_client_builder().connect_timeout(connect);
@@ -131,8 +269,8 @@ impl Client {
                 None => builder,
             }
         };
-        let http = builder().timeout(timeout).build().map_err(unreachable)?;
-        let streaming = builder().build().map_err(unreachable)?;
+        let http = builder().timeout(timeout).build().map_err(ClientError::Build)?;
+        let streaming = builder().build().map_err(ClientError::Build)?;
         Ok(Self { base, http, streaming, token: None })
     }
 
@@ -158,30 +296,23 @@ impl Client {
         tail: Option<usize>,
     ) -> Result<LogStream, ClientError> {
         use futures_util::StreamExt;
-        let mut url = format!("{}/v1/tasks/{id}/logs?follow={follow}", self.base);
-        if let Some(n) = tail {
-            url.push_str(&format!("&tail={n}"));
-        }
+        let url = format!("{}/v1/tasks/{id}/logs", self.base);
+        let query = LogsQuery { follow, tail };
         let response = self
-            .authorize(self.streaming.get(&url))
+            .authorize(self.streaming.get(&url).query(&query))
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })?;
+            .map_err(|e| ClientError::unreachable(&url, e))?;
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.unwrap_or_default();
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api { url, status: status.as_u16(), error: body.error },
-                Err(_) => ClientError::Decode {
-                    url,
-                    status: status.as_u16(),
-                    reason: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                },
-            });
+            return Err(ClientError::from_answer(url, status, &bytes));
         }
-        Ok(Box::pin(response.bytes_stream().map(move |chunk| {
-            chunk.map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })
-        })))
+        Ok(Box::pin(
+            response
+                .bytes_stream()
+                .map(move |chunk| chunk.map_err(|e| ClientError::unreachable(&url, e))),
+        ))
     }
 
     /// A client for another server that shares this one's connection pools and timeouts (a
@@ -228,19 +359,9 @@ impl Client {
 
     /// `GET /v1/tasks?state=..&node=..` (filters are manager-only).
     pub async fn tasks_filtered(&self, filter: &TaskFilter) -> Result<Vec<TaskView>, ClientError> {
-        let mut query = Vec::new();
-        if let Some(s) = filter.state {
-            query.push(format!("state={s}"));
-        }
-        if let Some(n) = filter.node {
-            query.push(format!("node={n}"));
-        }
-        let path = if query.is_empty() {
-            "/v1/tasks".to_owned()
-        } else {
-            format!("/v1/tasks?{}", query.join("&"))
-        };
-        self.call(Method::GET, &path, None::<&()>).await.map(|(_, v)| v)
+        let url = format!("{}/v1/tasks", self.base);
+        let request = self.authorize(self.http.get(&url).query(filter));
+        self.send(url, request).await.map(|(_, v)| v)
     }
 
     /// `GET /v1/nodes`.
@@ -301,48 +422,50 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })?;
+        self.send(url, request).await
+    }
+
+    /// Sends `request` to `url` and decodes a 2xx answer as `T`.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        url: String,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let response = request.send().await.map_err(|e| ClientError::unreachable(&url, e))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: url.clone(), reason: describe(&e) })?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map(|v| (status, v)).map_err(|e| ClientError::Decode {
-                url,
-                status: status.as_u16(),
-                reason: e.to_string(),
-            })
-        } else {
-            match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => {
-                    Err(ClientError::Api { url, status: status.as_u16(), error: body.error })
-                }
-                Err(_) => Err(ClientError::Decode {
-                    url,
-                    status: status.as_u16(),
-                    reason: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                }),
-            }
+        let bytes = response.bytes().await.map_err(|e| ClientError::unreachable(&url, e))?;
+        if !status.is_success() {
+            return Err(ClientError::from_answer(url, status, &bytes));
         }
+        serde_json::from_slice(&bytes).map(|v| (status, v)).map_err(|source| ClientError::Decode {
+            url,
+            status: status.as_u16(),
+            source,
+        })
     }
 }
 
-/// A one-line reason for a reqwest error, including its source chain (reqwest's own message is
-/// often just "error sending request").
-fn describe(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() { "timed out".to_owned() } else { e.to_string() };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_are_classified_by_kind() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let timeout = Duration::from_secs(5);
+        let kind = |e: ClientError| match e {
+            ClientError::Unreachable { kind, .. } => kind,
+            other => panic!("{other:?}"),
+        };
+        let refused = Client::new(&closed, timeout).unwrap().health().await.unwrap_err();
+        assert!(refused.is_transient());
+        assert_eq!(kind(refused), Unreachable::Refused);
+        let dns = Client::new("http://no-such-host.invalid:1", timeout).unwrap();
+        assert_eq!(kind(dns.health().await.unwrap_err()), Unreachable::Dns);
+        let bad = Client::new("not a url", timeout).unwrap().health().await.unwrap_err();
+        assert!(!bad.is_transient());
+        assert_eq!(kind(bad), Unreachable::InvalidUrl);
     }
-    out
 }

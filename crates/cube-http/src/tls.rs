@@ -26,22 +26,43 @@ const ACCEPT_QUEUE: usize = 128;
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A file could not be read or holds no usable PEM item.
-    #[error("{}: {reason}", path.display())]
-    File {
+    /// A PEM file could not be read or parsed.
+    #[error("{}: cannot read", path.display())]
+    Pem {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// What the PEM reader reported (including I/O errors).
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A CA file could not be read.
+    #[error("{}: cannot read", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A CA file holds something the HTTP client cannot use as certificates.
+    #[error("{}: not a usable CA certificate", path.display())]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// What the client reported.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The file holds no certificate.
+    #[error("{}: no certificate in the file (expected PEM)", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
     },
     /// The certificate and key do not make a valid server configuration (e.g. they do not
     /// match).
-    #[error("cannot use this certificate and key: {0}")]
-    Config(String),
-}
-
-fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
-    TlsError::File { path: path.to_owned(), reason: reason.to_string() }
+    #[error("cannot use this certificate and key")]
+    Config(#[source] rustls::Error),
 }
 
 /// Makes `ring` the process's rustls provider (the HTTP client looks it up), once; a provider
@@ -53,10 +74,11 @@ pub(crate) fn install_provider() {
 
 /// A `reqwest` client builder that can speak HTTPS. Build every HTTP client in Cube from this:
 /// reqwest is built without a crypto provider of its own (ring is ours) and panics when it
-/// finds none.
+/// finds none, and the builder's resolver reports a failed lookup as a typed
+/// [`crate::client::ResolveError`], so callers can tell it from other connect failures.
 pub fn http_client_builder() -> reqwest::ClientBuilder {
     install_provider();
-    reqwest::Client::builder()
+    reqwest::Client::builder().dns_resolver(crate::client::Resolver)
 }
 
 /// A server's certificate chain and key.
@@ -74,21 +96,22 @@ impl ServerTls {
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         install_provider();
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| file_error(cert, e))?
+            .map_err(|source| TlsError::Pem { path: cert.to_owned(), source })?
             .collect::<Result<_, _>>()
-            .map_err(|e| file_error(cert, e))?;
+            .map_err(|source| TlsError::Pem { path: cert.to_owned(), source })?;
         if chain.is_empty() {
-            return Err(file_error(cert, "no certificate in the file (expected PEM)"));
+            return Err(TlsError::NoCertificate { path: cert.to_owned() });
         }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|source| TlsError::Pem { path: key.to_owned(), source })?;
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
+        .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .map_err(TlsError::Config)?;
         Ok(Self(Arc::new(config)))
     }
 }
@@ -106,10 +129,12 @@ impl std::fmt::Debug for ClientTls {
 impl ClientTls {
     /// Loads one or more CA certificates from a PEM file.
     pub fn from_ca_file(path: &Path) -> Result<Self, TlsError> {
-        let pem = std::fs::read(path).map_err(|e| file_error(path, e))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| file_error(path, e))?;
+        let pem = std::fs::read(path)
+            .map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|source| TlsError::Ca { path: path.to_owned(), source })?;
         if certs.is_empty() {
-            return Err(file_error(path, "no certificate in the file (expected PEM)"));
+            return Err(TlsError::NoCertificate { path: path.to_owned() });
         }
         Ok(Self(certs))
     }

@@ -20,8 +20,8 @@ use cube_api::types::{
     HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
-use cube_core::{Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
-use cube_http::client::Client;
+use cube_core::{Chain, Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
+use cube_http::client::{Client, ClientError};
 use cube_rt::Ticker;
 use cube_store::{Batch, Commit, Store, StoreError, Table};
 use jiff::Timestamp;
@@ -38,32 +38,77 @@ pub use state::{Dispatch, Effects, State, StopCall};
 pub enum ManagerError {
     /// No task with this id.
     #[error("task {0} not found")]
-    NotFound(TaskId),
-    /// No node with this id.
+    TaskNotFound(TaskId),
+    /// No node with this id or name.
     #[error("node {0} not found")]
     NodeNotFound(String),
     /// The id is taken by a task with a different spec.
     #[error("task {0} already exists with a different spec")]
     Conflict(TaskId),
+    /// The task has not been placed on any node yet (so it has no output).
+    #[error("task {0} has not run on any node yet")]
+    NeverRan(TaskId),
+    /// A node could not be reached for a request made on a user's behalf.
+    #[error("node {node} unreachable")]
+    NodeUnreachable {
+        /// The node.
+        node: NodeId,
+        /// What the call to it reported.
+        #[source]
+        source: ClientError,
+    },
+    /// A node answered a request made on a user's behalf with an API error, passed on as is.
+    #[error("{}", .0.message)]
+    Remote(ApiError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The manager cannot start.
-    #[error("{0}")]
-    Startup(String),
+    /// The client for calls to workers could not be built (bad TLS settings).
+    #[error("cannot set up calls to workers")]
+    Client(#[source] ClientError),
+    /// The API cannot listen on its address.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server failed while serving.
+    #[error("API server failed")]
+    Serve(#[source] std::io::Error),
+    /// A start-up or shutdown step panicked (a bug).
+    #[error("{what} panicked")]
+    Panicked {
+        /// The step.
+        what: &'static str,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
-        match &e {
-            ManagerError::NotFound(id) => ApiError::not_found("task", id),
+        match e {
+            ManagerError::TaskNotFound(id) => ApiError::not_found("task", id),
             ManagerError::NodeNotFound(id) => ApiError::not_found("node", id),
             ManagerError::Conflict(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
-            ManagerError::Store(_) => {
-                tracing::error!(error = %e, "store failure while serving a request");
-                ApiError::new(ErrorCode::Unavailable, e.to_string())
+            ManagerError::NeverRan(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            ManagerError::NodeUnreachable { .. } => {
+                ApiError::new(ErrorCode::Unavailable, Chain(&e).to_string())
             }
-            ManagerError::Startup(_) => ApiError::internal(e.to_string()),
+            ManagerError::Remote(error) => error,
+            ManagerError::Store(_) => {
+                let message = Chain(&e).to_string();
+                tracing::error!(error = %message, "store failure while serving a request");
+                ApiError::new(ErrorCode::Unavailable, message)
+            }
+            ManagerError::Client(_)
+            | ManagerError::Bind { .. }
+            | ManagerError::Serve(_)
+            | ManagerError::Panicked { .. } => ApiError::internal(Chain(&e).to_string()),
         }
     }
 }
@@ -143,7 +188,7 @@ impl Manager {
         let http = config
             .security
             .client("http://worker.invalid", config.worker_timeout)
-            .map_err(|e| ManagerError::Startup(e.to_string()))?;
+            .map_err(ManagerError::Client)?;
         Ok(Arc::new(Self {
             config,
             state: Mutex::new(state),
@@ -237,7 +282,9 @@ impl Manager {
 
     /// Asks a task to stop.
     pub async fn stop(self: &Arc<Self>, id: TaskId) -> Result<Task, ManagerError> {
-        self.change(|s, e| s.stop(id, Timestamp::now(), e)).await?.ok_or(ManagerError::NotFound(id))
+        self.change(|s, e| s.stop(id, Timestamp::now(), e))
+            .await?
+            .ok_or(ManagerError::TaskNotFound(id))
     }
 
     /// One task.
@@ -287,25 +334,21 @@ impl Manager {
         id: TaskId,
         follow: bool,
         tail: Option<usize>,
-    ) -> Result<cube_http::client::LogStream, ApiError> {
+    ) -> Result<cube_http::client::LogStream, ManagerError> {
         let (node, address) = {
             let state = self.lock();
-            let task = state.task(id).ok_or_else(|| ApiError::not_found("task", id))?;
+            let task = state.task(id).ok_or(ManagerError::TaskNotFound(id))?;
             // A task placed again keeps no node until it lands; its last node is in its history.
             let node = task.node.or_else(|| task.events.iter().rev().find_map(|e| e.node));
-            let node = node.ok_or_else(|| {
-                ApiError::new(ErrorCode::NotFound, format!("task {id} has not run on any node yet"))
-            })?;
+            let node = node.ok_or(ManagerError::NeverRan(id))?;
             let address = state.node(node).map(|n| n.node.address.clone());
             (node, address)
         };
-        let address = address.ok_or_else(|| ApiError::not_found("node", node))?;
+        let address = address.ok_or_else(|| ManagerError::NodeNotFound(node.to_string()))?;
         let client = self.client(&address);
         client.logs(id, follow, tail).await.map_err(|e| match e {
-            cube_http::client::ClientError::Api { error, .. } => error,
-            other => {
-                ApiError::new(ErrorCode::Unavailable, format!("node {node} unreachable: {other}"))
-            }
+            ClientError::Api { error, .. } => ManagerError::Remote(error),
+            source => ManagerError::NodeUnreachable { node, source },
         })
     }
 
@@ -409,11 +452,11 @@ impl Manager {
                     return;
                 }
                 Err(e) => {
-                    last_error = e.to_string();
+                    last_error = Chain(&e).to_string();
                     // 409: the node still runs an older placement of this task; it frees up
                     // once the node stops that copy (fencing).
                     let retry = e.is_transient() || e.code() == Some(ErrorCode::Conflict);
-                    tracing::debug!(task = %d.task, node = %d.node, attempt, error = %e, retry, "dispatch failed");
+                    tracing::debug!(task = %d.task, node = %d.node, attempt, error = %cube_core::Chain(&e), retry, "dispatch failed");
                     if !retry {
                         break;
                     }
@@ -429,7 +472,7 @@ impl Manager {
         let result =
             self.change(|s, e| s.dispatch_failed(&d, &last_error, Timestamp::now(), e)).await;
         if let Err(e) = result {
-            tracing::error!(task = %d.task, error = %e, "cannot record the failed dispatch");
+            tracing::error!(task = %d.task, error = %cube_core::Chain(&e), "cannot record the failed dispatch");
         }
     }
 
@@ -454,12 +497,12 @@ impl Manager {
                         })
                         .await;
                     if let Err(e) = result {
-                        tracing::error!(task = %s.task, error = %e, "cannot record the stop");
+                        tracing::error!(task = %s.task, error = %cube_core::Chain(&e), "cannot record the stop");
                     }
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(task = %s.task, node = %s.node, attempt, error = %e, "stop call failed");
+                    tracing::debug!(task = %s.task, node = %s.node, attempt, error = %cube_core::Chain(&e), "stop call failed");
                     if !e.is_transient() {
                         return;
                     }
@@ -494,7 +537,7 @@ impl Manager {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                tracing::error!(error = %e, "cannot persist placements");
+                tracing::error!(error = %cube_core::Chain(&e), "cannot persist placements");
             }
         }
     }
@@ -514,7 +557,7 @@ impl Manager {
                 })
                 .await;
             if let Err(e) = result {
-                tracing::error!(error = %e, "cannot persist node expiry");
+                tracing::error!(error = %cube_core::Chain(&e), "cannot persist node expiry");
             }
         }
     }
@@ -531,7 +574,7 @@ impl Manager {
                     Ok(n) if n == GC_BATCH => tokio::task::yield_now().await,
                     Ok(_) => break,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot delete finished tasks; retrying on the next pass");
+                        tracing::error!(error = %cube_core::Chain(&e), "cannot delete finished tasks; retrying on the next pass");
                         break;
                     }
                 }
@@ -630,8 +673,8 @@ impl Running {
         self.manager.tracker.wait().await;
         match served {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ManagerError::Startup(format!("API server failed: {e}"))),
-            Err(e) => Err(ManagerError::Startup(format!("API server task failed: {e}"))),
+            Ok(Err(e)) => Err(ManagerError::Serve(e)),
+            Err(source) => Err(ManagerError::Panicked { what: "the API server", source }),
         }
     }
 }
@@ -647,15 +690,15 @@ pub async fn start(
         let (config, store, shutdown) = (config.clone(), Arc::clone(&store), shutdown.clone());
         tokio::task::spawn_blocking(move || Manager::new(config, store, shutdown))
             .await
-            .map_err(|e| ManagerError::Startup(format!("loading state failed: {e}")))?
+            .map_err(|source| ManagerError::Panicked { what: "loading state", source })?
     };
     let manager = loaded?;
     let listener = cube_http::server::bind(config.listen)
         .await
-        .map_err(|e| ManagerError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|source| ManagerError::Bind { addr: config.listen, source })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| ManagerError::Startup(format!("cannot read bound address: {e}")))?;
+        .map_err(|source| ManagerError::Bind { addr: config.listen, source })?;
     manager.tracker.spawn(Arc::clone(&manager).placement_loop());
     manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
     if let Some(retain) = config.gc_after {

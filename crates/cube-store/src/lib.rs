@@ -16,34 +16,16 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
+mod error;
 mod redb_store;
+
+pub use error::StoreError;
 
 pub use redb_store::{FORMAT_VERSION, RedbStore};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
-
-/// Errors of the store crate.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// A value could not be encoded or decoded.
-    #[error("{table}/{key}: stored value is not valid: {source}")]
-    Codec {
-        /// Table of the value.
-        table: &'static str,
-        /// Key of the value.
-        key: String,
-        /// The JSON error.
-        source: serde_json::Error,
-    },
-    /// The storage engine failed (disk full, I/O error, corrupt file).
-    #[error("storage failure: {0}")]
-    Backend(String),
-    /// The store was closed (its writer stopped) before the batch committed.
-    #[error("store is closed")]
-    Closed,
-}
 
 /// The tables Cube stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -185,11 +167,7 @@ pub fn load_json<T: DeserializeOwned + Send>(
             chunks.into_iter().map(|c| scope.spawn(move || decode_rows(table, c))).collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(StoreError::Backend(format!("decoding table {} panicked", table.name())))
-                })
-            })
+            .map(|h| h.join().unwrap_or(Err(StoreError::DecodePanicked { table: table.name() })))
             .collect()
     });
     let mut out = Vec::new();

@@ -64,8 +64,17 @@ fn definition(table: Table) -> TableDefinition<'static, &'static str, &'static [
     TableDefinition::new(table.name())
 }
 
-fn backend(path: &Path, what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("{}: {what}: {e}", path.display()))
+/// An engine failure while doing `operation` on the database at `path`.
+fn engine(path: &Path, operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+    move |source| StoreError::Engine { path: path.to_owned(), operation, source: Arc::new(source) }
+}
+
+/// Like [`engine`], for the operation's own error type (redb has one per operation).
+fn engine_of<E: Into<redb::Error>>(
+    path: &Path,
+    operation: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| engine(path, operation)(e.into())
 }
 
 impl RedbStore {
@@ -73,7 +82,11 @@ impl RedbStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| backend(dir, "cannot create directory", e))?;
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_owned(),
+                operation: "cannot create directory",
+                source,
+            })?;
         }
         // Cube reads the store only at start-up; its live state is in memory. redb's default
         // page cache (up to 1 GiB) would hold every record a second time.
@@ -83,14 +96,14 @@ impl RedbStore {
             .create(&path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
-                    backend(&path, "in use by another process", "stop the other cube first")
+                    StoreError::InUse { path: path.clone() }
                 }
                 redb::DatabaseError::Storage(redb::StorageError::Io(io))
                     if io.kind() == std::io::ErrorKind::InvalidData =>
                 {
-                    backend(&path, "not a Cube database (or damaged beyond recognition)", io)
+                    StoreError::NotADatabase { path: path.clone(), source: io }
                 }
-                other => backend(&path, "cannot open database (damaged?)", other),
+                other => engine_of(&path, "cannot open database (damaged?)")(other),
             })?;
         let db = Arc::new(db);
         check_format(&db, &path)?;
@@ -100,7 +113,11 @@ impl RedbStore {
         let thread = std::thread::Builder::new()
             .name("cube-store-writer".into())
             .spawn(move || write_loop(&thread_db, &thread_path, &queue))
-            .map_err(|e| backend(&path, "cannot start writer thread", e))?;
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                operation: "cannot start writer thread",
+                source,
+            })?;
         Ok(Self { db, writer: Some(writer), thread: Some(thread), path })
     }
 
@@ -112,41 +129,43 @@ impl RedbStore {
 
 /// Stamps a new database with the format version, or checks an existing one's.
 fn check_format(db: &Database, path: &Path) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(|e| backend(path, "cannot begin transaction", e))?;
+    let txn = db.begin_write().map_err(engine_of(path, "cannot begin transaction"))?;
     {
         let mut meta = txn
             .open_table(definition(Table::Meta))
-            .map_err(|e| backend(path, "cannot open meta table", e))?;
+            .map_err(engine_of(path, "cannot open meta table"))?;
         let stored = meta
             .get(FORMAT_KEY)
-            .map_err(|e| backend(path, "cannot read format", e))?
+            .map_err(engine_of(path, "cannot read format"))?
             .map(|v| v.value().to_vec());
         match stored {
             None => {
                 let version = FORMAT_VERSION.to_string();
                 meta.insert(FORMAT_KEY, version.as_bytes())
-                    .map_err(|e| backend(path, "cannot write format", e))?;
+                    .map_err(engine_of(path, "cannot write format"))?;
             }
             Some(bytes) => {
                 let version: u32 = std::str::from_utf8(&bytes)
                     .ok()
                     .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| {
-                        backend(path, "unreadable format version", String::from_utf8_lossy(&bytes))
+                    .ok_or_else(|| StoreError::BadFormat {
+                        path: path.to_owned(),
+                        found: String::from_utf8_lossy(&bytes).into_owned(),
                     })?;
                 if version > FORMAT_VERSION {
-                    return Err(StoreError::Backend(format!(
-                        "{}: written by a newer Cube (data format {version}, this version reads up to {FORMAT_VERSION})",
-                        path.display()
-                    )));
+                    return Err(StoreError::NewerFormat {
+                        path: path.to_owned(),
+                        found: version,
+                        supported: FORMAT_VERSION,
+                    });
                 }
             }
         }
     }
     for table in Table::ALL {
-        txn.open_table(definition(table)).map_err(|e| backend(path, "cannot create table", e))?;
+        txn.open_table(definition(table)).map_err(engine_of(path, "cannot create table"))?;
     }
-    txn.commit().map_err(|e| backend(path, "cannot commit", e))
+    txn.commit().map_err(engine_of(path, "cannot commit"))
 }
 
 fn write_loop(db: &Database, path: &Path, queue: &mpsc::Receiver<(Batch, Reply)>) {
@@ -159,11 +178,16 @@ fn write_loop(db: &Database, path: &Path, queue: &mpsc::Receiver<(Batch, Reply)>
                 Err(_) => break,
             }
         }
-        let result = apply(db, path, &group);
+        let result = apply(db, &group);
         for (_, reply) in group {
             let answer = match &result {
                 Ok(()) => Ok(()),
-                Err(message) => Err(StoreError::Backend(message.clone())),
+                // One failed transaction fails every batch folded into it.
+                Err((operation, source)) => Err(StoreError::Engine {
+                    path: path.to_owned(),
+                    operation,
+                    source: Arc::clone(source),
+                }),
             };
             // The caller may have stopped waiting; the write is done either way.
             let _ = reply.send(answer);
@@ -171,27 +195,31 @@ fn write_loop(db: &Database, path: &Path, queue: &mpsc::Receiver<(Batch, Reply)>
     }
 }
 
-fn apply(db: &Database, path: &Path, group: &[(Batch, Reply)]) -> Result<(), String> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| format!("{}: {what}: {e}", path.display());
-    let txn = db.begin_write().map_err(|e| fail("cannot begin transaction", &e))?;
+/// Applies a group of batches in one transaction; on failure, what failed and why.
+fn apply(db: &Database, group: &[(Batch, Reply)]) -> Result<(), (&'static str, Arc<redb::Error>)> {
+    fn fail<E: Into<redb::Error>>(
+        what: &'static str,
+    ) -> impl FnOnce(E) -> (&'static str, Arc<redb::Error>) {
+        move |e| (what, Arc::new(e.into()))
+    }
+    let txn = db.begin_write().map_err(fail("cannot begin transaction"))?;
     for table in Table::ALL {
-        let mut t = txn.open_table(definition(table)).map_err(|e| fail("cannot open table", &e))?;
+        let mut t = txn.open_table(definition(table)).map_err(fail("cannot open table"))?;
         for (batch, _) in group {
             for op in &batch.ops {
                 match op {
                     Op::Put { table: tt, key, value } if *tt == table => {
-                        t.insert(key.as_str(), value.as_slice())
-                            .map_err(|e| fail("cannot write", &e))?;
+                        t.insert(key.as_str(), value.as_slice()).map_err(fail("cannot write"))?;
                     }
                     Op::Delete { table: tt, key } if *tt == table => {
-                        t.remove(key.as_str()).map_err(|e| fail("cannot delete", &e))?;
+                        t.remove(key.as_str()).map_err(fail("cannot delete"))?;
                     }
                     Op::Put { .. } | Op::Delete { .. } => {}
                 }
             }
         }
     }
-    txn.commit().map_err(|e| fail("cannot commit", &e))
+    txn.commit().map_err(fail("cannot commit"))
 }
 
 impl Store for RedbStore {
@@ -205,15 +233,15 @@ impl Store for RedbStore {
 
     fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let path = &self.path;
-        let txn = self.db.begin_read().map_err(|e| backend(path, "cannot begin read", e))?;
+        let txn = self.db.begin_read().map_err(engine_of(path, "cannot begin read"))?;
         let t = match txn.open_table(definition(table)) {
             Ok(t) => t,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(backend(path, "cannot open table", e)),
+            Err(e) => return Err(engine_of(path, "cannot open table")(e)),
         };
         let mut rows = Vec::new();
-        for item in t.range::<&str>(..).map_err(|e| backend(path, "cannot read table", e))? {
-            let (k, v) = item.map_err(|e| backend(path, "cannot read row", e))?;
+        for item in t.range::<&str>(..).map_err(engine_of(path, "cannot read table"))? {
+            let (k, v) = item.map_err(engine_of(path, "cannot read row"))?;
             rows.push((k.value().to_owned(), v.value().to_vec()));
         }
         Ok(rows)
@@ -297,7 +325,9 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
         }
-        let err = RedbStore::open(&path).unwrap_err().to_string();
+        let err = RedbStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::NewerFormat { found: 99, .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("newer Cube (data format 99"), "{err}");
     }
 
@@ -306,7 +336,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("busy.redb");
         let _first = RedbStore::open(&path).unwrap();
-        let err = RedbStore::open(&path).unwrap_err().to_string();
+        let err = RedbStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("in use by another process"), "{err}");
     }
 }

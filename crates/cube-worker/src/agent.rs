@@ -194,7 +194,7 @@ impl Agent {
                                 && let Err(e) =
                                     docker.resume_logs(cid, &self.log_path(id), now_secs).await
                             {
-                                tracing::warn!(task = %id, error = %e, "cannot resume copying container logs");
+                                tracing::warn!(task = %id, error = %cube_core::Chain(&e), "cannot resume copying container logs");
                             }
                             report.adopted += 1;
                             Some(runner::Begin::Adopt(started))
@@ -211,7 +211,7 @@ impl Agent {
                             if let Err(e) =
                                 task.apply(Trigger::Exited { success: false, retry }, now, why)
                             {
-                                tracing::error!(task = %id, error = %e, "cannot record vanished task");
+                                tracing::error!(task = %id, error = %cube_core::Chain(&e), "cannot record vanished task");
                             }
                             retry.then_some(runner::Begin::Backoff)
                         }
@@ -247,7 +247,7 @@ impl Agent {
         let containers = match docker.list_managed(self.node_id).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list this node's containers");
+                tracing::warn!(error = %cube_core::Chain(&e), "cannot list this node's containers");
                 return 0;
             }
         };
@@ -267,7 +267,7 @@ impl Agent {
                     tracing::warn!(container = %c.id, task = ?c.task_id, running = c.running, "removed a Cube container no task owns");
                 }
                 Err(e) => {
-                    tracing::warn!(container = %c.id, error = %e, "cannot remove unowned container")
+                    tracing::warn!(container = %c.id, error = %cube_core::Chain(&e), "cannot remove unowned container")
                 }
             }
         }
@@ -429,7 +429,7 @@ impl Agent {
         };
         if let Err(e) = commit.await {
             // The records come back on restart and are collected again; keep their logs.
-            tracing::error!(error = %e, "cannot delete finished tasks");
+            tracing::error!(error = %cube_core::Chain(&e), "cannot delete finished tasks");
             return 0;
         }
         for id in &doomed {
@@ -438,7 +438,7 @@ impl Agent {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(task = %id, dir = %dir.display(), error = %e, "cannot remove task directory")
+                    tracing::warn!(task = %id, dir = %dir.display(), error = %cube_core::Chain(&e), "cannot remove task directory")
                 }
             }
         }
@@ -457,10 +457,12 @@ async fn persist(id: TaskId, commit: Result<Commit, cube_store::StoreError>) {
     match commit {
         Ok(commit) => {
             if let Err(e) = commit.await {
-                tracing::error!(task = %id, error = %e, "cannot persist task state");
+                tracing::error!(task = %id, error = %cube_core::Chain(&e), "cannot persist task state");
             }
         }
-        Err(e) => tracing::error!(task = %id, error = %e, "cannot encode task state"),
+        Err(e) => {
+            tracing::error!(task = %id, error = %cube_core::Chain(&e), "cannot encode task state")
+        }
     }
 }
 

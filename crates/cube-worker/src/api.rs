@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cube_api::types::{HealthView, LogsQuery, NodeStats, TaskSubmission, TaskView};
 use cube_api::{ApiError, ErrorCode};
-use cube_core::TaskId;
+use cube_core::{Chain, TaskId};
 use cube_http::server::{Body, HttpError, Query, parse_id};
 use tokio::sync::watch;
 
@@ -50,12 +50,20 @@ impl From<WorkerError> for ApiError {
                 ApiError::new(ErrorCode::Conflict, e.to_string())
             }
             WorkerError::Store(_) => {
-                tracing::error!(error = %e, "store failure while serving a request");
-                ApiError::new(ErrorCode::Unavailable, e.to_string())
+                let message = Chain(&e).to_string();
+                tracing::error!(error = %message, "store failure while serving a request");
+                ApiError::new(ErrorCode::Unavailable, message)
             }
-            WorkerError::Transition(_) | WorkerError::Io(_) | WorkerError::Startup(_) => {
-                tracing::error!(error = %e, "internal error while serving a request");
-                ApiError::internal(e.to_string())
+            WorkerError::Transition(_)
+            | WorkerError::File { .. }
+            | WorkerError::BadNodeId { .. }
+            | WorkerError::Host(_)
+            | WorkerError::Bind { .. }
+            | WorkerError::Serve(_)
+            | WorkerError::Panicked { .. } => {
+                let message = Chain(&e).to_string();
+                tracing::error!(error = %message, "internal error while serving a request");
+                ApiError::internal(message)
             }
         }
     }

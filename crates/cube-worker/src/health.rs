@@ -127,8 +127,8 @@ async fn probe(
         Probe::Exec { command } => {
             let code = match &target.handle {
                 DriverHandle::Container { id } => {
-                    let docker = drivers.docker.as_ref().map_err(Clone::clone)?;
-                    docker.exec(id, command).await.map_err(|e| e.to_string())?
+                    let docker = drivers.docker.as_ref().map_err(|e| e.to_string())?;
+                    docker.exec(id, command).await.map_err(|e| cube_core::Chain(&e).to_string())?
                 }
                 DriverHandle::Process { .. } => {
                     let (program, args) = command.split_first().ok_or("empty command")?;

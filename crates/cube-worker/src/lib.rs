@@ -64,12 +64,51 @@ pub enum WorkerError {
     /// A state change was refused by the state machine (a bug).
     #[error(transparent)]
     Transition(#[from] InvalidTransition),
-    /// File-system trouble (data directory, node id file).
-    #[error("{0}")]
-    Io(String),
-    /// The worker cannot start (port in use, metrics unreadable).
-    #[error("{0}")]
-    Startup(String),
+    /// A file or directory of the worker's own (the data directory, the node id file) could
+    /// not be created, read or written.
+    #[error("{operation} {}", path.display())]
+    File {
+        /// What was being done, e.g. `cannot create data dir`.
+        operation: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node id file holds something that is not a node id.
+    #[error("{}: not a node id", path.display())]
+    BadNodeId {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        #[source]
+        source: cube_core::CoreError,
+    },
+    /// The host's figures could not be read.
+    #[error("cannot read host metrics")]
+    Host(#[source] metrics::HostError),
+    /// The API cannot listen on its address.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server failed while serving.
+    #[error("API server failed")]
+    Serve(#[source] std::io::Error),
+    /// A start-up or shutdown step panicked (a bug).
+    #[error("{what} panicked")]
+    Panicked {
+        /// The step.
+        what: &'static str,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// How to run a worker.
@@ -131,8 +170,8 @@ impl Worker {
         self.agent.wait_runners().await;
         match served {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WorkerError::Io(format!("API server failed: {e}"))),
-            Err(e) => Err(WorkerError::Io(format!("API server task failed: {e}"))),
+            Ok(Err(e)) => Err(WorkerError::Serve(e)),
+            Err(source) => Err(WorkerError::Panicked { what: "the API server", source }),
         }
     }
 }
@@ -144,15 +183,18 @@ pub async fn start(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<Worker, WorkerError> {
-    tokio::fs::create_dir_all(&config.data_dir).await.map_err(|e| {
-        WorkerError::Io(format!("cannot create data dir {}: {e}", config.data_dir.display()))
+    tokio::fs::create_dir_all(&config.data_dir).await.map_err(|source| WorkerError::File {
+        operation: "cannot create data dir",
+        path: config.data_dir.clone(),
+        source,
     })?;
     let node_id = load_or_create_node_id(&config.data_dir).await?;
 
-    let docker = driver::docker::DockerDriver::connect(config.pull_timeout).await;
+    let docker = driver::docker::DockerDriver::connect(config.pull_timeout).await.map_err(Arc::new);
     match &docker {
         Ok(_) => tracing::info!("docker driver ready"),
-        Err(reason) => {
+        Err(e) => {
+            let reason = cube_core::Chain(&**e);
             tracing::warn!(%reason, "docker driver unavailable; only process tasks can run")
         }
     }
@@ -161,7 +203,7 @@ pub async fn start(
     let host =
         metrics::start_sampler(config.data_dir.clone(), config.stats_interval, shutdown.clone())
             .await
-            .map_err(WorkerError::Startup)?;
+            .map_err(WorkerError::Host)?;
     let available_drivers = drivers.available();
     let tasks = {
         let store = Arc::clone(&store);
@@ -169,7 +211,7 @@ pub async fn start(
             cube_store::load_json::<cube_core::Task>(store.as_ref(), cube_store::Table::Tasks)
         })
         .await
-        .map_err(|e| WorkerError::Startup(format!("loading tasks failed: {e}")))??
+        .map_err(|source| WorkerError::Panicked { what: "loading tasks", source })??
     };
     let agent = Agent::new(
         node_id,
@@ -195,10 +237,10 @@ pub async fn start(
 
     let listener = cube_http::server::bind(config.listen)
         .await
-        .map_err(|e| WorkerError::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|source| WorkerError::Bind { addr: config.listen, source })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| WorkerError::Startup(format!("cannot read bound address: {e}")))?;
+        .map_err(|source| WorkerError::Bind { addr: config.listen, source })?;
     let router = api::router(api::ApiState {
         agent: Arc::clone(&agent),
         host: host.clone(),
@@ -260,16 +302,14 @@ async fn gc_loop(
 async fn load_or_create_node_id(data_dir: &Path) -> Result<NodeId, WorkerError> {
     let path = data_dir.join("node-id");
     match tokio::fs::read_to_string(&path).await {
-        Ok(text) => {
-            text.trim().parse().map_err(|e| WorkerError::Io(format!("{}: {e}", path.display())))
-        }
+        Ok(text) => text.trim().parse().map_err(|source| WorkerError::BadNodeId { path, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = NodeId::from_uuid(uuid::Uuid::now_v7());
-            tokio::fs::write(&path, format!("{id}\n"))
-                .await
-                .map_err(|e| WorkerError::Io(format!("cannot write {}: {e}", path.display())))?;
+            tokio::fs::write(&path, format!("{id}\n")).await.map_err(|source| {
+                WorkerError::File { operation: "cannot write", path: path.clone(), source }
+            })?;
             Ok(id)
         }
-        Err(e) => Err(WorkerError::Io(format!("cannot read {}: {e}", path.display()))),
+        Err(source) => Err(WorkerError::File { operation: "cannot read", path, source }),
     }
 }

@@ -90,15 +90,45 @@ pub fn read_disk(path: &Path) -> std::io::Result<DiskStats> {
     })
 }
 
+/// Why the host could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// A file of `/proc` could not be read or parsed.
+    #[error("cannot read {file}")]
+    Proc {
+        /// The file, e.g. `/proc/stat`.
+        file: &'static str,
+        /// What procfs reported.
+        #[source]
+        source: procfs::ProcError,
+    },
+    /// The data directory's filesystem could not be measured.
+    #[error("cannot measure the filesystem of {}", path.display())]
+    Disk {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sampler's thread panicked (a bug).
+    #[error("the host sampler panicked")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
+fn proc(file: &'static str) -> impl FnOnce(procfs::ProcError) -> HostError {
+    move |source| HostError::Proc { file, source }
+}
+
 struct Sampler {
     data_dir: PathBuf,
     last: Option<(CpuTicks, std::time::Instant)>,
 }
 
 impl Sampler {
-    fn sample(&mut self) -> Result<HostSnapshot, String> {
+    fn sample(&mut self) -> Result<HostSnapshot, HostError> {
         let now = std::time::Instant::now();
-        let (ticks, cores) = read_cpu().map_err(|e| format!("/proc/stat: {e}"))?;
+        let (ticks, cores) = read_cpu().map_err(proc("/proc/stat"))?;
         let cpu = match self.last {
             Some((before, at)) => CpuStats {
                 cores,
@@ -110,11 +140,11 @@ impl Sampler {
         self.last = Some((ticks, now));
         Ok(HostSnapshot {
             collected_at: Timestamp::now(),
-            memory: read_memory().map_err(|e| format!("/proc/meminfo: {e}"))?,
+            memory: read_memory().map_err(proc("/proc/meminfo"))?,
             cpu,
-            load: read_load().map_err(|e| format!("/proc/loadavg: {e}"))?,
+            load: read_load().map_err(proc("/proc/loadavg"))?,
             disk: read_disk(&self.data_dir)
-                .map_err(|e| format!("statvfs {}: {e}", self.data_dir.display()))?,
+                .map_err(|source| HostError::Disk { path: self.data_dir.clone(), source })?,
         })
     }
 }
@@ -125,11 +155,11 @@ pub async fn start_sampler(
     data_dir: PathBuf,
     interval: Duration,
     shutdown: CancellationToken,
-) -> Result<watch::Receiver<HostSnapshot>, String> {
+) -> Result<watch::Receiver<HostSnapshot>, HostError> {
     let mut sampler = Sampler { data_dir, last: None };
     let (first, mut sampler) = tokio::task::spawn_blocking(move || (sampler.sample(), sampler))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(HostError::Panicked)?;
     let (tx, rx) = watch::channel(first?);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
@@ -148,10 +178,10 @@ pub async fn start_sampler(
                 }
                 Ok((Err(e), s)) => {
                     sampler = s;
-                    tracing::warn!(error = %e, "reading host metrics failed");
+                    tracing::warn!(error = %cube_core::Chain(&e), "reading host metrics failed");
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "host metrics sampler died");
+                    tracing::error!(error = %cube_core::Chain(&e), "host metrics sampler died");
                     return;
                 }
             }

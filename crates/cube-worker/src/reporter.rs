@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cube_api::types::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, TaskView};
 use cube_core::{DriverKind, Resources};
-use cube_http::client::{Client, ClientError};
+use cube_http::client::Client;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,7 @@ pub async fn run(
     let client = match membership.security.client(&membership.manager, Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot build the manager client; not joining a cluster");
+            tracing::error!(error = %cube_core::Chain(&e), "cannot build the manager client; not joining a cluster");
             return;
         }
     };
@@ -99,7 +99,7 @@ async fn register(
                 attempts += 1;
                 // Say it once, then every tenth attempt, so a long outage does not flood logs.
                 if attempts == 1 || attempts.is_multiple_of(10) {
-                    tracing::warn!(error = %e, attempts, "cannot register with the manager; retrying");
+                    tracing::warn!(error = %cube_core::Chain(&e), attempts, "cannot register with the manager; retrying");
                 }
             }
         }
@@ -166,8 +166,8 @@ async fn heartbeat_loop(
     }
 }
 
-fn log_failure(e: &ClientError, failures: u32) {
-    tracing::warn!(error = %e, failures, "heartbeat failed; will retry");
+fn log_failure(e: &(dyn std::error::Error + 'static), failures: u32) {
+    tracing::warn!(error = %cube_core::Chain(e), failures, "heartbeat failed; will retry");
 }
 
 fn interval_of(response: &HeartbeatResponse) -> Duration {
@@ -182,7 +182,7 @@ async fn stop_all(agent: &Agent, ids: &[cube_core::TaskId]) {
         match agent.stop(*id).await {
             Ok(_) => tracing::info!(task = %id, "stopping task at the manager's request"),
             Err(crate::WorkerError::NotFound(_)) => {}
-            Err(e) => tracing::warn!(task = %id, error = %e, "cannot stop task"),
+            Err(e) => tracing::warn!(task = %id, error = %cube_core::Chain(&e), "cannot stop task"),
         }
     }
 }

@@ -71,7 +71,7 @@ pub(crate) async fn run(
         let started = match started {
             Ok(started) => started,
             Err(e) => {
-                let reason = e.to_string();
+                let reason = cube_core::Chain(&e).to_string();
                 tracing::warn!(task = %id, %reason, "task failed to start");
                 let retry = agent
                     .update(id, |t| {
@@ -189,7 +189,7 @@ async fn stop_workload(
     let info = match agent.drivers.stop(handle, grace, &mut started.exit).await {
         Ok(info) => info,
         Err(e) => {
-            tracing::error!(task = %id, error = %e, "stopping task failed");
+            tracing::error!(task = %id, error = %cube_core::Chain(&e), "stopping task failed");
             ExitInfo { error: Some(format!("stop failed: {e}")), ..ExitInfo::default() }
         }
     };
@@ -271,7 +271,7 @@ async fn stop_requested(control: &mut watch::Receiver<DesiredState>) {
 
 async fn cleanup(agent: &Agent, id: TaskId, handle: &DriverHandle) {
     if let Err(e) = agent.drivers.cleanup(handle).await {
-        tracing::warn!(task = %id, handle = %handle.short(), error = %e, "cleanup after exit failed");
+        tracing::warn!(task = %id, handle = %handle.short(), error = %cube_core::Chain(&e), "cleanup after exit failed");
     }
 }
 
@@ -282,6 +282,6 @@ async fn record(agent: &Agent, id: TaskId, trigger: Trigger, reason: String) {
 /// Applies a trigger; an invalid one is a bug in the runner, logged rather than applied.
 fn apply(task: &mut cube_core::Task, trigger: Trigger, reason: String) {
     if let Err(e) = task.apply(trigger, Timestamp::now(), reason) {
-        tracing::error!(task = %task.id, error = %e, "runner attempted an invalid transition");
+        tracing::error!(task = %task.id, error = %cube_core::Chain(&e), "runner attempted an invalid transition");
     }
 }

@@ -640,7 +640,13 @@ async fn over_tls_the_cluster_works_and_clients_must_trust_its_ca() {
         .unwrap()
         .with_token(Some(TOKEN.parse().unwrap()));
     assert!(
-        matches!(untrusting.tasks().await, Err(cube_http::client::ClientError::Unreachable { .. })),
+        matches!(
+            untrusting.tasks().await,
+            Err(cube_http::client::ClientError::Unreachable {
+                kind: cube_http::client::Unreachable::Tls,
+                ..
+            })
+        ),
         "an unknown CA must fail the handshake"
     );
     let plain =

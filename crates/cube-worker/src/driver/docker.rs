@@ -25,12 +25,15 @@ use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
     LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
-use cube_core::{DriverHandle, DriverKind, HostPort, NodeId, Protocol, TaskId};
+use cube_core::{Chain, DriverHandle, DriverKind, HostPort, NodeId, Protocol, TaskId};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 
-use super::{Driver, DriverError, ExitInfo, ExitWatch, StartRequest, Started, wait_exit};
+use super::{
+    Driver, DriverError, EngineError, ExitInfo, ExitWatch, PullError, StartRequest, Started,
+    wait_exit,
+};
 
 /// Label holding the task id.
 pub const LABEL_TASK_ID: &str = "cube.task-id";
@@ -74,10 +77,10 @@ pub struct ManagedContainer {
 impl DockerDriver {
     /// Connects to the engine named by `DOCKER_HOST` (or the local socket) and agrees on an API
     /// version. Fails if the engine does not answer.
-    pub async fn connect(pull_timeout: Duration) -> Result<Self, String> {
-        let docker = Docker::connect_with_defaults().map_err(|e| e.to_string())?;
-        let docker = docker.negotiate_version().await.map_err(|e| e.to_string())?;
-        docker.ping().await.map_err(|e| e.to_string())?;
+    pub async fn connect(pull_timeout: Duration) -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_defaults().map_err(EngineError)?;
+        let docker = docker.negotiate_version().await.map_err(EngineError)?;
+        docker.ping().await.map_err(EngineError)?;
         Ok(Self {
             docker,
             pull_timeout,
@@ -101,7 +104,7 @@ impl DockerDriver {
                 ..Default::default()
             }))
             .await
-            .map_err(runtime)?;
+            .map_err(engine("cannot list containers"))?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
@@ -117,19 +120,17 @@ impl DockerDriver {
             .collect())
     }
 
-    async fn permit(&self) -> Result<SemaphorePermit<'_>, DriverError> {
-        // The semaphore is never closed, so acquiring only fails if that invariant breaks.
-        self.mutations
-            .acquire()
-            .await
-            .map_err(|e| DriverError::Runtime(format!("engine queue closed: {e}")))
+    async fn permit(&self) -> SemaphorePermit<'_> {
+        // Acquiring fails only on a closed semaphore, and this one is never closed.
+        #[allow(clippy::expect_used)]
+        self.mutations.acquire().await.expect("the engine queue is never closed")
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => {}
-            Err(e) => return Err(runtime(e)),
+            Err(e) => return Err(engine("cannot inspect the image")(e)),
         }
         tracing::info!(image, "image not present; pulling");
         let options =
@@ -138,7 +139,7 @@ impl DockerDriver {
             let mut stream = self.docker.create_image(Some(options), None, None);
             let mut last_status = String::new();
             while let Some(item) = stream.next().await {
-                let info = item.map_err(|e| message(&e))?;
+                let info = item.map_err(EngineError)?;
                 if let Some(status) = info.status
                     && status != last_status
                 {
@@ -146,17 +147,14 @@ impl DockerDriver {
                     last_status = status;
                 }
             }
-            Ok::<(), String>(())
+            Ok::<(), EngineError>(())
         };
+        let unavailable =
+            |source| DriverError::ImageUnavailable { image: image.to_owned(), source };
         match tokio::time::timeout(self.pull_timeout, pull).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => {
-                Err(DriverError::ImageUnavailable { image: image.to_owned(), reason })
-            }
-            Err(_) => Err(DriverError::ImageUnavailable {
-                image: image.to_owned(),
-                reason: format!("pull did not finish within {:?}", self.pull_timeout),
-            }),
+            Ok(Err(e)) => Err(unavailable(PullError::Engine(e))),
+            Err(_) => Err(unavailable(PullError::TimedOut(self.pull_timeout))),
         }
     }
 
@@ -225,13 +223,13 @@ impl DockerDriver {
                 // survived, e.g. after a crash between start and cleanup. It is ours: replace it.
                 tracing::warn!(container = %name, "removing leftover container of an earlier run");
                 self.remove(&name).await?;
-                self.docker.create_container(Some(options), body).await.map(|r| r.id).map_err(|e| {
-                    DriverError::StartFailed(format!("cannot create container: {}", message(&e)))
-                })
+                self.docker
+                    .create_container(Some(options), body)
+                    .await
+                    .map(|r| r.id)
+                    .map_err(engine("cannot create container"))
             }
-            Err(e) => {
-                Err(DriverError::StartFailed(format!("cannot create container: {}", message(&e))))
-            }
+            Err(e) => Err(engine("cannot create container")(e)),
         }
     }
 
@@ -243,7 +241,7 @@ impl DockerDriver {
             }
             // 409: removal already in progress.
             Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
-            Err(e) => Err(runtime(e)),
+            Err(e) => Err(engine("cannot remove container")(e)),
         }
     }
 
@@ -275,7 +273,7 @@ impl DockerDriver {
         match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
             Ok(r) => Ok(Some(r)),
             Err(BollardError::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
-            Err(e) => Err(runtime(e)),
+            Err(e) => Err(engine("cannot inspect container")(e)),
         }
     }
 
@@ -308,12 +306,12 @@ impl DockerDriver {
                 match item {
                     Ok(output) => {
                         if let Err(e) = file.write_all(&output.into_bytes()).await {
-                            tracing::warn!(container = %id, error = %e, "cannot write task log");
+                            tracing::warn!(container = %id, error = %cube_core::Chain(&e), "cannot write task log");
                             return;
                         }
                     }
                     Err(e) => {
-                        tracing::debug!(container = %id, error = %e, "log stream ended");
+                        tracing::debug!(container = %id, error = %cube_core::Chain(&e), "log stream ended");
                         return;
                     }
                 }
@@ -324,20 +322,20 @@ impl DockerDriver {
 
 impl Driver for DockerDriver {
     async fn start(&self, req: &StartRequest) -> Result<Started, DriverError> {
-        let image =
-            req.spec.image.as_deref().ok_or_else(|| {
-                DriverError::StartFailed("the docker driver needs an image".into())
-            })?;
+        let image = req
+            .spec
+            .image
+            .as_deref()
+            .ok_or(DriverError::Incomplete { driver: DriverKind::Docker, what: "an image" })?;
         self.ensure_image(image).await?;
         let log = super::process::open_log(&req.log_path).await?;
-        let permit = self.permit().await?;
+        let permit = self.permit().await;
         let id = self.create(req).await?;
         if let Err(e) = self.docker.start_container(&id, None).await {
-            let reason = format!("cannot start container: {}", message(&e));
             if let Err(e) = self.remove(&id).await {
-                tracing::warn!(container = %id, error = %e, "cannot remove container that failed to start");
+                tracing::warn!(container = %id, error = %Chain(&e), "cannot remove container that failed to start");
             }
-            return Err(DriverError::StartFailed(reason));
+            return Err(engine("cannot start container")(e));
         }
         drop(permit);
         self.follow_logs(id.clone(), log, 0);
@@ -360,15 +358,15 @@ impl Driver for DockerDriver {
             Ok(()) => {}
             // 304: already stopped; 404: already gone. Either way the exit watch reports it.
             Err(BollardError::DockerResponseServerError { status_code: 304 | 404, .. }) => {}
-            Err(e) => return Err(runtime(e)),
+            Err(e) => return Err(engine("cannot stop container")(e)),
         }
         tokio::time::timeout(grace + STOP_SLACK, wait_exit(exit))
             .await
-            .map_err(|_| DriverError::Runtime(format!("container {id} did not stop")))
+            .map_err(|_| DriverError::DidNotStop { what: format!("container {id}") })
     }
 
     async fn cleanup(&self, handle: &DriverHandle) -> Result<(), DriverError> {
-        let _permit = self.permit().await?;
+        let _permit = self.permit().await;
         self.remove(container_id(handle)?).await
     }
 
@@ -394,22 +392,23 @@ impl DockerDriver {
             attach_stderr: Some(true),
             ..Default::default()
         };
-        let created = self.docker.create_exec(id, config).await.map_err(runtime)?;
+        let created =
+            self.docker.create_exec(id, config).await.map_err(engine("cannot create exec"))?;
         let options = StartExecOptions { detach: false, tty: false, output_capacity: None };
-        if let StartExecResults::Attached { mut output, .. } =
-            self.docker.start_exec(&created.id, Some(options)).await.map_err(runtime)?
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&created.id, Some(options))
+            .await
+            .map_err(engine("cannot start exec"))?
         {
             // Drain the output: the exec has finished when its stream ends.
             while let Some(item) = output.next().await {
-                if let Err(e) = item {
-                    return Err(runtime(e));
-                }
+                item.map_err(engine("exec output failed"))?;
             }
         }
-        let inspect = self.docker.inspect_exec(&created.id).await.map_err(runtime)?;
-        inspect.exit_code.ok_or_else(|| {
-            DriverError::Runtime(format!("exec of {command:?} reported no exit code"))
-        })
+        let inspect =
+            self.docker.inspect_exec(&created.id).await.map_err(engine("cannot inspect exec"))?;
+        inspect.exit_code.ok_or_else(|| DriverError::NoExitCode { command: command.to_vec() })
     }
 
     /// Resumes copying a re-adopted container's logs into `log_path`, from now on.
@@ -512,27 +511,23 @@ fn port_key(port: u16, protocol: Protocol) -> String {
 fn container_id(handle: &DriverHandle) -> Result<&str, DriverError> {
     match handle {
         DriverHandle::Container { id } => Ok(id),
-        DriverHandle::Process { .. } => Err(DriverError::Runtime("not a container handle".into())),
+        DriverHandle::Process { .. } => {
+            Err(DriverError::WrongHandle { driver: DriverKind::Docker, handle: handle.short() })
+        }
     }
 }
 
-/// The engine's own message for server errors (bollard's Display adds a status prefix).
-fn message(e: &BollardError) -> String {
-    match e {
-        BollardError::DockerResponseServerError { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn runtime(e: BollardError) -> DriverError {
-    match e {
-        BollardError::DockerResponseServerError { .. } => DriverError::Runtime(message(&e)),
+/// The driver error for an engine failure while doing `operation`: a lost connection to the
+/// engine makes the driver unavailable; anything else is the engine's answer.
+fn engine(operation: &'static str) -> impl FnOnce(BollardError) -> DriverError {
+    move |e| match e {
         BollardError::IOError { .. }
         | BollardError::HyperResponseError { .. }
-        | BollardError::RequestTimeoutError => {
-            DriverError::Unavailable { driver: DriverKind::Docker, reason: e.to_string() }
-        }
-        other => DriverError::Runtime(other.to_string()),
+        | BollardError::RequestTimeoutError => DriverError::Unavailable {
+            driver: DriverKind::Docker,
+            source: Arc::new(EngineError(e)),
+        },
+        other => DriverError::Engine { operation, source: EngineError(other) },
     }
 }
 

@@ -85,31 +85,127 @@ impl ExitInfo {
     }
 }
 
-/// Errors of the drivers.
+/// Errors of the drivers. A task's `reason` is the error with its causes
+/// ([`cube_core::Chain`]), so each variant's words say what failed and its source why.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// The image is not present locally and could not be pulled.
-    #[error("image {image:?} is not present on this node and could not be pulled: {reason}")]
+    #[error("image {image:?} is not present on this node and could not be pulled")]
     ImageUnavailable {
         /// The image reference.
         image: String,
         /// Why the pull failed.
-        reason: String,
+        #[source]
+        source: PullError,
     },
-    /// The workload could not be created or started (bad command, engine refused it).
-    #[error("{0}")]
-    StartFailed(String),
+    /// The spec lacks something this driver needs (validation normally catches it).
+    #[error("the {driver} driver needs {what}")]
+    Incomplete {
+        /// Which driver.
+        driver: DriverKind,
+        /// What is missing, e.g. `an image`.
+        what: &'static str,
+    },
+    /// The program could not be started.
+    #[error("cannot run {program:?}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The container engine refused or failed an operation.
+    #[error("{operation}")]
+    Engine {
+        /// What was being done, e.g. `cannot create container`.
+        operation: &'static str,
+        /// The engine's answer.
+        #[source]
+        source: EngineError,
+    },
     /// The driver cannot be used on this node (no container engine reachable).
-    #[error("{driver} driver unavailable: {reason}")]
+    #[error("{driver} driver unavailable")]
     Unavailable {
         /// Which driver.
         driver: DriverKind,
-        /// Why.
-        reason: String,
+        /// Why (shared: one failed connection explains every task refused for it).
+        #[source]
+        source: std::sync::Arc<EngineError>,
     },
-    /// Talking to the engine or the OS failed.
-    #[error("{0}")]
-    Runtime(String),
+    /// A file of the task (its log) could not be created or opened.
+    #[error("cannot open {}", path.display())]
+    File {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The OS refused an operation on a process (signal, pidfd).
+    #[error("cannot {operation} process {pid}")]
+    Process {
+        /// What was being done, e.g. `signal`.
+        operation: &'static str,
+        /// The process (group) id.
+        pid: u32,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The workload did not stop even after it was killed.
+    #[error("{what} did not stop")]
+    DidNotStop {
+        /// The workload, e.g. `process 123`.
+        what: String,
+    },
+    /// A handle of another driver was passed (a bug).
+    #[error("the {driver} driver was given a handle it does not own ({handle})")]
+    WrongHandle {
+        /// Which driver.
+        driver: DriverKind,
+        /// The handle, shortened.
+        handle: String,
+    },
+    /// The engine ran a command but reported no exit code for it.
+    #[error("exec of {command:?} reported no exit code")]
+    NoExitCode {
+        /// The command.
+        command: Vec<String>,
+    },
+}
+
+/// Why an image pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The engine reported a failure.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The pull did not finish in time.
+    #[error("pull did not finish within {}", cube_core::units::format_duration(*.0))]
+    TimedOut(Duration),
+}
+
+/// An error from the container engine, in the engine's own words (bollard's display adds a
+/// status-code prefix to what the engine said).
+#[derive(Debug)]
+pub struct EngineError(pub bollard::errors::Error);
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            bollard::errors::Error::DockerResponseServerError { message, .. } => {
+                f.write_str(message)
+            }
+            other => std::fmt::Display::fmt(other, f),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// What every driver can do. Methods take `&self` and are safe to call concurrently for
@@ -149,7 +245,7 @@ pub trait Driver: Send + Sync {
 #[derive(Debug)]
 pub struct Drivers {
     /// The docker driver, or why it is unavailable.
-    pub docker: Result<docker::DockerDriver, String>,
+    pub docker: Result<docker::DockerDriver, std::sync::Arc<EngineError>>,
     /// The process driver.
     pub process: process::ProcessDriver,
 }
@@ -165,9 +261,9 @@ impl Drivers {
     }
 
     fn docker(&self) -> Result<&docker::DockerDriver, DriverError> {
-        self.docker.as_ref().map_err(|reason| DriverError::Unavailable {
+        self.docker.as_ref().map_err(|source| DriverError::Unavailable {
             driver: DriverKind::Docker,
-            reason: reason.clone(),
+            source: std::sync::Arc::clone(source),
         })
     }
 

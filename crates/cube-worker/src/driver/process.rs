@@ -13,7 +13,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cube_core::DriverHandle;
+use cube_core::{DriverHandle, DriverKind};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
@@ -36,14 +36,15 @@ impl ProcessDriver {
 
 impl Driver for ProcessDriver {
     async fn start(&self, req: &StartRequest) -> Result<Started, DriverError> {
-        let program =
-            req.spec.command.clone().ok_or_else(|| {
-                DriverError::StartFailed("the process driver needs a command".into())
-            })?;
+        let program = req
+            .spec
+            .command
+            .clone()
+            .ok_or(DriverError::Incomplete { driver: DriverKind::Process, what: "a command" })?;
         let log = open_log(&req.log_path).await?;
         let log_err = log
             .try_clone()
-            .map_err(|e| DriverError::Runtime(format!("cannot open log file: {e}")))?;
+            .map_err(|source| DriverError::File { path: req.log_path.clone(), source })?;
 
         let mut command = tokio::process::Command::new(&program);
         command
@@ -63,9 +64,9 @@ impl Driver for ProcessDriver {
         }
         let mut child = command
             .spawn()
-            .map_err(|e| DriverError::StartFailed(format!("cannot run {program:?}: {e}")))?;
-        let pid =
-            child.id().ok_or_else(|| DriverError::Runtime("spawned process has no pid".into()))?;
+            .map_err(|source| DriverError::Spawn { program: program.clone(), source })?;
+        // A child that was just spawned and not yet waited for always has an id.
+        let pid = child.id().unwrap_or_default();
         // Read right after spawn, while the child cannot have been reaped (we hold it).
         let start_ticks = start_ticks(pid).unwrap_or(0);
 
@@ -104,9 +105,9 @@ impl Driver for ProcessDriver {
             Ok(info) => info,
             Err(_) => {
                 signal_group(pid, Signal::KILL)?;
-                tokio::time::timeout(KILL_WAIT, wait_exit(exit)).await.map_err(|_| {
-                    DriverError::Runtime(format!("process {pid} did not die after SIGKILL"))
-                })?
+                tokio::time::timeout(KILL_WAIT, wait_exit(exit))
+                    .await
+                    .map_err(|_| DriverError::DidNotStop { what: format!("process {pid}") })?
             }
         };
         // The leader is gone; take down anything it left in its group. The group id cannot have
@@ -122,25 +123,24 @@ impl Driver for ProcessDriver {
 
     async fn recover(&self, handle: &DriverHandle) -> Result<Option<Started>, DriverError> {
         let DriverHandle::Process { pid, start_ticks: expected } = handle else {
-            return Err(DriverError::Runtime("not a process handle".into()));
+            return Err(wrong_handle(handle));
         };
         let pid = *pid;
         // A pid with another start time is a different process that reused the number.
         if start_ticks(pid) != Some(*expected) {
             return Ok(None);
         }
-        let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(0))
-            .ok_or_else(|| DriverError::Runtime(format!("bad pid {pid}")))?;
+        let Some(raw) = raw_pid(pid) else { return Ok(None) };
         let fd = match rustix::process::pidfd_open(raw, PidfdFlags::NONBLOCK) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::SRCH) => return Ok(None),
-            Err(e) => return Err(DriverError::Runtime(format!("pidfd_open({pid}): {e}"))),
+            Err(e) => return Err(process_error("watch", pid, e.into())),
         };
         // `AsyncFd::new` is deprecated because an arbitrary `AsRawFd` type could change or close
         // its descriptor behind the reactor's back. `OwnedFd` cannot: it owns the descriptor for
         // the AsyncFd's whole life, which is exactly what the safe-but-`unsafe fn` successor asks.
         #[allow(deprecated)]
-        let fd = AsyncFd::new(fd).map_err(|e| DriverError::Runtime(format!("pidfd: {e}")))?;
+        let fd = AsyncFd::new(fd).map_err(|e| process_error("watch", pid, e))?;
         let (tx, rx) = oneshot::channel();
         tokio::spawn(async move {
             // A pidfd becomes readable when the process exits. It is not our child any more, so
@@ -162,17 +162,29 @@ impl Driver for ProcessDriver {
 fn process_pid(handle: &DriverHandle) -> Result<u32, DriverError> {
     match handle {
         DriverHandle::Process { pid, .. } => Ok(*pid),
-        DriverHandle::Container { .. } => Err(DriverError::Runtime("not a process handle".into())),
+        DriverHandle::Container { .. } => Err(wrong_handle(handle)),
     }
+}
+
+fn wrong_handle(handle: &DriverHandle) -> DriverError {
+    DriverError::WrongHandle { driver: DriverKind::Process, handle: handle.short() }
+}
+
+fn process_error(operation: &'static str, pid: u32, source: std::io::Error) -> DriverError {
+    DriverError::Process { operation, pid, source }
+}
+
+/// The pid as the kernel's type; `None` for 0 or a value no process can have.
+fn raw_pid(pid: u32) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(pid).ok()?)
 }
 
 /// Sends `signal` to the process group led by `pid`; a group that no longer exists is fine.
 fn signal_group(pid: u32, signal: Signal) -> Result<(), DriverError> {
-    let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(0))
-        .ok_or_else(|| DriverError::Runtime(format!("bad pid {pid}")))?;
+    let Some(raw) = raw_pid(pid) else { return Ok(()) };
     match rustix::process::kill_process_group(raw, signal) {
         Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-        Err(e) => Err(DriverError::Runtime(format!("signal {signal:?} to group {pid}: {e}"))),
+        Err(e) => Err(process_error("signal", pid, e.into())),
     }
 }
 
@@ -188,13 +200,13 @@ pub(crate) async fn open_log(path: &std::path::Path) -> Result<std::fs::File, Dr
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|e| DriverError::Runtime(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|source| DriverError::File { path: dir.to_owned(), source })?;
     }
     let file = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .await
-        .map_err(|e| DriverError::Runtime(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|source| DriverError::File { path: path.to_owned(), source })?;
     Ok(file.into_std().await)
 }

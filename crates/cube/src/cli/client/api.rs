@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cube_api::types::{NodeInfo, TaskFilter, TaskView};
 use cube_core::{TaskId, TaskSpec};
-use cube_http::client::{Client, ClientError, LogStream};
+use cube_http::client::{Client, ClientError, LogStream, Unreachable};
 
 /// Timeout of one request (not of a followed log stream).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -174,12 +174,21 @@ fn candidates(items: impl Iterator<Item = String>) -> String {
     }
 }
 
-/// One line for a client error: which manager, and what went wrong in plain words.
+/// One line for a client error: which manager, and what went wrong in plain words (decided by
+/// the error's kind; the cause is added only where the kind alone does not say enough).
 fn describe(e: &ClientError, base: &str) -> anyhow::Error {
     match e {
-        ClientError::Unreachable { reason, .. } => {
-            anyhow::anyhow!("cannot reach manager at {base}: {}", plain_reason(reason))
-        }
+        ClientError::Unreachable { kind, source, .. } => match kind {
+            Unreachable::Refused
+            | Unreachable::Timeout
+            | Unreachable::Dns
+            | Unreachable::InvalidUrl => {
+                anyhow::anyhow!("cannot reach manager at {base}: {kind}")
+            }
+            Unreachable::Tls | Unreachable::Connect | Unreachable::Broken => {
+                anyhow::anyhow!("cannot reach manager at {base}: {kind}: {}", root_cause(source))
+            }
+        },
         ClientError::Api { error, status, .. } if *status >= 500 => {
             anyhow::anyhow!("manager at {base} failed (HTTP {status}): {}", error.message)
         }
@@ -187,34 +196,26 @@ fn describe(e: &ClientError, base: &str) -> anyhow::Error {
             anyhow::anyhow!("manager at {base} refused the request: {}", error.message)
         }
         ClientError::Api { error, .. } => anyhow::anyhow!("{}", error.message),
-        ClientError::Decode { status, reason, .. } => anyhow::anyhow!(
-            "unexpected answer from {base} (HTTP {status}; is it a Cube manager?): {}",
-            one_line(reason)
+        ClientError::Decode { status, source, .. } => anyhow::anyhow!(
+            "unexpected answer from {base} (HTTP {status}; is it a Cube manager?): {source}"
         ),
+        ClientError::NotCube { status, body, .. } => anyhow::anyhow!(
+            "unexpected answer from {base} (HTTP {status}; is it a Cube manager?): {}",
+            one_line(body)
+        ),
+        ClientError::Build(source) => {
+            anyhow::anyhow!("cannot set up a client for {base}: {}", root_cause(source))
+        }
     }
 }
 
-/// The useful end of a reqwest error chain: "connection refused", "timed out"...
-fn plain_reason(reason: &str) -> String {
-    if reason.starts_with("timed out") {
-        return "timed out".to_owned();
+/// The innermost cause's words ("invalid peer certificate: UnknownIssuer").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
     }
-    if reason.contains("dns error") {
-        return "cannot resolve the host name".to_owned();
-    }
-    if reason.contains("builder error") || reason.contains("relative URL") {
-        return "not a valid URL (expected e.g. http://127.0.0.1:5555)".to_owned();
-    }
-    let last = reason.rsplit(": ").next().unwrap_or(reason).trim();
-    let last = match last.find(" (os error") {
-        Some(i) => &last[..i],
-        None => last,
-    };
-    let mut chars = last.chars();
-    match chars.next() {
-        Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => reason.to_owned(),
-    }
+    cause.to_string()
 }
 
 fn one_line(text: &str) -> String {
@@ -226,18 +227,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn reasons_are_plain() {
-        assert_eq!(
-            plain_reason(
-                "error sending request for url (http://127.0.0.1:1/v1/tasks): client error \
-                 (Connect): tcp connect error: Connection refused (os error 111)"
-            ),
-            "connection refused"
-        );
-        assert_eq!(plain_reason("timed out: operation timed out"), "timed out");
-    }
 
     #[test]
     fn prefixes_match_full_and_short_ids() {

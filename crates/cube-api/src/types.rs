@@ -242,6 +242,19 @@ pub struct HeartbeatResponse {
     pub register: bool,
 }
 
+impl HeartbeatResponse {
+    /// Used when the manager names no interval (`heartbeat_interval_ms` 0).
+    pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// The heartbeat period the manager asked for.
+    pub fn interval(&self) -> std::time::Duration {
+        match self.heartbeat_interval_ms {
+            0 => Self::DEFAULT_INTERVAL,
+            ms => std::time::Duration::from_millis(ms),
+        }
+    }
+}
+
 /// `POST /v1/nodes/{id}/heartbeat`: liveness, stats and task changes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {

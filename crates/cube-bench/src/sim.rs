@@ -23,8 +23,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cube_api::types::{
-    ActiveTask, CpuStats, DiskStats, HealthView, HeartbeatRequest, HeartbeatResponse, LoadStats,
-    MemoryStats, NodeStats, RegisterRequest, TaskCounts, TaskSubmission, TaskView,
+    ActiveTask, CpuStats, DiskStats, HealthView, HeartbeatRequest, LoadStats, MemoryStats,
+    NodeStats, RegisterRequest, TaskCounts, TaskSubmission, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{
@@ -207,7 +207,7 @@ impl SimCluster {
         let mut intervals = Vec::with_capacity(count);
         for join in joins {
             let response = join.await?.context("a simulated node could not register")?;
-            intervals.push(interval_of(&response));
+            intervals.push(response.interval());
         }
         let register_time = began.elapsed();
         for (i, (node, interval)) in nodes.iter().zip(intervals).enumerate() {
@@ -236,13 +236,6 @@ impl SimCluster {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
-    }
-}
-
-fn interval_of(response: &HeartbeatResponse) -> Duration {
-    match response.heartbeat_interval_ms {
-        0 => Duration::from_secs(1),
-        ms => Duration::from_millis(ms),
     }
 }
 
@@ -300,7 +293,7 @@ async fn heartbeat_loop(
                         stop_tasks(&node, &r.stop);
                     }
                 }
-                let wanted = interval_of(&response);
+                let wanted = response.interval();
                 if wanted != interval {
                     interval = wanted;
                     ticker = tokio::time::interval(interval);

@@ -16,11 +16,11 @@ use tokio::sync::watch;
 
 use crate::WorkerError;
 use crate::agent::Agent;
-use crate::metrics::HostSnapshot;
+use crate::host::{HostSnapshot, node_stats};
 
 /// State shared by the handlers.
 #[derive(Clone, Debug)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     /// The task table.
     pub agent: Arc<Agent>,
     /// Latest host metrics.
@@ -30,7 +30,7 @@ pub struct ApiState {
 }
 
 /// The router for `/v1/...`.
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     let token = state.token.clone();
     let routes = Router::new()
         .route("/v1/health", get(health))
@@ -87,11 +87,11 @@ async fn health(State(s): State<ApiState>) -> axum::Json<HealthView> {
 
 async fn stats(State(s): State<ApiState>) -> axum::Json<NodeStats> {
     let host = s.host.borrow().clone();
-    axum::Json(s.agent.stats(&host))
+    axum::Json(node_stats(&host, s.agent.table()))
 }
 
 async fn list_tasks(State(s): State<ApiState>) -> axum::Json<Vec<TaskView>> {
-    axum::Json(s.agent.list().iter().map(TaskView::from).collect())
+    axum::Json(s.agent.table().list().iter().map(TaskView::from).collect())
 }
 
 async fn get_task(
@@ -99,7 +99,7 @@ async fn get_task(
     Path(id): Path<String>,
 ) -> Result<axum::Json<TaskView>, HttpError> {
     let id: TaskId = parse_id(&id)?;
-    let task = s.agent.get(id).ok_or_else(|| ApiError::not_found("task", id))?;
+    let task = s.agent.table().get(id).ok_or_else(|| ApiError::not_found("task", id))?;
     Ok(axum::Json(TaskView::from(&task)))
 }
 
@@ -126,12 +126,13 @@ async fn task_logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, HttpError> {
     let id: TaskId = parse_id(&id)?;
-    if s.agent.get(id).is_none() {
+    if s.agent.table().get(id).is_none() {
         return Err(ApiError::not_found("task", id).into());
     }
     let body = axum::body::Body::from_stream(crate::logs::stream(
-        Arc::clone(&s.agent),
+        Arc::clone(s.agent.table()),
         id,
+        s.agent.log_path(id),
         q.follow,
         q.tail,
     ));

@@ -1,30 +1,108 @@
 //! Health checks, run by the worker next to the task (not by the manager across the network,
 //! as the book did: a partition between manager and worker must not look like a sick task).
 //!
-//! [`watch`] probes a running task every interval and returns once the task is unhealthy
-//! (`failure_threshold` consecutive failures after the grace period). Changes between healthy
-//! and unhealthy are recorded in the task's history.
+//! A [`Monitor`] probes a running workload every interval and tells its runner when its health
+//! changes: healthy when a probe passes (the first time, or again), unhealthy once
+//! `failure_threshold` consecutive probes failed after the grace period. It records nothing
+//! itself; the runner does.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use cube_core::{DriverHandle, HealthCheck, HostPort, Note, Probe, Protocol, TaskId};
-use jiff::Timestamp;
+use cube_core::{Chain, DriverHandle, HealthCheck, HostPort, Probe, Protocol, TaskSpec};
+use cube_rt::Ticker;
+use tokio_util::sync::CancellationToken;
 
-use crate::agent::Agent;
 use crate::driver::Drivers;
 
-/// Where a probe connects: the task's published host ports (docker) or the host itself.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
-    /// The workload.
-    pub handle: DriverHandle,
-    /// Published ports (docker); empty for processes, whose ports are host ports already.
-    pub host_ports: Vec<HostPort>,
-    /// Environment for exec probes of process tasks.
-    pub env: Vec<(String, String)>,
+/// A change of a workload's health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HealthChange {
+    /// A probe passed, and the last reported change was not "healthy".
+    Healthy,
+    /// Enough consecutive probes failed: why, with the count.
+    Unhealthy(String),
 }
 
-impl Target {
+/// Probes one running workload.
+pub(crate) struct Monitor {
+    check: HealthCheck,
+    spec: TaskSpec,
+    handle: DriverHandle,
+    host_ports: Vec<HostPort>,
+    drivers: Arc<Drivers>,
+    http: reqwest::Client,
+    /// Failures before this are not counted.
+    grace_until: tokio::time::Instant,
+    ticker: Ticker,
+    failures: u32,
+    healthy: Option<bool>,
+}
+
+impl Monitor {
+    /// A monitor of the workload `handle` (publishing `host_ports`) of a task with `spec`, whose
+    /// check is `check`.
+    pub(crate) fn new(
+        check: HealthCheck,
+        spec: TaskSpec,
+        handle: DriverHandle,
+        host_ports: Vec<HostPort>,
+        drivers: Arc<Drivers>,
+        http: reqwest::Client,
+    ) -> Self {
+        let grace_until = tokio::time::Instant::now() + check.grace_period;
+        // The runner stops watching on shutdown; the ticker itself needs no signal.
+        let ticker = Ticker::new(check.interval, CancellationToken::new());
+        Self {
+            check,
+            spec,
+            handle,
+            host_ports,
+            drivers,
+            http,
+            grace_until,
+            ticker,
+            failures: 0,
+            healthy: None,
+        }
+    }
+
+    /// Probes until the workload's health changes. Cancel-safe: dropping the future loses at
+    /// most the probe in flight, never a counted failure.
+    pub(crate) async fn next_change(&mut self) -> HealthChange {
+        tokio::time::sleep_until(self.grace_until).await;
+        loop {
+            self.ticker.tick().await;
+            let result = match tokio::time::timeout(self.check.timeout, self.probe()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "timed out after {}",
+                    cube_core::units::format_duration(self.check.timeout)
+                )),
+            };
+            match result {
+                Ok(()) => {
+                    self.failures = 0;
+                    if self.healthy != Some(true) {
+                        self.healthy = Some(true);
+                        return HealthChange::Healthy;
+                    }
+                }
+                Err(reason) => {
+                    self.failures += 1;
+                    tracing::debug!(%reason, failures = self.failures, "health probe failed");
+                    if self.failures >= self.check.failure_threshold {
+                        self.healthy = Some(false);
+                        return HealthChange::Unhealthy(format!(
+                            "unhealthy: {reason} ({} consecutive failures)",
+                            self.failures
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
     /// The host port that reaches `port` (a container port for docker, a host port otherwise).
     fn host_port(&self, port: u16) -> Result<u16, String> {
         match self.handle {
@@ -37,118 +115,44 @@ impl Target {
                 .ok_or_else(|| format!("container port {port}/tcp is not published")),
         }
     }
-}
 
-/// Probes until the task is unhealthy; returns the reason. Runs forever for a healthy task, so
-/// callers race it against the task's other events.
-pub(crate) async fn watch(
-    agent: &Agent,
-    id: TaskId,
-    check: &HealthCheck,
-    target: &Target,
-    http: &reqwest::Client,
-) -> String {
-    if !check.grace_period.is_zero() {
-        tokio::time::sleep(check.grace_period).await;
-    }
-    let mut ticker = tokio::time::interval(check.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failures = 0u32;
-    let mut healthy: Option<bool> = None;
-    loop {
-        ticker.tick().await;
-        let result =
-            match tokio::time::timeout(check.timeout, probe(check, target, http, &agent.drivers))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(format!(
-                    "timed out after {}",
-                    cube_core::units::format_duration(check.timeout)
-                )),
-            };
-        match result {
-            Ok(()) => {
-                failures = 0;
-                if healthy != Some(true) {
-                    healthy = Some(true);
-                    agent
-                        .update(id, |t| {
-                            t.healthy = Some(true);
-                            t.note(Timestamp::now(), Note::HealthPassing, "health check passing");
-                        })
-                        .await;
+    /// One probe.
+    async fn probe(&self) -> Result<(), String> {
+        match self.check.probe().ok_or_else(|| "health check is incomplete".to_owned())? {
+            Probe::Http { port, path } => {
+                let port = self.host_port(port)?;
+                let url = format!("http://127.0.0.1:{port}{path}");
+                let response = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET {url}: {}", root_cause(&e)))?;
+                let status = response.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("GET {url} answered {status}"))
                 }
             }
-            Err(reason) => {
-                failures += 1;
-                tracing::debug!(task = %id, %reason, failures, "health probe failed");
-                if failures >= check.failure_threshold {
-                    let reason = format!("unhealthy: {reason} ({failures} consecutive failures)");
-                    agent
-                        .update(id, |t| {
-                            t.healthy = Some(false);
-                            t.note(Timestamp::now(), Note::Unhealthy, reason.clone());
-                        })
-                        .await;
-                    return reason;
-                }
+            Probe::Tcp { port } => {
+                let port = self.host_port(port)?;
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("connect to port {port}: {e}"))
             }
-        }
-    }
-}
-
-/// One probe.
-async fn probe(
-    check: &HealthCheck,
-    target: &Target,
-    http: &reqwest::Client,
-    drivers: &Drivers,
-) -> Result<(), String> {
-    match check.probe().ok_or_else(|| "health check is incomplete".to_owned())? {
-        Probe::Http { port, path } => {
-            let port = target.host_port(port)?;
-            let url = format!("http://127.0.0.1:{port}{path}");
-            let response = http
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {}", root_cause(&e)))?;
-            let status = response.status();
-            if status.is_success() { Ok(()) } else { Err(format!("GET {url} answered {status}")) }
-        }
-        Probe::Tcp { port } => {
-            let port = target.host_port(port)?;
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map(drop)
-                .map_err(|e| format!("connect to port {port}: {e}"))
-        }
-        Probe::Exec { command } => {
-            let code = match &target.handle {
-                DriverHandle::Container { id } => {
-                    let docker = drivers.docker.as_ref().map_err(|e| e.to_string())?;
-                    docker.exec(id, command).await.map_err(|e| cube_core::Chain(&e).to_string())?
+            Probe::Exec { command } => {
+                let code = self
+                    .drivers
+                    .exec(&self.handle, &self.spec, command)
+                    .await
+                    .map_err(|e| Chain(&e).to_string())?;
+                if code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{:?} exited with {code}", command.join(" ")))
                 }
-                DriverHandle::Process { .. } => {
-                    let (program, args) = command.split_first().ok_or("empty command")?;
-                    let status = tokio::process::Command::new(program)
-                        .args(args)
-                        .envs(target.env.iter().cloned())
-                        .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .kill_on_drop(true)
-                        .status()
-                        .await
-                        .map_err(|e| format!("cannot run {program:?}: {e}"))?;
-                    status.code().map(i64::from).unwrap_or(-1)
-                }
-            };
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(format!("{:?} exited with {code}", command.join(" ")))
             }
         }
     }

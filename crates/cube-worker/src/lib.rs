@@ -1,115 +1,47 @@
 //! Cube's worker agent: runs tasks on this node and reports on them.
 //!
-//! - [`driver`]: the [`driver::Driver`] trait and the docker and process drivers.
-//! - [`agent`]: the task table (accept, stop, list) with write-through persistence.
-//! - `runner`: one supervisor per task (start, watch, restart, stop).
-//! - [`metrics`]: host metrics from `/proc`.
-//! - [`api`]: the HTTP API.
+//! - `agent`: accepts tasks, stops them, takes them back after a restart, forgets finished
+//!   ones; `table`: the task table with write-through persistence.
+//! - `runner`: one supervisor per task (start, watch, health, restart with backoff, stop);
+//!   `health`: the probes, reporting changes to the runner.
+//! - `driver`: the `Driver` trait and the docker, process and (tests only) fake drivers.
+//! - `reporter`: registration and heartbeats; `host`: host figures; `api` and `logs`: HTTP.
 //!
-//! [`start`] wires them together; the `cube worker` command calls it.
+//! [`start`] wires them together on a [`Platform`]; the `cube worker` command calls it.
+//! Imports point one way: agent → runner → health → driver, all of them → table.
 
-pub mod agent;
-pub mod api;
-pub mod driver;
+mod agent;
+mod api;
+mod driver;
+mod error;
 mod health;
-pub mod logs;
-pub mod metrics;
-pub mod reporter;
+mod host;
+mod logs;
+mod reporter;
 mod runner;
+mod table;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use cube_core::{Bytes, InvalidTransition, Millicores, NodeId, Resources, TaskId};
-use cube_store::{Store, StoreError};
+use cube_core::{Bytes, DriverKind, Millicores, NodeId, Resources, Task};
+use cube_rt::{Clock, Ticker};
+use cube_store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-pub use agent::Agent;
+#[cfg(any(test, feature = "fake-driver"))]
+pub use driver::fake::FakeDriver;
+pub use error::{HostError, WorkerError};
 
-/// Errors of the worker.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// No task with this id.
-    #[error("task {0} not found")]
-    NotFound(TaskId),
-    /// The id is taken by a task with a different spec.
-    #[error("task {0} already exists with a different spec")]
-    Conflict(TaskId),
-    /// A placement older than the one this node runs.
-    #[error("task {id}: generation {generation} is older than the current {current}")]
-    Stale {
-        /// The task.
-        id: TaskId,
-        /// Generation offered.
-        generation: u32,
-        /// Generation held.
-        current: u32,
-    },
-    /// A newer placement arrived while the older one is still running here.
-    #[error("task {id}: generation {generation} is still running here; retry once it has stopped")]
-    Busy {
-        /// The task.
-        id: TaskId,
-        /// Generation still running.
-        generation: u32,
-    },
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A state change was refused by the state machine (a bug).
-    #[error(transparent)]
-    Transition(#[from] InvalidTransition),
-    /// A file or directory of the worker's own (the data directory, the node id file) could
-    /// not be created, read or written.
-    #[error("{operation} {}", path.display())]
-    File {
-        /// What was being done, e.g. `cannot create data dir`.
-        operation: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The node id file holds something that is not a node id.
-    #[error("{}: not a node id", path.display())]
-    BadNodeId {
-        /// The file.
-        path: PathBuf,
-        /// Why it does not parse.
-        #[source]
-        source: cube_core::CoreError,
-    },
-    /// The host's figures could not be read.
-    #[error("cannot read host metrics")]
-    Host(#[source] metrics::HostError),
-    /// The API cannot listen on its address.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The API server failed while serving.
-    #[error("API server failed")]
-    Serve(#[source] std::io::Error),
-    /// A start-up or shutdown step panicked (a bug).
-    #[error("{what} panicked")]
-    Panicked {
-        /// The step.
-        what: &'static str,
-        /// The join error.
-        #[source]
-        source: tokio::task::JoinError,
-    },
-}
+use agent::Agent;
+use driver::Drivers;
+use driver::output::TaskFiles;
+use host::HostSource;
 
 /// How to run a worker.
 #[derive(Clone, Debug)]
@@ -121,10 +53,6 @@ pub struct WorkerConfig {
     /// Address the API listens on. Keep it on loopback unless you mean to expose the node:
     /// the API starts containers, which is root on this host.
     pub listen: SocketAddr,
-    /// How often host metrics are sampled.
-    pub stats_interval: Duration,
-    /// Longest time an image pull may take before the task fails.
-    pub pull_timeout: Duration,
     /// Manager to join, if any (a standalone worker takes tasks directly).
     pub manager: Option<String>,
     /// Address the manager should use to reach this worker [default: `http://<listen>`].
@@ -140,6 +68,24 @@ pub struct WorkerConfig {
     pub security: cube_http::Security,
 }
 
+impl WorkerConfig {
+    /// A worker named `name` keeping its state in `data_dir`, listening on a free loopback
+    /// port, standalone, offering the whole host, keeping finished tasks for a day.
+    pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            manager: None,
+            advertise: None,
+            labels: BTreeMap::new(),
+            capacity: CapacityOverride::default(),
+            gc_after: Some(Duration::from_secs(24 * 3600)),
+            security: cube_http::Security::default(),
+        }
+    }
+}
+
 /// Resources a node offers, when they should differ from the host's (e.g. to keep some for
 /// the system, or to simulate a small node in tests).
 #[derive(Clone, Copy, Debug, Default)]
@@ -152,22 +98,81 @@ pub struct CapacityOverride {
     pub disk: Option<Bytes>,
 }
 
+/// What a worker runs on: its drivers, where its host figures come from, and its clock.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    drivers: DriverChoice,
+    host: HostSource,
+    clock: Clock,
+}
+
+#[derive(Clone, Debug)]
+enum DriverChoice {
+    Host {
+        pull_timeout: Duration,
+    },
+    #[cfg(any(test, feature = "fake-driver"))]
+    Fake(FakeDriver),
+}
+
+impl Platform {
+    /// This host: the docker driver when an engine answers (a pull may take `pull_timeout`)
+    /// and the process driver, host figures read from `/proc` every `stats_interval`, and the
+    /// system clock.
+    pub fn host(pull_timeout: Duration, stats_interval: Duration) -> Self {
+        Self {
+            drivers: DriverChoice::Host { pull_timeout },
+            host: HostSource::Sampled(stats_interval),
+            clock: Clock::system(),
+        }
+    }
+
+    /// Scripted workloads for every task ([`FakeDriver`]), the figures of an idle machine with
+    /// 4 cores, 8 GiB of memory and 100 GiB of disk, and `clock` (which may follow a paused
+    /// tokio clock). For tests only: only compiled with the `fake-driver` feature.
+    #[cfg(any(test, feature = "fake-driver"))]
+    pub fn fake(driver: FakeDriver, clock: Clock) -> Self {
+        let host = host::HostSnapshot::idle(4, Bytes::gib(8), Bytes::gib(100), clock.now());
+        Self { drivers: DriverChoice::Fake(driver), host: HostSource::Fixed(host), clock }
+    }
+}
+
 /// A started worker.
 #[derive(Debug)]
 pub struct Worker {
-    /// The address the API is bound to (useful with port 0).
-    pub addr: SocketAddr,
-    /// The task table.
-    pub agent: Arc<Agent>,
+    addr: SocketAddr,
+    agent: Arc<Agent>,
+    drivers: Arc<Drivers>,
     server: JoinHandle<std::io::Result<()>>,
+    /// The reporter, the GC loop and the host sampler.
+    background: TaskTracker,
 }
 
 impl Worker {
-    /// Waits for the server to stop (after the shutdown token is cancelled) and for every task
-    /// runner to return. Workloads keep running.
+    /// The address the API is bound to (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.agent.node_id()
+    }
+
+    /// Drivers usable on this node.
+    pub fn drivers(&self) -> Vec<DriverKind> {
+        self.agent.drivers()
+    }
+
+    /// Waits for the server to stop (after the shutdown token is cancelled), then for every
+    /// task runner and background loop to return, then stops the drivers' helpers. Workloads
+    /// keep running.
     pub async fn wait(self) -> Result<(), WorkerError> {
         let served = self.server.await;
         self.agent.wait_runners().await;
+        self.background.close();
+        self.background.wait().await;
+        self.drivers.shutdown().await;
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(WorkerError::Serve(e)),
@@ -176,10 +181,11 @@ impl Worker {
     }
 }
 
-/// Starts a worker: node identity, drivers, metrics sampler and the API server. Everything stops
-/// when `shutdown` is cancelled.
+/// Starts a worker on `platform`: node identity, drivers, host figures, the tasks `store`
+/// holds, and the API server. Everything stops when `shutdown` is cancelled.
 pub async fn start(
     config: WorkerConfig,
+    platform: Platform,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
 ) -> Result<Worker, WorkerError> {
@@ -189,41 +195,40 @@ pub async fn start(
         source,
     })?;
     let node_id = load_or_create_node_id(&config.data_dir).await?;
+    let drivers = Arc::new(match platform.drivers {
+        DriverChoice::Host { pull_timeout } => Drivers::host(pull_timeout).await,
+        #[cfg(any(test, feature = "fake-driver"))]
+        DriverChoice::Fake(fake) => Drivers::fake(fake),
+    });
+    let background = TaskTracker::new();
+    let (host, sampler) = host::start(platform.host, config.data_dir.clone(), shutdown.clone())
+        .await
+        .map_err(WorkerError::Host)?;
+    background.spawn(sampler);
 
-    let docker = driver::docker::DockerDriver::connect(config.pull_timeout).await.map_err(Arc::new);
-    match &docker {
-        Ok(_) => tracing::info!("docker driver ready"),
-        Err(e) => {
-            let reason = cube_core::Chain(&**e);
-            tracing::warn!(%reason, "docker driver unavailable; only process tasks can run")
-        }
-    }
-    let drivers = driver::Drivers { docker, process: driver::process::ProcessDriver::new() };
-
-    let host =
-        metrics::start_sampler(config.data_dir.clone(), config.stats_interval, shutdown.clone())
-            .await
-            .map_err(WorkerError::Host)?;
-    let available_drivers = drivers.available();
-    let tasks = {
+    let tasks: Vec<Task> = {
         let store = Arc::clone(&store);
         tokio::task::spawn_blocking(move || {
-            cube_store::load_json::<cube_core::Task>(store.as_ref(), cube_store::Table::Tasks)
+            cube_store::load_json::<Task>(store.as_ref(), cube_store::Table::Tasks)
         })
         .await
         .map_err(|source| WorkerError::Panicked { what: "loading tasks", source })??
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect()
     };
-    let agent = Agent::new(
+    let ctx = Arc::new(runner::Context {
         node_id,
-        config.name.clone(),
-        config.data_dir.clone(),
-        drivers,
-        store,
-        shutdown.clone(),
-    );
+        drivers: Arc::clone(&drivers),
+        files: TaskFiles::new(&config.data_dir),
+        http: health::http_client(),
+        clock: platform.clock.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let agent = Agent::new(config.name.clone(), ctx, table::TaskTable::new(store));
 
     let count = tasks.len();
-    let r = agent.recover(tasks.into_iter().map(|(_, t)| t).collect()).await;
+    let r = agent.recover(tasks).await;
     if count > 0 || r.unowned > 0 {
         tracing::info!(
             tasks = count,
@@ -256,7 +261,14 @@ pub async fn start(
 
     if let Some(retain) = config.gc_after {
         let keep_unreported = config.manager.is_some();
-        tokio::spawn(gc_loop(Arc::clone(&agent), retain, keep_unreported, shutdown.clone()));
+        let clock = platform.clock.clone();
+        background.spawn(gc_loop(
+            Arc::clone(&agent),
+            retain,
+            keep_unreported,
+            clock,
+            shutdown.clone(),
+        ));
     }
     if let Some(manager) = config.manager.clone() {
         let snapshot = host.borrow().clone();
@@ -273,12 +285,12 @@ pub async fn start(
                 .unwrap_or_else(|| format!("{}://{addr}", config.security.scheme())),
             labels: config.labels.clone(),
             capacity,
-            drivers: available_drivers,
+            drivers: agent.drivers(),
             security: config.security.clone(),
         };
-        tokio::spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
+        background.spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }
-    Ok(Worker { addr, agent, server })
+    Ok(Worker { addr, agent, drivers, server, background })
 }
 
 /// Deletes finished tasks and their logs once they are older than `retain`.
@@ -286,12 +298,13 @@ async fn gc_loop(
     agent: Arc<Agent>,
     retain: Duration,
     keep_unreported: bool,
+    clock: Clock,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = cube_rt::Ticker::new(cube_core::task::gc_period(retain), shutdown);
+    let mut ticker = Ticker::new(cube_core::task::gc_period(retain), shutdown);
     while ticker.tick().await {
         // A retention reaching before the representable past collects nothing.
-        if let Ok(cutoff) = jiff::Timestamp::now().checked_sub(retain) {
+        if let Ok(cutoff) = clock.now().checked_sub(retain) {
             agent.collect_garbage(cutoff, keep_unreported).await;
         }
     }

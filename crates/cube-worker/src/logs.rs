@@ -1,7 +1,7 @@
 //! Serving a task's output: the whole log file or its last lines, optionally followed.
 //!
-//! Both drivers write a task's stdout and stderr to one file per task (see
-//! [`crate::Agent::log_path`]), so logs read the same for containers and processes and stay
+//! Every driver writes a task's stdout and stderr to one file per task
+//! ([`crate::driver::output`]), so logs read the same for containers and processes and stay
 //! readable after the workload is gone. Following polls the file for growth every
 //! [`FOLLOW_POLL`] (as `tail -f` does) and ends once the task has finished and everything it
 //! wrote has been sent.
@@ -16,16 +16,16 @@ use cube_core::TaskId;
 use futures_util::Stream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::Agent;
+use crate::table::TaskTable;
 
 /// How often a followed log is checked for new output.
-pub const FOLLOW_POLL: Duration = Duration::from_millis(100);
+pub(crate) const FOLLOW_POLL: Duration = Duration::from_millis(100);
 /// How far back from the end `tail` looks for line starts.
 const TAIL_WINDOW: u64 = 4 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 
 struct Reader {
-    agent: Arc<Agent>,
+    table: Arc<TaskTable>,
     id: TaskId,
     path: PathBuf,
     follow: bool,
@@ -35,15 +35,15 @@ struct Reader {
     last_pass: bool,
 }
 
-/// The log of task `id` as a byte stream.
-pub fn stream(
-    agent: Arc<Agent>,
+/// The log of task `id`, kept at `path`, as a byte stream.
+pub(crate) fn stream(
+    table: Arc<TaskTable>,
     id: TaskId,
+    path: PathBuf,
     follow: bool,
     tail: Option<usize>,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let path = agent.log_path(id);
-    let reader = Reader { agent, id, path, follow, tail, file: None, last_pass: false };
+    let reader = Reader { table, id, path, follow, tail, file: None, last_pass: false };
     futures_util::stream::unfold(reader, |mut r| async move {
         match r.next_chunk().await {
             Ok(Some(bytes)) => Some((Ok(bytes), r)),
@@ -100,7 +100,7 @@ impl Reader {
         if self.last_pass {
             return true;
         }
-        let finished = self.agent.get(self.id).is_none_or(|t| t.state.is_terminal());
+        let finished = self.table.get(self.id).is_none_or(|t| t.state.is_terminal());
         // Output written just before the exit may still be on its way to the file (the docker
         // log copier lags the container slightly): read once more after a poll period.
         self.last_pass = finished;

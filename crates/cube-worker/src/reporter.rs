@@ -13,18 +13,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cube_api::types::{HeartbeatRequest, HeartbeatResponse, RegisterRequest, TaskView};
-use cube_core::{DriverKind, Resources};
+use cube_api::types::{ActiveTask, HeartbeatRequest, HeartbeatResponse, RegisterRequest, TaskView};
+use cube_core::{Chain, DriverKind, Resources, TaskId};
 use cube_http::client::Client;
+use cube_rt::{Backoff, Ticker};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::WorkerError;
 use crate::agent::Agent;
-use crate::metrics::HostSnapshot;
+use crate::host::{HostSnapshot, node_stats};
 
 /// How the worker introduces itself to the manager.
 #[derive(Clone, Debug)]
-pub struct Membership {
+pub(crate) struct Membership {
     /// Manager base URL.
     pub manager: String,
     /// This worker's API address as the manager should call it.
@@ -39,13 +41,12 @@ pub struct Membership {
     pub security: cube_http::Security,
 }
 
-/// Used until the manager says otherwise.
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest wait between registration attempts.
+/// First and longest wait between registration attempts (jittered, see [`Backoff`]).
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// Registers and heartbeats until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     agent: Arc<Agent>,
     membership: Membership,
     host: watch::Receiver<HostSnapshot>,
@@ -54,7 +55,7 @@ pub async fn run(
     let client = match membership.security.client(&membership.manager, Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %cube_core::Chain(&e), "cannot build the manager client; not joining a cluster");
+            tracing::error!(error = %Chain(&e), "cannot build the manager client; not joining a cluster");
             return;
         }
     };
@@ -63,27 +64,26 @@ pub async fn run(
             return;
         };
         tracing::info!(manager = %membership.manager, node = %agent.node_id(), "registered with the manager");
-        let interval = interval_of(&response);
         stop_all(&agent, &response.stop).await;
-        if !heartbeat_loop(&agent, &client, &host, interval, &shutdown).await {
+        if !heartbeat_loop(&agent, &client, &host, response.interval(), &shutdown).await {
             return;
         }
         tracing::warn!("the manager asked this node to register again");
     }
 }
 
-/// Registers, retrying with backoff; `None` on shutdown.
+/// Registers, retrying with jittered backoff; `None` on shutdown.
 async fn register(
     agent: &Agent,
     membership: &Membership,
     client: &Client,
     shutdown: &CancellationToken,
 ) -> Option<HeartbeatResponse> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
     let mut attempts = 0u32;
     loop {
         // Everything this node knows, so the manager can reconcile against it.
-        agent.take_dirty();
+        agent.table().take_dirty();
         let request = RegisterRequest {
             node_id: agent.node_id(),
             name: agent.name().to_owned(),
@@ -91,7 +91,7 @@ async fn register(
             labels: membership.labels.clone(),
             capacity: membership.capacity,
             drivers: membership.drivers.clone(),
-            tasks: agent.list().iter().map(TaskView::from).collect(),
+            tasks: agent.table().list().iter().map(TaskView::from).collect(),
         };
         match client.register(&request).await {
             Ok(response) => return Some(response),
@@ -99,15 +99,14 @@ async fn register(
                 attempts += 1;
                 // Say it once, then every tenth attempt, so a long outage does not flood logs.
                 if attempts == 1 || attempts.is_multiple_of(10) {
-                    tracing::warn!(error = %cube_core::Chain(&e), attempts, "cannot register with the manager; retrying");
+                    tracing::warn!(error = %Chain(&e), attempts, "cannot register with the manager; retrying");
                 }
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = shutdown.cancelled() => return None,
         }
-        delay = (delay * 2).min(MAX_RETRY);
     }
 }
 
@@ -116,26 +115,37 @@ async fn heartbeat_loop(
     agent: &Agent,
     client: &Client,
     host: &watch::Receiver<HostSnapshot>,
-    mut interval: Duration,
+    interval: Duration,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Ticker::new(interval, shutdown.clone());
     let mut failures = 0u32;
     loop {
         // A periodic beat carries stats and the list of unfinished tasks (for fencing); a beat
         // pushed by a change carries just the changed tasks, so it stays cheap for both sides.
         let periodic = tokio::select! {
-            _ = ticker.tick() => true,
-            () = agent.changed() => false,
+            ticked = ticker.tick() => {
+                if !ticked {
+                    return false;
+                }
+                true
+            }
+            () = agent.table().changed() => false,
             () = shutdown.cancelled() => return false,
         };
-        let dirty = agent.take_dirty();
+        let dirty = agent.table().take_dirty();
         let ids: Vec<_> = dirty.iter().map(|t| t.id).collect();
         let request = HeartbeatRequest {
-            stats: periodic.then(|| agent.stats(&host.borrow())),
+            stats: periodic.then(|| node_stats(&host.borrow(), agent.table())),
             tasks: dirty.iter().map(TaskView::from).collect(),
-            active: periodic.then(|| agent.active()),
+            active: periodic.then(|| {
+                agent
+                    .table()
+                    .active()
+                    .into_iter()
+                    .map(|(id, generation)| ActiveTask { id, generation })
+                    .collect()
+            }),
         };
         match client.heartbeat(agent.node_id(), &request).await {
             Ok(response) => {
@@ -144,45 +154,29 @@ async fn heartbeat_loop(
                 }
                 failures = 0;
                 if response.register {
-                    agent.mark_dirty(ids);
+                    agent.table().mark_dirty(ids);
                     return true;
                 }
-                let wanted = interval_of(&response);
-                if wanted != interval {
-                    interval = wanted;
-                    ticker = tokio::time::interval(interval);
-                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                }
+                ticker.reset(response.interval());
                 stop_all(agent, &response.stop).await;
             }
             Err(e) => {
-                agent.mark_dirty(ids);
+                agent.table().mark_dirty(ids);
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(30) {
-                    log_failure(&e, failures);
+                    tracing::warn!(error = %Chain(&e), failures, "heartbeat failed; will retry");
                 }
             }
         }
     }
 }
 
-fn log_failure(e: &(dyn std::error::Error + 'static), failures: u32) {
-    tracing::warn!(error = %cube_core::Chain(e), failures, "heartbeat failed; will retry");
-}
-
-fn interval_of(response: &HeartbeatResponse) -> Duration {
-    match response.heartbeat_interval_ms {
-        0 => DEFAULT_INTERVAL,
-        ms => Duration::from_millis(ms),
-    }
-}
-
-async fn stop_all(agent: &Agent, ids: &[cube_core::TaskId]) {
+async fn stop_all(agent: &Agent, ids: &[TaskId]) {
     for id in ids {
         match agent.stop(*id).await {
             Ok(_) => tracing::info!(task = %id, "stopping task at the manager's request"),
-            Err(crate::WorkerError::NotFound(_)) => {}
-            Err(e) => tracing::warn!(task = %id, error = %cube_core::Chain(&e), "cannot stop task"),
+            Err(WorkerError::NotFound(_)) => {}
+            Err(e) => tracing::warn!(task = %id, error = %Chain(&e), "cannot stop task"),
         }
     }
 }

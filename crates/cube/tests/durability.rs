@@ -201,6 +201,62 @@ async fn a_killed_worker_readopts_its_containers_without_restarting_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_written_while_the_worker_was_down_reaches_the_log_once() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let mut w = TestWorker::start(&[]).await;
+    // Numbered lines, 20 a second; the container runs on while the worker is down.
+    let s = spec(json!({"name": "counter", "driver": "docker", "image": TEST_IMAGE,
+        "command": "sh", "args": ["-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done"],
+        "stop_grace": "1s"}));
+    let id = w.client.submit(None, &s).await.unwrap().task.id;
+    common::wait_state(&w.client, id, TaskState::Running, Duration::from_secs(30)).await;
+    let log = w.dir.path().join("data/tasks").join(id.to_string()).join("output.log");
+    let lines = |log: &std::path::Path| -> Vec<u64> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+            .collect()
+    };
+    wait_until(Duration::from_secs(10), "the first lines copied", || async {
+        (lines(&log).len() >= 10).then_some(())
+    })
+    .await;
+
+    w.kill9();
+    let copied_before = lines(&log).len();
+    // Two seconds of output nobody copies.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.restart().await;
+    wait_until(Duration::from_secs(10), "copying resumed", || async {
+        (lines(&log).len() > copied_before + 40).then_some(())
+    })
+    .await;
+    w.client.stop(id).await.unwrap();
+    common::wait_state(&w.client, id, TaskState::Completed, Duration::from_secs(20)).await;
+
+    let got = lines(&log);
+    // Every line reached the file, in order; the few written just before the kill may come
+    // twice (the cursor is saved every half second), never more.
+    let mut expected = 0;
+    let mut repeated = 0;
+    for n in &got {
+        if *n == expected {
+            expected += 1;
+        } else if *n < expected {
+            repeated += 1;
+        } else {
+            panic!("line {expected} is missing (next was {n}); the log holds {got:?}");
+        }
+    }
+    assert!(expected > copied_before as u64 + 40, "{expected} lines in all");
+    assert!(repeated <= 20, "{repeated} lines copied twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_manager_serves_ten_thousand_stored_tasks() {
     let dir = tempfile::tempdir().unwrap();
     {

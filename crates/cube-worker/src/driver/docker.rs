@@ -8,7 +8,8 @@
 //!
 //! Images are used if present and pulled only if absent; a failed pull fails the task at once
 //! with the image's name in the reason. Container output is copied to the task's log file while
-//! the container lives, so logs stay readable after the container is removed.
+//! the container lives, so logs stay readable after the container is removed; a re-adopted
+//! container's copying resumes where it stopped ([`super::output::Cursor`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,29 +19,32 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ExecConfig, HostConfig, PortBinding, PortMap,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, ExecConfig,
+    HostConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
     LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
-use cube_core::{Chain, DriverHandle, DriverKind, HostPort, NodeId, Protocol, TaskId};
+use cube_core::{Chain, DriverHandle, DriverKind, HostPort, NodeId, Protocol, TaskSpec};
+use cube_rt::Backoff;
 use futures_util::StreamExt;
+use jiff::Timestamp;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 
+use super::output::{Cursor, open_log};
 use super::{
-    Driver, DriverError, EngineError, ExitInfo, ExitWatch, PullError, StartRequest, Started,
-    wait_exit,
+    Background, Driver, DriverError, EngineError, ExitInfo, ExitWatch, Owned, PullError,
+    StartRequest, Started, wait_exit,
 };
 
 /// Label holding the task id.
-pub const LABEL_TASK_ID: &str = "cube.task-id";
+const LABEL_TASK_ID: &str = "cube.task-id";
 /// Label holding the node id.
-pub const LABEL_NODE: &str = "cube.node";
+const LABEL_NODE: &str = "cube.node";
 /// Label holding the task name.
-pub const LABEL_TASK_NAME: &str = "cube.task-name";
+const LABEL_TASK_NAME: &str = "cube.task-name";
 
 /// Reads of a fresh container's port bindings before accepting what is there.
 const PORT_READ_ATTEMPTS: u32 = 20;
@@ -51,9 +55,11 @@ const STOP_SLACK: Duration = Duration::from_secs(10);
 
 /// Runs tasks as Docker containers.
 #[derive(Debug, Clone)]
-pub struct DockerDriver {
+pub(crate) struct DockerDriver {
     docker: Docker,
     pull_timeout: Duration,
+    /// Exit watchers and output copiers run here.
+    background: Background,
     /// Bounds concurrent container mutations (create, start, stop, remove). Engines serialise
     /// much of this work internally anyway, and Docker 20.10 has been seen to deadlock when
     /// dozens of containers die at once; a queue here costs little and spares the engine.
@@ -63,38 +69,26 @@ pub struct DockerDriver {
 /// Concurrent container mutations allowed per worker.
 const MAX_CONCURRENT_MUTATIONS: usize = 8;
 
-/// A container Cube created, as found by its labels.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManagedContainer {
-    /// Container id.
-    pub id: String,
-    /// Task id from its label.
-    pub task_id: Option<TaskId>,
-    /// Whether it is running.
-    pub running: bool,
-}
-
 impl DockerDriver {
     /// Connects to the engine named by `DOCKER_HOST` (or the local socket) and agrees on an API
     /// version. Fails if the engine does not answer.
-    pub async fn connect(pull_timeout: Duration) -> Result<Self, EngineError> {
+    pub(crate) async fn connect(
+        pull_timeout: Duration,
+        background: Background,
+    ) -> Result<Self, EngineError> {
         let docker = Docker::connect_with_defaults().map_err(EngineError)?;
         let docker = docker.negotiate_version().await.map_err(EngineError)?;
         docker.ping().await.map_err(EngineError)?;
         Ok(Self {
             docker,
             pull_timeout,
+            background,
             mutations: Arc::new(Semaphore::new(MAX_CONCURRENT_MUTATIONS)),
         })
     }
 
-    /// The underlying client (for tests and tools).
-    pub fn client(&self) -> &Docker {
-        &self.docker
-    }
-
     /// Containers labelled for `node` (running or not).
-    pub async fn list_managed(&self, node: NodeId) -> Result<Vec<ManagedContainer>, DriverError> {
+    async fn list_managed(&self, node: NodeId) -> Result<Vec<Owned>, DriverError> {
         let filters = HashMap::from([("label".to_owned(), vec![format!("{LABEL_NODE}={node}")])]);
         let list = self
             .docker
@@ -109,13 +103,13 @@ impl DockerDriver {
             .into_iter()
             .filter_map(|c| {
                 let id = c.id?;
-                let task_id = c
+                let task = c
                     .labels
                     .as_ref()
                     .and_then(|l| l.get(LABEL_TASK_ID))
                     .and_then(|s| s.parse().ok());
-                let running = c.state.is_some_and(|s| s.to_string() == "running");
-                Some(ManagedContainer { id, task_id, running })
+                let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+                Some(Owned { handle: DriverHandle::Container { id }, task, running })
             })
             .collect())
     }
@@ -281,42 +275,79 @@ impl DockerDriver {
     fn watch_exit(&self, id: String) -> ExitWatch {
         let (tx, rx) = oneshot::channel();
         let docker = self.docker.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let info = wait_for_exit(&docker, &id).await;
             let _ = tx.send(info);
         });
         rx
     }
 
-    /// Copies the container's output to the task's log file until the container goes away.
-    /// `since` (Unix seconds) skips output already copied before a worker restart.
-    fn follow_logs(&self, id: String, file: std::fs::File, since: i32) {
+    /// Copies the container's output to the task's log file until the container goes away,
+    /// keeping a cursor beside the file. Entries stamped at or before `after` were copied
+    /// before a worker restart and are skipped.
+    fn follow_logs(
+        &self,
+        id: String,
+        file: std::fs::File,
+        log_path: &std::path::Path,
+        after: Option<Timestamp>,
+    ) {
         let docker = self.docker.clone();
-        tokio::spawn(async move {
+        let mut cursor = Cursor::new(log_path, after);
+        let stopping = self.background.stopping();
+        self.background.spawn(async move {
             let mut file = tokio::fs::File::from_std(file);
             let options = LogsOptions {
                 follow: true,
                 stdout: true,
                 stderr: true,
-                since,
+                timestamps: true,
+                // The engine filters by whole seconds; the cursor does the rest.
+                since: after.map_or(0, |t| i32::try_from(t.as_second()).unwrap_or(0)),
                 ..Default::default()
             };
             let mut stream = docker.logs(&id, Some(options));
-            while let Some(item) = stream.next().await {
+            loop {
+                let item = tokio::select! {
+                    item = stream.next() => item,
+                    // Stopping: keep the position for the next worker and end.
+                    () = stopping.cancelled() => break,
+                };
                 match item {
-                    Ok(output) => {
-                        if let Err(e) = file.write_all(&output.into_bytes()).await {
-                            tracing::warn!(container = %id, error = %cube_core::Chain(&e), "cannot write task log");
-                            return;
+                    Some(Ok(output)) => {
+                        let bytes = output.into_bytes();
+                        let (at, line) = split_timestamp(&bytes);
+                        if at.is_some_and(|at| after.is_some_and(|after| at <= after)) {
+                            continue;
+                        }
+                        if let Err(e) = file.write_all(line).await {
+                            tracing::warn!(container = %id, error = %Chain(&e), "cannot write task log");
+                            break;
+                        }
+                        if let Some(at) = at {
+                            cursor.advance(at).await;
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!(container = %id, error = %cube_core::Chain(&e), "log stream ended");
-                        return;
+                    Some(Err(e)) => {
+                        tracing::debug!(container = %id, error = %Chain(&e), "log stream ended");
+                        break;
                     }
+                    None => break,
                 }
             }
+            cursor.save().await;
         });
+    }
+}
+
+/// Splits an entry the engine stamped (`2026-12-01T12:00:00.123456789Z text`) into its time and
+/// its text; an entry without a readable stamp is all text.
+fn split_timestamp(entry: &[u8]) -> (Option<Timestamp>, &[u8]) {
+    let Some(space) = entry.iter().position(|b| *b == b' ') else { return (None, entry) };
+    let stamp = std::str::from_utf8(&entry[..space]).ok().and_then(|s| s.parse().ok());
+    match stamp {
+        Some(at) => (Some(at), &entry[space + 1..]),
+        None => (None, entry),
     }
 }
 
@@ -328,7 +359,7 @@ impl Driver for DockerDriver {
             .as_deref()
             .ok_or(DriverError::Incomplete { driver: DriverKind::Docker, what: "an image" })?;
         self.ensure_image(image).await?;
-        let log = super::process::open_log(&req.log_path).await?;
+        let log = open_log(&req.log_path).await?;
         let permit = self.permit().await;
         let id = self.create(req).await?;
         if let Err(e) = self.docker.start_container(&id, None).await {
@@ -338,7 +369,7 @@ impl Driver for DockerDriver {
             return Err(engine("cannot start container")(e));
         }
         drop(permit);
-        self.follow_logs(id.clone(), log, 0);
+        self.follow_logs(id.clone(), log, &req.log_path, None);
         let exit = self.watch_exit(id.clone());
         let host_ports = self.published_ports(&id, req.spec.ports.len()).await?;
         Ok(Started { handle: DriverHandle::Container { id }, host_ports, exit })
@@ -381,11 +412,14 @@ impl Driver for DockerDriver {
         let exit = self.watch_exit(id.to_owned());
         Ok(Some(Started { handle: handle.clone(), host_ports: host_ports(&info), exit }))
     }
-}
 
-impl DockerDriver {
-    /// Runs `command` inside container `id` and returns its exit code (for exec health checks).
-    pub async fn exec(&self, id: &str, command: &[String]) -> Result<i64, DriverError> {
+    async fn exec(
+        &self,
+        handle: &DriverHandle,
+        _spec: &TaskSpec,
+        command: &[String],
+    ) -> Result<i64, DriverError> {
+        let id = container_id(handle)?;
         let config = ExecConfig {
             cmd: Some(command.to_vec()),
             attach_stdout: Some(true),
@@ -411,21 +445,26 @@ impl DockerDriver {
         inspect.exit_code.ok_or_else(|| DriverError::NoExitCode { command: command.to_vec() })
     }
 
-    /// Resumes copying a re-adopted container's logs into `log_path`, from now on.
-    pub async fn resume_logs(
+    async fn owned(&self, node: NodeId) -> Result<Vec<Owned>, DriverError> {
+        self.list_managed(node).await
+    }
+
+    async fn reattach_output(
         &self,
-        id: &str,
+        handle: &DriverHandle,
         log_path: &std::path::Path,
-        since: i32,
     ) -> Result<(), DriverError> {
-        let file = super::process::open_log(log_path).await?;
-        self.follow_logs(id.to_owned(), file, since);
+        let id = container_id(handle)?;
+        let after = Cursor::resume_point(log_path).await;
+        let file = open_log(log_path).await?;
+        self.follow_logs(id.to_owned(), file, log_path, after);
         Ok(())
     }
 }
 
 async fn wait_for_exit(docker: &Docker, id: &str) -> ExitInfo {
     let mut failures = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let options = WaitContainerOptions { condition: "not-running".into() };
         let mut stream = docker.wait_container(id, Some(options));
@@ -447,7 +486,7 @@ async fn wait_for_exit(docker: &Docker, id: &str) -> ExitInfo {
                     _ => "wait stream ended".into(),
                 };
                 tracing::warn!(container = %id, %reason, failures, "waiting for container failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
@@ -538,6 +577,15 @@ mod tests {
 
     fn binding(ip: &str, port: &str) -> PortBinding {
         PortBinding { host_ip: Some(ip.into()), host_port: Some(port.into()) }
+    }
+
+    #[test]
+    fn stamped_entries_split_into_time_and_text() {
+        let (at, text) = split_timestamp(b"2026-12-01T12:00:00.123456789Z hello world\n");
+        assert_eq!(at, Some("2026-12-01T12:00:00.123456789Z".parse().unwrap()));
+        assert_eq!(text, b"hello world\n");
+        let (at, text) = split_timestamp(b"no stamp here\n");
+        assert_eq!((at, text), (None, &b"no stamp here\n"[..]));
     }
 
     #[test]

@@ -1,26 +1,35 @@
 //! Task drivers: how a task's workload is started, watched, stopped and found again.
 //!
-//! Two drivers sit behind the [`Driver`] trait: [`docker::DockerDriver`] (a container through the
-//! Docker Engine API) and [`process::ProcessDriver`] (a host process in its own process group).
-//! [`Drivers`] holds one of each and dispatches on the task's [`DriverKind`] with a plain
-//! `match`, so the rest of the worker never names a concrete driver.
+//! Every capability the worker needs from a workload goes through the [`Driver`] trait: start,
+//! stop, cleanup, re-finding after a restart, running a command inside (exec health probes),
+//! listing what it owns, and re-attaching output. Three drivers implement it:
+//! [`docker::DockerDriver`] (a container through the Docker Engine API),
+//! [`process::ProcessDriver`] (a host process in its own process group) and, for tests only,
+//! [`fake::FakeDriver`] (scripted workloads in memory). [`Drivers`] holds the worker's and
+//! dispatches with a plain `match`; nothing outside this module names a concrete driver.
 //!
-//! Every workload's output goes to one log file per task (see [`StartRequest::log_path`]), for
-//! both drivers, so logs outlive the container and read the same way whichever driver ran them.
+//! Every workload's output goes to one log file per task ([`output`]), whichever driver ran
+//! it, so logs outlive the workload and read the same way.
 
-pub mod docker;
-pub mod process;
+pub(crate) mod docker;
+#[cfg(any(test, feature = "fake-driver"))]
+pub mod fake;
+pub(crate) mod output;
+pub(crate) mod process;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cube_core::{DriverHandle, DriverKind, HostPort, NodeId, TaskId, TaskSpec};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Everything a driver needs to start one run of a task.
 #[derive(Clone, Debug)]
-pub struct StartRequest {
+pub(crate) struct StartRequest {
     /// The task.
     pub task_id: TaskId,
     /// Task name (for container names and logs).
@@ -35,7 +44,7 @@ pub struct StartRequest {
 
 /// A workload that is running.
 #[derive(Debug)]
-pub struct Started {
+pub(crate) struct Started {
     /// How to find it again.
     pub handle: DriverHandle,
     /// Ports it publishes on the host.
@@ -44,13 +53,24 @@ pub struct Started {
     pub exit: ExitWatch,
 }
 
-/// Resolves when the workload exits. A dropped sender (the watcher itself failed) reads as an
-/// exit with an error, never as a hang.
-pub type ExitWatch = oneshot::Receiver<ExitInfo>;
+/// A workload a driver finds labelled for this node (running or not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owned {
+    /// How to reach it.
+    pub handle: DriverHandle,
+    /// The task it was started for, when its labels say.
+    pub task: Option<TaskId>,
+    /// Whether it runs.
+    pub running: bool,
+}
+
+/// Resolves when the workload exits. A dropped sender (the watcher itself failed or the worker
+/// is shutting down) reads as an exit with an error, never as a hang.
+pub(crate) type ExitWatch = oneshot::Receiver<ExitInfo>;
 
 /// How a workload ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExitInfo {
+pub(crate) struct ExitInfo {
     /// Exit status, when the workload exited by itself.
     pub code: Option<i64>,
     /// Signal that killed it, when known (process driver).
@@ -88,7 +108,7 @@ impl ExitInfo {
 /// Errors of the drivers. A task's `reason` is the error with its causes
 /// ([`cube_core::Chain`]), so each variant's words say what failed and its source why.
 #[derive(Debug, thiserror::Error)]
-pub enum DriverError {
+pub(crate) enum DriverError {
     /// The image is not present locally and could not be pulled.
     #[error("image {image:?} is not present on this node and could not be pulled")]
     ImageUnavailable {
@@ -177,7 +197,7 @@ pub enum DriverError {
 
 /// Why an image pull failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PullError {
+pub(crate) enum PullError {
     /// The engine reported a failure.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -189,7 +209,7 @@ pub enum PullError {
 /// An error from the container engine, in the engine's own words (bollard's display adds a
 /// status-code prefix to what the engine said).
 #[derive(Debug)]
-pub struct EngineError(pub bollard::errors::Error);
+pub(crate) struct EngineError(pub bollard::errors::Error);
 
 impl std::fmt::Display for EngineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,8 +229,8 @@ impl std::error::Error for EngineError {
 }
 
 /// What every driver can do. Methods take `&self` and are safe to call concurrently for
-/// different tasks.
-pub trait Driver: Send + Sync {
+/// different tasks. The last three have defaults for drivers without the capability.
+pub(crate) trait Driver: Send + Sync {
     /// Starts the workload and returns once it runs (after pulling the image, if needed).
     fn start(
         &self,
@@ -239,74 +259,261 @@ pub trait Driver: Send + Sync {
         &self,
         handle: &DriverHandle,
     ) -> impl Future<Output = Result<Option<Started>, DriverError>> + Send;
+
+    /// Runs `command` in the workload's environment (inside its container; on the host with its
+    /// spec's environment for a process) and returns the exit code: exec health probes.
+    fn exec(
+        &self,
+        handle: &DriverHandle,
+        spec: &TaskSpec,
+        command: &[String],
+    ) -> impl Future<Output = Result<i64, DriverError>> + Send;
+
+    /// The workloads this driver finds labelled for `node`, running or not, so a restarted
+    /// worker can remove those no task owns. Drivers that cannot list theirs find none.
+    fn owned(&self, _node: NodeId) -> impl Future<Output = Result<Vec<Owned>, DriverError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Resumes copying a re-adopted workload's output to `log_path`, including what it wrote
+    /// while no worker was copying. Drivers whose workloads write the file themselves have
+    /// nothing to do.
+    fn reattach_output(
+        &self,
+        _handle: &DriverHandle,
+        _log_path: &Path,
+    ) -> impl Future<Output = Result<(), DriverError>> + Send {
+        async { Ok(()) }
+    }
 }
 
-/// The worker's drivers. Docker is optional: a node without an engine still runs processes.
+/// Helper tasks of the drivers (exit watchers, output copiers): tracked, and stopped only after
+/// the runners that wait on them have returned, so a shutdown never reads as a workload's exit.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Background {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Background {
+    /// Runs `f` until it ends or the helpers are stopped.
+    pub(crate) fn spawn<F>(&self, f: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = f => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// Cancelled when the helpers must stop (for helpers that finish their work first).
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops every helper and waits for them.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// The docker driver when an engine answered at start-up, or why none did: a node without an
+/// engine still runs processes.
 #[derive(Debug)]
-pub struct Drivers {
-    /// The docker driver, or why it is unavailable.
-    pub docker: Result<docker::DockerDriver, std::sync::Arc<EngineError>>,
-    /// The process driver.
-    pub process: process::ProcessDriver,
+enum DockerSlot {
+    Ready(docker::DockerDriver),
+    Unavailable(Arc<EngineError>),
+}
+
+#[derive(Debug)]
+enum Set {
+    /// This host's engine and processes.
+    Host { docker: DockerSlot, process: process::ProcessDriver },
+    /// Scripted workloads for every task, whatever its driver kind (tests).
+    #[cfg(any(test, feature = "fake-driver"))]
+    Fake(fake::FakeDriver),
+}
+
+/// The worker's drivers, dispatching on the task's driver kind or the handle's.
+#[derive(Debug)]
+pub(crate) struct Drivers {
+    set: Set,
+    background: Background,
 }
 
 impl Drivers {
-    /// Names of the drivers usable on this node.
-    pub fn available(&self) -> Vec<DriverKind> {
-        let mut kinds = vec![DriverKind::Process];
-        if self.docker.is_ok() {
-            kinds.insert(0, DriverKind::Docker);
-        }
-        kinds
+    /// This host's drivers: docker when an engine answers (a pull may take `pull_timeout`),
+    /// and processes.
+    pub(crate) async fn host(pull_timeout: Duration) -> Self {
+        let background = Background::default();
+        let docker = match docker::DockerDriver::connect(pull_timeout, background.clone()).await {
+            Ok(d) => {
+                tracing::info!("docker driver ready");
+                DockerSlot::Ready(d)
+            }
+            Err(e) => {
+                let reason = cube_core::Chain(&e);
+                tracing::warn!(%reason, "docker driver unavailable; only process tasks can run");
+                DockerSlot::Unavailable(Arc::new(e))
+            }
+        };
+        let process = process::ProcessDriver::new(background.clone());
+        Self { set: Set::Host { docker, process }, background }
     }
 
-    fn docker(&self) -> Result<&docker::DockerDriver, DriverError> {
-        self.docker.as_ref().map_err(|source| DriverError::Unavailable {
-            driver: DriverKind::Docker,
-            source: std::sync::Arc::clone(source),
-        })
+    /// Scripted workloads in place of every driver.
+    #[cfg(any(test, feature = "fake-driver"))]
+    pub(crate) fn fake(driver: fake::FakeDriver) -> Self {
+        Self { set: Set::Fake(driver), background: Background::default() }
+    }
+
+    /// Names of the drivers usable on this node.
+    pub(crate) fn available(&self) -> Vec<DriverKind> {
+        match &self.set {
+            Set::Host { docker: DockerSlot::Ready(_), .. } => {
+                vec![DriverKind::Docker, DriverKind::Process]
+            }
+            Set::Host { docker: DockerSlot::Unavailable(_), .. } => vec![DriverKind::Process],
+            #[cfg(any(test, feature = "fake-driver"))]
+            Set::Fake(_) => vec![DriverKind::Docker, DriverKind::Process],
+        }
+    }
+
+    /// Stops the drivers' helper tasks and waits for them (after every runner returned).
+    pub(crate) async fn shutdown(&self) {
+        self.background.shutdown().await;
     }
 
     /// Starts a task with the driver its spec names.
-    pub async fn start(&self, req: &StartRequest) -> Result<Started, DriverError> {
-        match req.spec.driver {
-            DriverKind::Docker => self.docker()?.start(req).await,
-            DriverKind::Process => self.process.start(req).await,
+    pub(crate) async fn start(&self, req: &StartRequest) -> Result<Started, DriverError> {
+        match (&self.set, req.spec.driver) {
+            (Set::Host { docker, .. }, DriverKind::Docker) => ready(docker)?.start(req).await,
+            (Set::Host { process, .. }, DriverKind::Process) => process.start(req).await,
+            #[cfg(any(test, feature = "fake-driver"))]
+            (Set::Fake(fake), _) => fake.start(req).await,
         }
     }
 
     /// Stops a workload (see [`Driver::stop`]).
-    pub async fn stop(
+    pub(crate) async fn stop(
         &self,
         handle: &DriverHandle,
         grace: Duration,
         exit: &mut ExitWatch,
     ) -> Result<ExitInfo, DriverError> {
-        match handle {
-            DriverHandle::Container { .. } => self.docker()?.stop(handle, grace, exit).await,
-            DriverHandle::Process { .. } => self.process.stop(handle, grace, exit).await,
+        match (&self.set, handle) {
+            (Set::Host { docker, .. }, DriverHandle::Container { .. }) => {
+                ready(docker)?.stop(handle, grace, exit).await
+            }
+            (Set::Host { process, .. }, DriverHandle::Process { .. }) => {
+                process.stop(handle, grace, exit).await
+            }
+            #[cfg(any(test, feature = "fake-driver"))]
+            (Set::Fake(fake), _) => fake.stop(handle, grace, exit).await,
         }
     }
 
     /// Cleans up after an exited workload (see [`Driver::cleanup`]).
-    pub async fn cleanup(&self, handle: &DriverHandle) -> Result<(), DriverError> {
-        match handle {
-            DriverHandle::Container { .. } => self.docker()?.cleanup(handle).await,
-            DriverHandle::Process { .. } => self.process.cleanup(handle).await,
+    pub(crate) async fn cleanup(&self, handle: &DriverHandle) -> Result<(), DriverError> {
+        match (&self.set, handle) {
+            (Set::Host { docker, .. }, DriverHandle::Container { .. }) => {
+                ready(docker)?.cleanup(handle).await
+            }
+            (Set::Host { process, .. }, DriverHandle::Process { .. }) => {
+                process.cleanup(handle).await
+            }
+            #[cfg(any(test, feature = "fake-driver"))]
+            (Set::Fake(fake), _) => fake.cleanup(handle).await,
         }
     }
 
     /// Re-finds a workload (see [`Driver::recover`]).
-    pub async fn recover(&self, handle: &DriverHandle) -> Result<Option<Started>, DriverError> {
-        match handle {
-            DriverHandle::Container { .. } => self.docker()?.recover(handle).await,
-            DriverHandle::Process { .. } => self.process.recover(handle).await,
+    pub(crate) async fn recover(
+        &self,
+        handle: &DriverHandle,
+    ) -> Result<Option<Started>, DriverError> {
+        match (&self.set, handle) {
+            (Set::Host { docker, .. }, DriverHandle::Container { .. }) => {
+                ready(docker)?.recover(handle).await
+            }
+            (Set::Host { process, .. }, DriverHandle::Process { .. }) => {
+                process.recover(handle).await
+            }
+            #[cfg(any(test, feature = "fake-driver"))]
+            (Set::Fake(fake), _) => fake.recover(handle).await,
+        }
+    }
+
+    /// Runs a command in a workload's environment (see [`Driver::exec`]).
+    pub(crate) async fn exec(
+        &self,
+        handle: &DriverHandle,
+        spec: &TaskSpec,
+        command: &[String],
+    ) -> Result<i64, DriverError> {
+        match (&self.set, handle) {
+            (Set::Host { docker, .. }, DriverHandle::Container { .. }) => {
+                ready(docker)?.exec(handle, spec, command).await
+            }
+            (Set::Host { process, .. }, DriverHandle::Process { .. }) => {
+                process.exec(handle, spec, command).await
+            }
+            #[cfg(any(test, feature = "fake-driver"))]
+            (Set::Fake(fake), _) => fake.exec(handle, spec, command).await,
+        }
+    }
+
+    /// Every workload labelled for `node`, of every available driver (see [`Driver::owned`]).
+    pub(crate) async fn owned(&self, node: NodeId) -> Result<Vec<Owned>, DriverError> {
+        match &self.set {
+            Set::Host { docker, process } => {
+                let mut all = process.owned(node).await?;
+                if let DockerSlot::Ready(docker) = docker {
+                    all.extend(docker.owned(node).await?);
+                }
+                Ok(all)
+            }
+            #[cfg(any(test, feature = "fake-driver"))]
+            Set::Fake(fake) => fake.owned(node).await,
+        }
+    }
+
+    /// Resumes copying a re-adopted workload's output (see [`Driver::reattach_output`]).
+    pub(crate) async fn reattach_output(
+        &self,
+        handle: &DriverHandle,
+        log_path: &Path,
+    ) -> Result<(), DriverError> {
+        match (&self.set, handle) {
+            (Set::Host { docker, .. }, DriverHandle::Container { .. }) => {
+                ready(docker)?.reattach_output(handle, log_path).await
+            }
+            (Set::Host { process, .. }, DriverHandle::Process { .. }) => {
+                process.reattach_output(handle, log_path).await
+            }
+            #[cfg(any(test, feature = "fake-driver"))]
+            (Set::Fake(fake), _) => fake.reattach_output(handle, log_path).await,
+        }
+    }
+}
+
+fn ready(slot: &DockerSlot) -> Result<&docker::DockerDriver, DriverError> {
+    match slot {
+        DockerSlot::Ready(d) => Ok(d),
+        DockerSlot::Unavailable(source) => {
+            Err(DriverError::Unavailable { driver: DriverKind::Docker, source: Arc::clone(source) })
         }
     }
 }
 
 /// Waits for `exit`, turning a vanished watcher into an error exit.
-pub async fn wait_exit(exit: &mut ExitWatch) -> ExitInfo {
+pub(crate) async fn wait_exit(exit: &mut ExitWatch) -> ExitInfo {
     exit.await.unwrap_or_else(|_| ExitInfo {
         error: Some("lost track of the workload (exit watcher stopped)".into()),
         ..ExitInfo::default()

@@ -13,24 +13,30 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cube_core::{DriverHandle, DriverKind};
+use cube_core::{DriverHandle, DriverKind, TaskSpec};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-use super::{Driver, DriverError, ExitInfo, ExitWatch, StartRequest, Started, wait_exit};
+use super::output::open_log;
+use super::{
+    Background, Driver, DriverError, ExitInfo, ExitWatch, StartRequest, Started, wait_exit,
+};
 
 /// Runs tasks as host processes.
-#[derive(Debug, Default, Clone)]
-pub struct ProcessDriver;
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessDriver {
+    /// Exit watchers run here.
+    background: Background,
+}
 
 /// After SIGKILL a process dies at once unless stuck in the kernel; do not wait forever.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 impl ProcessDriver {
-    /// A process driver.
-    pub fn new() -> Self {
-        Self
+    /// A process driver whose exit watchers run in `background`.
+    pub(crate) fn new(background: Background) -> Self {
+        Self { background }
     }
 }
 
@@ -71,7 +77,7 @@ impl Driver for ProcessDriver {
         let start_ticks = start_ticks(pid).unwrap_or(0);
 
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let info = match child.wait().await {
                 Ok(status) => ExitInfo {
                     code: status.code().map(i64::from),
@@ -142,7 +148,7 @@ impl Driver for ProcessDriver {
         #[allow(deprecated)]
         let fd = AsyncFd::new(fd).map_err(|e| process_error("watch", pid, e))?;
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             // A pidfd becomes readable when the process exits. It is not our child any more, so
             // its exit status went to whoever reaps it now.
             let result = fd.readable().await.map(|_| ());
@@ -156,6 +162,30 @@ impl Driver for ProcessDriver {
             });
         });
         Ok(Some(Started { handle: handle.clone(), host_ports: Vec::new(), exit: rx }))
+    }
+
+    async fn exec(
+        &self,
+        _handle: &DriverHandle,
+        spec: &TaskSpec,
+        command: &[String],
+    ) -> Result<i64, DriverError> {
+        // A process is not isolated, so its commands run on the host, with its environment.
+        let (program, args) = command.split_first().ok_or(DriverError::Incomplete {
+            driver: DriverKind::Process,
+            what: "a command to run",
+        })?;
+        let status = tokio::process::Command::new(program)
+            .args(args)
+            .envs(&spec.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|source| DriverError::Spawn { program: program.clone(), source })?;
+        Ok(status.code().map(i64::from).unwrap_or(-1))
     }
 }
 
@@ -190,23 +220,7 @@ fn signal_group(pid: u32, signal: Signal) -> Result<(), DriverError> {
 
 /// Start time of `pid` in clock ticks after boot, or `None` if there is no such process.
 /// (A read of /proc, which the kernel answers from memory without blocking.)
-pub fn start_ticks(pid: u32) -> Option<u64> {
+fn start_ticks(pid: u32) -> Option<u64> {
     let pid = i32::try_from(pid).ok()?;
     procfs::process::Process::new(pid).ok()?.stat().ok().map(|s| s.starttime)
-}
-
-/// Opens (creating) the task's log file for appending, with its directory.
-pub(crate) async fn open_log(path: &std::path::Path) -> Result<std::fs::File, DriverError> {
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|source| DriverError::File { path: dir.to_owned(), source })?;
-    }
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-        .map_err(|source| DriverError::File { path: path.to_owned(), source })?;
-    Ok(file.into_std().await)
 }

@@ -277,12 +277,11 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> a
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let store_kind = args.store;
+    let platform = cube_worker::Platform::host(args.pull_timeout, args.stats_interval);
     let config = cube_worker::WorkerConfig {
         name: args.name.unwrap_or_else(host_name),
         data_dir: args.data_dir,
         listen: args.listen,
-        stats_interval: args.stats_interval,
-        pull_timeout: args.pull_timeout,
         manager: args.manager,
         advertise: args.advertise,
         labels: args.labels.into_iter().collect(),
@@ -295,8 +294,8 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> a
         security: security.clone(),
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
-    let worker = cube_worker::start(config, store, shutdown).await?;
-    announce(&format!("cube worker listening on {}://{}", security.scheme(), worker.addr));
+    let worker = cube_worker::start(config, platform, store, shutdown).await?;
+    announce(&format!("cube worker listening on {}://{}", security.scheme(), worker.addr()));
     worker.wait().await?;
     tracing::info!("worker stopped; tasks keep running");
     Ok(())
@@ -357,20 +356,15 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
     let manager_url = format!("{}://{}", security.scheme(), manager.addr);
     let worker_store = open_store(StoreKind::Redb, &worker_dir, "worker.redb").await?;
     let worker_config = cube_worker::WorkerConfig {
-        name: host_name(),
-        data_dir: worker_dir,
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        stats_interval: Duration::from_secs(1),
-        pull_timeout: Duration::from_secs(300),
         manager: Some(manager_url.clone()),
-        advertise: None,
-        labels: Default::default(),
-        capacity: cube_worker::CapacityOverride::default(),
         gc_after: args.gc_after.0,
         security: security.clone(),
+        ..cube_worker::WorkerConfig::new(host_name(), worker_dir)
     };
-    let worker = cube_worker::start(worker_config, worker_store, shutdown.clone()).await?;
-    let drivers = worker.agent.drivers();
+    let platform = cube_worker::Platform::host(Duration::from_secs(300), Duration::from_secs(1));
+    let worker =
+        cube_worker::start(worker_config, platform, worker_store, shutdown.clone()).await?;
+    let drivers = worker.drivers();
     let docker = drivers.contains(&cube_core::DriverKind::Docker);
     announce(&format!("cube dev listening on {manager_url}"));
     say(&format!(

@@ -1,4 +1,5 @@
-//! Host metrics from `/proc` and `statvfs`.
+//! Host figures from `/proc` and `statvfs` (what `GET /v1/stats` and heartbeats report; not the
+//! Prometheus kind of metrics).
 //!
 //! A sampler loop reads the host every interval on a blocking thread and publishes a snapshot;
 //! `GET /v1/stats` serves the latest one. CPU busy time is the difference between two samples
@@ -8,15 +9,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cube_api::types::{CpuStats, DiskStats, LoadStats, MemoryStats};
+use cube_core::Bytes;
+use cube_core::stats::{CpuStats, DiskStats, LoadStats, MemoryStats, NodeStats};
+use cube_rt::Ticker;
+use futures_util::future::BoxFuture;
 use jiff::Timestamp;
 use procfs::{Current, CurrentSI};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::table::TaskTable;
+
 /// One reading of the host.
 #[derive(Clone, Debug, PartialEq)]
-pub struct HostSnapshot {
+pub(crate) struct HostSnapshot {
     /// When it was read.
     pub collected_at: Timestamp,
     /// Memory.
@@ -31,7 +37,7 @@ pub struct HostSnapshot {
 
 /// Cumulative CPU tick counters from one read of `/proc/stat`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuTicks {
+struct CpuTicks {
     /// Ticks spent busy (everything but idle and iowait).
     pub busy: u64,
     /// All ticks.
@@ -39,7 +45,7 @@ pub struct CpuTicks {
 }
 
 /// Busy fraction between two readings, in [0, 1]; 0 when no time passed.
-pub fn busy_fraction(before: CpuTicks, after: CpuTicks) -> f64 {
+fn busy_fraction(before: CpuTicks, after: CpuTicks) -> f64 {
     let total = after.total.saturating_sub(before.total);
     let busy = after.busy.saturating_sub(before.busy).min(total);
     if total == 0 {
@@ -65,7 +71,7 @@ fn read_cpu() -> Result<(CpuTicks, u32), procfs::ProcError> {
 }
 
 /// Reads memory figures from `/proc/meminfo`.
-pub fn read_memory() -> Result<MemoryStats, procfs::ProcError> {
+fn read_memory() -> Result<MemoryStats, procfs::ProcError> {
     let m = procfs::Meminfo::current()?;
     let available = m.mem_available.unwrap_or(m.mem_free);
     Ok(MemoryStats {
@@ -81,7 +87,7 @@ fn read_load() -> Result<LoadStats, procfs::ProcError> {
 }
 
 /// Size and free space of the filesystem holding `path`.
-pub fn read_disk(path: &Path) -> std::io::Result<DiskStats> {
+fn read_disk(path: &Path) -> std::io::Result<DiskStats> {
     let s = rustix::fs::statvfs(path)?;
     Ok(DiskStats {
         path: path.display().to_string(),
@@ -149,27 +155,44 @@ impl Sampler {
     }
 }
 
-/// Takes a first reading and starts the sampler loop, which stops when `shutdown` is cancelled.
-/// The receiver always holds the latest snapshot.
-pub async fn start_sampler(
+/// Where a worker's host figures come from.
+#[derive(Clone, Debug)]
+pub(crate) enum HostSource {
+    /// Read from `/proc` every interval.
+    Sampled(Duration),
+    /// Always these (tests: the figures of a machine that does not exist).
+    #[cfg_attr(not(any(test, feature = "fake-driver")), allow(dead_code))]
+    Fixed(HostSnapshot),
+}
+
+/// Takes a first reading and returns the receiver, which always holds the latest snapshot, and
+/// the loop that keeps it fresh (to spawn; it ends when `shutdown` is cancelled).
+pub(crate) async fn start(
+    source: HostSource,
     data_dir: PathBuf,
-    interval: Duration,
     shutdown: CancellationToken,
-) -> Result<watch::Receiver<HostSnapshot>, HostError> {
+) -> Result<(watch::Receiver<HostSnapshot>, BoxFuture<'static, ()>), HostError> {
+    let interval = match source {
+        HostSource::Fixed(snapshot) => {
+            let (tx, rx) = watch::channel(snapshot);
+            // The value stays readable; the sender is kept until shutdown only for symmetry.
+            let idle = Box::pin(async move {
+                shutdown.cancelled().await;
+                drop(tx);
+            });
+            return Ok((rx, idle));
+        }
+        HostSource::Sampled(interval) => interval,
+    };
     let mut sampler = Sampler { data_dir, last: None };
     let (first, mut sampler) = tokio::task::spawn_blocking(move || (sampler.sample(), sampler))
         .await
         .map_err(HostError::Panicked)?;
     let (tx, rx) = watch::channel(first?);
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let refresh = Box::pin(async move {
+        let mut ticker = Ticker::new(interval, shutdown);
         ticker.tick().await; // The first tick is immediate; we just sampled.
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
+        while ticker.tick().await {
             let result = tokio::task::spawn_blocking(move || (sampler.sample(), sampler)).await;
             match result {
                 Ok((Ok(snapshot), s)) => {
@@ -187,7 +210,39 @@ pub async fn start_sampler(
             }
         }
     });
-    Ok(rx)
+    Ok((rx, refresh))
+}
+
+/// The node's stats: host figures plus what its tasks hold.
+pub(crate) fn node_stats(host: &HostSnapshot, table: &TaskTable) -> NodeStats {
+    let (tasks, reserved) = table.usage();
+    NodeStats {
+        collected_at: host.collected_at,
+        memory: host.memory,
+        cpu: host.cpu,
+        load: host.load,
+        disk: host.disk.clone(),
+        tasks,
+        reserved,
+    }
+}
+
+impl HostSnapshot {
+    /// An idle machine with `cores` CPUs, `memory` and `disk`, read at `at`.
+    #[cfg_attr(not(any(test, feature = "fake-driver")), allow(dead_code))]
+    pub(crate) fn idle(cores: u32, memory: Bytes, disk: Bytes, at: Timestamp) -> Self {
+        Self {
+            collected_at: at,
+            memory: MemoryStats {
+                total_bytes: memory.get(),
+                available_bytes: memory.get(),
+                used_bytes: 0,
+            },
+            cpu: CpuStats { cores, busy_fraction: 0.0, interval_ms: 1000 },
+            load: LoadStats { one: 0.0, five: 0.0, fifteen: 0.0 },
+            disk: DiskStats { path: "/".into(), total_bytes: disk.get(), free_bytes: disk.get() },
+        }
+    }
 }
 
 #[cfg(test)]

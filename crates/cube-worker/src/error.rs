@@ -1,0 +1,89 @@
+//! The worker's error type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use cube_core::{InvalidTransition, TaskId};
+use cube_store::StoreError;
+
+pub use crate::host::HostError;
+
+/// Errors of the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No task with this id.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The id is taken by a task with a different spec.
+    #[error("task {0} already exists with a different spec")]
+    Conflict(TaskId),
+    /// A placement older than the one this node runs.
+    #[error("task {id}: generation {generation} is older than the current {current}")]
+    Stale {
+        /// The task.
+        id: TaskId,
+        /// Generation offered.
+        generation: u32,
+        /// Generation held.
+        current: u32,
+    },
+    /// A newer placement arrived while the older one is still running here.
+    #[error("task {id}: generation {generation} is still running here; retry once it has stopped")]
+    Busy {
+        /// The task.
+        id: TaskId,
+        /// Generation still running.
+        generation: u32,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A state change was refused by the state machine (a bug).
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    /// A file or directory of the worker's own (the data directory, the node id file) could
+    /// not be created, read or written.
+    #[error("{operation} {}", path.display())]
+    File {
+        /// What was being done, e.g. `cannot create data dir`.
+        operation: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node id file holds something that is not a node id.
+    #[error("{}: not a node id", path.display())]
+    BadNodeId {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        #[source]
+        source: cube_core::CoreError,
+    },
+    /// The host's figures could not be read.
+    #[error("cannot read host metrics")]
+    Host(#[source] HostError),
+    /// The API cannot listen on its address.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server failed while serving.
+    #[error("API server failed")]
+    Serve(#[source] std::io::Error),
+    /// A start-up or shutdown step panicked (a bug).
+    #[error("{what} panicked")]
+    Panicked {
+        /// The step.
+        what: &'static str,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}

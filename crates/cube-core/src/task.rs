@@ -79,6 +79,14 @@ pub struct Task {
     /// Manager bookkeeping: time of the last worker history entry already merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_until: Option<Timestamp>,
+    /// Manager bookkeeping: how many worker entries stamped exactly `synced_until` are merged
+    /// (several can share a timestamp, and a report may end between them).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub synced_same: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Enough to find a running workload again after the agent restarts.
@@ -155,6 +163,7 @@ impl Task {
             failed_nodes: Vec::new(),
             healthy: None,
             synced_until: None,
+            synced_same: 0,
         }
     }
 
@@ -200,6 +209,7 @@ impl Task {
             self.restart_count = 0;
             self.healthy = None;
             self.synced_until = None;
+            self.synced_same = 0;
         }
         let kind = EventKind::Transition(trigger);
         self.push_event(TaskEvent { at: now, from, to, node, kind, reason });

@@ -14,7 +14,7 @@ mod state;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cube_api::types::{
     HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter, TaskView,
@@ -22,9 +22,8 @@ use cube_api::types::{
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{Chain, Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
 use cube_http::client::{Client, ClientError};
-use cube_rt::Ticker;
+use cube_rt::{Backoff, Clock, Ticker};
 use cube_store::{Batch, Commit, Store, StoreError, Table};
-use jiff::Timestamp;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -134,10 +133,29 @@ pub struct ManagerConfig {
     pub security: cube_http::Security,
 }
 
+impl Default for ManagerConfig {
+    /// A manager on `127.0.0.1:5555` placing with `spread`, heartbeats every second, nodes down
+    /// after 5 s of silence, 5 s per call to a worker, finished tasks kept for a day, plain
+    /// HTTP without a token (fine on loopback only).
+    fn default() -> Self {
+        Self {
+            name: "manager".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            scheduler: SchedulerKind::Spread,
+            heartbeat_interval: Duration::from_secs(1),
+            node_ttl: Duration::from_secs(5),
+            worker_timeout: Duration::from_secs(5),
+            gc_after: Some(Duration::from_secs(24 * 3600)),
+            security: cube_http::Security::default(),
+        }
+    }
+}
+
 /// The manager: cluster state plus the machinery that acts on it.
 #[derive(Debug)]
 pub struct Manager {
     config: ManagerConfig,
+    clock: Clock,
     state: Mutex<State>,
     store: Arc<dyn Store>,
     kick: Notify,
@@ -161,6 +179,7 @@ impl Manager {
     pub fn new(
         config: ManagerConfig,
         store: Arc<dyn Store>,
+        clock: Clock,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ManagerError> {
         let started = std::time::Instant::now();
@@ -175,7 +194,7 @@ impl Manager {
         let decoded = started.elapsed();
         let mut state = State::new(Scheduler::new(config.scheduler));
         let (task_count, node_count) = (tasks.len(), nodes.len());
-        state.load(tasks, nodes, Instant::now());
+        state.load(tasks, nodes, clock.instant());
         if task_count + node_count > 0 {
             tracing::info!(
                 tasks = task_count,
@@ -191,6 +210,7 @@ impl Manager {
             .map_err(ManagerError::Client)?;
         Ok(Arc::new(Self {
             config,
+            clock,
             state: Mutex::new(state),
             store,
             kick: Notify::new(),
@@ -276,13 +296,13 @@ impl Manager {
         spec: TaskSpec,
     ) -> Result<(Task, bool), ManagerError> {
         let id = id.unwrap_or_else(|| TaskId::from_uuid(uuid::Uuid::now_v7()));
-        let task = Task::new(id, spec, Timestamp::now());
+        let task = Task::new(id, spec, self.clock.now());
         self.change(|s, e| s.submit(task, e)).await?.ok_or(ManagerError::Conflict(id))
     }
 
     /// Asks a task to stop.
     pub async fn stop(self: &Arc<Self>, id: TaskId) -> Result<Task, ManagerError> {
-        self.change(|s, e| s.stop(id, Timestamp::now(), e))
+        self.change(|s, e| s.stop(id, self.clock.now(), e))
             .await?
             .ok_or(ManagerError::TaskNotFound(id))
     }
@@ -357,7 +377,7 @@ impl Manager {
         self: &Arc<Self>,
         req: RegisterRequest,
     ) -> Result<HeartbeatResponse, ManagerError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let node = Node {
             id: req.node_id,
             name: req.name,
@@ -371,7 +391,8 @@ impl Manager {
         };
         tracing::info!(node = %node.id, name = %node.name, address = %node.address, "node registered");
         let reports: Vec<Report> = req.tasks.into_iter().map(report).collect();
-        let stop = self.change(|s, e| s.register(node, &reports, now, Instant::now(), e)).await?;
+        let stop =
+            self.change(|s, e| s.register(node, &reports, now, self.clock.instant(), e)).await?;
         Ok(self.heartbeat_response(stop, false))
     }
 
@@ -381,7 +402,7 @@ impl Manager {
         node: NodeId,
         req: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, ManagerError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let beat = Beat {
             stats: req.stats,
             reports: req.tasks.into_iter().map(report).collect(),
@@ -392,7 +413,8 @@ impl Manager {
                     .collect()
             }),
         };
-        let stop = self.change(|s, e| s.heartbeat(node, &beat, now, Instant::now(), e)).await?;
+        let stop =
+            self.change(|s, e| s.heartbeat(node, &beat, now, self.clock.instant(), e)).await?;
         Ok(match stop {
             Some(stop) => self.heartbeat_response(stop, false),
             None => self.heartbeat_response(Vec::new(), true),
@@ -423,22 +445,10 @@ impl Manager {
     }
 
     async fn dispatch_inner(self: Arc<Self>, d: Dispatch) {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
         let mut last_error = String::from("no attempt made");
         for attempt in 1..=CALL_ATTEMPTS {
-            let target = {
-                let state = self.lock();
-                let current = state.task(d.task).filter(|t| {
-                    t.generation == d.generation
-                        && t.node == Some(d.node)
-                        && t.state == cube_core::TaskState::Scheduled
-                        && t.desired == cube_core::DesiredState::Running
-                });
-                match (current, state.node(d.node)) {
-                    (Some(t), Some(n)) => Some((n.node.address.clone(), t.spec.clone())),
-                    _ => None,
-                }
-            };
+            let target = self.lock().current_dispatch(&d);
             let Some((address, spec)) = target else {
                 // Things moved on (stopped, node lost, placed again): nothing to send.
                 self.lock().dispatch_done(d.task);
@@ -463,14 +473,13 @@ impl Manager {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
                 () = self.shutdown.cancelled() => return,
             }
-            delay = (delay * 2).min(MAX_RETRY);
         }
         tracing::warn!(task = %d.task, node = %d.node, error = %last_error, "giving up handing the task to its node; placing it again");
         let result =
-            self.change(|s, e| s.dispatch_failed(&d, &last_error, Timestamp::now(), e)).await;
+            self.change(|s, e| s.dispatch_failed(&d, &last_error, self.clock.now(), e)).await;
         if let Err(e) = result {
             tracing::error!(task = %d.task, error = %cube_core::Chain(&e), "cannot record the failed dispatch");
         }
@@ -484,7 +493,7 @@ impl Manager {
     }
 
     async fn send_stop_inner(self: Arc<Self>, s: StopCall) {
-        let mut delay = FIRST_RETRY;
+        let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
         for attempt in 1..=CALL_ATTEMPTS {
             let address = self.lock().node(s.node).map(|n| n.node.address.clone());
             let Some(client) = address.map(|a| self.client(&a)) else { return };
@@ -493,7 +502,7 @@ impl Manager {
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                     let result = self
                         .change(|st, ef| {
-                            st.stop_unknown_on_node(s.task, s.node, Timestamp::now(), ef)
+                            st.stop_unknown_on_node(s.task, s.node, self.clock.now(), ef)
                         })
                         .await;
                     if let Err(e) = result {
@@ -509,10 +518,9 @@ impl Manager {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
                 () = self.shutdown.cancelled() => return,
             }
-            delay = (delay * 2).min(MAX_RETRY);
         }
         tracing::warn!(task = %s.task, node = %s.node, "node unreachable for a stop; fencing will stop the task when it returns");
     }
@@ -527,7 +535,7 @@ impl Manager {
             let mut effects = Effects::default();
             let commit = {
                 let mut state = self.lock();
-                state.place_pending(Timestamp::now(), &mut effects);
+                state.place_pending(self.clock.now(), &mut effects);
                 // Placement itself must not wake the loop again.
                 effects.kick = false;
                 self.stage(&state, &effects)
@@ -550,7 +558,7 @@ impl Manager {
             let ttl = self.config.node_ttl;
             let result = self
                 .change(|s, e| {
-                    let down = s.expire_nodes(ttl, Timestamp::now(), Instant::now(), e);
+                    let down = s.expire_nodes(ttl, self.clock.now(), self.clock.instant(), e);
                     for node in &down {
                         tracing::warn!(node = %node, "node missed its heartbeats: marked down, moving its tasks");
                     }
@@ -591,7 +599,7 @@ impl Manager {
         limit: usize,
     ) -> Result<usize, ManagerError> {
         // A retention reaching before the representable past collects nothing.
-        let Ok(cutoff) = Timestamp::now().checked_sub(retain) else { return Ok(0) };
+        let Ok(cutoff) = self.clock.now().checked_sub(retain) else { return Ok(0) };
         let (doomed, commit) = {
             let mut state = self.lock();
             let doomed = state.collect_garbage(cutoff, limit);
@@ -657,7 +665,7 @@ fn report(view: TaskView) -> Report {
 
 /// A started manager.
 #[derive(Debug)]
-pub struct Running {
+pub struct RunningManager {
     /// The address the API is bound to.
     pub addr: SocketAddr,
     /// The manager.
@@ -665,7 +673,7 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
 }
 
-impl Running {
+impl RunningManager {
     /// Waits for the server and every background task to stop (after shutdown).
     pub async fn wait(self) -> Result<(), ManagerError> {
         let served = self.server.await;
@@ -684,11 +692,12 @@ impl Running {
 pub async fn start(
     config: ManagerConfig,
     store: Arc<dyn Store>,
+    clock: Clock,
     shutdown: CancellationToken,
-) -> Result<Running, ManagerError> {
+) -> Result<RunningManager, ManagerError> {
     let loaded = {
         let (config, store, shutdown) = (config.clone(), Arc::clone(&store), shutdown.clone());
-        tokio::task::spawn_blocking(move || Manager::new(config, store, shutdown))
+        tokio::task::spawn_blocking(move || Manager::new(config, store, clock, shutdown))
             .await
             .map_err(|source| ManagerError::Panicked { what: "loading state", source })?
     };
@@ -713,5 +722,5 @@ pub async fn start(
         config.security.tls.clone(),
     ));
     tracing::info!(%addr, scheduler = %config.scheduler, ttl = ?config.node_ttl, "manager API listening");
-    Ok(Running { addr, manager, server })
+    Ok(RunningManager { addr, manager, server })
 }

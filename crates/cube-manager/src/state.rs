@@ -18,8 +18,8 @@ use cube_core::scheduler::NodeLoad;
 use cube_core::stats::NodeStats;
 use cube_core::{
     Decision, DesiredState, DriverHandle, EventKind, HostPort, Node, NodeId, NodeSet, NodeState,
-    NodeView, Note, Protocol, Resources, Scheduler, Task, TaskEvent, TaskId, TaskState, Trigger,
-    transition,
+    NodeView, Note, Protocol, Resources, Scheduler, Task, TaskEvent, TaskId, TaskSpec, TaskState,
+    Trigger, transition,
 };
 use jiff::Timestamp;
 
@@ -254,6 +254,27 @@ impl State {
         effects.kick = true;
     }
 
+    /// Whether `d` is still the task's current placement, not yet confirmed: placed there
+    /// under that generation, waiting to run and wanted running.
+    fn is_current(&self, d: &Dispatch) -> bool {
+        self.tasks.get(&d.task).is_some_and(|t| {
+            t.generation == d.generation
+                && t.node == Some(d.node)
+                && t.state == TaskState::Scheduled
+                && t.desired == DesiredState::Running
+        })
+    }
+
+    /// Where to send `d` and what, while it is current: the node's address and the spec.
+    pub fn current_dispatch(&self, d: &Dispatch) -> Option<(String, TaskSpec)> {
+        if !self.is_current(d) {
+            return None;
+        }
+        let task = self.tasks.get(&d.task)?;
+        let node = self.nodes.get(&d.node)?;
+        Some((node.node.address.clone(), task.spec.clone()))
+    }
+
     /// Marks a dispatch finished (successfully or not).
     pub fn dispatch_done(&mut self, id: TaskId) {
         self.dispatching.remove(&id);
@@ -378,9 +399,7 @@ impl State {
         effects: &mut Effects,
     ) {
         self.dispatching.remove(&d.task);
-        let Some(t) = self.tasks.get(&d.task) else { return };
-        if t.generation != d.generation || t.node != Some(d.node) || t.state != TaskState::Scheduled
-        {
+        if !self.is_current(d) {
             return;
         }
         let name = self.node_name(d.node);
@@ -601,17 +620,20 @@ impl State {
         if t.node != Some(node) || t.generation != r.generation || t.state.is_terminal() {
             return;
         }
-        let mut events: Vec<_> =
-            r.events.iter().filter(|e| t.synced_until.is_none_or(|s| e.at > s)).collect();
+        let events = unsynced(&r.events, t.synced_until, t.synced_same);
         if events.is_empty() {
             return;
         }
-        events.sort_by_key(|e| e.at);
         let name = self.node_name(node);
         let mut requeued = false;
         self.modify(r.id, effects, |t| {
             for e in events {
-                t.synced_until = Some(e.at);
+                if t.synced_until == Some(e.at) {
+                    t.synced_same += 1;
+                } else {
+                    t.synced_until = Some(e.at);
+                    t.synced_same = 1;
+                }
                 let trigger = match e.kind {
                     EventKind::Transition(trigger) if trigger.observed_on_node() => trigger,
                     // The worker's own acceptance of the placement the manager made.
@@ -739,6 +761,29 @@ fn contribution(t: &Task) -> Contribution {
     }
     let ports = t.spec.ports.iter().filter(|p| p.host != 0).map(|p| (p.host, p.protocol)).collect();
     Some((t.node?, t.spec.resources, ports))
+}
+
+/// The entries of a worker's history not merged yet, oldest first: those after `until`, and of
+/// those stamped exactly `until`, all but the first `same` (already merged).
+fn unsynced(events: &[TaskEvent], until: Option<Timestamp>, same: u32) -> Vec<&TaskEvent> {
+    let mut sorted: Vec<&TaskEvent> = events.iter().collect();
+    // Stable: entries sharing a timestamp keep their order.
+    sorted.sort_by_key(|e| e.at);
+    let Some(until) = until else { return sorted };
+    let mut skipped = 0;
+    sorted.retain(|e| {
+        if e.at > until {
+            return true;
+        }
+        if e.at == until && skipped >= same {
+            return true;
+        }
+        if e.at == until {
+            skipped += 1;
+        }
+        false
+    });
+    sorted
 }
 
 /// Whether the manager copies a worker's note into its own history. Submission and stop
@@ -1001,6 +1046,36 @@ mod tests {
         let before = t.events.len();
         s.sync_report(placed.node.unwrap(), &r, at(21), &mut Effects::default());
         assert_eq!(s.task(id).unwrap().events.len(), before);
+    }
+
+    #[test]
+    fn entries_sharing_a_timestamp_merge_even_when_reports_split_them() {
+        // On a coarse or virtual clock a start and an exit can share a timestamp, and the
+        // worker may report them in two heartbeats.
+        let (mut s, _) = cluster(&[node(1, "w1", 1024)]);
+        let id = TaskId::from_uuid(Uuid::from_u128(10));
+        s.submit(task(10, 0), &mut Effects::default()).unwrap();
+        s.place_pending(at(1), &mut Effects::default());
+        let placed = s.task(id).unwrap().clone();
+        let mut w = placed.clone();
+        w.apply(Trigger::Started, at(5), "started").unwrap();
+        let as_report = |w: &Task| Report {
+            id: w.id,
+            generation: w.generation,
+            state: w.state,
+            events: w.events.clone(),
+            handle: None,
+            host_ports: vec![],
+            exit_code: None,
+            restart_count: 0,
+            healthy: None,
+        };
+        s.sync_report(placed.node.unwrap(), &as_report(&w), at(6), &mut Effects::default());
+        assert_eq!(s.task(id).unwrap().state, TaskState::Running);
+        w.apply(Trigger::Exited { success: false, retry: false }, at(5), "exited with code 1")
+            .unwrap();
+        s.sync_report(placed.node.unwrap(), &as_report(&w), at(6), &mut Effects::default());
+        assert_eq!(s.task(id).unwrap().state, TaskState::Pending, "failed, so rescheduled");
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Platform {
 
 /// A started worker.
 #[derive(Debug)]
-pub struct Worker {
+pub struct RunningWorker {
     addr: SocketAddr,
     agent: Arc<Agent>,
     drivers: Arc<Drivers>,
@@ -148,7 +148,7 @@ pub struct Worker {
     background: TaskTracker,
 }
 
-impl Worker {
+impl RunningWorker {
     /// The address the API is bound to (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -188,7 +188,7 @@ pub async fn start(
     platform: Platform,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
-) -> Result<Worker, WorkerError> {
+) -> Result<RunningWorker, WorkerError> {
     tokio::fs::create_dir_all(&config.data_dir).await.map_err(|source| WorkerError::File {
         operation: "cannot create data dir",
         path: config.data_dir.clone(),
@@ -290,7 +290,7 @@ pub async fn start(
         };
         background.spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }
-    Ok(Worker { addr, agent, drivers, server, background })
+    Ok(RunningWorker { addr, agent, drivers, server, background })
 }
 
 /// Deletes finished tasks and their logs once they are older than `retain`.

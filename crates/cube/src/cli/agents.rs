@@ -319,7 +319,7 @@ pub(crate) async fn manager(
         security: security.clone(),
     };
     let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
-    let running = cube_manager::start(config, store, shutdown).await?;
+    let running = cube_manager::start(config, store, cube_rt::Clock::system(), shutdown).await?;
     announce(&format!("cube manager listening on {}://{}", security.scheme(), running.addr));
     running.wait().await?;
     tracing::info!("manager stopped");
@@ -344,13 +344,12 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
         name: "dev".into(),
         listen: args.listen,
         scheduler: args.scheduler,
-        heartbeat_interval: Duration::from_secs(1),
-        node_ttl: Duration::from_secs(5),
-        worker_timeout: Duration::from_secs(5),
         gc_after: args.gc_after.0,
         security: security.clone(),
+        ..cube_manager::ManagerConfig::default()
     };
-    let manager = cube_manager::start(manager_config, manager_store, shutdown.clone())
+    let clock = cube_rt::Clock::system();
+    let manager = cube_manager::start(manager_config, manager_store, clock, shutdown.clone())
         .await
         .with_context(|| format!("cannot start the manager on {}", args.listen))?;
     let manager_url = format!("{}://{}", security.scheme(), manager.addr);

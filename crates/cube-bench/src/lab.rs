@@ -6,16 +6,13 @@
 //! its process tasks are killed. A [`Manager`] is killed. The [`Lab`] removes the scratch
 //! directory, or keeps it and prints the tail of every log when the benchmark did not finish.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cube_core::NodeId;
 use cube_http::client::Client;
+pub use cube_testkit::process::{self, alive, docker_answers};
 
 use crate::out;
 
@@ -124,10 +121,10 @@ impl Drop for Lab {
     }
 }
 
-/// A `cube` process, killed (SIGKILL) when dropped.
+/// A `cube` process, killed (SIGKILL) when dropped, with what the benchmarks read of it.
 #[derive(Debug)]
 pub struct CubeProcess {
-    child: Child,
+    inner: process::CubeProcess,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     /// Its stderr (logs).
@@ -148,57 +145,26 @@ impl CubeProcess {
         args: &[String],
         log: &Path,
     ) -> anyhow::Result<(Self, (Instant, Instant))> {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let began = Instant::now();
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("CUBE_LOG", std::env::var("CUBE_LOG").unwrap_or_else(|_| "warn".into()))
-            // The harness speaks plain HTTP without a token to what it starts.
-            .env_remove("CUBE_TOKEN")
-            .env_remove("CUBE_TOKEN_FILE")
-            .env_remove("CUBE_TLS_CA")
-            .env_remove("CUBE_TLS_CERT")
-            .env_remove("CUBE_TLS_KEY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("cannot run {}", bin.display()))?;
-        let stdout = child.stdout.take().context("no stdout pipe")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading until the process exits, so it never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    let _ = tx.send((url.trim().to_owned(), Instant::now()));
-                }
-            }
-        });
-        let process = |child, url| CubeProcess { child, url, log: log.to_owned() };
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok((url, at)) => Ok((process(child, url), (began, at))),
-            Err(_) => {
-                let mut p = process(child, String::new());
-                p.kill9();
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                bail!("cube {args:?} did not start listening; its log:\n{text}");
-            }
-        }
+        let spawn = process::Spawn {
+            bin: bin.to_owned(),
+            args: args.to_vec(),
+            log: log.to_owned(),
+            log_filter: std::env::var("CUBE_LOG").unwrap_or_else(|_| "warn".into()),
+            timeout: START_TIMEOUT,
+        };
+        let inner = process::CubeProcess::spawn(&spawn)?;
+        let started = inner.started;
+        Ok((Self { url: inner.url.clone(), log: inner.log.clone(), inner }, started))
     }
 
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.inner.pid()
     }
 
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.inner.kill9();
     }
 
     /// Resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes.
@@ -209,12 +175,6 @@ impl CubeProcess {
     /// CPU time used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
         cpu_seconds_of(&format!("/proc/{}/stat", self.pid()))
-    }
-}
-
-impl Drop for CubeProcess {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -359,90 +319,7 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.process.kill9();
-        remove_node_containers(&self.node_id.to_string());
-        kill_process_tasks(&self.data);
+        process::remove_node_containers(&self.node_id.to_string());
+        process::kill_process_tasks(&self.data);
     }
-}
-
-/// Whether a Docker engine answers within 10 s.
-pub fn docker_answers() -> bool {
-    run_quiet(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]))
-}
-
-/// Runs a command with a 10 s deadline, output discarded; whether it succeeded in time.
-fn run_quiet(cmd: &mut Command) -> bool {
-    let Ok(mut child) = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
-        return false;
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
-}
-
-/// Removes containers labelled `label=value`, five at a time (a burst of forced removals is
-/// hard on Docker 20.10).
-pub fn remove_labelled_containers(label: &str) {
-    let Ok(out) =
-        Command::new("docker").args(["ps", "-aq", "--no-trunc", "--filter"]).arg(label).output()
-    else {
-        return;
-    };
-    let ids: Vec<String> =
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
-    for chunk in ids.chunks(5) {
-        let _ = Command::new("docker").args(["rm", "-f"]).args(chunk).output();
-    }
-}
-
-/// Removes the containers Cube created for `node`.
-pub fn remove_node_containers(node: &str) {
-    remove_labelled_containers(&format!("label=cube.node={node}"));
-}
-
-/// Kills the process groups of process-driver tasks whose logs live under `data_dir` (their
-/// `CUBE_TASK_ID` environment variable names them).
-pub fn kill_process_tasks(data_dir: &Path) {
-    let Ok(tasks) = std::fs::read_dir(data_dir.join("tasks")) else {
-        return;
-    };
-    let ids: HashSet<String> =
-        tasks.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    if ids.is_empty() {
-        return;
-    }
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let name = p.file_name().to_string_lossy().into_owned();
-        let Ok(pid) = name.parse::<i32>() else { continue };
-        let Ok(env) = std::fs::read(p.path().join("environ")) else {
-            continue;
-        };
-        let owned = env.split(|b| *b == 0).any(|var| {
-            var.strip_prefix(b"CUBE_TASK_ID=")
-                .is_some_and(|id| ids.contains(String::from_utf8_lossy(id).as_ref()))
-        });
-        if owned && let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            // Process tasks lead their own group; it may have exited since the scan.
-            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-/// Whether process `pid` exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-        .unwrap_or(false)
 }

@@ -24,7 +24,7 @@ use cube_core::{DriverKind, TaskId, TaskSpec, TaskState, Timestamp};
 use cube_http::client::Client;
 use serde_json::json;
 
-use crate::lab::{Lab, docker_answers, remove_labelled_containers};
+use crate::lab::{Lab, docker_answers, process};
 use crate::load::wait_for;
 use crate::out::{Summary, say};
 
@@ -160,7 +160,7 @@ struct FloorContainers;
 
 impl Drop for FloorContainers {
     fn drop(&mut self) {
-        remove_labelled_containers("label=cube-bench=floor");
+        process::remove_containers("label=cube-bench=floor");
     }
 }
 

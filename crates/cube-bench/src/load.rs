@@ -179,21 +179,13 @@ pub async fn wait_for<T, F, Fut>(
     timeout: Duration,
     every: Duration,
     what: &str,
-    mut check: F,
+    check: F,
 ) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            return Err(anyhow::anyhow!("timed out after {timeout:?} waiting for {what}"))
-                .context("benchmark condition never held");
-        }
-        tokio::time::sleep(every).await;
-    }
+    cube_testkit::wait::poll_until(timeout, every, what, check)
+        .await
+        .context("benchmark condition never held")
 }

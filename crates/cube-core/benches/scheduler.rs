@@ -17,23 +17,18 @@ use cube_core::{
     SchedulerKind, TaskSpec,
 };
 
-/// Deterministic pseudo-random numbers, so every run sees the same cluster.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 =
-            self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below
-    }
+/// Deterministic pseudo-random numbers (seeded), so every run sees the same cluster.
+fn rng(seed: u64) -> fastrand::Rng {
+    fastrand::Rng::with_seed(seed)
 }
 
 fn cluster(n: usize) -> Vec<NodeView> {
-    let mut rng = Lcg(42);
+    let mut rng = rng(42);
     (0..n)
         .map(|i| {
-            let cores = [2, 4, 8, 16][rng.next(4) as usize];
-            let mem_gib = [4, 8, 16, 64][rng.next(4) as usize];
-            let fill = rng.next(90) as f64 / 100.0;
+            let cores = [2, 4, 8, 16][rng.u64(0..4) as usize];
+            let mem_gib = [4, 8, 16, 64][rng.u64(0..4) as usize];
+            let fill = rng.u64(0..90) as f64 / 100.0;
             let capacity = Resources {
                 cpu: Millicores::cores(cores),
                 memory: Bytes::gib(mem_gib),
@@ -42,8 +37,8 @@ fn cluster(n: usize) -> Vec<NodeView> {
             NodeView {
                 id: NodeId::from_uuid(uuid::Uuid::from_u128(i as u128 + 1)),
                 name: format!("node-{i}").into(),
-                ready: rng.next(100) >= 2,
-                labels: BTreeMap::from([("zone".to_owned(), format!("z{}", rng.next(3)))]),
+                ready: rng.u64(0..100) >= 2,
+                labels: BTreeMap::from([("zone".to_owned(), format!("z{}", rng.u64(0..3)))]),
                 drivers: vec![DriverKind::Docker, DriverKind::Process],
                 reserved: Resources {
                     cpu: Millicores((capacity.cpu.get() as f64 * fill) as u64),
@@ -52,10 +47,10 @@ fn cluster(n: usize) -> Vec<NodeView> {
                 },
                 capacity,
                 used_ports: BTreeSet::new(),
-                task_count: rng.next(40) as u32,
-                load: (rng.next(100) >= 5).then(|| NodeLoad {
-                    cpu_busy: rng.next(100) as f64 / 100.0,
-                    memory_used: rng.next(100) as f64 / 100.0,
+                task_count: rng.u64(0..40) as u32,
+                load: (rng.u64(0..100) >= 5).then(|| NodeLoad {
+                    cpu_busy: rng.u64(0..100) as f64 / 100.0,
+                    memory_used: rng.u64(0..100) as f64 / 100.0,
                 }),
             }
         })
@@ -63,7 +58,7 @@ fn cluster(n: usize) -> Vec<NodeView> {
 }
 
 fn specs() -> Vec<TaskSpec> {
-    let mut rng = Lcg(7);
+    let mut rng = rng(7);
     (0..64)
         .map(|i| TaskSpec {
             name: format!("t{i}"),
@@ -74,8 +69,8 @@ fn specs() -> Vec<TaskSpec> {
             env: BTreeMap::new(),
             workdir: None,
             resources: Resources {
-                cpu: Millicores(100 * (1 + rng.next(10))),
-                memory: Bytes::mib(64 * (1 + rng.next(16))),
+                cpu: Millicores(100 * (1 + rng.u64(0..10))),
+                memory: Bytes::mib(64 * (1 + rng.u64(0..16))),
                 disk: Bytes::mib(100),
             },
             ports: vec![],

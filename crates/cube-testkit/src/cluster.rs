@@ -81,7 +81,8 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// Keeps tokio's auto-advance off while the cluster lives.
     _frozen: Frozen,
-    dir: tempfile::TempDir,
+    /// Holds the workers' data directories.
+    _dir: tempfile::TempDir,
 }
 
 /// One worker node: what survives its worker process.
@@ -180,7 +181,7 @@ impl Cluster {
             manager: Some((manager, shutdown)),
             nodes,
             _frozen: frozen,
-            dir,
+            _dir: dir,
         };
         for i in 0..cluster.nodes.len() {
             cluster.start_worker(i).await;

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    TEST_IMAGE, TestManager, TestWorker, docker_lock, docker_ready, spec, wait_state, wait_until,
+    TEST_IMAGE, TestManager, TestWorker, alive, docker_lock, docker_ready, spec, wait_state,
+    wait_until,
 };
 use cube_api::types::TaskView;
 use cube_core::{DriverHandle, NodeId, TaskId, TaskState};
@@ -27,12 +28,6 @@ fn per_node(tasks: &[TaskView], names: &HashMap<NodeId, String>) -> HashMap<Stri
         *counts.entry(names[&t.node.unwrap()].clone()).or_default() += 1;
     }
     counts
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-        .unwrap_or(false)
 }
 
 fn pid(t: &TaskView) -> u32 {
@@ -368,7 +363,7 @@ async fn tasks_meant_for_an_unreachable_worker_are_placed_again_not_lost() {
     .await;
     // SIGSTOP: the node still accepts TCP connections but never answers.
     std::process::Command::new("kill")
-        .args(["-STOP", &frozen.process.child.id().to_string()])
+        .args(["-STOP", &frozen.process.pid().to_string()])
         .status()
         .unwrap();
     let mut ids = Vec::new();
@@ -392,7 +387,7 @@ async fn tasks_meant_for_an_unreachable_worker_are_placed_again_not_lost() {
     let moved = tasks.iter().filter(|t| t.generation > 1).count();
     assert!(moved >= 1, "some tasks were first placed on the frozen node");
     std::process::Command::new("kill")
-        .args(["-CONT", &frozen.process.child.id().to_string()])
+        .args(["-CONT", &frozen.process.pid().to_string()])
         .status()
         .unwrap();
 }
@@ -574,7 +569,7 @@ async fn finished_tasks_are_garbage_collected_everywhere_and_stay_gone() {
 
     // The deletion was durable: a restarted manager does not bring the record back.
     m.kill9();
-    m.restart();
+    m.restart().await;
     assert!(is_not_found(m.client.task(done).await));
     assert_eq!(m.client.task(keep).await.unwrap().state, TaskState::Running);
 }

@@ -5,16 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestWorker, spec, wait_state, wait_until};
+use common::{TestWorker, alive, spec, wait_state, wait_until};
 use cube_core::{DriverHandle, TaskState};
 use serde_json::json;
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; only a live, unreaped-or-running process counts.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
-        .unwrap_or(false)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_task_runs_in_its_own_group_and_stops() {

@@ -4,7 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use cube_core::TaskState;
@@ -149,21 +148,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.process.child.kill();
-        let _ = self.process.child.wait();
+        self.process.kill9();
         if std::thread::panicking() {
             eprintln!("cube dev log:\n{}", self.process.logs());
         }
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=cube.node={}", self.node_id)])
-            .output();
-        if let Ok(out) = out {
-            let ids: Vec<String> =
-                String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
-            for chunk in ids.chunks(5) {
-                let _ = Command::new("docker").arg("rm").arg("-f").args(chunk).output();
-            }
-        }
+        crate::common::process::remove_node_containers(&self.node_id);
         crate::common::kill_process_tasks(&self.worker_data());
     }
 }

@@ -1,18 +1,20 @@
-//! Helpers for tests that run real `cube` processes on loopback ports picked by the OS.
+//! Helpers for tests that run real `cube` processes on loopback ports picked by the OS, on top
+//! of `cube_testkit`'s process and wait helpers (shared with `cube-bench`).
 //!
 //! Nothing here sleeps to synchronise: [`wait_until`] polls a condition until a deadline and
 //! fails with a description of what never happened.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unused_imports)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use cube_http::client::Client;
+pub use cube_testkit::process::{self, alive, kill_process_tasks};
+pub use cube_testkit::wait::wait_until;
 
 /// The image every docker test runs (built by scripts/build-test-image.sh).
 pub const TEST_IMAGE: &str = "cube-test/busybox:latest";
@@ -60,31 +62,11 @@ pub fn docker_ready() -> bool {
     false
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` saying `what`.
-pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A `cube` process that is killed (SIGKILL) when dropped.
 pub struct CubeProcess {
-    pub child: Child,
+    pub inner: process::CubeProcess,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    /// Lines the process printed on stderr (its logs), kept for failure messages.
-    pub stderr_path: PathBuf,
     /// The CA it was told to trust (`--tls-ca`), which its clients trust too.
     pub tls_ca: Option<PathBuf>,
 }
@@ -92,40 +74,17 @@ pub struct CubeProcess {
 impl CubeProcess {
     /// Starts `cube <args>` and waits for its "listening on http://..." line.
     pub fn start(args: &[&str], log_dir: &Path) -> CubeProcess {
-        let stderr_path = log_dir.join(format!("cube-{}.log", args[0]));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(cube_bin())
-            .args(args)
-            .env("CUBE_LOG", "info,cube_worker=debug")
-            // Tests that want a token pass --token.
-            .env_remove("CUBE_TOKEN")
-            .env_remove("CUBE_TOKEN_FILE")
-            .env_remove("CUBE_TLS_CA")
-            .env_remove("CUBE_TLS_CERT")
-            .env_remove("CUBE_TLS_KEY")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("cannot start cube");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let logs = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                panic!("cube {args:?} did not start listening; its log:\n{logs}");
-            }
-        };
+        Self::try_start(args, log_dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`CubeProcess::start`], failing instead of panicking.
+    pub fn try_start(args: &[&str], log_dir: &Path) -> Result<CubeProcess, process::SpawnError> {
+        let log = log_dir.join(format!("cube-{}.log", args[0]));
+        let mut spawn = process::Spawn::new(&cube_bin(), args, &log);
+        spawn.log_filter = "info,cube_worker=debug".into();
+        let inner = process::CubeProcess::spawn(&spawn)?;
         let tls_ca = args.iter().position(|a| *a == "--tls-ca").map(|i| PathBuf::from(args[i + 1]));
-        CubeProcess { child, url, stderr_path, tls_ca }
+        Ok(CubeProcess { url: inner.url.clone(), inner, tls_ca })
     }
 
     /// A client for this process's API.
@@ -135,15 +94,24 @@ impl CubeProcess {
         Client::with_tls(&self.url, Duration::from_secs(10), tls.as_ref()).unwrap()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        self.inner.kill9();
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.child.wait().unwrap()
+        self.inner.terminate().unwrap()
     }
 
     /// The process's log so far.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        self.inner.logs()
     }
 }
 
@@ -154,7 +122,7 @@ pub struct TestManager {
     pub client: Client,
     pub url: String,
     pub dir: tempfile::TempDir,
-    args: Vec<String>,
+    extra: Vec<String>,
 }
 
 impl TestManager {
@@ -166,43 +134,39 @@ impl TestManager {
 
     /// Starts a manager whose data directory is `dir` (which may hold state already).
     pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestManager {
-        let data = dir.path().join("data").to_str().unwrap().to_owned();
-        let mut args: Vec<String> = ["manager", "--listen", "127.0.0.1:0", "--data-dir", &data]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let process = CubeProcess::start(&refs, dir.path());
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let args = Self::args(&dir, "127.0.0.1:0", &extra);
+        let process = CubeProcess::start(&refs(&args), dir.path());
         let url = process.url.clone();
-        // From now on restarts reuse the port the OS picked.
-        let port = url.rsplit(':').next().unwrap().to_owned();
-        args[2] = format!("127.0.0.1:{port}");
         let client = process.client();
-        TestManager { process, client, url, dir, args }
+        TestManager { process, client, url, dir, extra }
+    }
+
+    fn args(dir: &tempfile::TempDir, listen: &str, extra: &[String]) -> Vec<String> {
+        let data = dir.path().join("data").to_str().unwrap().to_owned();
+        let mut args: Vec<String> =
+            ["manager", "--listen", listen, "--data-dir", &data].map(str::to_owned).to_vec();
+        args.extend(extra.iter().cloned());
+        args
     }
 
     /// Kills the manager with SIGKILL.
     pub fn kill9(&mut self) {
-        self.process.child.kill().unwrap();
-        self.process.child.wait().unwrap();
+        self.process.kill9();
     }
 
     /// Starts the manager again on the same port and data directory (after `kill9`).
-    pub fn restart(&mut self) {
-        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        // The port was just released; binding can race with its teardown, so retry briefly.
-        let mut last = None;
-        for _ in 0..50 {
-            match std::panic::catch_unwind(|| CubeProcess::start(&refs, self.dir.path())) {
-                Ok(p) => {
-                    self.process = p;
-                    return;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        std::panic::resume_unwind(last.unwrap());
+    pub async fn restart(&mut self) {
+        // The port the OS picked first, so workers and clients keep their address.
+        let listen = self.url.rsplit("://").next().unwrap().to_owned();
+        let args = Self::args(&self.dir, &listen, &self.extra);
+        // The port was just released; binding can race with its teardown, so retry until a
+        // deadline.
+        self.process = wait_until(Duration::from_secs(10), "the manager listening again", || {
+            let attempt = CubeProcess::try_start(&refs(&args), self.dir.path());
+            async move { attempt.ok() }
+        })
+        .await;
     }
 
     /// Starts a worker that joins this manager, named `name`, with extra arguments.
@@ -215,13 +179,6 @@ impl TestManager {
     /// Node name by id, from the manager.
     pub async fn node_names(&self) -> std::collections::HashMap<cube_core::NodeId, String> {
         self.client.nodes().await.unwrap().into_iter().map(|n| (n.id, n.name)).collect()
-    }
-}
-
-impl Drop for CubeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -261,8 +218,7 @@ impl TestWorker {
 
     /// Kills the worker with SIGKILL (its workloads keep running).
     pub fn kill9(&mut self) {
-        self.process.child.kill().unwrap();
-        self.process.child.wait().unwrap();
+        self.process.kill9();
     }
 
     /// Starts the worker again with the same arguments and data directory (after `kill9`).
@@ -274,63 +230,30 @@ impl TestWorker {
         assert_eq!(node_id, self.node_id, "a restarted worker keeps its node id");
     }
 
-    /// Ids of containers labelled for this node, running or not.
+    /// Ids of containers labelled for this node (and task, when given), running or not.
     pub fn containers(&self, task_id: Option<&str>) -> Vec<String> {
-        let mut args = vec![
-            "ps".to_owned(),
-            "-aq".to_owned(),
-            "--no-trunc".to_owned(),
-            "--filter".to_owned(),
-            format!("label=cube.node={}", self.node_id),
-        ];
-        if let Some(t) = task_id {
-            args.push("--filter".into());
-            args.push(format!("label=cube.task-id={t}"));
+        let node = process::containers(&format!("label=cube.node={}", self.node_id));
+        match task_id {
+            None => node,
+            Some(t) => {
+                let task = process::containers(&format!("label=cube.task-id={t}"));
+                node.into_iter().filter(|c| task.contains(c)).collect()
+            }
         }
-        let out = Command::new("docker").args(&args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
 }
 
 impl Drop for TestWorker {
     fn drop(&mut self) {
-        let _ = self.process.child.kill();
-        let _ = self.process.child.wait();
-        // A few at a time: a burst of forced removals is hard on the engine (Docker 20.10 has
-        // been seen to deadlock under fifty concurrent kills).
-        for chunk in self.containers(None).chunks(5) {
-            let _ = Command::new("docker").arg("rm").arg("-f").args(chunk).output();
-        }
+        self.process.kill9();
+        process::remove_node_containers(&self.node_id);
         // Process tasks run in their own process groups; take them down too.
-        kill_process_tasks(&self.dir.path().join("data"));
+        process::kill_process_tasks(&self.dir.path().join("data"));
     }
 }
 
-/// Kills the process groups of process-driver tasks whose logs live under `data_dir` (their
-/// `CUBE_TASK_ID` environment names them).
-pub fn kill_process_tasks(data_dir: &Path) {
-    let Ok(tasks) = std::fs::read_dir(data_dir.join("tasks")) else {
-        return;
-    };
-    let ids: Vec<String> =
-        tasks.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let name = p.file_name().to_string_lossy().into_owned();
-        if !name.chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(env) = std::fs::read(p.path().join("environ")) else {
-            continue;
-        };
-        let env = String::from_utf8_lossy(&env);
-        if ids.iter().any(|id| env.contains(&format!("CUBE_TASK_ID={id}"))) {
-            // It may have exited since the scan; that is fine.
-            let _ = Command::new("kill").args(["-KILL", &name]).stderr(Stdio::null()).status();
-        }
-    }
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// Parses a task spec written as JSON.

@@ -330,11 +330,7 @@ impl NodeInfo {
             stats,
             capacity: node.capacity,
             reserved,
-            free: Resources {
-                cpu: node.capacity.cpu.saturating_sub(reserved.cpu),
-                memory: node.capacity.memory.saturating_sub(reserved.memory),
-                disk: node.capacity.disk.saturating_sub(reserved.disk),
-            },
+            free: node.capacity.saturating_sub(reserved),
             task_count,
         }
     }

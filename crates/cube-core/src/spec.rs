@@ -107,6 +107,15 @@ impl Resources {
             disk: self.disk.saturating_add(other.disk),
         }
     }
+
+    /// Component-wise difference, stopping at zero.
+    pub fn saturating_sub(self, other: Resources) -> Resources {
+        Resources {
+            cpu: self.cpu.saturating_sub(other.cpu),
+            memory: self.memory.saturating_sub(other.memory),
+            disk: self.disk.saturating_sub(other.disk),
+        }
+    }
 }
 
 /// A port to publish from the task to the host.

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use state::{ActiveCopy, Beat, Report};
-pub use state::{Dispatch, Effects, State, StopCall};
+use state::{Dispatch, Effects, State, StopCall};
 
 /// Errors of the manager.
 #[derive(Debug, thiserror::Error)]

@@ -148,10 +148,44 @@ impl TaskSubmission {
                 })?)
             }
         };
+        // A malformed constraint would end deserialization at the first one; take them out
+        // and report them with the validation problems, so a caller sees every problem at once.
+        let constraint_problems = take_bad_constraints(object);
         let spec = parse_spec_value(value)?;
-        spec.validate().map_err(ApiError::invalid_spec)?;
+        let mut problems = spec.validate().err().unwrap_or_default();
+        problems.extend(constraint_problems);
+        if !problems.is_empty() {
+            return Err(ApiError::invalid_spec(problems));
+        }
         Ok(Self { id, generation, spec })
     }
+}
+
+/// Removes the entries of `constraints` that do not parse, returning a problem for each.
+fn take_bad_constraints(
+    object: &mut serde_json::Map<String, serde_json::Value>,
+) -> Vec<FieldError> {
+    let Some(serde_json::Value::Array(items)) = object.get_mut("constraints") else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let mut index = 0;
+    items.retain(|item| {
+        let i = index;
+        index += 1;
+        let Some(text) = item.as_str() else { return true };
+        match text.parse::<cube_core::constraint::Constraint>() {
+            Ok(_) => true,
+            Err(e) => {
+                problems.push(FieldError {
+                    field: format!("constraints[{i}]"),
+                    message: e.to_string(),
+                });
+                false
+            }
+        }
+    });
+    problems
 }
 
 /// Deserializes a spec from JSON, turning serde's error into a field-named [`ApiError`].
@@ -386,6 +420,18 @@ mod tests {
         let fields: Vec<&str> = err.details.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["name", "image"]);
         assert!(err.message.contains("2 problems"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_bad_constraint_is_listed_with_the_other_problems() {
+        let err = TaskSubmission::parse(
+            br#"{"name": "x", "driver": "docker", "image": "",
+                 "constraints": ["node.name == a", "zone = a"]}"#,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = err.details.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["image", "constraints[1]"]);
+        assert!(err.details[1].message.contains("expected `<attribute> == <value>`"), "{err:?}");
     }
 
     #[test]

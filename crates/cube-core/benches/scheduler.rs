@@ -76,7 +76,11 @@ fn specs() -> Vec<TaskSpec> {
             ports: vec![],
             restart: RestartPolicy::default(),
             health: None,
-            constraints: if i % 4 == 0 { vec!["node.labels.zone == z1".into()] } else { vec![] },
+            constraints: if i % 4 == 0 {
+                vec!["node.labels.zone == z1".parse().unwrap()]
+            } else {
+                vec![]
+            },
             stop_grace: Duration::from_secs(10),
         })
         .collect()

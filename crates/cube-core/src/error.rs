@@ -39,6 +39,14 @@ pub enum CoreError {
         /// The known names, comma-separated.
         expected: &'static str,
     },
+    /// A placement constraint is malformed.
+    #[error("{input:?}: {problem}")]
+    InvalidConstraint {
+        /// The text given.
+        input: String,
+        /// What is wrong with it.
+        problem: crate::constraint::ConstraintProblem,
+    },
     /// A state machine move that is not allowed.
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),

@@ -257,8 +257,7 @@ impl Scheduler {
     /// `avoid` (where the task already failed) are used only if nothing else fits.
     pub fn place(&mut self, spec: &TaskSpec, set: &NodeSet, avoid: &[NodeId]) -> Decision {
         let nodes = set.nodes();
-        let constraints: Vec<Constraint> =
-            spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
+        let constraints = &spec.constraints;
         let n = nodes.len();
         // Small clusters are scored in full. Large ones score a bounded sample of feasible
         // nodes, starting where the previous placement stopped (kube-scheduler's
@@ -277,7 +276,7 @@ impl Scheduler {
         for k in 0..n {
             let i = (start + k) % n;
             examined += 1;
-            match check(spec, &constraints, &nodes[i]) {
+            match check(spec, constraints, &nodes[i]) {
                 Ok(()) => {
                     feasible.push(i);
                     if feasible.len() >= limit {
@@ -334,7 +333,7 @@ impl Scheduler {
             .map(|(i, r)| Rejection {
                 node: nodes[i].id,
                 name: nodes[i].name.clone(),
-                reason: r.describe(&constraints),
+                reason: r.describe(constraints),
             })
             .collect();
         rejected.sort_by(|a, b| a.name.cmp(&b.name));
@@ -727,7 +726,7 @@ mod tests {
         nodes[1].ready = false;
         nodes[2].labels.insert("zone".into(), "b".into());
         let mut s = spec(0, 512);
-        s.constraints = vec!["node.labels.zone == b".into()];
+        s.constraints = vec!["node.labels.zone == b".parse().unwrap()];
         nodes[2].capacity.memory = Bytes::mib(256);
         let Decision::Unplaceable { explanation } =
             Scheduler::new(SchedulerKind::Spread).place(&s, &set(&nodes), &[])

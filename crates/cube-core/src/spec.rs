@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::constraint::Constraint;
 use crate::units::{Bytes, Millicores, duration_serde};
 
 /// Everything needed to run one task.
@@ -49,9 +50,10 @@ pub struct TaskSpec {
     /// manager keeps every spec in memory (120 bytes inline vs 8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Box<HealthCheck>>,
-    /// Placement constraints, e.g. `node.labels.zone == a` (all must hold).
+    /// Placement constraints, e.g. `node.labels.zone == a` (all must hold), parsed when the
+    /// spec is read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub constraints: Vec<String>,
+    pub constraints: Vec<Constraint>,
     /// Time between the polite stop signal (SIGTERM) and SIGKILL.
     #[serde(default = "default_stop_grace", with = "duration_serde")]
     pub stop_grace: Duration,
@@ -438,12 +440,6 @@ impl TaskSpec {
             }
         }
 
-        for (i, c) in self.constraints.iter().enumerate() {
-            if let Err(e) = crate::constraint::Constraint::parse(c) {
-                err(&format!("constraints[{i}]"), e);
-            }
-        }
-
         if self.stop_grace > MAX_STOP_GRACE {
             err("stop_grace", "must be at most 1h".into());
         }
@@ -589,7 +585,7 @@ mod tests {
                 failure_threshold: 0,
                 grace_period: Duration::ZERO,
             })),
-            constraints: vec!["zone = a".into()],
+            constraints: vec![],
             stop_grace: Duration::from_secs(7200),
         };
         let fields: Vec<String> =
@@ -610,10 +606,25 @@ mod tests {
                 "health.failure_threshold",
                 "health.path",
                 "health.port",
-                "constraints[0]",
                 "stop_grace",
             ]
         );
+    }
+
+    #[test]
+    fn constraints_are_parsed_with_the_spec() {
+        let spec: TaskSpec = serde_json::from_str(
+            r#"{"name": "c", "driver": "process", "command": "x",
+                "constraints": ["node.labels.zone == a"]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.constraints[0].value, "a");
+        // A malformed one is found where it stands (the API lists it with the other problems).
+        let err = serde_json::from_str::<TaskSpec>(
+            r#"{"name": "c", "driver": "process", "command": "x", "constraints": ["zone = a"]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("expected `<attribute> == <value>`"), "{err}");
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub struct RunArgs {
     pub workdir: Option<String>,
     /// A placement constraint such as `node.labels.zone == a` (repeatable).
     #[arg(long = "constraint", value_name = "EXPR", help_heading = "One-off task")]
-    pub constraints: Vec<String>,
+    pub constraints: Vec<cube_core::constraint::Constraint>,
     /// Command and arguments of a one-off task, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

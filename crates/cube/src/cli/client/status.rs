@@ -159,7 +159,8 @@ fn task_detail(
         d.row("Ports", if bound.is_empty() { declared.join(", ") } else { bound });
     }
     if !spec.constraints.is_empty() {
-        d.row("Constraints", spec.constraints.join(", "));
+        let written: Vec<&str> = spec.constraints.iter().map(|c| c.as_written()).collect();
+        d.row("Constraints", written.join(", "));
     }
     d.row("Restart policy", restart_policy(t));
     d.row(

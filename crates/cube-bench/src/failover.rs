@@ -26,10 +26,10 @@ pub struct FailoverArgs {
     #[arg(long, default_value = "process")]
     pub driver: String,
     /// The manager's node TTL (a node silent this long is down).
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = cube_core::units::parse_duration)]
     pub node_ttl: Duration,
     /// The manager's heartbeat interval.
-    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = cube_core::units::parse_duration)]
     pub heartbeat_interval: Duration,
     /// Repetitions (each on a fresh cluster).
     #[arg(long, default_value_t = 1)]
@@ -37,7 +37,7 @@ pub struct FailoverArgs {
 }
 
 fn spec(driver: DriverKind, i: usize) -> anyhow::Result<TaskSpec> {
-    let mut v = json!({"name": format!("f{i}"), "driver": driver.as_str(), "command": "sleep",
+    let mut v = json!({"name": format!("f{i}"), "driver": driver, "command": "sleep",
                        "args": ["3600"], "stop_grace": "2s"});
     if driver == DriverKind::Docker {
         v["image"] = json!(IMAGE);
@@ -64,7 +64,7 @@ pub async fn run(lab: &Lab, args: &FailoverArgs) -> anyhow::Result<serde_json::V
     let med = |key: &str| median(&runs.iter().filter_map(|r| r[key].as_f64()).collect::<Vec<_>>());
     Ok(json!({
         "bench": "failover",
-        "driver": driver.as_str(),
+        "driver": driver,
         "tasks": args.tasks,
         "node_ttl_s": args.node_ttl.as_secs_f64(),
         "heartbeat_interval_s": args.heartbeat_interval.as_secs_f64(),

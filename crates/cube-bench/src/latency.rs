@@ -47,7 +47,7 @@ pub struct LatencyArgs {
     #[arg(long)]
     pub skip_docker: bool,
     /// Interval of the client's polls for `running`.
-    #[arg(long, default_value = "1ms", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = cube_core::units::parse_duration)]
     pub poll: Duration,
 }
 

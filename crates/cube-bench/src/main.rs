@@ -66,11 +66,6 @@ enum Command {
     Report(report::ReportArgs),
 }
 
-/// Parses `250ms`, `5s`, `1m` (Cube's duration syntax).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    cube_core::units::parse_duration(s).map_err(|e| e.to_string())
-}
-
 fn default_cube_bin() -> PathBuf {
     std::env::current_exe()
         .ok()

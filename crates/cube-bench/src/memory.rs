@@ -26,7 +26,7 @@ pub struct MemoryArgs {
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// Time left for the manager to settle before each reading.
-    #[arg(long, default_value = "3s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = cube_core::units::parse_duration)]
     pub settle: Duration,
     /// Keep the manager's data directory here afterwards (for `cube-bench restart
     /// --data-dir`); it is emptied first.

@@ -35,10 +35,10 @@ pub struct SimNodesArgs {
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// Heartbeat interval the benchmark's manager asks of its nodes.
-    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = cube_core::units::parse_duration)]
     pub heartbeat_interval: Duration,
     /// The benchmark's manager node TTL.
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = cube_core::units::parse_duration)]
     pub node_ttl: Duration,
     /// The benchmark's manager scheduler.
     #[arg(long, default_value = "spread")]
@@ -167,7 +167,7 @@ pub struct ScaleUpArgs {
     #[arg(long)]
     pub tasks: usize,
     /// Interval of the polls for "all running" (the Swarm side polls as often).
-    #[arg(long, default_value = "100ms", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = cube_core::units::parse_duration)]
     pub poll: Duration,
     /// Submits in flight at once.
     #[arg(long, default_value_t = 8)]

@@ -19,10 +19,10 @@ pub struct SubmitArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8, 64])]
     pub clients: Vec<usize>,
     /// Measured time per client count.
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = cube_core::units::parse_duration)]
     pub duration: Duration,
     /// Unmeasured warm-up before each measurement.
-    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = cube_core::units::parse_duration)]
     pub warmup: Duration,
     /// The manager's store: `redb` (durable: every answer waits for an fsync) or `memory`.
     #[arg(long, default_value = "redb")]

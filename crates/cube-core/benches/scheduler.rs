@@ -16,6 +16,7 @@ use cube_core::{
     Bytes, DriverKind, Millicores, NodeId, NodeView, Resources, RestartPolicy, Scheduler,
     SchedulerKind, TaskSpec,
 };
+use strum::VariantArray;
 
 /// Deterministic pseudo-random numbers (seeded), so every run sees the same cluster.
 fn rng(seed: u64) -> fastrand::Rng {
@@ -92,7 +93,7 @@ fn placements(c: &mut Criterion) {
         let nodes = cube_core::NodeSet::new(cluster(n));
         let mut group = c.benchmark_group(format!("place/{n}-nodes"));
         group.throughput(Throughput::Elements(1));
-        for kind in SchedulerKind::ALL {
+        for &kind in SchedulerKind::VARIANTS {
             group.bench_with_input(BenchmarkId::from_parameter(kind), &nodes, |b, nodes| {
                 let mut scheduler = Scheduler::new(kind);
                 let mut i = 0;

@@ -37,7 +37,7 @@ pub enum CoreError {
         /// The text given.
         input: String,
         /// The known names, comma-separated.
-        expected: &'static str,
+        expected: String,
     },
     /// A placement constraint is malformed.
     #[error("{input:?}: {problem}")]
@@ -50,6 +50,14 @@ pub enum CoreError {
     /// A state machine move that is not allowed.
     #[error(transparent)]
     InvalidTransition(#[from] InvalidTransition),
+}
+
+impl CoreError {
+    /// The error for `input`, which names none of `T`'s variants (`kind` says what it should
+    /// have named, e.g. `task state`).
+    pub(crate) fn unknown_name<T: strum::VariantNames>(kind: &'static str, input: &str) -> Self {
+        CoreError::UnknownName { kind, input: input.to_owned(), expected: T::VARIANTS.join(", ") }
+    }
 }
 
 /// An error followed by its causes, joined with `": "`: `cannot run "x": No such file or

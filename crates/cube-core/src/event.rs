@@ -243,7 +243,8 @@ impl<'de> Deserialize<'de> for TaskEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ALL_STATES, ALL_TRIGGERS, transition};
+    use crate::state::{ALL_TRIGGERS, transition};
+    use strum::VariantArray;
 
     fn event(from: TaskState, to: TaskState, kind: EventKind) -> TaskEvent {
         TaskEvent {
@@ -261,7 +262,7 @@ mod tests {
         let mut kinds: Vec<EventKind> =
             ALL_TRIGGERS.into_iter().map(EventKind::Transition).collect();
         kinds.extend(ALL_NOTES.into_iter().map(EventKind::Note));
-        for from in ALL_STATES {
+        for &from in TaskState::VARIANTS {
             for kind in &kinds {
                 let to = match kind {
                     EventKind::Transition(t) => match transition(from, *t) {
@@ -297,7 +298,7 @@ mod tests {
     fn entries_without_a_kind_get_the_trigger_their_states_imply() {
         // Every move the table allows, written as an entry of an earlier version: the recovered
         // trigger must make the same move.
-        for from in ALL_STATES {
+        for &from in TaskState::VARIANTS {
             for trigger in ALL_TRIGGERS {
                 let Ok(to) = transition(from, trigger) else { continue };
                 if from == to {

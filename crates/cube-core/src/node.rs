@@ -1,7 +1,6 @@
 //! A worker node as the manager records it.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -9,29 +8,25 @@ use serde::{Deserialize, Serialize};
 use crate::{DriverKind, NodeId, Resources};
 
 /// Liveness of a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum NodeState {
     /// Heartbeating; accepts tasks.
     Ready,
     /// Missed heartbeats for longer than the TTL; its tasks were placed elsewhere.
     Down,
-}
-
-impl NodeState {
-    /// Lowercase name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Ready => "ready",
-            NodeState::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for NodeState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A registered worker node.

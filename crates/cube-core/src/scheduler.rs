@@ -16,8 +16,6 @@
 //! wins, and the paper's doubling job ceiling is implemented).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -25,9 +23,24 @@ use serde::{Deserialize, Serialize};
 use crate::constraint::Constraint;
 use crate::{Bytes, CoreError, DriverKind, Millicores, NodeId, Protocol, Resources, TaskSpec};
 
-/// Which scheduler to use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Which scheduler to use. Named in kebab case (`round-robin`) everywhere.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = CoreError, parse_err_fn = unknown_scheduler)]
 pub enum SchedulerKind {
     /// Rotate over the nodes that fit.
     RoundRobin,
@@ -39,42 +52,8 @@ pub enum SchedulerKind {
     Spread,
 }
 
-impl SchedulerKind {
-    /// Every kind, for help texts and tests.
-    pub const ALL: [SchedulerKind; 4] = [
-        SchedulerKind::RoundRobin,
-        SchedulerKind::Epvm,
-        SchedulerKind::Binpack,
-        SchedulerKind::Spread,
-    ];
-
-    /// The name used on the command line and in explanations.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            SchedulerKind::RoundRobin => "round-robin",
-            SchedulerKind::Epvm => "epvm",
-            SchedulerKind::Binpack => "binpack",
-            SchedulerKind::Spread => "spread",
-        }
-    }
-}
-
-impl fmt::Display for SchedulerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SchedulerKind {
-    type Err = CoreError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| CoreError::UnknownName {
-            kind: "scheduler",
-            input: s.to_owned(),
-            expected: "round-robin, epvm, binpack, spread",
-        })
-    }
+fn unknown_scheduler(input: &str) -> CoreError {
+    CoreError::unknown_name::<SchedulerKind>("scheduler", input)
 }
 
 /// What the scheduler knows about one node.
@@ -483,13 +462,13 @@ impl Reject {
                 format!("needs {} CPU, {} free", show_cpu(need), show_cpu(free))
             }
             Reject::Memory { need, free } => {
-                format!("needs {} memory, {} free", show_bytes(need), show_bytes(free))
+                format!("needs {} memory, {} free", need.human(), free.human())
             }
             Reject::Disk { need, free } => {
-                format!("needs {} disk, {} free", show_bytes(need), show_bytes(free))
+                format!("needs {} disk, {} free", need.human(), free.human())
             }
             Reject::Port(port, proto) => {
-                format!("host port {port}/{} already in use", proto.as_str())
+                format!("host port {port}/{proto} already in use")
             }
             Reject::FailedHere => "the task already failed on this node".into(),
             Reject::NoStats => "no stats reported yet".into(),
@@ -528,16 +507,6 @@ fn check(spec: &TaskSpec, constraints: &[Constraint], node: &NodeView) -> Result
         }
     }
     Ok(())
-}
-
-/// Sizes for humans: MiB/GiB rounded (reasons are read, not parsed).
-pub fn show_bytes(b: Bytes) -> String {
-    let v = b.get() as f64;
-    if v >= (1u64 << 30) as f64 {
-        format!("{:.1}GiB", v / (1u64 << 30) as f64)
-    } else {
-        format!("{}MiB", (v / (1u64 << 20) as f64).round())
-    }
 }
 
 fn show_cpu(m: Millicores) -> String {

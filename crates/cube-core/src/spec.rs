@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::CoreError;
 use crate::constraint::Constraint;
 use crate::units::{Bytes, Millicores, duration_serde};
 
@@ -60,8 +61,25 @@ pub struct TaskSpec {
 }
 
 /// The execution driver of a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", parse_err_ty = CoreError, parse_err_fn = unknown_driver)]
 pub enum DriverKind {
     /// A Docker container.
     Docker,
@@ -69,20 +87,8 @@ pub enum DriverKind {
     Process,
 }
 
-impl DriverKind {
-    /// The lowercase name used in specs and on the command line.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DriverKind::Docker => "docker",
-            DriverKind::Process => "process",
-        }
-    }
-}
-
-impl fmt::Display for DriverKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+fn unknown_driver(input: &str) -> CoreError {
+    CoreError::unknown_name::<DriverKind>("driver", input)
 }
 
 /// Resources a task reserves on its node.
@@ -134,11 +140,27 @@ pub struct PortSpec {
     pub protocol: Protocol,
 }
 
-/// Transport protocol of a port.
+/// Transport protocol of a port, named as Docker writes it in `80/tcp`.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    strum::VariantNames,
 )]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", parse_err_ty = CoreError, parse_err_fn = unknown_protocol)]
 pub enum Protocol {
     /// TCP (default).
     #[default]
@@ -147,14 +169,8 @@ pub enum Protocol {
     Udp,
 }
 
-impl Protocol {
-    /// Lowercase name as Docker writes it in `80/tcp`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
+fn unknown_protocol(input: &str) -> CoreError {
+    CoreError::unknown_name::<Protocol>("protocol", input)
 }
 
 /// When a task that exited is started again.
@@ -193,8 +209,23 @@ impl Default for RestartPolicy {
 }
 
 /// Which exits cause a restart.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case", parse_err_ty = CoreError, parse_err_fn = unknown_mode)]
 pub enum RestartMode {
     /// Never restart (default; a batch task's exit is final).
     #[default]
@@ -203,6 +234,10 @@ pub enum RestartMode {
     OnFailure,
     /// Restart after any exit that was not requested.
     Always,
+}
+
+fn unknown_mode(input: &str) -> CoreError {
+    CoreError::unknown_name::<RestartMode>("restart mode", input)
 }
 
 /// A health check run by the worker next to the task.
@@ -385,13 +420,13 @@ impl TaskSpec {
             if !seen_container.insert((p.container, p.protocol)) {
                 err(
                     &format!("ports[{i}].container"),
-                    format!("{}/{} is listed twice", p.container, p.protocol.as_str()),
+                    format!("{}/{} is listed twice", p.container, p.protocol),
                 );
             }
             if p.host != 0 && !seen_host.insert((p.host, p.protocol)) {
                 err(
                     &format!("ports[{i}].host"),
-                    format!("{}/{} is listed twice", p.host, p.protocol.as_str()),
+                    format!("{}/{} is listed twice", p.host, p.protocol),
                 );
             }
         }

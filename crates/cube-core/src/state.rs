@@ -6,13 +6,31 @@
 //! see that (Kubernetes' `CrashLoopBackOff`). `completed` and `failed` are terminal: nothing
 //! leaves them, so a finished task can never be resurrected by a late or duplicated message.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-/// Observed state of a task: what is actually happening to it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+use crate::CoreError;
+
+/// Observed state of a task: what is actually happening to it. Its name (`running`) is the same
+/// on the wire, in `Display` and in `FromStr`; `VARIANTS` lists every state in lifecycle order.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+    strum::VariantNames,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase", parse_err_ty = CoreError, parse_err_fn = unknown_state)]
 pub enum TaskState {
     /// Accepted, not yet placed on a node.
     Pending,
@@ -28,15 +46,9 @@ pub enum TaskState {
     Failed,
 }
 
-/// Every state, in lifecycle order (for tables and exhaustive tests).
-pub const ALL_STATES: [TaskState; 6] = [
-    TaskState::Pending,
-    TaskState::Scheduled,
-    TaskState::Running,
-    TaskState::Restarting,
-    TaskState::Completed,
-    TaskState::Failed,
-];
+fn unknown_state(input: &str) -> CoreError {
+    CoreError::unknown_name::<TaskState>("task state", input)
+}
 
 impl TaskState {
     /// Whether the task has finished for good.
@@ -56,38 +68,6 @@ impl TaskState {
             TaskState::Scheduled | TaskState::Running | TaskState::Restarting => true,
             TaskState::Pending | TaskState::Completed | TaskState::Failed => false,
         }
-    }
-
-    /// The lowercase name used on the wire.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Pending => "pending",
-            TaskState::Scheduled => "scheduled",
-            TaskState::Running => "running",
-            TaskState::Restarting => "restarting",
-            TaskState::Completed => "completed",
-            TaskState::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for TaskState {
-    type Err = crate::CoreError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ALL_STATES.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
-            crate::CoreError::UnknownName {
-                kind: "task state",
-                input: s.to_owned(),
-                expected: "pending, scheduled, running, restarting, completed, failed",
-            }
-        })
     }
 }
 
@@ -220,6 +200,9 @@ pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, Invali
 mod tests {
     use super::*;
     use TaskState as S;
+    use strum::VariantArray;
+
+    const ALL_STATES: &[TaskState] = TaskState::VARIANTS;
     use Trigger as T;
 
     /// The whole table, written out independently of `transition`: `None` = invalid.
@@ -250,7 +233,7 @@ mod tests {
     #[test]
     fn every_state_and_trigger_pair_matches_the_table() {
         let mut valid = 0;
-        for from in ALL_STATES {
+        for &from in ALL_STATES {
             for trigger in ALL_TRIGGERS {
                 let got = transition(from, trigger);
                 match expected(from, trigger) {
@@ -271,7 +254,7 @@ mod tests {
 
     #[test]
     fn terminal_states_accept_nothing() {
-        for from in ALL_STATES.into_iter().filter(|s| s.is_terminal()) {
+        for &from in ALL_STATES.iter().filter(|s| s.is_terminal()) {
             for trigger in ALL_TRIGGERS {
                 assert!(transition(from, trigger).is_err(), "{from} + {trigger:?}");
             }
@@ -280,10 +263,15 @@ mod tests {
 
     #[test]
     fn states_serialize_lowercase_and_parse_back() {
-        for s in ALL_STATES {
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
-            assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
+        for &s in ALL_STATES {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
+            assert_eq!(s.to_string().parse::<TaskState>().unwrap(), s);
         }
-        assert!("Running".parse::<TaskState>().is_err());
+        let err = "Running".parse::<TaskState>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown task state \"Running\": expected one of pending, scheduled, running, \
+             restarting, completed, failed"
+        );
     }
 }

@@ -61,6 +61,28 @@ impl Bytes {
     pub const fn saturating_sub(self, other: Self) -> Self {
         Self(self.0.saturating_sub(other.0))
     }
+
+    /// The size for people, rounded in binary units: whole units below a GiB (`512B`, `100KiB`,
+    /// `64MiB`), one decimal from a GiB up (`1.0GiB`, `23.5GiB`, `2.0TiB`). [`Display`] is
+    /// the exact form that parses back.
+    ///
+    /// [`Display`]: fmt::Display
+    pub fn human(self) -> String {
+        const UNITS: [(&str, u64); 4] =
+            [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        for (unit, size) in UNITS {
+            if self.0 >= size {
+                // For people: the rounding of a u64 to f64 does not show at one decimal.
+                let value = self.0 as f64 / size as f64;
+                return if size >= 1 << 30 {
+                    format!("{value:.1}{unit}")
+                } else {
+                    format!("{}{unit}", value.round())
+                };
+            }
+        }
+        format!("{}B", self.0)
+    }
 }
 
 impl fmt::Display for Bytes {
@@ -255,50 +277,31 @@ impl<'de> Deserialize<'de> for Millicores {
     }
 }
 
-/// Formats a duration the way it is parsed: `"1h30m"`, `"10s"`, `"250ms"`, `"0s"`.
+/// Formats a duration the way it is parsed, to the millisecond: `"1h30m"`, `"10s"`,
+/// `"1m30s250ms"`, `"0s"` (jiff's friendly format, compact).
 pub fn format_duration(d: Duration) -> String {
-    let mut millis = d.as_millis();
-    if millis == 0 {
-        return "0s".to_owned();
-    }
-    let mut out = String::new();
-    for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
-        if millis >= size {
-            out.push_str(&format!("{}{unit}", millis / size));
-            millis %= size;
-        }
-    }
-    out
+    use jiff::fmt::friendly::{Designator, Spacing, SpanPrinter};
+    static PRINTER: SpanPrinter =
+        SpanPrinter::new().designator(Designator::Compact).spacing(Spacing::None);
+    // Durations count in whole milliseconds; anything finer is not shown.
+    let millis = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let whole = jiff::SignedDuration::from_millis(i64::try_from(millis).unwrap_or(i64::MAX));
+    PRINTER.duration_to_string(&whole)
 }
 
-/// Parses durations such as `"10s"`, `"250ms"`, `"1m30s"`, `"1.5s"` or `"2h"`.
+/// Parses a duration such as `"10s"`, `"250ms"`, `"1m30s"`, `"1.5s"`, `"2h"` or `"1 hour"`
+/// (jiff's friendly format, or ISO 8601 `PT10S`), rounded to the millisecond. A bare number is
+/// refused ("10" could mean anything), and so is a negative duration.
 pub fn parse_duration(s: &str) -> Result<Duration, CoreError> {
     let bad = || CoreError::InvalidQuantity {
         input: s.to_owned(),
         expected: "a duration such as 500ms, 10s, 1m30s or 2h",
     };
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total_ms: u64 = 0;
-    while !rest.is_empty() {
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
-        let (number, tail) = rest.split_at(split);
-        let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let size = match unit.trim() {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            _ => return Err(bad()),
-        };
-        let part = scale(number, size).ok_or_else(bad)?;
-        total_ms = total_ms.checked_add(part).ok_or_else(bad)?;
-        rest = tail.trim_start();
-    }
-    Ok(Duration::from_millis(total_ms))
+    let signed: jiff::SignedDuration = s.trim().parse().map_err(|_| bad())?;
+    let d = Duration::try_from(signed).map_err(|_| bad())?;
+    // Round to the nearest millisecond, as specs count in them.
+    let millis = (d.as_nanos() + 500_000) / 1_000_000;
+    Ok(Duration::from_millis(u64::try_from(millis).map_err(|_| bad())?))
 }
 
 /// Serde adapter for `std::time::Duration` fields written as `"10s"`-style strings.
@@ -365,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn bytes_for_people_round_to_a_unit() {
+        let cases = [
+            (512, "512B"),
+            (100 << 10, "100KiB"),
+            (64 << 20, "64MiB"),
+            ((3 << 19) + 1, "2MiB"),
+            (1 << 30, "1.0GiB"),
+            (3 << 29, "1.5GiB"),
+            (2 << 40, "2.0TiB"),
+        ];
+        for (bytes, shown) in cases {
+            assert_eq!(Bytes(bytes).human(), shown, "{bytes}");
+        }
+    }
+
+    #[test]
     fn bytes_json_accepts_numbers_and_strings_and_rejects_negatives() {
         assert_eq!(serde_json::from_str::<Bytes>("1024").unwrap(), Bytes(1024));
         assert_eq!(serde_json::from_str::<Bytes>("\"64MiB\"").unwrap(), Bytes::mib(64));
@@ -403,8 +422,11 @@ mod tests {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
         }
         assert_eq!(format_duration(Duration::from_millis(90_250)), "1m30s250ms");
-        for bad in ["", "10", "10x", "s", "-1s"] {
+        for bad in ["", "10", "10x", "s", "-1s", "1d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
+        assert_eq!(parse_duration("1 hour").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1.0004s").unwrap(), Duration::from_secs(1), "to the ms");
+        assert_eq!(format_duration(Duration::from_micros(1_500)), "1ms");
     }
 }

@@ -37,9 +37,8 @@ impl Token {
     /// Whether `presented` is this token, in time that does not depend on where they differ
     /// (only on their lengths), so the secret cannot be found byte by byte by timing.
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let ours = self.0.as_bytes();
-        ours.len() == presented.len()
-            && ours.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
     }
 }
 

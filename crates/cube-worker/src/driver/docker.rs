@@ -544,7 +544,7 @@ fn host_ports(info: &ContainerInspectResponse) -> Vec<HostPort> {
 }
 
 fn port_key(port: u16, protocol: Protocol) -> String {
-    format!("{port}/{}", protocol.as_str())
+    format!("{port}/{protocol}")
 }
 
 fn container_id(handle: &DriverHandle) -> Result<&str, DriverError> {

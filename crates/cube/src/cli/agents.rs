@@ -21,7 +21,7 @@ pub struct DevArgs {
     #[arg(long, env = "CUBE_DEV_DATA_DIR", default_value = ".cube/dev")]
     pub data_dir: PathBuf,
     /// Placement strategy: round-robin, epvm, binpack or spread.
-    #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread", value_parser = parse_scheduler)]
+    #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread")]
     pub scheduler: cube_core::SchedulerKind,
     /// Also submit a demo task once the cluster is up (a web server in a container when Docker
     /// is available, a chatty shell loop otherwise).
@@ -43,16 +43,16 @@ pub struct ManagerArgs {
     #[arg(long, env = "CUBE_MANAGER_LISTEN", default_value = "127.0.0.1:5555")]
     pub listen: SocketAddr,
     /// Placement strategy: round-robin, epvm, binpack or spread.
-    #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread", value_parser = parse_scheduler)]
+    #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread")]
     pub scheduler: cube_core::SchedulerKind,
     /// How often workers heartbeat.
-    #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = cube_core::units::parse_duration)]
     pub heartbeat_interval: Duration,
     /// A worker silent for this long is marked down and its tasks are placed elsewhere.
-    #[arg(long, env = "CUBE_NODE_TTL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CUBE_NODE_TTL", default_value = "5s", value_parser = cube_core::units::parse_duration)]
     pub node_ttl: Duration,
     /// Timeout of each call from the manager to a worker.
-    #[arg(long, env = "CUBE_WORKER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "CUBE_WORKER_TIMEOUT", default_value = "5s", value_parser = cube_core::units::parse_duration)]
     pub worker_timeout: Duration,
     /// Name shown in health checks.
     #[arg(long, env = "CUBE_MANAGER_NAME", default_value = "manager")]
@@ -85,10 +85,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "CUBE_WORKER_DATA_DIR", default_value = ".cube/worker")]
     pub data_dir: PathBuf,
     /// How often host metrics are sampled (e.g. 1s, 500ms).
-    #[arg(long, env = "CUBE_WORKER_STATS_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "CUBE_WORKER_STATS_INTERVAL", default_value = "1s", value_parser = cube_core::units::parse_duration)]
     pub stats_interval: Duration,
     /// Longest time an image pull may take before the task fails.
-    #[arg(long, env = "CUBE_WORKER_PULL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "CUBE_WORKER_PULL_TIMEOUT", default_value = "5m", value_parser = cube_core::units::parse_duration)]
     pub pull_timeout: Duration,
     /// Manager to join (e.g. http://127.0.0.1:5555); without it the worker runs standalone.
     #[arg(long, env = "CUBE_MANAGER")]
@@ -101,13 +101,13 @@ pub struct WorkerArgs {
     #[arg(long = "label", env = "CUBE_WORKER_LABELS", value_delimiter = ',', value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// CPU offered to tasks, in cores or millicores (e.g. 2, 500m) [default: all cores].
-    #[arg(long, env = "CUBE_WORKER_CPU", value_parser = parse_cpu)]
+    #[arg(long, env = "CUBE_WORKER_CPU")]
     pub cpu: Option<cube_core::Millicores>,
     /// Memory offered to tasks (e.g. 4GiB) [default: all memory].
-    #[arg(long, env = "CUBE_WORKER_MEMORY", value_parser = parse_bytes)]
+    #[arg(long, env = "CUBE_WORKER_MEMORY")]
     pub memory: Option<cube_core::Bytes>,
     /// Disk offered to tasks (e.g. 20GiB) [default: size of the data directory's filesystem].
-    #[arg(long, env = "CUBE_WORKER_DISK", value_parser = parse_bytes)]
+    #[arg(long, env = "CUBE_WORKER_DISK")]
     pub disk: Option<cube_core::Bytes>,
     /// Where task state lives: redb (durable, in the data directory) or memory (lost on exit).
     #[arg(long, env = "CUBE_WORKER_STORE", default_value = "redb")]
@@ -184,7 +184,7 @@ fn parse_retention(s: &str) -> Result<Retention, String> {
     if s.eq_ignore_ascii_case("never") {
         return Ok(Retention(None));
     }
-    match parse_duration(s)? {
+    match cube_core::units::parse_duration(s).map_err(|e| e.to_string())? {
         d if d.is_zero() => Err("must be longer than 0s (or `never`)".into()),
         d => Ok(Retention(Some(d))),
     }
@@ -223,27 +223,11 @@ async fn open_store(
     })
 }
 
-fn parse_scheduler(s: &str) -> Result<cube_core::SchedulerKind, String> {
-    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
-}
-
 fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
-}
-
-fn parse_cpu(s: &str) -> Result<cube_core::Millicores, String> {
-    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
-}
-
-fn parse_bytes(s: &str) -> Result<cube_core::Bytes, String> {
-    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    cube_core::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -368,7 +352,7 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
     announce(&format!("cube dev listening on {manager_url}"));
     say(&format!(
         "cube dev: a manager and one worker ({} driver{}) with state in {}\n{}",
-        drivers.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" and "),
+        drivers.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
         if drivers.len() == 1 { "" } else { "s" },
         args.data_dir.display(),
         if docker { "" } else { "No Docker engine answers, so tasks run as host processes.\n" },

@@ -75,7 +75,7 @@ pub(super) fn render(table: &Table) -> String {
 
 /// A task state, coloured when `colour`: running green, failed red, waiting yellow.
 pub(super) fn state_cell(state: TaskState, colour: bool) -> Cell {
-    let cell = Cell::new(state.as_str());
+    let cell = Cell::new(<&str>::from(state));
     match state_colour(state) {
         Some(c) if colour => cell.fg(c),
         _ => cell,
@@ -97,9 +97,9 @@ pub(super) fn state_text(state: TaskState, colour: bool) -> String {
         Some(Color::Green) => "32",
         Some(Color::Red) => "31",
         Some(_) => "33",
-        None => return state.as_str().to_owned(),
+        None => return state.to_string(),
     };
-    if colour { format!("\x1b[{code}m{state}\x1b[0m") } else { state.as_str().to_owned() }
+    if colour { format!("\x1b[{code}m{state}\x1b[0m") } else { state.to_string() }
 }
 
 /// `3s ago`, `5m ago`, `2h ago`, `3d ago` (`in 4s` for a time ahead of this machine's clock).
@@ -132,19 +132,9 @@ pub(super) fn or_dash(value: Option<String>) -> String {
     value.filter(|v| !v.is_empty()).unwrap_or_else(|| "-".to_owned())
 }
 
-/// Bytes in binary units with at most one decimal: `512B`, `64MiB`, `1.5GiB`.
+/// Bytes for people (see [`cube_core::Bytes::human`]).
 pub(super) fn human_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] =
-        [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (unit, size) in UNITS {
-        if bytes >= size {
-            // Display only: the rounding of a u64 to f64 does not matter at one decimal.
-            #[allow(clippy::cast_precision_loss)]
-            let value = bytes as f64 / size as f64;
-            return format!("{}{unit}", trim_number(&format!("{value:.1}")));
-        }
-    }
-    format!("{bytes}B")
+    cube_core::Bytes(bytes).human()
 }
 
 /// CPU as cores with at most two decimals: `0.5`, `2`, `0.25`.

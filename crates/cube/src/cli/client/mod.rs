@@ -87,7 +87,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "IMAGE", help_heading = "One-off task")]
     pub image: Option<String>,
     /// Driver of a one-off task [default: docker when --image is given].
-    #[arg(long, value_name = "DRIVER", value_parser = parse_driver, help_heading = "One-off task")]
+    #[arg(long, value_name = "DRIVER", help_heading = "One-off task")]
     pub driver: Option<DriverKind>,
     /// Task name [default: derived from the image or the command].
     #[arg(long, value_name = "NAME", help_heading = "One-off task")]
@@ -111,13 +111,13 @@ pub struct RunArgs {
     )]
     pub env: Vec<(String, String)>,
     /// Memory to reserve (and, for docker, the limit), e.g. 64MiB.
-    #[arg(long, value_name = "SIZE", value_parser = parse_bytes, help_heading = "One-off task")]
+    #[arg(long, value_name = "SIZE", help_heading = "One-off task")]
     pub memory: Option<Bytes>,
     /// CPU to reserve (and, for docker, the limit), in cores (0.5) or millicores (500m).
-    #[arg(long, value_name = "CPU", value_parser = parse_cpu, help_heading = "One-off task")]
+    #[arg(long, value_name = "CPU", help_heading = "One-off task")]
     pub cpu: Option<Millicores>,
     /// Restart policy: never, on-failure or always [default: never].
-    #[arg(long, value_name = "MODE", value_parser = parse_restart, help_heading = "One-off task")]
+    #[arg(long, value_name = "MODE", help_heading = "One-off task")]
     pub restart: Option<RestartMode>,
     /// Working directory (absolute; inside the container for docker).
     #[arg(long, value_name = "DIR", help_heading = "One-off task")]
@@ -135,7 +135,7 @@ pub struct RunArgs {
     #[arg(long, short = 'w')]
     pub wait: bool,
     /// Longest time --wait waits (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = cube_core::units::parse_duration)]
     pub timeout: Duration,
     /// Print only the task id.
     #[arg(long, short = 'q')]
@@ -152,7 +152,7 @@ pub struct StatusArgs {
     #[arg(value_name = "ID")]
     pub id: Option<String>,
     /// Only tasks in this state: pending, scheduled, running, restarting, completed, failed.
-    #[arg(long, value_name = "STATE", value_parser = parse_state, conflicts_with = "id")]
+    #[arg(long, value_name = "STATE", conflicts_with = "id")]
     pub state: Option<TaskState>,
     /// Only tasks placed on this node (a name, an id or an id prefix).
     #[arg(long, value_name = "NODE", conflicts_with = "id")]
@@ -169,7 +169,7 @@ pub struct StopArgs {
     #[arg(long, short = 'w')]
     pub wait: bool,
     /// Longest time --wait waits (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = cube_core::units::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -209,41 +209,6 @@ pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCo
             ClientCommand::Node(args) => node::node(&api, args, output).await,
         }
     })
-}
-
-fn parse_driver(s: &str) -> Result<DriverKind, String> {
-    match s {
-        "docker" => Ok(DriverKind::Docker),
-        "process" => Ok(DriverKind::Process),
-        _ => Err("expected docker or process".to_owned()),
-    }
-}
-
-fn parse_restart(s: &str) -> Result<RestartMode, String> {
-    match s {
-        "never" => Ok(RestartMode::Never),
-        "on-failure" => Ok(RestartMode::OnFailure),
-        "always" => Ok(RestartMode::Always),
-        _ => Err("expected never, on-failure or always".to_owned()),
-    }
-}
-
-fn parse_state(s: &str) -> Result<TaskState, String> {
-    s.parse().map_err(|_| {
-        "expected pending, scheduled, running, restarting, completed or failed".to_owned()
-    })
-}
-
-fn parse_bytes(s: &str) -> Result<Bytes, String> {
-    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
-}
-
-fn parse_cpu(s: &str) -> Result<Millicores, String> {
-    s.parse().map_err(|e: cube_core::CoreError| e.to_string())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    cube_core::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

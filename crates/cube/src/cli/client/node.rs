@@ -132,7 +132,7 @@ fn node_detail(n: &NodeInfo, tasks: &[TaskView], now: Timestamp, colour: bool) -
         .row("Address", n.address.clone());
     let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     d.row("Labels", format::or_dash(Some(labels.join(", "))));
-    let drivers: Vec<&str> = n.drivers.iter().map(|d| d.as_str()).collect();
+    let drivers: Vec<&str> = n.drivers.iter().map(|d| <&str>::from(*d)).collect();
     d.row("Drivers", format::or_dash(Some(drivers.join(", "))));
     d.row("Registered", format::when(n.registered_at, now));
     d.row("Last heartbeat", format::or_dash(n.last_heartbeat.map(|at| format::when(at, now))));

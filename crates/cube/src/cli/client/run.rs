@@ -85,9 +85,7 @@ pub(super) fn node_name(names: &HashMap<NodeId, String>, id: NodeId) -> String {
 pub(super) fn ports(task: &TaskView) -> String {
     task.host_ports
         .iter()
-        .map(|p| {
-            format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.container_port, p.protocol.as_str())
-        })
+        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.container_port, p.protocol))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -163,12 +161,7 @@ fn one_off(args: &RunArgs) -> anyhow::Result<TaskSpec> {
     }
     spec.insert("resources".into(), Value::Object(resources));
     spec.insert("ports".into(), json!(args.ports));
-    let mode = match args.restart.unwrap_or(RestartMode::Never) {
-        RestartMode::Never => "never",
-        RestartMode::OnFailure => "on-failure",
-        RestartMode::Always => "always",
-    };
-    spec.insert("restart".into(), json!({ "mode": mode }));
+    spec.insert("restart".into(), json!({ "mode": args.restart.unwrap_or(RestartMode::Never) }));
     spec.insert("constraints".into(), json!(args.constraints));
     // Through serde so the defaults (restart attempts, stop grace...) come from cube-core.
     let spec: TaskSpec = serde_json::from_value(Value::Object(spec))

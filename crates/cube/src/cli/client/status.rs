@@ -154,7 +154,7 @@ fn task_detail(
     );
     if !spec.ports.is_empty() || !t.host_ports.is_empty() {
         let declared: Vec<String> =
-            spec.ports.iter().map(|p| format!("{}/{}", p.container, p.protocol.as_str())).collect();
+            spec.ports.iter().map(|p| format!("{}/{}", p.container, p.protocol)).collect();
         let bound = ports(t);
         d.row("Ports", if bound.is_empty() { declared.join(", ") } else { bound });
     }

@@ -16,7 +16,6 @@ async fn docker_task_runs_is_labelled_and_stops_within_grace() {
     }
     let _serial = docker_lock().await;
     let w = TestWorker::start(&[]).await;
-    let submitted_at = Instant::now();
     let sub = w
         .client
         .submit(
@@ -36,7 +35,6 @@ async fn docker_task_runs_is_labelled_and_stops_within_grace() {
                 .then_some(t)
         })
         .await;
-    eprintln!("docker submit->running: {:?}", submitted_at.elapsed());
 
     let containers = w.containers(Some(&id.to_string()));
     assert_eq!(task.handle, Some(DriverHandle::Container { id: containers[0].clone() }));
@@ -52,7 +50,6 @@ async fn docker_task_runs_is_labelled_and_stops_within_grace() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "67108864 500000000 no");
 
-    let stop_at = Instant::now();
     let stopped = w.client.stop(id).await.unwrap();
     assert_eq!(stopped.desired_state, cube_core::DesiredState::Stopped);
     wait_until(Duration::from_secs(3), "container removed and task completed", || async {
@@ -61,7 +58,6 @@ async fn docker_task_runs_is_labelled_and_stops_within_grace() {
             .then_some(())
     })
     .await;
-    eprintln!("docker stop->gone: {:?}", stop_at.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

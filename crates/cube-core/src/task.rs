@@ -20,13 +20,6 @@ use crate::state::{DesiredState, InvalidTransition, TaskState, Trigger, transiti
 /// "submitted", entry is always kept) so a crash-looping task cannot grow without bound.
 pub const MAX_EVENTS: usize = 100;
 
-/// How often garbage collection looks for tasks finished more than `retain` ago: a record
-/// outlives its retention by at most a quarter of it (and at most a minute), and a sweep never
-/// runs more than ten times a second.
-pub fn gc_period(retain: Duration) -> Duration {
-    (retain / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
-}
-
 /// One task as a node or the manager knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -323,13 +316,6 @@ mod tests {
 
     fn task(mode: RestartMode) -> Task {
         Task::new(TaskId::from_uuid(Uuid::nil()), spec(mode), at(0))
-    }
-
-    #[test]
-    fn gc_sweeps_a_quarter_of_the_retention_within_bounds() {
-        assert_eq!(gc_period(Duration::from_secs(8)), Duration::from_secs(2));
-        assert_eq!(gc_period(Duration::from_millis(100)), Duration::from_millis(100));
-        assert_eq!(gc_period(Duration::from_secs(86_400)), Duration::from_secs(60));
     }
 
     #[test]

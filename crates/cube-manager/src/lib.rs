@@ -9,21 +9,24 @@
 //! Everything is event-driven: a submit, a heartbeat that frees capacity or a node coming back
 //! wakes the placement loop at once; there are no fixed polling periods on the task path.
 
-pub mod api;
+mod api;
+mod error;
 mod state;
+
+pub use error::ManagerError;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use cube_api::ErrorCode;
 use cube_api::types::{
     HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter, TaskView,
 };
-use cube_api::{ApiError, ErrorCode};
 use cube_core::{Chain, Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
 use cube_http::client::{Client, ClientError};
 use cube_rt::{Backoff, Clock, Ticker};
-use cube_store::{Batch, Commit, Store, StoreError, Table};
+use cube_store::{Batch, Commit, Store, Table};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,86 +34,6 @@ use tokio_util::task::TaskTracker;
 
 use state::{ActiveCopy, Beat, Report};
 use state::{Dispatch, Effects, State, StopCall};
-
-/// Errors of the manager.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    /// No task with this id.
-    #[error("task {0} not found")]
-    TaskNotFound(TaskId),
-    /// No node with this id or name.
-    #[error("node {0} not found")]
-    NodeNotFound(String),
-    /// The id is taken by a task with a different spec.
-    #[error("task {0} already exists with a different spec")]
-    Conflict(TaskId),
-    /// The task has not been placed on any node yet (so it has no output).
-    #[error("task {0} has not run on any node yet")]
-    NeverRan(TaskId),
-    /// A node could not be reached for a request made on a user's behalf.
-    #[error("node {node} unreachable")]
-    NodeUnreachable {
-        /// The node.
-        node: NodeId,
-        /// What the call to it reported.
-        #[source]
-        source: ClientError,
-    },
-    /// A node answered a request made on a user's behalf with an API error, passed on as is.
-    #[error("{}", .0.message)]
-    Remote(ApiError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The client for calls to workers could not be built (bad TLS settings).
-    #[error("cannot set up calls to workers")]
-    Client(#[source] ClientError),
-    /// The API cannot listen on its address.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The API server failed while serving.
-    #[error("API server failed")]
-    Serve(#[source] std::io::Error),
-    /// A start-up or shutdown step panicked (a bug).
-    #[error("{what} panicked")]
-    Panicked {
-        /// The step.
-        what: &'static str,
-        /// The join error.
-        #[source]
-        source: tokio::task::JoinError,
-    },
-}
-
-impl From<ManagerError> for ApiError {
-    fn from(e: ManagerError) -> Self {
-        match e {
-            ManagerError::TaskNotFound(id) => ApiError::not_found("task", id),
-            ManagerError::NodeNotFound(id) => ApiError::not_found("node", id),
-            ManagerError::Conflict(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
-            ManagerError::NeverRan(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
-            ManagerError::NodeUnreachable { .. } => {
-                ApiError::new(ErrorCode::Unavailable, Chain(&e).to_string())
-            }
-            ManagerError::Remote(error) => error,
-            ManagerError::Store(_) => {
-                let message = Chain(&e).to_string();
-                tracing::error!(error = %message, "store failure while serving a request");
-                ApiError::new(ErrorCode::Unavailable, message)
-            }
-            ManagerError::Client(_)
-            | ManagerError::Bind { .. }
-            | ManagerError::Serve(_)
-            | ManagerError::Panicked { .. } => ApiError::internal(Chain(&e).to_string()),
-        }
-    }
-}
 
 /// How to run a manager.
 #[derive(Clone, Debug)]
@@ -176,7 +99,7 @@ const GC_BATCH: usize = 5_000;
 
 impl Manager {
     /// A manager over `store`, with the records it already holds.
-    pub fn new(
+    pub(crate) fn new(
         config: ManagerConfig,
         store: Arc<dyn Store>,
         clock: Clock,
@@ -227,7 +150,7 @@ impl Manager {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &ManagerConfig {
+    pub(crate) fn config(&self) -> &ManagerConfig {
         &self.config
     }
 
@@ -301,7 +224,7 @@ impl Manager {
     }
 
     /// Asks a task to stop.
-    pub async fn stop(self: &Arc<Self>, id: TaskId) -> Result<Task, ManagerError> {
+    pub(crate) async fn stop(self: &Arc<Self>, id: TaskId) -> Result<Task, ManagerError> {
         self.change(|s, e| s.stop(id, self.clock.now(), e))
             .await?
             .ok_or(ManagerError::TaskNotFound(id))
@@ -314,20 +237,15 @@ impl Manager {
 
     /// Tasks matching `filter`, oldest first, as shared snapshots (the lock is held only to
     /// take the handles, not to copy 100k records).
-    pub fn tasks(&self, filter: &TaskFilter) -> Vec<Arc<Task>> {
+    pub(crate) fn tasks(&self, filter: &TaskFilter) -> Vec<Arc<Task>> {
         self.lock().task_handles(|t| {
             filter.state.is_none_or(|s| t.state == s)
                 && filter.node.is_none_or(|n| t.node == Some(n))
         })
     }
 
-    /// Number of tasks (for health and benchmarks).
-    pub fn task_count(&self) -> usize {
-        self.lock().task_count()
-    }
-
     /// All nodes with their usage.
-    pub fn nodes(&self) -> Vec<NodeInfo> {
+    pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
         let state = self.lock();
         state
             .nodes()
@@ -339,7 +257,7 @@ impl Manager {
     }
 
     /// One node, by id or unique name.
-    pub fn node(&self, key: &str) -> Result<NodeInfo, ManagerError> {
+    pub(crate) fn node(&self, key: &str) -> Result<NodeInfo, ManagerError> {
         let nodes = self.nodes();
         let mut matches = nodes.into_iter().filter(|n| n.id.to_string() == key || n.name == key);
         match (matches.next(), matches.next()) {
@@ -349,7 +267,7 @@ impl Manager {
     }
 
     /// The output of a task, streamed from the node that ran it last.
-    pub async fn logs(
+    pub(crate) async fn logs(
         &self,
         id: TaskId,
         follow: bool,
@@ -373,7 +291,7 @@ impl Manager {
     }
 
     /// A worker registers (on every start).
-    pub async fn register(
+    pub(crate) async fn register(
         self: &Arc<Self>,
         req: RegisterRequest,
     ) -> Result<HeartbeatResponse, ManagerError> {
@@ -389,7 +307,12 @@ impl Manager {
             registered_at: now,
             last_heartbeat: Some(now),
         };
-        tracing::info!(node = %node.id, name = %node.name, address = %node.address, "node registered");
+        tracing::info!(
+            node = %node.id,
+            name = %node.name,
+            address = %node.address,
+            "node registered"
+        );
         let reports: Vec<Report> = req.tasks.into_iter().map(report).collect();
         let stop =
             self.change(|s, e| s.register(node, &reports, now, self.clock.instant(), e)).await?;
@@ -397,7 +320,7 @@ impl Manager {
     }
 
     /// A worker heartbeats.
-    pub async fn heartbeat(
+    pub(crate) async fn heartbeat(
         self: &Arc<Self>,
         node: NodeId,
         req: HeartbeatRequest,
@@ -457,7 +380,12 @@ impl Manager {
             let client = self.client(&address);
             match client.submit_generation(Some(d.task), Some(d.generation), &spec).await {
                 Ok(_) => {
-                    tracing::debug!(task = %d.task, node = %d.node, attempt, "task handed to its node");
+                    tracing::debug!(
+                        task = %d.task,
+                        node = %d.node,
+                        attempt,
+                        "task handed to its node"
+                    );
                     self.lock().dispatch_done(d.task);
                     return;
                 }
@@ -466,7 +394,14 @@ impl Manager {
                     // 409: the node still runs an older placement of this task; it frees up
                     // once the node stops that copy (fencing).
                     let retry = e.is_transient() || e.code() == Some(ErrorCode::Conflict);
-                    tracing::debug!(task = %d.task, node = %d.node, attempt, error = %cube_core::Chain(&e), retry, "dispatch failed");
+                    tracing::debug!(
+                        task = %d.task,
+                        node = %d.node,
+                        attempt,
+                        error = %cube_core::Chain(&e),
+                        retry,
+                        "dispatch failed"
+                    );
                     if !retry {
                         break;
                     }
@@ -477,11 +412,20 @@ impl Manager {
                 () = self.shutdown.cancelled() => return,
             }
         }
-        tracing::warn!(task = %d.task, node = %d.node, error = %last_error, "giving up handing the task to its node; placing it again");
+        tracing::warn!(
+            task = %d.task,
+            node = %d.node,
+            error = %last_error,
+            "giving up handing the task to its node; placing it again"
+        );
         let result =
             self.change(|s, e| s.dispatch_failed(&d, &last_error, self.clock.now(), e)).await;
         if let Err(e) = result {
-            tracing::error!(task = %d.task, error = %cube_core::Chain(&e), "cannot record the failed dispatch");
+            tracing::error!(
+                task = %d.task,
+                error = %cube_core::Chain(&e),
+                "cannot record the failed dispatch"
+            );
         }
     }
 
@@ -506,12 +450,22 @@ impl Manager {
                         })
                         .await;
                     if let Err(e) = result {
-                        tracing::error!(task = %s.task, error = %cube_core::Chain(&e), "cannot record the stop");
+                        tracing::error!(
+                            task = %s.task,
+                            error = %cube_core::Chain(&e),
+                            "cannot record the stop"
+                        );
                     }
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(task = %s.task, node = %s.node, attempt, error = %cube_core::Chain(&e), "stop call failed");
+                    tracing::debug!(
+                        task = %s.task,
+                        node = %s.node,
+                        attempt,
+                        error = %cube_core::Chain(&e),
+                        "stop call failed"
+                    );
                     if !e.is_transient() {
                         return;
                     }
@@ -522,7 +476,11 @@ impl Manager {
                 () = self.shutdown.cancelled() => return,
             }
         }
-        tracing::warn!(task = %s.task, node = %s.node, "node unreachable for a stop; fencing will stop the task when it returns");
+        tracing::warn!(
+            task = %s.task,
+            node = %s.node,
+            "node unreachable for a stop; fencing will stop the task when it returns"
+        );
     }
 
     /// Places pending tasks whenever something may have made room, until shutdown.
@@ -560,7 +518,10 @@ impl Manager {
                 .change(|s, e| {
                     let down = s.expire_nodes(ttl, self.clock.now(), self.clock.instant(), e);
                     for node in &down {
-                        tracing::warn!(node = %node, "node missed its heartbeats: marked down, moving its tasks");
+                        tracing::warn!(
+                            node = %node,
+                            "node missed its heartbeats: marked down, moving its tasks"
+                        );
                     }
                 })
                 .await;
@@ -573,7 +534,7 @@ impl Manager {
     /// Forgets finished tasks once they are older than `gc_after`, like Nomad's periodic
     /// job GC: without it a long-lived cluster's state, memory and restart time only grow.
     async fn gc_loop(self: Arc<Self>, retain: Duration) {
-        let mut ticker = Ticker::new(cube_core::task::gc_period(retain), self.shutdown.clone());
+        let mut ticker = Ticker::new(cube_rt::sweep_period(retain), self.shutdown.clone());
         while ticker.tick().await {
             // Bounded batches keep each hold of the state lock short; a large backlog (e.g.
             // after lowering the retention) drains over consecutive passes.
@@ -582,7 +543,10 @@ impl Manager {
                     Ok(n) if n == GC_BATCH => tokio::task::yield_now().await,
                     Ok(_) => break,
                     Err(e) => {
-                        tracing::error!(error = %cube_core::Chain(&e), "cannot delete finished tasks; retrying on the next pass");
+                        tracing::error!(
+                            error = %cube_core::Chain(&e),
+                            "cannot delete finished tasks; retrying on the next pass"
+                        );
                         break;
                     }
                 }
@@ -593,7 +557,7 @@ impl Manager {
     /// Forgets up to `limit` tasks that finished more than `retain` ago: deleted from memory
     /// and then from the store. Returns how many. If the delete is lost in a crash, the records
     /// come back on restart and are collected again.
-    pub async fn collect_garbage(
+    pub(crate) async fn collect_garbage(
         &self,
         retain: Duration,
         limit: usize,
@@ -721,6 +685,11 @@ pub async fn start(
         shutdown,
         config.security.tls.clone(),
     ));
-    tracing::info!(%addr, scheduler = %config.scheduler, ttl = ?config.node_ttl, "manager API listening");
+    tracing::info!(
+        %addr,
+        scheduler = %config.scheduler,
+        ttl = ?config.node_ttl,
+        "manager API listening"
+    );
     Ok(RunningManager { addr, manager, server })
 }

@@ -4,6 +4,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+/// How often a garbage-collection loop looks for records finished more than `retain` ago: a
+/// record outlives its retention by at most a quarter of it (and at most a minute), and a sweep
+/// never runs more than ten times a second.
+pub fn sweep_period(retain: Duration) -> Duration {
+    (retain / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
 /// The clock of a periodic background loop that must stop promptly on shutdown: the first
 /// tick is immediate, a late tick is delayed rather than bunched.
 #[derive(Debug)]
@@ -48,6 +55,13 @@ impl Ticker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_sweeps_a_quarter_of_the_retention_within_bounds() {
+        assert_eq!(sweep_period(Duration::from_secs(8)), Duration::from_secs(2));
+        assert_eq!(sweep_period(Duration::from_millis(100)), Duration::from_millis(100));
+        assert_eq!(sweep_period(Duration::from_secs(86_400)), Duration::from_secs(60));
+    }
 
     #[tokio::test]
     async fn a_ticker_ticks_at_once_and_stops_on_shutdown() {

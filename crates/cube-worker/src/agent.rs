@@ -134,7 +134,12 @@ impl Agent {
         };
         self.spawn_runner(id, control, Begin::Start);
         commit.await?;
-        tracing::info!(task = %id, name = %task.spec.name, driver = %task.spec.driver, "task accepted");
+        tracing::info!(
+            task = %id,
+            name = %task.spec.name,
+            driver = %task.spec.driver,
+            "task accepted"
+        );
         Ok((task, true))
     }
 
@@ -166,7 +171,11 @@ impl Agent {
                         self.spawn_runner(id, control, begin);
                     }
                     if let Err(e) = commit.await {
-                        tracing::error!(task = %id, error = %Chain(&e), "cannot persist task state");
+                        tracing::error!(
+                            task = %id,
+                            error = %Chain(&e),
+                            "cannot persist task state"
+                        );
                     }
                 }
                 Err(e) => {
@@ -190,7 +199,11 @@ impl Agent {
                     if let Err(e) =
                         self.ctx.drivers.reattach_output(&handle, &self.ctx.files.log(id)).await
                     {
-                        tracing::warn!(task = %id, error = %Chain(&e), "cannot resume copying the workload's output");
+                        tracing::warn!(
+                            task = %id,
+                            error = %Chain(&e),
+                            "cannot resume copying the workload's output"
+                        );
                     }
                     report.adopted += 1;
                     Some(Begin::Adopt(started))
@@ -241,10 +254,19 @@ impl Agent {
             match self.ctx.drivers.cleanup(&w.handle).await {
                 Ok(()) => {
                     removed += 1;
-                    tracing::warn!(workload = %w.handle.short(), task = ?w.task, running = w.running, "removed a Cube workload no task owns");
+                    tracing::warn!(
+                        workload = %w.handle.short(),
+                        task = ?w.task,
+                        running = w.running,
+                        "removed a Cube workload no task owns"
+                    );
                 }
                 Err(e) => {
-                    tracing::warn!(workload = %w.handle.short(), error = %Chain(&e), "cannot remove unowned workload")
+                    tracing::warn!(
+                        workload = %w.handle.short(),
+                        error = %Chain(&e),
+                        "cannot remove unowned workload"
+                    )
                 }
             }
         }
@@ -279,7 +301,12 @@ impl Agent {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(task = %id, dir = %dir.display(), error = %e, "cannot remove task directory")
+                    tracing::warn!(
+                        task = %id,
+                        dir = %dir.display(),
+                        error = %e,
+                        "cannot remove task directory"
+                    )
                 }
             }
         }

@@ -301,7 +301,7 @@ async fn gc_loop(
     clock: Clock,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = Ticker::new(cube_core::task::gc_period(retain), shutdown);
+    let mut ticker = Ticker::new(cube_rt::sweep_period(retain), shutdown);
     while ticker.tick().await {
         // A retention reaching before the representable past collects nothing.
         if let Ok(cutoff) = clock.now().checked_sub(retain) {

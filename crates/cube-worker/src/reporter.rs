@@ -55,7 +55,10 @@ pub(crate) async fn run(
     let client = match membership.security.client(&membership.manager, Duration::from_secs(5)) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %Chain(&e), "cannot build the manager client; not joining a cluster");
+            tracing::error!(
+                error = %Chain(&e),
+                "cannot build the manager client; not joining a cluster"
+            );
             return;
         }
     };
@@ -63,7 +66,11 @@ pub(crate) async fn run(
         let Some(response) = register(&agent, &membership, &client, &shutdown).await else {
             return;
         };
-        tracing::info!(manager = %membership.manager, node = %agent.node_id(), "registered with the manager");
+        tracing::info!(
+            manager = %membership.manager,
+            node = %agent.node_id(),
+            "registered with the manager"
+        );
         stop_all(&agent, &response.stop).await;
         if !heartbeat_loop(&agent, &client, &host, response.interval(), &shutdown).await {
             return;
@@ -99,7 +106,11 @@ async fn register(
                 attempts += 1;
                 // Say it once, then every tenth attempt, so a long outage does not flood logs.
                 if attempts == 1 || attempts.is_multiple_of(10) {
-                    tracing::warn!(error = %Chain(&e), attempts, "cannot register with the manager; retrying");
+                    tracing::warn!(
+                        error = %Chain(&e),
+                        attempts,
+                        "cannot register with the manager; retrying"
+                    );
                 }
             }
         }

@@ -316,7 +316,12 @@ impl Runner {
 
     async fn cleanup(&self, handle: &DriverHandle) {
         if let Err(e) = self.ctx.drivers.cleanup(handle).await {
-            tracing::warn!(task = %self.slot.id(), handle = %handle.short(), error = %Chain(&e), "cleanup after exit failed");
+            tracing::warn!(
+                task = %self.slot.id(),
+                handle = %handle.short(),
+                error = %Chain(&e),
+                "cleanup after exit failed"
+            );
         }
     }
 

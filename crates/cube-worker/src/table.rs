@@ -242,7 +242,11 @@ async fn persist(id: TaskId, commit: Result<Commit, StoreError>) {
     match commit {
         Ok(commit) => {
             if let Err(e) = commit.await {
-                tracing::error!(task = %id, error = %cube_core::Chain(&e), "cannot persist task state");
+                tracing::error!(
+                    task = %id,
+                    error = %cube_core::Chain(&e),
+                    "cannot persist task state"
+                );
             }
         }
         Err(e) => {

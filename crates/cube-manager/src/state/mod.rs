@@ -192,6 +192,7 @@ impl State {
     }
 
     /// Number of tasks.
+    #[cfg(test)]
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }

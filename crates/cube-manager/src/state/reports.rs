@@ -91,12 +91,21 @@ impl State {
                 if transition(t.state, trigger) == Ok(TaskState::Failed) && t.may_reschedule() {
                     t.reschedule_count += 1;
                     t.failed_nodes.push(node);
-                    apply(t, Trigger::Requeue, now, format!("rescheduling after failing on {name}: {}", e.reason));
+                    apply(
+                        t,
+                        Trigger::Requeue,
+                        now,
+                        format!("rescheduling after failing on {name}: {}", e.reason),
+                    );
                     requeued = true;
                     return;
                 }
                 if let Err(err) = t.apply(trigger, e.at, e.reason.clone()) {
-                    tracing::debug!(task = %t.id, error = %err, "worker event does not apply; skipped");
+                    tracing::debug!(
+                        task = %t.id,
+                        error = %err,
+                        "worker event does not apply; skipped"
+                    );
                 }
             }
             t.handle = r.handle.clone();

@@ -321,7 +321,11 @@ impl DockerDriver {
                             continue;
                         }
                         if let Err(e) = file.write_all(line).await {
-                            tracing::warn!(container = %id, error = %Chain(&e), "cannot write task log");
+                            tracing::warn!(
+                                container = %id,
+                                error = %Chain(&e),
+                                "cannot write task log"
+                            );
                             break;
                         }
                         if let Some(at) = at {
@@ -364,7 +368,11 @@ impl Driver for DockerDriver {
         let id = self.create(req).await?;
         if let Err(e) = self.docker.start_container(&id, None).await {
             if let Err(e) = self.remove(&id).await {
-                tracing::warn!(container = %id, error = %Chain(&e), "cannot remove container that failed to start");
+                tracing::warn!(
+                    container = %id,
+                    error = %Chain(&e),
+                    "cannot remove container that failed to start"
+                );
             }
             return Err(engine("cannot start container")(e));
         }
@@ -485,7 +493,12 @@ async fn wait_for_exit(docker: &Docker, id: &str) -> ExitInfo {
                     Some(Err(e)) => e.to_string(),
                     _ => "wait stream ended".into(),
                 };
-                tracing::warn!(container = %id, %reason, failures, "waiting for container failed; retrying");
+                tracing::warn!(
+                    container = %id,
+                    %reason,
+                    failures,
+                    "waiting for container failed; retrying"
+                );
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }

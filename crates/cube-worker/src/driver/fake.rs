@@ -323,9 +323,10 @@ mod tests {
     use super::*;
 
     fn request(env: &[(&str, &str)]) -> StartRequest {
+        let env: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let spec: TaskSpec = serde_json::from_value(serde_json::json!({
-            "name": "fake", "driver": "process", "command": "anything",
-            "env": env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+            "name": "fake", "driver": "process", "command": "anything", "env": env,
         }))
         .unwrap();
         StartRequest {

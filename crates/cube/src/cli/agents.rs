@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use cube_core::units::parse_duration;
 use cube_http::auth::Token;
 use tokio_util::sync::CancellationToken;
 
@@ -46,13 +47,13 @@ pub struct ManagerArgs {
     #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread")]
     pub scheduler: cube_core::SchedulerKind,
     /// How often workers heartbeat.
-    #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = cube_core::units::parse_duration)]
+    #[arg(long, env = "CUBE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
     /// A worker silent for this long is marked down and its tasks are placed elsewhere.
-    #[arg(long, env = "CUBE_NODE_TTL", default_value = "5s", value_parser = cube_core::units::parse_duration)]
+    #[arg(long, env = "CUBE_NODE_TTL", default_value = "5s", value_parser = parse_duration)]
     pub node_ttl: Duration,
     /// Timeout of each call from the manager to a worker.
-    #[arg(long, env = "CUBE_WORKER_TIMEOUT", default_value = "5s", value_parser = cube_core::units::parse_duration)]
+    #[arg(long, env = "CUBE_WORKER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub worker_timeout: Duration,
     /// Name shown in health checks.
     #[arg(long, env = "CUBE_MANAGER_NAME", default_value = "manager")]
@@ -85,10 +86,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "CUBE_WORKER_DATA_DIR", default_value = ".cube/worker")]
     pub data_dir: PathBuf,
     /// How often host metrics are sampled (e.g. 1s, 500ms).
-    #[arg(long, env = "CUBE_WORKER_STATS_INTERVAL", default_value = "1s", value_parser = cube_core::units::parse_duration)]
+    #[arg(long, env = "CUBE_WORKER_STATS_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub stats_interval: Duration,
     /// Longest time an image pull may take before the task fails.
-    #[arg(long, env = "CUBE_WORKER_PULL_TIMEOUT", default_value = "5m", value_parser = cube_core::units::parse_duration)]
+    #[arg(long, env = "CUBE_WORKER_PULL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub pull_timeout: Duration,
     /// Manager to join (e.g. http://127.0.0.1:5555); without it the worker runs standalone.
     #[arg(long, env = "CUBE_MANAGER")]
@@ -166,7 +167,10 @@ fn check_exposure(
         return Ok(());
     }
     if allow_unauthenticated {
-        tracing::warn!(%listen, "serving an unauthenticated API beyond loopback: anyone who reaches it can run anything as root here");
+        tracing::warn!(
+            %listen,
+            "serving an unauthenticated API beyond loopback: anyone who reaches it can run anything as root here"
+        );
         return Ok(());
     }
     anyhow::bail!(

@@ -25,6 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use cube_core::units::parse_duration;
 use cube_core::{Bytes, DriverKind, Millicores, PortSpec, RestartMode, TaskState};
 
 use super::GlobalArgs;
@@ -135,7 +136,7 @@ pub struct RunArgs {
     #[arg(long, short = 'w')]
     pub wait: bool,
     /// Longest time --wait waits (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = cube_core::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Print only the task id.
     #[arg(long, short = 'q')]
@@ -169,7 +170,7 @@ pub struct StopArgs {
     #[arg(long, short = 'w')]
     pub wait: bool,
     /// Longest time --wait waits (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = cube_core::units::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 }
 
@@ -240,7 +241,6 @@ fn parse_port(s: &str) -> Result<PortSpec, String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -193,7 +193,6 @@ fn derive_name(image: Option<&str>, command: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -321,7 +321,6 @@ fn events(t: &TaskView, names: &HashMap<NodeId, String>, now: Timestamp, colour:
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

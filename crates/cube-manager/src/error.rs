@@ -1,0 +1,88 @@
+//! The manager's error type, and how it is answered over the API.
+
+use std::net::SocketAddr;
+
+use cube_api::{ApiError, ErrorCode};
+use cube_core::{Chain, NodeId, TaskId};
+use cube_http::client::ClientError;
+use cube_store::StoreError;
+
+/// Errors of the manager.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No task with this id.
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// No node with this id or name.
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    /// The id is taken by a task with a different spec.
+    #[error("task {0} already exists with a different spec")]
+    Conflict(TaskId),
+    /// The task has not been placed on any node yet (so it has no output).
+    #[error("task {0} has not run on any node yet")]
+    NeverRan(TaskId),
+    /// A node could not be reached for a request made on a user's behalf.
+    #[error("node {node} unreachable")]
+    NodeUnreachable {
+        /// The node.
+        node: NodeId,
+        /// What the call to it reported.
+        #[source]
+        source: ClientError,
+    },
+    /// A node answered a request made on a user's behalf with an API error, passed on as is.
+    #[error("{}", .0.message)]
+    Remote(ApiError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The client for calls to workers could not be built (bad TLS settings).
+    #[error("cannot set up calls to workers")]
+    Client(#[source] ClientError),
+    /// The API cannot listen on its address.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server failed while serving.
+    #[error("API server failed")]
+    Serve(#[source] std::io::Error),
+    /// A start-up or shutdown step panicked (a bug).
+    #[error("{what} panicked")]
+    Panicked {
+        /// The step.
+        what: &'static str,
+        /// The join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        match e {
+            ManagerError::TaskNotFound(id) => ApiError::not_found("task", id),
+            ManagerError::NodeNotFound(id) => ApiError::not_found("node", id),
+            ManagerError::Conflict(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
+            ManagerError::NeverRan(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            ManagerError::NodeUnreachable { .. } => {
+                ApiError::new(ErrorCode::Unavailable, Chain(&e).to_string())
+            }
+            ManagerError::Remote(error) => error,
+            ManagerError::Store(_) => {
+                let message = Chain(&e).to_string();
+                tracing::error!(error = %message, "store failure while serving a request");
+                ApiError::new(ErrorCode::Unavailable, message)
+            }
+            ManagerError::Client(_)
+            | ManagerError::Bind { .. }
+            | ManagerError::Serve(_)
+            | ManagerError::Panicked { .. } => ApiError::internal(Chain(&e).to_string()),
+        }
+    }
+}

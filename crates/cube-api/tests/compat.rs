@@ -96,6 +96,25 @@ fn a_v1_submission_body_still_parses() {
 }
 
 #[test]
+fn query_strings_keep_their_names() {
+    // Sent by clients with reqwest's `query` and read by axum's `Query`, both serde_urlencoded.
+    use cube_api::types::{LogsQuery, TaskFilter};
+    let filter = TaskFilter {
+        state: Some(cube_core::TaskState::Running),
+        node: Some("01a23366-dcdb-727c-8136-845a4bf16d52".parse().unwrap()),
+    };
+    let text = serde_urlencoded::to_string(&filter).unwrap();
+    assert_eq!(text, "state=running&node=01a23366-dcdb-727c-8136-845a4bf16d52");
+    assert_eq!(serde_urlencoded::from_str::<TaskFilter>(&text).unwrap(), filter);
+    assert_eq!(serde_urlencoded::to_string(TaskFilter::default()).unwrap(), "");
+    let logs = LogsQuery { follow: true, tail: Some(20) };
+    let text = serde_urlencoded::to_string(logs).unwrap();
+    assert_eq!(text, "follow=true&tail=20");
+    assert_eq!(serde_urlencoded::from_str::<LogsQuery>(&text).unwrap(), logs);
+    assert_eq!(serde_urlencoded::from_str::<LogsQuery>("").unwrap(), LogsQuery::default());
+}
+
+#[test]
 fn the_subset_check_catches_removed_and_changed_fields() {
     let old = serde_json::json!({"a": 1, "b": {"c": [1, 2]}});
     assert_eq!(

@@ -24,21 +24,9 @@ use crate::constraint::Constraint;
 use crate::{Bytes, CoreError, DriverKind, Millicores, NodeId, Protocol, Resources, TaskSpec};
 
 /// Which scheduler to use. Named in kebab case (`round-robin`) everywhere.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(strum::Display, strum::EnumString, strum::IntoStaticStr)]
+#[derive(strum::VariantArray, strum::VariantNames)]
 #[serde(rename_all = "kebab-case")]
 #[strum(serialize_all = "kebab-case", parse_err_ty = CoreError, parse_err_fn = unknown_scheduler)]
 pub enum SchedulerKind {

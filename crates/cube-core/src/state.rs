@@ -12,23 +12,9 @@ use crate::CoreError;
 
 /// Observed state of a task: what is actually happening to it. Its name (`running`) is the same
 /// on the wire, in `Display` and in `FromStr`; `VARIANTS` lists every state in lifecycle order.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    strum::Display,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-    strum::VariantNames,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(strum::Display, strum::EnumString, strum::IntoStaticStr)]
+#[derive(strum::VariantArray, strum::VariantNames)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase", parse_err_ty = CoreError, parse_err_fn = unknown_state)]
 pub enum TaskState {

@@ -2,7 +2,8 @@
 //!
 //! - [`ids`]: id newtypes ([`TaskId`], [`NodeId`]).
 //! - [`units`]: quantities with units ([`Bytes`], [`Millicores`], durations).
-//! - [`spec`]: the task spec users submit and its validation.
+//! - [`spec`]: the task spec users submit and its validation; [`service`]: a replicated
+//!   workload and its update strategy.
 //! - [`state`]: task states and the one [`transition`] function.
 //! - [`task`]: the task record; [`event`]: its history, typed.
 //! - [`node`]: the node record the manager keeps.
@@ -18,6 +19,7 @@ pub mod event;
 pub mod ids;
 pub mod node;
 pub mod scheduler;
+pub mod service;
 pub mod spec;
 pub mod state;
 pub mod stats;

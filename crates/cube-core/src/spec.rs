@@ -464,6 +464,12 @@ impl TaskSpec {
 
 const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
 
+/// Whether `name` is a valid task or service name: 1 to [`MAX_NAME_LEN`] characters, letters,
+/// digits, `-`, `_` or `.`, starting with a letter or digit.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_NAME_LEN && valid_name(name)
+}
+
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())

@@ -74,6 +74,12 @@ uuid_id!(
     "node"
 );
 
+uuid_id!(
+    /// Identifies one rollout of one version of a service.
+    DeploymentId,
+    "deployment"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

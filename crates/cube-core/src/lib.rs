@@ -4,7 +4,8 @@
 //! - [`units`]: quantities with units ([`Bytes`], [`Millicores`], durations).
 //! - [`spec`]: the task spec users submit and its validation; [`service`]: a replicated
 //!   workload and its update strategy.
-//! - [`state`]: task states and the one [`transition`] function.
+//! - [`state`]: task states and the one [`transition`] function; [`deployment`]: the same for a
+//!   service's rollouts.
 //! - [`task`]: the task record; [`event`]: its history, typed.
 //! - [`node`]: the node record the manager keeps.
 //! - [`stats`]: what a worker reports about its host.
@@ -14,6 +15,7 @@
 //! new ids are passed in. Everything is therefore testable as plain functions.
 
 pub mod constraint;
+pub mod deployment;
 mod error;
 pub mod event;
 pub mod ids;
@@ -28,7 +30,7 @@ pub mod units;
 
 pub use error::{Chain, CoreError};
 pub use event::{EventKind, Note, TaskEvent};
-pub use ids::{NodeId, TaskId};
+pub use ids::{DeploymentId, NodeId, TaskId};
 /// Timestamps throughout Cube are UTC instants.
 pub use jiff::Timestamp;
 pub use node::{Node, NodeState};

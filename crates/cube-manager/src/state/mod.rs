@@ -30,7 +30,8 @@ use std::time::Instant;
 
 use cube_core::stats::NodeStats;
 use cube_core::{
-    DesiredState, Node, NodeId, Protocol, Resources, Scheduler, Task, TaskId, Trigger,
+    Bytes, DesiredState, Millicores, Node, NodeId, Protocol, Resources, Scheduler, Task, TaskId,
+    Trigger,
 };
 use jiff::Timestamp;
 
@@ -104,6 +105,14 @@ pub struct Usage {
     /// every task.
     pub tasks: BTreeSet<TaskId>,
 }
+
+/// The usage of a node nothing is placed on.
+static NO_USAGE: Usage = Usage {
+    reserved: Resources { cpu: Millicores(0), memory: Bytes(0), disk: Bytes(0) },
+    ports: BTreeSet::new(),
+    count: 0,
+    tasks: BTreeSet::new(),
+};
 
 /// The cluster as the manager knows it.
 #[derive(Debug)]
@@ -207,9 +216,10 @@ impl State {
         self.nodes.values()
     }
 
-    /// What tasks hold on `node`.
-    pub fn usage(&self, node: NodeId) -> Usage {
-        self.usage.get(&node).cloned().unwrap_or_default()
+    /// What tasks hold on `node`. Borrowed: it includes the node's task index, and placement
+    /// reads every node's usage on every pass.
+    pub fn usage(&self, node: NodeId) -> &Usage {
+        self.usage.get(&node).unwrap_or(&NO_USAGE)
     }
 
     /// How many times the scheduler was asked to place a task.

@@ -203,7 +203,7 @@ impl State {
             drivers: n.node.drivers.clone(),
             capacity: n.node.capacity,
             reserved: usage.reserved,
-            used_ports: usage.ports,
+            used_ports: usage.ports.clone(),
             task_count: usage.count,
             load: n.stats.as_ref().map(|s| NodeLoad {
                 cpu_busy: s.cpu.busy_fraction,

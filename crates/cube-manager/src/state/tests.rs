@@ -128,13 +128,13 @@ fn garbage_collection_forgets_only_tasks_finished_by_the_cutoff() {
     s.stop_unknown_on_node(old, NodeId::from_uuid(Uuid::from_u128(1)), at(3), &mut e);
     s.stop(young, at(2), &mut e);
     s.stop_unknown_on_node(young, NodeId::from_uuid(Uuid::from_u128(1)), at(30), &mut e);
-    let usage = s.usage(NodeId::from_uuid(Uuid::from_u128(1)));
+    let usage = s.usage(NodeId::from_uuid(Uuid::from_u128(1))).clone();
     assert_eq!(usage.count, 1, "only the third task still holds its node");
 
     assert_eq!(s.collect_garbage(at(10), 100), [old]);
     assert!(s.task(old).is_none());
     assert_eq!(s.task_count(), 2);
-    assert_eq!(s.usage(NodeId::from_uuid(Uuid::from_u128(1))), usage, "usage is untouched");
+    assert_eq!(*s.usage(NodeId::from_uuid(Uuid::from_u128(1))), usage, "usage is untouched");
     assert!(s.collect_garbage(at(10), 100).is_empty(), "nothing else finished by then");
     assert_eq!(s.collect_garbage(at(1_000), 100), [young], "the running task stays");
 }

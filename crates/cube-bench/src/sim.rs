@@ -31,7 +31,7 @@ use cube_core::{
     Bytes, DriverKind, Millicores, NodeId, Resources, Task, TaskId, TaskState, Trigger,
 };
 use cube_http::client::Client;
-use cube_http::server::{Body, HttpError};
+use cube_http::server::{Body, HttpError, Listener};
 use jiff::Timestamp;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -171,8 +171,8 @@ impl SimCluster {
     /// Serves `count` simulated nodes on a loopback port, registers them all with `manager`
     /// (at most 32 registrations in flight) and starts their heartbeats.
     pub async fn start(manager: &str, count: usize) -> anyhow::Result<Self> {
-        let listener = cube_http::server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
+        let listener = Listener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.addr();
         let nodes: Vec<Arc<SimNode>> = (0..count)
             .map(|i| {
                 Arc::new(SimNode {
@@ -189,7 +189,7 @@ impl SimCluster {
         let shared = Arc::new(Shared { nodes: nodes.clone(), counters: Arc::clone(&counters) });
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(cube_http::server::serve(listener, router(shared), shutdown.clone(), None));
+        tracker.spawn(listener.serve(router(shared), shutdown.clone(), None));
         // Until the cluster is built, a failure must still stop the server.
         let guard = shutdown.clone().drop_guard();
 

@@ -131,27 +131,94 @@ async fn log_request(req: Request, next: Next) -> Response {
     response
 }
 
-/// Binds `addr` (port 0 = any free port). Separate from [`serve`] so callers can report the
-/// bound address before serving.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Why an API server could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address cannot be listened on (in use, not local, no permission).
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed while serving.
+    #[error("the API server failed")]
+    Serve(#[source] std::io::Error),
+    /// The server's task panicked (a bug).
+    #[error("the API server panicked")]
+    Panicked(#[source] tokio::task::JoinError),
 }
 
-/// Serves `router` (over TLS when `tls` is given) until `shutdown` is cancelled, then finishes
-/// in-flight requests and returns.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-    tls: Option<ServerTls>,
-) -> std::io::Result<()> {
-    let stop = async move { shutdown.cancelled().await };
-    match tls {
-        Some(tls) => {
-            axum::serve(TlsListener::new(listener, &tls)?, router)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-        None => axum::serve(listener, router).with_graceful_shutdown(stop).await,
+/// A bound listener: its address is known (and can be announced, or handed to the router)
+/// before anything is served.
+#[derive(Debug)]
+pub struct Listener {
+    inner: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0: any free port).
+    pub async fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
+        let bind_error = |source| ServerError::Bind { addr, source };
+        let inner = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let bound = inner.local_addr().map_err(bind_error)?;
+        Ok(Self { inner, addr: bound })
+    }
+
+    /// The address bound (with the port the OS chose).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `router` here (over TLS when `tls` is given) until `shutdown` is cancelled, then
+    /// finishes in-flight requests and returns.
+    pub async fn serve(
+        self,
+        router: Router,
+        shutdown: CancellationToken,
+        tls: Option<ServerTls>,
+    ) -> Result<(), ServerError> {
+        let stop = async move { shutdown.cancelled().await };
+        let served = match tls {
+            Some(tls) => {
+                let listener = TlsListener::new(self.inner, &tls).map_err(ServerError::Serve)?;
+                axum::serve(listener, router).with_graceful_shutdown(stop).await
+            }
+            None => axum::serve(self.inner, router).with_graceful_shutdown(stop).await,
+        };
+        served.map_err(ServerError::Serve)
+    }
+
+    /// [`Listener::serve`] on a task of its own.
+    pub fn spawn(
+        self,
+        router: Router,
+        shutdown: CancellationToken,
+        tls: Option<ServerTls>,
+    ) -> Server {
+        let addr = self.addr;
+        Server { addr, task: tokio::spawn(self.serve(router, shutdown, tls)) }
+    }
+}
+
+/// An API server serving on a task of its own.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl Server {
+    /// The address it serves on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until it has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await.map_err(ServerError::Panicked)?
     }
 }

@@ -1,10 +1,9 @@
 //! The manager's error type, and how it is answered over the API.
 
-use std::net::SocketAddr;
-
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{Chain, NodeId, TaskId};
 use cube_http::client::ClientError;
+use cube_http::server::ServerError;
 use cube_store::StoreError;
 
 /// Errors of the manager.
@@ -40,18 +39,9 @@ pub enum ManagerError {
     /// The client for calls to workers could not be built (bad TLS settings).
     #[error("cannot set up calls to workers")]
     Client(#[source] ClientError),
-    /// The API cannot listen on its address.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The API server failed while serving.
-    #[error("API server failed")]
-    Serve(#[source] std::io::Error),
+    /// The API server could not start, or failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
     /// A start-up or shutdown step panicked (a bug).
     #[error("{what} panicked")]
     Panicked {
@@ -79,10 +69,9 @@ impl From<ManagerError> for ApiError {
                 tracing::error!(error = %message, "store failure while serving a request");
                 ApiError::new(ErrorCode::Unavailable, message)
             }
-            ManagerError::Client(_)
-            | ManagerError::Bind { .. }
-            | ManagerError::Serve(_)
-            | ManagerError::Panicked { .. } => ApiError::internal(Chain(&e).to_string()),
+            ManagerError::Client(_) | ManagerError::Server(_) | ManagerError::Panicked { .. } => {
+                ApiError::internal(Chain(&e).to_string())
+            }
         }
     }
 }

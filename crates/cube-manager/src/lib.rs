@@ -25,10 +25,10 @@ use cube_api::types::{
 };
 use cube_core::{Chain, Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
 use cube_http::client::{Client, ClientError};
+use cube_http::server::{Listener, Server};
 use cube_rt::{Backoff, Clock, Ticker};
 use cube_store::{Batch, Commit, Store, Table};
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -398,7 +398,7 @@ impl Manager {
                         task = %d.task,
                         node = %d.node,
                         attempt,
-                        error = %cube_core::Chain(&e),
+                        error = %Chain(&e),
                         retry,
                         "dispatch failed"
                     );
@@ -423,7 +423,7 @@ impl Manager {
         if let Err(e) = result {
             tracing::error!(
                 task = %d.task,
-                error = %cube_core::Chain(&e),
+                error = %Chain(&e),
                 "cannot record the failed dispatch"
             );
         }
@@ -452,7 +452,7 @@ impl Manager {
                     if let Err(e) = result {
                         tracing::error!(
                             task = %s.task,
-                            error = %cube_core::Chain(&e),
+                            error = %Chain(&e),
                             "cannot record the stop"
                         );
                     }
@@ -463,7 +463,7 @@ impl Manager {
                         task = %s.task,
                         node = %s.node,
                         attempt,
-                        error = %cube_core::Chain(&e),
+                        error = %Chain(&e),
                         "stop call failed"
                     );
                     if !e.is_transient() {
@@ -503,7 +503,7 @@ impl Manager {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                tracing::error!(error = %cube_core::Chain(&e), "cannot persist placements");
+                tracing::error!(error = %Chain(&e), "cannot persist placements");
             }
         }
     }
@@ -526,7 +526,7 @@ impl Manager {
                 })
                 .await;
             if let Err(e) = result {
-                tracing::error!(error = %cube_core::Chain(&e), "cannot persist node expiry");
+                tracing::error!(error = %Chain(&e), "cannot persist node expiry");
             }
         }
     }
@@ -544,7 +544,7 @@ impl Manager {
                     Ok(_) => break,
                     Err(e) => {
                         tracing::error!(
-                            error = %cube_core::Chain(&e),
+                            error = %Chain(&e),
                             "cannot delete finished tasks; retrying on the next pass"
                         );
                         break;
@@ -634,20 +634,16 @@ pub struct RunningManager {
     pub addr: SocketAddr,
     /// The manager.
     pub manager: Arc<Manager>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: Server,
 }
 
 impl RunningManager {
     /// Waits for the server and every background task to stop (after shutdown).
     pub async fn wait(self) -> Result<(), ManagerError> {
-        let served = self.server.await;
+        let served = self.server.wait().await;
         self.manager.tracker.close();
         self.manager.tracker.wait().await;
-        match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ManagerError::Serve(e)),
-            Err(source) => Err(ManagerError::Panicked { what: "the API server", source }),
-        }
+        Ok(served?)
     }
 }
 
@@ -666,12 +662,8 @@ pub async fn start(
             .map_err(|source| ManagerError::Panicked { what: "loading state", source })?
     };
     let manager = loaded?;
-    let listener = cube_http::server::bind(config.listen)
-        .await
-        .map_err(|source| ManagerError::Bind { addr: config.listen, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ManagerError::Bind { addr: config.listen, source })?;
+    let listener = Listener::bind(config.listen).await?;
+    let addr = listener.addr();
     manager.tracker.spawn(Arc::clone(&manager).placement_loop());
     manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
     if let Some(retain) = config.gc_after {
@@ -679,12 +671,7 @@ pub async fn start(
     }
     manager.resume();
     let router = api::router(Arc::clone(&manager));
-    let server = tokio::spawn(cube_http::server::serve(
-        listener,
-        router,
-        shutdown,
-        config.security.tls.clone(),
-    ));
+    let server = listener.spawn(router, shutdown, config.security.tls.clone());
     tracing::info!(
         %addr,
         scheduler = %config.scheduler,

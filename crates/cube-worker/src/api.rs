@@ -58,8 +58,7 @@ impl From<WorkerError> for ApiError {
             | WorkerError::File { .. }
             | WorkerError::BadNodeId { .. }
             | WorkerError::Host(_)
-            | WorkerError::Bind { .. }
-            | WorkerError::Serve(_)
+            | WorkerError::Server(_)
             | WorkerError::Panicked { .. } => {
                 let message = Chain(&e).to_string();
                 tracing::error!(error = %message, "internal error while serving a request");

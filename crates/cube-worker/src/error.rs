@@ -1,9 +1,9 @@
 //! The worker's error type.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use cube_core::{InvalidTransition, TaskId};
+use cube_http::server::ServerError;
 use cube_store::StoreError;
 
 pub use crate::host::HostError;
@@ -65,18 +65,9 @@ pub enum WorkerError {
     /// The host's figures could not be read.
     #[error("cannot read host metrics")]
     Host(#[source] HostError),
-    /// The API cannot listen on its address.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The API server failed while serving.
-    #[error("API server failed")]
-    Serve(#[source] std::io::Error),
+    /// The API server could not start, or failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
     /// A start-up or shutdown step panicked (a bug).
     #[error("{what} panicked")]
     Panicked {

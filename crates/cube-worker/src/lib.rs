@@ -28,9 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cube_core::{Bytes, DriverKind, Millicores, NodeId, Resources, Task};
+use cube_http::server::{Listener, Server};
 use cube_rt::{Clock, Ticker};
 use cube_store::Store;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -140,10 +140,9 @@ impl Platform {
 /// A started worker.
 #[derive(Debug)]
 pub struct RunningWorker {
-    addr: SocketAddr,
     agent: Arc<Agent>,
     drivers: Arc<Drivers>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: Server,
     /// The reporter, the GC loop and the host sampler.
     background: TaskTracker,
 }
@@ -151,7 +150,7 @@ pub struct RunningWorker {
 impl RunningWorker {
     /// The address the API is bound to (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// This node's id.
@@ -168,16 +167,12 @@ impl RunningWorker {
     /// task runner and background loop to return, then stops the drivers' helpers. Workloads
     /// keep running.
     pub async fn wait(self) -> Result<(), WorkerError> {
-        let served = self.server.await;
+        let served = self.server.wait().await;
         self.agent.wait_runners().await;
         self.background.close();
         self.background.wait().await;
         self.drivers.shutdown().await;
-        match served {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WorkerError::Serve(e)),
-            Err(source) => Err(WorkerError::Panicked { what: "the API server", source }),
-        }
+        Ok(served?)
     }
 }
 
@@ -240,23 +235,14 @@ pub async fn start(
         );
     }
 
-    let listener = cube_http::server::bind(config.listen)
-        .await
-        .map_err(|source| WorkerError::Bind { addr: config.listen, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| WorkerError::Bind { addr: config.listen, source })?;
+    let listener = Listener::bind(config.listen).await?;
+    let addr = listener.addr();
     let router = api::router(api::ApiState {
         agent: Arc::clone(&agent),
         host: host.clone(),
         token: config.security.token.clone(),
     });
-    let server = tokio::spawn(cube_http::server::serve(
-        listener,
-        router,
-        shutdown.clone(),
-        config.security.tls.clone(),
-    ));
+    let server = listener.spawn(router, shutdown.clone(), config.security.tls.clone());
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
 
     if let Some(retain) = config.gc_after {
@@ -290,7 +276,7 @@ pub async fn start(
         };
         background.spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }
-    Ok(RunningWorker { addr, agent, drivers, server, background })
+    Ok(RunningWorker { agent, drivers, server, background })
 }
 
 /// Deletes finished tasks and their logs once they are older than `retain`.

@@ -65,6 +65,18 @@ impl CoreError {
 #[derive(Clone, Copy)]
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
+impl<'a> Chain<'a> {
+    /// The innermost cause, for a message where the whole chain would be noise (an HTTP
+    /// client wraps "connection refused" in two layers of its own).
+    pub fn root(self) -> &'a (dyn std::error::Error + 'static) {
+        let mut cause = self.0;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        cause
+    }
+}
+
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut line = self.0.to_string();
@@ -99,6 +111,7 @@ mod tests {
     fn a_chain_names_every_cause_once() {
         let e = Outer(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"));
         assert_eq!(Chain(&e).to_string(), "cannot start: no such file");
+        assert_eq!(Chain(&e).root().to_string(), "no such file");
         let plain = CoreError::InvalidId { kind: "task", input: "x".into() };
         assert_eq!(Chain(&plain).to_string(), plain.to_string());
     }

@@ -127,7 +127,7 @@ impl Monitor {
                     .get(&url)
                     .send()
                     .await
-                    .map_err(|e| format!("GET {url}: {}", root_cause(&e)))?;
+                    .map_err(|e| format!("GET {url}: {}", Chain(&e).root()))?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(())
@@ -156,15 +156,6 @@ impl Monitor {
             }
         }
     }
-}
-
-/// The innermost error message (reqwest wraps "connection refused" in two layers).
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// A client for HTTP probes: no connection reuse (each probe should see a fresh connection, as

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cube_api::types::{NodeInfo, TaskFilter, TaskView};
-use cube_core::{TaskId, TaskSpec};
+use cube_core::{Chain, TaskId, TaskSpec};
 use cube_http::client::{Client, ClientError, LogStream, Unreachable};
 
 /// Timeout of one request (not of a followed log stream).
@@ -186,7 +186,7 @@ fn describe(e: &ClientError, base: &str) -> anyhow::Error {
                 anyhow::anyhow!("cannot reach manager at {base}: {kind}")
             }
             Unreachable::Tls | Unreachable::Connect | Unreachable::Broken => {
-                anyhow::anyhow!("cannot reach manager at {base}: {kind}: {}", root_cause(source))
+                anyhow::anyhow!("cannot reach manager at {base}: {kind}: {}", Chain(source).root())
             }
         },
         ClientError::Api { error, status, .. } if *status >= 500 => {
@@ -204,18 +204,9 @@ fn describe(e: &ClientError, base: &str) -> anyhow::Error {
             one_line(body)
         ),
         ClientError::Build(source) => {
-            anyhow::anyhow!("cannot set up a client for {base}: {}", root_cause(source))
+            anyhow::anyhow!("cannot set up a client for {base}: {}", Chain(source).root())
         }
     }
-}
-
-/// The innermost cause's words ("invalid peer certificate: UnknownIssuer").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 fn one_line(text: &str) -> String {

@@ -294,8 +294,7 @@ impl DockerDriver {
     ) {
         let docker = self.docker.clone();
         let mut cursor = Cursor::new(log_path, after);
-        let stopping = self.background.stopping();
-        self.background.spawn(async move {
+        self.background.spawn_graceful(|stopping| async move {
             let mut file = tokio::fs::File::from_std(file);
             let options = LogsOptions {
                 follow: true,
@@ -328,8 +327,10 @@ impl DockerDriver {
                             );
                             break;
                         }
-                        if let Some(at) = at {
-                            cursor.advance(at).await;
+                        if let Some(at) = at
+                            && cursor.advance(at)
+                        {
+                            save_cursor(&id, &mut file, &mut cursor).await;
                         }
                     }
                     Some(Err(e)) => {
@@ -339,8 +340,17 @@ impl DockerDriver {
                     None => break,
                 }
             }
-            cursor.save().await;
+            save_cursor(&id, &mut file, &mut cursor).await;
         });
+    }
+}
+
+/// Saves a log's cursor once what it points at is in the file (a tokio file finishes its last
+/// write in the background).
+async fn save_cursor(id: &str, file: &mut tokio::fs::File, cursor: &mut Cursor) {
+    match file.flush().await {
+        Ok(()) => cursor.save().await,
+        Err(e) => tracing::warn!(container = %id, error = %Chain(&e), "cannot write task log"),
     }
 }
 

@@ -310,9 +310,14 @@ impl Background {
         });
     }
 
-    /// Cancelled when the helpers must stop (for helpers that finish their work first).
-    pub(crate) fn stopping(&self) -> CancellationToken {
-        self.stop.clone()
+    /// Runs the helper `f` makes, to its end: given the token cancelled when the helpers must
+    /// stop, it finishes its work (saves a position) and returns. Not cut off mid-way, as a
+    /// helper of [`Background::spawn`] is.
+    pub(crate) fn spawn_graceful<F>(&self, f: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(f(self.stop.clone()));
     }
 
     /// Stops every helper and waits for them.
@@ -518,4 +523,25 @@ pub(crate) async fn wait_exit(exit: &mut ExitWatch) -> ExitInfo {
         error: Some("lost track of the workload (exit watcher stopped)".into()),
         ..ExitInfo::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn a_graceful_helper_finishes_its_work_when_the_helpers_stop() {
+        let background = Background::default();
+        let saved = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&saved);
+        background.spawn_graceful(|stopping| async move {
+            stopping.cancelled().await;
+            // Work after the signal (a log cursor's write) must still happen.
+            tokio::task::yield_now().await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        background.shutdown().await;
+        assert!(saved.load(Ordering::SeqCst), "the helper was cut off before it saved");
+    }
 }

@@ -96,12 +96,11 @@ impl Cursor {
         self.last
     }
 
-    /// Records that the entry stamped `at` was written, saving now and then.
-    pub(crate) async fn advance(&mut self, at: Timestamp) {
+    /// Records that the entry stamped `at` was written; whether it is time to save (flush the
+    /// log first: a cursor must never be ahead of what the file holds).
+    pub(crate) fn advance(&mut self, at: Timestamp) -> bool {
         self.last = Some(at);
-        if self.saved_at.elapsed() >= CURSOR_SAVE_EVERY {
-            self.save().await;
-        }
+        self.saved_at.elapsed() >= CURSOR_SAVE_EVERY
     }
 
     /// Saves the cursor (atomically: a torn write must not lose the position).
@@ -142,7 +141,7 @@ mod tests {
 
         let at: Timestamp = "2026-12-01T12:00:00.123456789Z".parse().unwrap();
         let mut cursor = Cursor::new(&log, None);
-        cursor.advance(at).await;
+        cursor.advance(at);
         cursor.save().await;
         assert_eq!(Cursor::resume_point(&log).await, Some(at));
         assert_eq!(cursor.last(), Some(at));

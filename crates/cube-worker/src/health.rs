@@ -26,6 +26,7 @@ pub(crate) enum HealthChange {
 
 /// Probes one running workload.
 pub(crate) struct Monitor {
+    /// The spec's check (copied out: it is read on every probe).
     check: HealthCheck,
     spec: TaskSpec,
     handle: DriverHandle,
@@ -40,20 +41,20 @@ pub(crate) struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor of the workload `handle` (publishing `host_ports`) of a task with `spec`, whose
-    /// check is `check`.
+    /// A monitor of the workload `handle` (publishing `host_ports`) of a task with `spec`;
+    /// `None` when the spec has no health check.
     pub(crate) fn new(
-        check: HealthCheck,
         spec: TaskSpec,
         handle: DriverHandle,
         host_ports: Vec<HostPort>,
         drivers: Arc<Drivers>,
         http: reqwest::Client,
-    ) -> Self {
+    ) -> Option<Self> {
+        let check = *spec.health.clone()?;
         let grace_until = tokio::time::Instant::now() + check.grace_period;
         // The runner stops watching on shutdown; the ticker itself needs no signal.
         let ticker = Ticker::new(check.interval, CancellationToken::new());
-        Self {
+        Some(Self {
             check,
             spec,
             handle,
@@ -64,7 +65,7 @@ impl Monitor {
             ticker,
             failures: 0,
             healthy: None,
-        }
+        })
     }
 
     /// Probes until the workload's health changes. Cancel-safe: dropping the future loses at

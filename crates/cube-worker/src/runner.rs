@@ -174,15 +174,13 @@ impl Runner {
         }
 
         let mut monitor = self.slot.get().and_then(|t| {
-            let check = *t.spec.health.clone()?;
-            Some(Monitor::new(
-                check,
+            Monitor::new(
                 t.spec,
                 handle.clone(),
                 started.host_ports.clone(),
                 Arc::clone(&self.ctx.drivers),
                 self.ctx.http.clone(),
-            ))
+            )
         });
         let outcome = loop {
             tokio::select! {

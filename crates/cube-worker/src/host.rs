@@ -174,13 +174,9 @@ pub(crate) async fn start(
 ) -> Result<(watch::Receiver<HostSnapshot>, BoxFuture<'static, ()>), HostError> {
     let interval = match source {
         HostSource::Fixed(snapshot) => {
-            let (tx, rx) = watch::channel(snapshot);
-            // The value stays readable; the sender is kept until shutdown only for symmetry.
-            let idle = Box::pin(async move {
-                shutdown.cancelled().await;
-                drop(tx);
-            });
-            return Ok((rx, idle));
+            // Nothing refreshes fixed figures; a receiver keeps the value after its sender.
+            let (_, rx) = watch::channel(snapshot);
+            return Ok((rx, Box::pin(std::future::ready(()))));
         }
         HostSource::Sampled(interval) => interval,
     };

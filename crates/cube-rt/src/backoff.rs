@@ -8,7 +8,6 @@ use std::time::Duration;
 /// that lost their manager at the same instant must not retry in lockstep once it is back.
 #[derive(Clone, Debug)]
 pub struct Backoff {
-    first: Duration,
     max: Duration,
     /// The next delay before jitter.
     next: Duration,
@@ -27,8 +26,7 @@ impl Backoff {
     }
 
     fn with_rng(first: Duration, max: Duration, rng: fastrand::Rng) -> Self {
-        let first = first.min(max);
-        Self { first, max, next: first, rng }
+        Self { max, next: first.min(max), rng }
     }
 
     /// The delay before the next attempt.
@@ -38,11 +36,6 @@ impl Backoff {
         let half = ceiling / 2;
         let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
         half + Duration::from_nanos(self.rng.u64(0..=nanos))
-    }
-
-    /// Starts again from the first delay (after a success).
-    pub fn reset(&mut self) {
-        self.next = self.first;
     }
 }
 
@@ -63,8 +56,6 @@ mod tests {
                 ceiling / 2
             );
         }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 
     #[test]

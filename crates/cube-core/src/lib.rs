@@ -6,6 +6,8 @@
 //!   workload and its update strategy.
 //! - [`state`]: task states and the one [`transition`] function; [`deployment`]: the same for a
 //!   service's rollouts.
+//! - [`rollout`]: the rollout planner: given a service's instances, what to start and stop
+//!   next and how its deployment moves.
 //! - [`task`]: the task record; [`event`]: its history, typed.
 //! - [`node`]: the node record the manager keeps.
 //! - [`stats`]: what a worker reports about its host.
@@ -20,6 +22,7 @@ mod error;
 pub mod event;
 pub mod ids;
 pub mod node;
+pub mod rollout;
 pub mod scheduler;
 pub mod service;
 pub mod spec;

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use cube_core::deployment::Deployment;
+use cube_core::service::{Service, ServiceSpec};
 /// Host figures are domain values (the scheduler reads them) that also travel on the wire.
 pub use cube_core::stats::{CpuStats, DiskStats, LoadStats, MemoryStats, NodeStats, TaskCounts};
 use cube_core::{
-    DesiredState, DriverHandle, DriverKind, Explanation, FieldError, HostPort, Node, NodeId,
-    NodeState, Resources, Task, TaskEvent, TaskId, TaskSpec, TaskState,
+    DesiredState, DriverHandle, DriverKind, Explanation, FieldError, HostPort, InstanceOf, Node,
+    NodeId, NodeState, Resources, Task, TaskEvent, TaskId, TaskSpec, TaskState,
 };
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -63,6 +65,12 @@ pub struct TaskView {
     /// Why the task is on its node, or why it cannot be placed (manager only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Explanation>,
+    /// The service, version and slot of an instance (absent for a bare task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceOf>,
+    /// The instance that replaced this one in its slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<TaskId>,
 }
 
 impl From<&Task> for TaskView {
@@ -89,6 +97,8 @@ impl From<&Task> for TaskView {
             healthy: t.healthy,
             reschedule_count: t.reschedule_count,
             placement: t.placement.clone(),
+            instance: t.instance.clone(),
+            replaced_by: t.replaced_by,
         }
     }
 }
@@ -442,4 +452,137 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.details[0].field, "id");
     }
+}
+
+/// A service as `GET /v1/services[/{name}]` and `PUT /v1/services/{name}` return it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    /// Its name.
+    pub name: String,
+    /// The current version.
+    pub version: u64,
+    /// The change index of its last change (what `?check_index=` compares with).
+    pub modify_index: u64,
+    /// The current spec.
+    pub spec: ServiceSpec,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// How many instances run and are healthy, in all and per version.
+    pub instances: InstanceCounts,
+    /// The deployment of the current version (absent when it needed none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
+}
+
+impl ServiceView {
+    /// The view of `service` with its counts and deployment.
+    pub fn new(
+        service: &Service,
+        instances: InstanceCounts,
+        deployment: Option<Deployment>,
+    ) -> Self {
+        Self {
+            name: service.spec.name.clone(),
+            version: service.version,
+            modify_index: service.modify_index,
+            spec: service.spec.clone(),
+            created_at: service.created_at,
+            updated_at: service.updated_at,
+            instances,
+            deployment,
+        }
+    }
+}
+
+/// Instance counts of a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceCounts {
+    /// Instances wanted (`count`).
+    pub desired: u32,
+    /// Instances running.
+    pub running: u32,
+    /// Instances healthy: running with every check passing for `min_healthy_time`.
+    pub healthy: u32,
+    /// The same per version, oldest first (versions with no running instance left out).
+    pub versions: Vec<VersionCounts>,
+}
+
+/// Instance counts of one version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionCounts {
+    /// The version.
+    pub version: u64,
+    /// Instances running.
+    pub running: u32,
+    /// Instances healthy.
+    pub healthy: u32,
+}
+
+/// Query of `PUT /v1/services/{name}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceQuery {
+    /// Only if the service's `modify_index` is this (`0`: only if it does not exist).
+    #[serde(default)]
+    pub check_index: Option<u64>,
+}
+
+/// Body of `POST /v1/services/{name}/scale`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// The new count.
+    pub count: u32,
+}
+
+/// Body of `POST /v1/services/{name}/revert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertRequest {
+    /// The version whose spec to restore.
+    pub version: u64,
+}
+
+/// Parses and validates a service body for `PUT /v1/services/{name}`: the name may be left out
+/// (the path gives it) but must match if present. Syntax and type errors name the field;
+/// validation lists every problem at once.
+pub fn parse_service(body: &[u8], name: &str) -> Result<ServiceSpec, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}"))
+    })?;
+    let object = value.as_object_mut().ok_or_else(|| {
+        ApiError::new(ErrorCode::InvalidJson, "request body must be a JSON object (a service spec)")
+    })?;
+    let mut problems = Vec::new();
+    match object.get("name") {
+        None => {
+            object.insert("name".into(), serde_json::Value::String(name.to_owned()));
+        }
+        Some(serde_json::Value::String(n)) if n == name => {}
+        Some(other) => problems.push(FieldError {
+            field: "name".into(),
+            message: format!("{other} differs from the name in the path ({name:?})"),
+        }),
+    }
+    if let Some(task) = object.get_mut("task").and_then(|t| t.as_object_mut()) {
+        problems.extend(
+            take_bad_constraints(task)
+                .into_iter()
+                .map(|p| FieldError { field: format!("task.{}", p.field), message: p.message }),
+        );
+    }
+    let spec = serde_path_to_error::deserialize::<_, ServiceSpec>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "spec".to_owned() } else { path };
+        let message = e.into_inner().to_string();
+        ApiError {
+            code: ErrorCode::InvalidSpec,
+            message: format!("invalid service spec: {field}: {message}"),
+            details: vec![FieldError { field, message }],
+        }
+    })?;
+    problems.extend(spec.validate().err().unwrap_or_default());
+    if problems.is_empty() { Ok(spec) } else { Err(ApiError::invalid_spec(problems)) }
 }

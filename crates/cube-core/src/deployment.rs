@@ -162,6 +162,10 @@ pub struct Deployment {
     pub created_at: Timestamp,
     /// When anything in it last changed.
     pub updated_at: Timestamp,
+    /// When it last made progress (an instance turned healthy); the progress deadline runs
+    /// from here, or from `created_at` before any did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress: Option<Timestamp>,
 }
 
 impl Deployment {
@@ -185,6 +189,7 @@ impl Deployment {
             promoted: false,
             created_at: now,
             updated_at: now,
+            last_progress: None,
         }
     }
 

@@ -43,5 +43,5 @@ pub use spec::{
     RestartMode, RestartPolicy, TaskSpec,
 };
 pub use state::{DesiredState, InvalidTransition, TaskState, Trigger, transition};
-pub use task::{DriverHandle, HostPort, Task};
+pub use task::{DriverHandle, HostPort, InstanceOf, Task};
 pub use units::{Bytes, Millicores};

@@ -9,8 +9,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::DeploymentId;
+use crate::deployment::DeploymentStatus;
 use crate::spec::{FieldError, TaskSpec};
 use crate::units::duration_serde;
 
@@ -298,6 +301,141 @@ impl ServiceSpec {
     /// with no new version and no restart of healthy instances.
     pub fn differs_only_in_count(&self, other: &ServiceSpec) -> bool {
         ServiceSpec { count: other.count, ..self.clone() } == *other
+    }
+}
+
+/// Versions a service's history keeps, with their deployment outcome.
+pub const KEPT_VERSIONS: usize = 10;
+
+/// A service as the manager stores it: the current spec, its version and its history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// The current spec (its `count` is the current count).
+    pub spec: ServiceSpec,
+    /// The current version.
+    pub version: u64,
+    /// The cluster-wide change index of the last change to this record (`check_index`
+    /// compares against it).
+    pub modify_index: u64,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// The deployment of the current version, if it needed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentId>,
+    /// The last [`KEPT_VERSIONS`] versions, oldest first, the current one last.
+    pub versions: Vec<Version>,
+}
+
+/// One version of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Its number.
+    pub version: u64,
+    /// The spec as it was when the version was made.
+    pub spec: ServiceSpec,
+    /// When.
+    pub created_at: Timestamp,
+    /// Its deployment (none when only the strategy changed: nothing was replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentId>,
+    /// How its deployment ended (`None` while it runs, or without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<DeploymentStatus>,
+    /// A revert: the version whose spec it restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverts: Option<u64>,
+}
+
+/// What an update did to a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: the spec is the current one.
+    None,
+    /// Only `count`: resized in place, same version, no deployment.
+    Resized,
+    /// A new version. `rollout`: its template differs, so instances are replaced by a
+    /// deployment; otherwise (only the strategy or the rules changed) they are relabelled.
+    Version {
+        /// Instances must be replaced.
+        rollout: bool,
+    },
+}
+
+impl Service {
+    /// A new service at version 1.
+    pub fn new(spec: ServiceSpec, index: u64, now: Timestamp) -> Self {
+        let version = Version::new(1, spec.clone(), now, None);
+        Self {
+            spec,
+            version: 1,
+            modify_index: index,
+            created_at: now,
+            updated_at: now,
+            deployment: None,
+            versions: vec![version],
+        }
+    }
+
+    /// The task template of `version`, if the history still has it.
+    pub fn template(&self, version: u64) -> Option<&TaskSpec> {
+        self.versions.iter().find(|v| v.version == version).map(|v| &v.spec.task)
+    }
+
+    /// The current version's history entry.
+    pub fn current(&self) -> Option<&Version> {
+        self.versions.iter().find(|v| v.version == self.version)
+    }
+
+    /// The current version's history entry, to record its deployment and outcome.
+    pub fn current_mut(&mut self) -> Option<&mut Version> {
+        let version = self.version;
+        self.versions.iter_mut().find(|v| v.version == version)
+    }
+
+    /// Takes a new spec at change index `index`: resizes in place, or makes a new version
+    /// (`reverts`: the earlier version whose spec it restores).
+    pub fn update(
+        &mut self,
+        spec: ServiceSpec,
+        index: u64,
+        now: Timestamp,
+        reverts: Option<u64>,
+    ) -> Change {
+        if spec == self.spec {
+            return Change::None;
+        }
+        self.modify_index = index;
+        self.updated_at = now;
+        if self.spec.differs_only_in_count(&spec) {
+            self.spec = spec;
+            return Change::Resized;
+        }
+        let rollout = spec.task != self.spec.task;
+        self.version += 1;
+        self.deployment = None;
+        self.versions.push(Version::new(self.version, spec.clone(), now, reverts));
+        if self.versions.len() > KEPT_VERSIONS {
+            self.versions.remove(0);
+        }
+        self.spec = spec;
+        Change::Version { rollout }
+    }
+
+    /// The newest earlier version whose deployment succeeded: what a revert restores.
+    pub fn last_good(&self) -> Option<&Version> {
+        self.versions
+            .iter()
+            .rev()
+            .filter(|v| v.version != self.version)
+            .find(|v| v.outcome == Some(DeploymentStatus::Successful))
+    }
+}
+
+impl Version {
+    fn new(version: u64, spec: ServiceSpec, created_at: Timestamp, reverts: Option<u64>) -> Self {
+        Self { version, spec, created_at, deployment: None, outcome: None, reverts }
     }
 }
 

@@ -76,6 +76,23 @@ pub struct Task {
     /// (several can share a timestamp, and a report may end between them).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub synced_same: u32,
+    /// The service, version and slot this task is an instance of (`None`: a bare task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceOf>,
+    /// The instance that took this one's slot when it was replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<TaskId>,
+}
+
+/// What makes a task an instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InstanceOf {
+    /// The service's name.
+    pub service: String,
+    /// The service version whose template it runs.
+    pub version: u64,
+    /// Its slot, `0..count`.
+    pub slot: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -157,6 +174,8 @@ impl Task {
             healthy: None,
             synced_until: None,
             synced_same: 0,
+            instance: None,
+            replaced_by: None,
         }
     }
 
@@ -257,7 +276,10 @@ impl Task {
     /// Whether the manager may move the task to another node now that its restarts on this
     /// node are used up.
     pub fn may_reschedule(&self) -> bool {
-        self.spec.restart.mode != RestartMode::Never
+        // A service instance is replaced by a new task in its slot instead, so the old one keeps
+        // its own history.
+        self.instance.is_none()
+            && self.spec.restart.mode != RestartMode::Never
             && self.desired == DesiredState::Running
             && self.reschedule_count < self.spec.restart.reschedule_attempts
     }

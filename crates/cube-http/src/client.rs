@@ -11,8 +11,11 @@ use cube_api::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, NodeStats,
     RegisterRequest, TaskFilter, TaskView,
 };
+use cube_api::types::{RevertRequest, ScaleRequest, ServiceView};
 use cube_api::{ApiError, ErrorBody, ErrorCode};
-use cube_core::{TaskId, TaskSpec};
+use cube_core::deployment::Deployment;
+use cube_core::service::{ServiceSpec, Version};
+use cube_core::{DeploymentId, TaskId, TaskSpec};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -402,6 +405,71 @@ impl Client {
     /// `DELETE /v1/tasks/{id}`: asks for the task to stop; returns the task as of the request.
     pub async fn stop(&self, id: TaskId) -> Result<TaskView, ClientError> {
         self.call(Method::DELETE, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `PUT /v1/services/{name}` (`check_index`: compare-and-set on the modify index); `true`
+    /// if the service was created.
+    pub async fn put_service(
+        &self,
+        spec: &ServiceSpec,
+        check_index: Option<u64>,
+    ) -> Result<(ServiceView, bool), ClientError> {
+        let mut path = format!("/v1/services/{}", spec.name);
+        if let Some(index) = check_index {
+            path.push_str(&format!("?check_index={index}"));
+        }
+        let (status, view) = self.call(Method::PUT, &path, Some(spec)).await?;
+        Ok((view, status == StatusCode::CREATED))
+    }
+
+    /// `GET /v1/services`.
+    pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
+        self.call(Method::GET, "/v1/services", None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `GET /v1/services/{name}`.
+    pub async fn service(&self, name: &str) -> Result<ServiceView, ClientError> {
+        self.call(Method::GET, &format!("/v1/services/{name}"), None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `DELETE /v1/services/{name}`: stops every instance.
+    pub async fn remove_service(&self, name: &str) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{name}");
+        self.call(Method::DELETE, &path, None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/services/{name}/scale`.
+    pub async fn scale(&self, name: &str, count: u32) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{name}/scale");
+        self.call(Method::POST, &path, Some(&ScaleRequest { count })).await.map(|(_, v)| v)
+    }
+
+    /// `GET /v1/services/{name}/versions`, oldest first.
+    pub async fn service_versions(&self, name: &str) -> Result<Vec<Version>, ClientError> {
+        let path = format!("/v1/services/{name}/versions");
+        self.call(Method::GET, &path, None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/services/{name}/revert`.
+    pub async fn revert(&self, name: &str, version: u64) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{name}/revert");
+        self.call(Method::POST, &path, Some(&RevertRequest { version })).await.map(|(_, v)| v)
+    }
+
+    /// `GET /v1/deployments/{id}`.
+    pub async fn deployment(&self, id: DeploymentId) -> Result<Deployment, ClientError> {
+        let path = format!("/v1/deployments/{id}");
+        self.call(Method::GET, &path, None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/deployments/{id}/{action}`: `promote`, `pause`, `resume` or `fail`.
+    pub async fn deployment_action(
+        &self,
+        id: DeploymentId,
+        action: &str,
+    ) -> Result<Deployment, ClientError> {
+        let path = format!("/v1/deployments/{id}/{action}");
+        self.call(Method::POST, &path, None::<&()>).await.map(|(_, v)| v)
     }
 
     /// `GET /v1/stats`.

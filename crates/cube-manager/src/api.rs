@@ -10,10 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cube_api::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, RegisterRequest,
-    TaskFilter, TaskSubmission, TaskView,
+    RevertRequest, ScaleRequest, ServiceQuery, ServiceView, TaskFilter, TaskSubmission, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
-use cube_core::{NodeId, TaskId};
+use cube_core::deployment::Deployment;
+use cube_core::service::Version;
+use cube_core::{DeploymentId, NodeId, TaskId};
+
+use crate::state::DeploymentAction;
 use cube_http::server::{Body, HttpError, Query, parse_id};
 
 use crate::{Manager, ManagerError};
@@ -38,6 +42,13 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{name}", get(get_service).put(put_service).delete(remove_service))
+        .route("/v1/services/{name}/scale", post(scale_service))
+        .route("/v1/services/{name}/versions", get(service_versions))
+        .route("/v1/services/{name}/revert", post(revert_service))
+        .route("/v1/deployments/{id}", get(get_deployment))
+        .route("/v1/deployments/{id}/{action}", post(deployment_action))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/register", post(register).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)))
         .route("/v1/nodes/{id}", get(get_node))
@@ -105,6 +116,93 @@ async fn stop_task(State(m): State<Shared>, Path(id): Path<String>) -> Result<Re
     let id: TaskId = parse_id(&id)?;
     let task = m.stop(id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(TaskView::from(&task))).into_response())
+}
+
+async fn list_services(State(m): State<Shared>) -> axum::Json<Vec<ServiceView>> {
+    axum::Json(m.services())
+}
+
+async fn get_service(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<ServiceView>, HttpError> {
+    let view = m.service_view(&name).ok_or_else(|| ApiError::not_found("service", &name))?;
+    Ok(axum::Json(view))
+}
+
+/// Creates (201) or updates (200) a service; the same spec again is a 200 that changes nothing.
+async fn put_service(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+    Query(query): Query<ServiceQuery>,
+    Body(body): Body,
+) -> Result<Response, HttpError> {
+    let spec = cube_api::types::parse_service(&body, &name)?;
+    let (view, created) = m.put_service(spec, query.check_index).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(view)).into_response())
+}
+
+async fn remove_service(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, HttpError> {
+    let view = m.remove_service(&name).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
+}
+
+async fn scale_service(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<ServiceView>, HttpError> {
+    let req: ScaleRequest = parse_json(&body)?;
+    Ok(axum::Json(m.scale_service(&name, req.count).await?))
+}
+
+async fn service_versions(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Vec<Version>>, HttpError> {
+    Ok(axum::Json(m.service_versions(&name)?))
+}
+
+async fn revert_service(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<ServiceView>, HttpError> {
+    let req: RevertRequest = parse_json(&body)?;
+    Ok(axum::Json(m.revert_service(&name, req.version).await?))
+}
+
+async fn get_deployment(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Deployment>, HttpError> {
+    let id: DeploymentId = parse_id(&id)?;
+    Ok(axum::Json(m.deployment(id)?))
+}
+
+async fn deployment_action(
+    State(m): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<axum::Json<Deployment>, HttpError> {
+    let id: DeploymentId = parse_id(&id)?;
+    let action = match action.as_str() {
+        "promote" => DeploymentAction::Promote,
+        "pause" => DeploymentAction::Pause,
+        "resume" => DeploymentAction::Resume,
+        "fail" => DeploymentAction::Fail,
+        other => {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no deployment action {other:?} (promote, pause, resume or fail)"),
+            )
+            .into());
+        }
+    };
+    Ok(axum::Json(m.deployment_action(id, action).await?))
 }
 
 async fn list_nodes(State(m): State<Shared>) -> axum::Json<Vec<NodeInfo>> {

@@ -1,7 +1,8 @@
 //! The manager's error type, and how it is answered over the API.
 
 use cube_api::{ApiError, ErrorCode};
-use cube_core::{Chain, NodeId, TaskId};
+use cube_core::deployment::InvalidDeploymentTransition;
+use cube_core::{Chain, DeploymentId, NodeId, TaskId};
 use cube_http::client::ClientError;
 use cube_http::server::ServerError;
 use cube_store::StoreError;
@@ -18,6 +19,37 @@ pub enum ManagerError {
     /// The id is taken by a task with a different spec.
     #[error("task {0} already exists with a different spec")]
     Conflict(TaskId),
+    /// No service with this name.
+    #[error("service {0} not found")]
+    ServiceNotFound(String),
+    /// No deployment with this id.
+    #[error("deployment {0} not found")]
+    DeploymentNotFound(DeploymentId),
+    /// `check_index` did not match the service's modify index.
+    #[error("{}", index_mismatch(name, *current))]
+    IndexMismatch {
+        /// The service.
+        name: String,
+        /// Its modify index (`None`: it does not exist).
+        current: Option<u64>,
+    },
+    /// The deployment's status does not allow the request.
+    #[error("deployment {id} cannot do that")]
+    DeploymentRefused {
+        /// The deployment.
+        id: DeploymentId,
+        /// What the state machine said.
+        #[source]
+        source: InvalidDeploymentTransition,
+    },
+    /// The service's history has no such version.
+    #[error("service {name} has no version {version} in its history")]
+    VersionNotFound {
+        /// The service.
+        name: String,
+        /// The version asked for.
+        version: u64,
+    },
     /// The task has not been placed on any node yet (so it has no output).
     #[error("task {0} has not run on any node yet")]
     NeverRan(TaskId),
@@ -53,6 +85,13 @@ pub enum ManagerError {
     },
 }
 
+fn index_mismatch(name: &str, current: Option<u64>) -> String {
+    match current {
+        Some(index) => format!("service {name} is at modify index {index}, not the one given"),
+        None => format!("service {name} does not exist (check_index must be 0)"),
+    }
+}
+
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         match e {
@@ -60,6 +99,22 @@ impl From<ManagerError> for ApiError {
             ManagerError::NodeNotFound(id) => ApiError::not_found("node", id),
             ManagerError::Conflict(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
             ManagerError::NeverRan(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            ManagerError::ServiceNotFound(name) => ApiError::not_found("service", name),
+            ManagerError::DeploymentNotFound(id) => ApiError::not_found("deployment", id),
+            ManagerError::VersionNotFound { .. } => {
+                ApiError::new(ErrorCode::NotFound, e.to_string())
+            }
+            ManagerError::IndexMismatch { current, .. } => ApiError {
+                code: ErrorCode::Conflict,
+                message: e.to_string(),
+                details: vec![cube_core::FieldError {
+                    field: "check_index".into(),
+                    message: format!("current index: {}", current.unwrap_or(0)),
+                }],
+            },
+            ManagerError::DeploymentRefused { .. } => {
+                ApiError::new(ErrorCode::Conflict, Chain(&e).to_string())
+            }
             ManagerError::NodeUnreachable { .. } => {
                 ApiError::new(ErrorCode::Unavailable, Chain(&e).to_string())
             }

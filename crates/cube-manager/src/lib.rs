@@ -23,7 +23,12 @@ use cube_api::ErrorCode;
 use cube_api::types::{
     HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter, TaskView,
 };
-use cube_core::{Chain, Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec};
+use cube_api::types::{InstanceCounts, ServiceView, VersionCounts};
+use cube_core::deployment::Deployment;
+use cube_core::service::{Service, ServiceSpec, Version};
+use cube_core::{
+    Chain, DeploymentId, Node, NodeId, NodeState, Scheduler, SchedulerKind, Task, TaskId, TaskSpec,
+};
 use cube_http::client::{Client, ClientError};
 use cube_http::server::{Listener, Server};
 use cube_rt::{Backoff, Clock, Ticker};
@@ -33,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use state::{ActiveCopy, Beat, Report};
-use state::{Dispatch, Effects, State, StopCall};
+use state::{DeploymentAction, Dispatch, Effects, Refusal, State, StopCall};
 
 /// How to run a manager.
 #[derive(Clone, Debug)]
@@ -82,6 +87,8 @@ pub struct Manager {
     state: Mutex<State>,
     store: Arc<dyn Store>,
     kick: Notify,
+    /// Wakes the service loop: a plan may want to be looked at again sooner.
+    services_kick: Notify,
     /// One connection pool for every worker; per-worker clients are cheap views of it.
     http: Client,
     tracker: TaskTracker,
@@ -114,10 +121,20 @@ impl Manager {
             .into_iter()
             .map(|(_, n)| n)
             .collect();
+        let services: Vec<Service> = cube_store::load_json(store.as_ref(), Table::Services)?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+        let deployments: Vec<Deployment> =
+            cube_store::load_json(store.as_ref(), Table::Deployments)?
+                .into_iter()
+                .map(|(_, d)| d)
+                .collect();
         let decoded = started.elapsed();
         let mut state = State::new(Scheduler::new(config.scheduler));
         let (task_count, node_count) = (tasks.len(), nodes.len());
         state.load(tasks, nodes, clock.instant());
+        state.load_services(services, deployments);
         if task_count + node_count > 0 {
             tracing::info!(
                 tasks = task_count,
@@ -137,6 +154,7 @@ impl Manager {
             state: Mutex::new(state),
             store,
             kick: Notify::new(),
+            services_kick: Notify::new(),
             http,
             tracker: TaskTracker::new(),
             shutdown,
@@ -154,10 +172,27 @@ impl Manager {
         &self.config
     }
 
-    /// Hands the records `effects` touched to the store (call with the state lock held, so the
-    /// store sees changes in order).
-    fn stage(&self, state: &State, effects: &Effects) -> Result<Commit, ManagerError> {
+    /// Plans the services the change touched, then hands the records `effects` touched to
+    /// the store (call with the state lock held, so the store sees changes in order).
+    fn stage(&self, state: &mut State, effects: &mut Effects) -> Result<Commit, ManagerError> {
+        if !effects.reconcile.is_empty() {
+            state.reconcile(self.clock.now(), &mut uuid::Uuid::now_v7, effects);
+            self.services_kick.notify_one();
+        }
         let mut batch = Batch::new();
+        for name in &effects.services {
+            if let Some(entry) = state.service(name) {
+                batch.put(Table::Services, name.clone(), &entry.service)?;
+            }
+        }
+        for name in &effects.removed_services {
+            batch.delete(Table::Services, name.clone());
+        }
+        for id in &effects.deployments {
+            if let Some(d) = state.deployment(*id) {
+                batch.put(Table::Deployments, id.to_string(), d)?;
+            }
+        }
         for id in &effects.tasks {
             if let Some(t) = state.task(*id) {
                 batch.put(Table::Tasks, id.to_string(), t)?;
@@ -206,7 +241,7 @@ impl Manager {
         let (result, commit) = {
             let mut state = self.lock();
             let result = f(&mut state, &mut effects);
-            (result, self.stage(&state, &effects)?)
+            (result, self.stage(&mut state, &mut effects)?)
         };
         self.finish(commit, effects).await?;
         Ok(result)
@@ -228,6 +263,108 @@ impl Manager {
         self.change(|s, e| s.stop(id, self.clock.now(), e))
             .await?
             .ok_or(ManagerError::TaskNotFound(id))
+    }
+
+    /// Creates or updates a service (durable before this returns); `true` if it was created.
+    pub(crate) async fn put_service(
+        self: &Arc<Self>,
+        spec: ServiceSpec,
+        check_index: Option<u64>,
+    ) -> Result<(ServiceView, bool), ManagerError> {
+        let name = spec.name.clone();
+        let now = self.clock.now();
+        let (service, _, created) = self
+            .change(|s, e| s.put_service(spec, check_index, now, &mut uuid::Uuid::now_v7, e))
+            .await?
+            .map_err(|r| refusal(r, &name))?;
+        let view = self.service_view(&name).unwrap_or_else(|| self.view_of(&service));
+        Ok((view, created))
+    }
+
+    /// Changes a service's count.
+    pub(crate) async fn scale_service(
+        self: &Arc<Self>,
+        name: &str,
+        count: u32,
+    ) -> Result<ServiceView, ManagerError> {
+        let now = self.clock.now();
+        self.change(|s, e| s.scale_service(name, count, now, &mut uuid::Uuid::now_v7, e))
+            .await?
+            .map_err(|r| refusal(r, name))?;
+        self.service_view(name).ok_or_else(|| ManagerError::ServiceNotFound(name.to_owned()))
+    }
+
+    /// Restores the spec of an earlier version as a new one.
+    pub(crate) async fn revert_service(
+        self: &Arc<Self>,
+        name: &str,
+        version: u64,
+    ) -> Result<ServiceView, ManagerError> {
+        let now = self.clock.now();
+        self.change(|s, e| s.revert_service(name, version, now, &mut uuid::Uuid::now_v7, e))
+            .await?
+            .map_err(|r| refusal(r, name))?;
+        self.service_view(name).ok_or_else(|| ManagerError::ServiceNotFound(name.to_owned()))
+    }
+
+    /// Removes a service, stopping its instances.
+    pub(crate) async fn remove_service(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<ServiceView, ManagerError> {
+        let now = self.clock.now();
+        let service = self
+            .change(|s, e| s.remove_service(name, now, e))
+            .await?
+            .map_err(|r| refusal(r, name))?;
+        Ok(self.view_of(&service))
+    }
+
+    /// One service with its counts and deployment.
+    pub(crate) fn service_view(&self, name: &str) -> Option<ServiceView> {
+        let state = self.lock();
+        let entry = state.service(name)?;
+        Some(view(&state, entry, self.clock.now()))
+    }
+
+    fn view_of(&self, service: &Service) -> ServiceView {
+        let counts = InstanceCounts { desired: service.spec.count, ..InstanceCounts::default() };
+        ServiceView::new(service, counts, None)
+    }
+
+    /// Every service, by name.
+    pub(crate) fn services(&self) -> Vec<ServiceView> {
+        let state = self.lock();
+        let now = self.clock.now();
+        state.services().map(|e| view(&state, e, now)).collect()
+    }
+
+    /// A service's version history, oldest first.
+    pub(crate) fn service_versions(&self, name: &str) -> Result<Vec<Version>, ManagerError> {
+        let state = self.lock();
+        let entry =
+            state.service(name).ok_or_else(|| ManagerError::ServiceNotFound(name.to_owned()))?;
+        Ok(entry.service.versions.clone())
+    }
+
+    /// One deployment.
+    pub(crate) fn deployment(&self, id: DeploymentId) -> Result<Deployment, ManagerError> {
+        self.lock().deployment(id).cloned().ok_or(ManagerError::DeploymentNotFound(id))
+    }
+
+    /// Promotes, pauses, resumes or fails a deployment.
+    pub(crate) async fn deployment_action(
+        self: &Arc<Self>,
+        id: DeploymentId,
+        action: DeploymentAction,
+    ) -> Result<Deployment, ManagerError> {
+        let now = self.clock.now();
+        self.change(|s, e| s.deployment_action(id, action, now, &mut uuid::Uuid::now_v7, e))
+            .await?
+            .map_err(|r| match r {
+                Refusal::Transition(source) => ManagerError::DeploymentRefused { id, source },
+                _ => ManagerError::DeploymentNotFound(id),
+            })
     }
 
     /// One task.
@@ -494,9 +631,10 @@ impl Manager {
             let commit = {
                 let mut state = self.lock();
                 state.place_pending(self.clock.now(), &mut effects);
-                // Placement itself must not wake the loop again.
+                // Placement itself must not wake the loop again (new instances a plan starts
+                // as a result do).
                 effects.kick = false;
-                self.stage(&state, &effects)
+                self.stage(&mut state, &mut effects)
             };
             let result = match commit {
                 Ok(commit) => self.finish(commit, effects).await,
@@ -527,6 +665,27 @@ impl Manager {
                 .await;
             if let Err(e) = result {
                 tracing::error!(error = %Chain(&e), "cannot persist node expiry");
+            }
+        }
+    }
+
+    /// Plans services again when their plans asked to be (an instance turning healthy, a
+    /// deadline, a replacement delay), until shutdown.
+    async fn services_loop(self: Arc<Self>) {
+        loop {
+            let next = self.lock().next_wake();
+            let wait = next.map(|at| {
+                let now = self.clock.now();
+                at.duration_since(now).try_into().unwrap_or(Duration::ZERO)
+            });
+            tokio::select! {
+                () = sleep_or_forever(wait) => {}
+                () = self.services_kick.notified() => continue,
+                () = self.shutdown.cancelled() => return,
+            }
+            let now = self.clock.now();
+            if let Err(e) = self.change(|s, e| s.wake_services(now, e)).await {
+                tracing::error!(error = %Chain(&e), "cannot persist service plans");
             }
         }
     }
@@ -611,6 +770,13 @@ impl Manager {
     }
 }
 
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The rules' view of a task a worker reports: converted here, at the edge, so `state` is written
 /// against domain values rather than the wire.
 fn report(view: TaskView) -> Report {
@@ -624,6 +790,38 @@ fn report(view: TaskView) -> Report {
         exit_code: view.exit_code,
         restart_count: view.restart_count,
         healthy: view.healthy,
+    }
+}
+
+/// A service's view: its record, its instance counts, its current deployment.
+fn view(state: &State, entry: &state::ServiceEntry, now: jiff::Timestamp) -> ServiceView {
+    let counts = state.counts(entry, now);
+    let instances = InstanceCounts {
+        desired: entry.service.spec.count,
+        running: counts.running,
+        healthy: counts.healthy,
+        versions: counts
+            .versions
+            .iter()
+            .map(|&(version, running, healthy)| VersionCounts { version, running, healthy })
+            .collect(),
+    };
+    let deployment = entry.service.deployment.and_then(|id| state.deployment(id)).cloned();
+    ServiceView::new(&entry.service, instances, deployment)
+}
+
+/// A refused service request as the manager's error.
+fn refusal(r: Refusal, name: &str) -> ManagerError {
+    match r {
+        Refusal::IndexMismatch(current) => {
+            ManagerError::IndexMismatch { name: name.to_owned(), current }
+        }
+        Refusal::NoVersion(version) => {
+            ManagerError::VersionNotFound { name: name.to_owned(), version }
+        }
+        Refusal::NoService | Refusal::NoDeployment | Refusal::Transition(_) => {
+            ManagerError::ServiceNotFound(name.to_owned())
+        }
     }
 }
 
@@ -666,6 +864,7 @@ pub async fn start(
     let addr = listener.addr();
     manager.tracker.spawn(Arc::clone(&manager).placement_loop());
     manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
+    manager.tracker.spawn(Arc::clone(&manager).services_loop());
     if let Some(retain) = config.gc_after {
         manager.tracker.spawn(Arc::clone(&manager).gc_loop(retain));
     }

@@ -36,11 +36,16 @@ pub enum Table {
     Nodes,
     /// Small facts about the store itself and the agent (node id, format version).
     Meta,
+    /// Service records with their version history (manager), keyed by service name.
+    Services,
+    /// Deployment records (manager), keyed by deployment id.
+    Deployments,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 3] = [Table::Tasks, Table::Nodes, Table::Meta];
+    pub const ALL: [Table; 5] =
+        [Table::Tasks, Table::Nodes, Table::Meta, Table::Services, Table::Deployments];
 
     /// Stable table name (used as the on-disk table name).
     pub const fn name(self) -> &'static str {
@@ -48,6 +53,8 @@ impl Table {
             Table::Tasks => "tasks",
             Table::Nodes => "nodes",
             Table::Meta => "meta",
+            Table::Services => "services",
+            Table::Deployments => "deployments",
         }
     }
 }

@@ -220,7 +220,13 @@ fn apply(db: &Database, group: &[(Batch, Reply)]) -> Result<(), (&'static str, A
         move |e| (what, Arc::new(e.into()))
     }
     let txn = db.begin_write().map_err(fail("cannot begin transaction"))?;
-    for table in Table::ALL {
+    // Only the tables the group writes: most commits touch one or two of them.
+    let written = |table: Table| {
+        group.iter().flat_map(|(b, _)| &b.ops).any(|op| match op {
+            Op::Put { table: t, .. } | Op::Delete { table: t, .. } => *t == table,
+        })
+    };
+    for table in Table::ALL.into_iter().filter(|t| written(*t)) {
         let mut t = txn.open_table(definition(table)).map_err(fail("cannot open table"))?;
         for (batch, _) in group {
             for op in &batch.ops {

@@ -20,6 +20,10 @@ impl State {
         let result = self.tasks.get_mut(&id).map(|t| f(Arc::make_mut(t)))?;
         self.account(id, before);
         effects.tasks.insert(id);
+        if let Some(of) = self.tasks.get(&id).and_then(|t| t.instance.as_ref()) {
+            // Whatever changed an instance may change what its service must do next.
+            effects.reconcile.insert(of.service.clone());
+        }
         Some(result)
     }
 

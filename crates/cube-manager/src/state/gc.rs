@@ -19,6 +19,11 @@ impl State {
             .take(limit)
             .collect();
         for id in &doomed {
+            if let Some(of) = self.tasks.get(id).and_then(|t| t.instance.as_ref())
+                && let Some(entry) = self.services.get_mut(&of.service)
+            {
+                entry.instances.remove(id);
+            }
             self.tasks.remove(id);
             self.pending.remove(id);
             self.fresh.remove(id);

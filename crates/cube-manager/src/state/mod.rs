@@ -21,6 +21,7 @@ mod gc;
 mod membership;
 mod placement;
 mod reports;
+mod services;
 #[cfg(test)]
 mod tests;
 
@@ -28,14 +29,16 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use cube_core::deployment::Deployment;
 use cube_core::stats::NodeStats;
 use cube_core::{
-    Bytes, DesiredState, Millicores, Node, NodeId, Protocol, Resources, Scheduler, Task, TaskId,
-    Trigger,
+    Bytes, DeploymentId, DesiredState, Millicores, Node, NodeId, Protocol, Resources, Scheduler,
+    Task, TaskId, Trigger,
 };
 use jiff::Timestamp;
 
 pub use reports::{ActiveCopy, Beat, Report};
+pub use services::{DeploymentAction, Refusal, ServiceEntry};
 
 /// A task placed on a node, to be sent there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +73,14 @@ pub struct Effects {
     pub stop: Vec<StopCall>,
     /// Capacity or pending work changed: run placement.
     pub kick: bool,
+    /// Services whose records changed (to persist).
+    pub services: BTreeSet<String>,
+    /// Services removed (to delete).
+    pub removed_services: BTreeSet<String>,
+    /// Deployments whose records changed (to persist).
+    pub deployments: BTreeSet<DeploymentId>,
+    /// Services whose instances changed: to plan again before the change is committed.
+    pub reconcile: BTreeSet<String>,
 }
 
 /// A node as the manager tracks it.
@@ -138,6 +149,12 @@ pub struct State {
     /// Scheduler runs so far (a task tried once counts once).
     attempts: u64,
     scheduler: Scheduler,
+    services: BTreeMap<String, ServiceEntry>,
+    deployments: BTreeMap<DeploymentId, Deployment>,
+    /// The last change index given to a service record (`modify_index`).
+    index: u64,
+    /// Services to plan at the next change whatever happened (at start-up: all of them).
+    due: BTreeSet<String>,
 }
 
 impl State {
@@ -153,6 +170,10 @@ impl State {
             retry_all: false,
             attempts: 0,
             scheduler,
+            services: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            index: 0,
+            due: BTreeSet::new(),
         }
     }
 

@@ -187,6 +187,10 @@ impl State {
                         t.reason = Some(reason.clone());
                         t.placement = Some(explanation);
                         t.note(now, Note::Unplaceable, format!("cannot place: {reason}"));
+                        if let Some(of) = &t.instance {
+                            // A rollout decides what to do about an instance with no room.
+                            effects.reconcile.insert(of.service.clone());
+                        }
                     }
                 }
             }

@@ -1,0 +1,229 @@
+//! Services end to end through a real manager and workers in one process, on the fake driver
+//! and a virtual clock: placement of instances, health-gated rolling updates, failure and
+//! revert, canaries, scaling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cube_api::types::{ServiceView, TaskView};
+use cube_core::deployment::{DeploymentStatus, Reason};
+use cube_core::service::ServiceSpec;
+use cube_core::{DesiredState, TaskState};
+use cube_testkit::Cluster;
+use serde_json::{Value, json};
+
+/// A web service of `count` instances whose exec check passes (unless `FAKE_UNHEALTHY_AFTER`
+/// says otherwise), healthy after 2 s.
+fn web(count: u32, env: Value) -> ServiceSpec {
+    serde_json::from_value(json!({
+        "name": "web", "count": count,
+        "task": {"name": "web", "driver": "process", "command": "web", "env": env,
+                 "health": {"type": "exec", "command": ["check"], "interval": "500ms",
+                            "failure_threshold": 2}},
+        "update": {"min_healthy_time": "2s", "healthy_deadline": "1m",
+                   "progress_deadline": "2m"}
+    }))
+    .unwrap()
+}
+
+async fn put(cluster: &Cluster, spec: &ServiceSpec) -> ServiceView {
+    cluster.drive(cluster.client().put_service(spec, None)).await.unwrap().0
+}
+
+async fn service(cluster: &Cluster) -> ServiceView {
+    cluster.drive(cluster.client().service("web")).await.unwrap()
+}
+
+async fn instances(cluster: &Cluster) -> Vec<TaskView> {
+    let tasks = cluster.drive(cluster.client().tasks()).await.unwrap();
+    tasks.into_iter().filter(|t| t.instance.as_ref().is_some_and(|i| i.service == "web")).collect()
+}
+
+fn live(tasks: &[TaskView]) -> Vec<&TaskView> {
+    tasks
+        .iter()
+        .filter(|t| t.desired_state == DesiredState::Running && !t.state.is_terminal())
+        .collect()
+}
+
+/// Waits until the current deployment is over, sampling the healthy count on every step;
+/// returns the service and the fewest healthy instances seen.
+async fn roll(cluster: &Cluster, within: Duration) -> (ServiceView, u32) {
+    let fewest = Arc::new(AtomicU32::new(u32::MAX));
+    let view = cluster
+        .wait_for(within, "the deployment ended", |c| {
+            let fewest = Arc::clone(&fewest);
+            async move {
+                let s = c.service("web").await.ok()?;
+                fewest.fetch_min(s.instances.healthy, Ordering::Relaxed);
+                let d = s.deployment.as_ref()?;
+                d.status.is_terminal().then_some(s)
+            }
+        })
+        .await;
+    (view, fewest.load(Ordering::Relaxed))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_lands_one_instance_per_node_and_turns_healthy() {
+    let cluster = Cluster::start(3).await;
+    let created = put(&cluster, &web(3, json!({}))).await;
+    assert_eq!((created.version, created.instances.desired), (1, 3));
+    let (view, _) = roll(&cluster, Duration::from_secs(30)).await;
+    let d = view.deployment.as_ref().unwrap();
+    assert_eq!((d.status, d.reason), (DeploymentStatus::Successful, Reason::AllHealthy));
+    assert_eq!((view.instances.running, view.instances.healthy), (3, 3));
+    let tasks = instances(&cluster).await;
+    let nodes: BTreeSet<_> = tasks.iter().map(|t| t.node.unwrap()).collect();
+    assert_eq!(nodes.len(), 3, "one per node");
+    let slots: BTreeSet<u32> = tasks.iter().map(|t| t.instance.as_ref().unwrap().slot).collect();
+    assert_eq!(slots, BTreeSet::from([0, 1, 2]));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rolling_update_never_drops_below_count_and_names_each_replacement() {
+    let cluster = Cluster::start(3).await;
+    put(&cluster, &web(3, json!({}))).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    let old: BTreeSet<_> = instances(&cluster).await.iter().map(|t| t.id).collect();
+
+    let updated = put(&cluster, &web(3, json!({"VERSION": "2"}))).await;
+    assert_eq!(updated.version, 2);
+    let (view, fewest) = roll(&cluster, Duration::from_secs(60)).await;
+    assert_eq!(view.deployment.as_ref().unwrap().status, DeploymentStatus::Successful);
+    assert_eq!(fewest, 3, "never fewer than 3 healthy instances");
+    let tasks = instances(&cluster).await;
+    let now = live(&tasks);
+    assert_eq!(now.len(), 3);
+    assert!(now.iter().all(|t| t.instance.as_ref().unwrap().version == 2));
+    cluster
+        .wait_for(Duration::from_secs(10), "old instances completed", |c| {
+            let old = old.clone();
+            async move {
+                let tasks = c.tasks().await.ok()?;
+                let done = tasks
+                    .iter()
+                    .filter(|t| old.contains(&t.id))
+                    .all(|t| t.state == TaskState::Completed && t.replaced_by.is_some());
+                done.then_some(())
+            }
+        })
+        .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_check_fails_the_deployment_and_the_revert_restores_the_last_good_spec() {
+    let cluster = Cluster::start(3).await;
+    put(&cluster, &web(3, json!({}))).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    let good: BTreeSet<_> = instances(&cluster).await.iter().map(|t| t.id).collect();
+
+    let bad = put(&cluster, &web(3, json!({"FAKE_UNHEALTHY_AFTER": "0s"}))).await;
+    let failed = bad.deployment.unwrap().id;
+    let d = cluster
+        .wait_for(Duration::from_secs(30), "the deployment failed", |c| async move {
+            let d = c.deployment(failed).await.ok()?;
+            (d.status == DeploymentStatus::Failed).then_some(d)
+        })
+        .await;
+    assert_eq!(d.reason, Reason::Unhealthy);
+    assert!(d.description.starts_with("task web/0: unhealthy"), "{}", d.description);
+    assert!(d.description.ends_with("reverting to version 1"), "{}", d.description);
+
+    let (view, fewest) = roll(&cluster, Duration::from_secs(30)).await;
+    let revert = view.deployment.as_ref().unwrap();
+    assert!(revert.revert);
+    assert_eq!((view.version, revert.status), (3, DeploymentStatus::Successful));
+    assert_eq!(fewest, 3, "no healthy instance was stopped");
+    let now: BTreeSet<_> = live(&instances(&cluster).await).iter().map(|t| t.id).collect();
+    assert_eq!(now, good, "the good instances were kept, not restarted");
+
+    let versions = cluster.drive(cluster.client().service_versions("web")).await.unwrap();
+    let outcomes: Vec<_> = versions.iter().map(|v| (v.version, v.outcome, v.reverts)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, Some(DeploymentStatus::Successful), None),
+            (2, Some(DeploymentStatus::Failed), None),
+            (3, Some(DeploymentStatus::Successful), Some(1)),
+        ]
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_canary_waits_for_promotion_then_the_rollout_proceeds() {
+    let cluster = Cluster::start(3).await;
+    let mut spec = web(3, json!({}));
+    spec.update.canary = 1;
+    put(&cluster, &spec).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+
+    spec.task.env.insert("VERSION".into(), "2".into());
+    let view = put(&cluster, &spec).await;
+    let id = view.deployment.unwrap().id;
+    cluster
+        .wait_for(Duration::from_secs(30), "waiting for promotion", |c| async move {
+            let d = c.deployment(id).await.ok()?;
+            (d.reason == Reason::NeedsPromotion).then_some(())
+        })
+        .await;
+    cluster.pass(Duration::from_secs(5)).await;
+    let versions: Vec<u64> = live(&instances(&cluster).await)
+        .iter()
+        .map(|t| t.instance.as_ref().unwrap().version)
+        .collect();
+    assert_eq!(versions.iter().filter(|v| **v == 2).count(), 1, "one canary: {versions:?}");
+    assert_eq!(versions.len(), 4);
+
+    cluster.drive(cluster.client().deployment_action(id, "promote")).await.unwrap();
+    let (view, fewest) = roll(&cluster, Duration::from_secs(60)).await;
+    assert_eq!(view.deployment.unwrap().status, DeploymentStatus::Successful);
+    assert_eq!(fewest, 3);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_starts_and_stops_only_the_difference_without_a_deployment() {
+    let cluster = Cluster::start(3).await;
+    put(&cluster, &web(3, json!({}))).await;
+    let (before, _) = roll(&cluster, Duration::from_secs(30)).await;
+    let first: BTreeSet<_> = instances(&cluster).await.iter().map(|t| t.id).collect();
+
+    let scaled = cluster.drive(cluster.client().scale("web", 5)).await.unwrap();
+    assert_eq!(scaled.version, 1);
+    assert_eq!(scaled.deployment, before.deployment, "no new deployment");
+    cluster
+        .wait_for(Duration::from_secs(30), "five healthy", |c| async move {
+            (c.service("web").await.ok()?.instances.healthy == 5).then_some(())
+        })
+        .await;
+    let five = instances(&cluster).await;
+    assert!(
+        first.iter().all(|id| five.iter().any(|t| t.id == *id && t.state == TaskState::Running))
+    );
+    let per_node: Vec<usize> = (0..3)
+        .map(|i| five.iter().filter(|t| t.node == Some(cluster.node_id(i))).count())
+        .collect();
+    assert!(per_node.iter().all(|n| (1..=2).contains(n)), "spread kept: {per_node:?}");
+
+    cluster.drive(cluster.client().scale("web", 2)).await.unwrap();
+    cluster
+        .wait_for(Duration::from_secs(30), "two left", |c| async move {
+            let s = c.service("web").await.ok()?;
+            (s.instances.running == 2).then_some(())
+        })
+        .await;
+    let left: Vec<u32> = live(&instances(&cluster).await)
+        .iter()
+        .map(|t| t.instance.as_ref().unwrap().slot)
+        .collect();
+    assert_eq!(left.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([0, 1]));
+    assert_eq!(service(&cluster).await.version, 1);
+    cluster.shutdown().await;
+}

@@ -132,7 +132,53 @@ pub struct Rejection {
     pub name: Arc<str>,
     /// Why, e.g. "needs 512MiB memory, 200MiB free".
     pub reason: String,
+    /// Why, as a kind for programs (`other` in records written before kinds existed).
+    #[serde(default)]
+    pub kind: RejectionKind,
 }
+
+/// Why a node cannot take a task, for programs (the sentence is for people).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(strum::Display)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum RejectionKind {
+    /// The node is down.
+    Down,
+    /// It lacks the task's driver.
+    Driver,
+    /// A placement constraint is not met.
+    Constraint,
+    /// Not enough free CPU, memory or disk.
+    Resources,
+    /// A static host port of the task is taken there.
+    Port,
+    /// The task already failed there.
+    FailedHere,
+    /// E-PVM needs stats the node has not reported yet.
+    NoStats,
+    /// It already runs an instance of the task's service (`distinct_nodes`).
+    Distinct,
+    /// Not recorded.
+    #[default]
+    Other,
+}
+
+/// Where the other instances of a service run, for placing one more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Siblings {
+    /// Per node: instances of the same version. Nodes with fewer are preferred, whatever the
+    /// scheduler, so a service spreads over its nodes.
+    pub spread: std::collections::HashMap<NodeId, u32>,
+    /// Nodes holding any live instance of the service.
+    pub occupied: std::collections::HashSet<NodeId>,
+    /// Never two instances on one node: occupied nodes are refused.
+    pub distinct: bool,
+}
+
+/// Score added per same-version sibling on a node: larger than any scheduler's own score, so
+/// spreading a service comes first and the scheduler decides among equals.
+const SIBLING_COST: f64 = 1e6;
 
 /// Why a task was (or could not be) placed where it was.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -223,6 +269,18 @@ impl Scheduler {
     /// Chooses a node for `spec` among `nodes` (in a stable order, e.g. by id). Nodes in
     /// `avoid` (where the task already failed) are used only if nothing else fits.
     pub fn place(&mut self, spec: &TaskSpec, set: &NodeSet, avoid: &[NodeId]) -> Decision {
+        self.place_among(spec, set, avoid, None)
+    }
+
+    /// [`Scheduler::place`] for an instance of a service whose other instances are
+    /// `siblings`: spread over nodes first, and never beside one with `distinct`.
+    pub fn place_among(
+        &mut self,
+        spec: &TaskSpec,
+        set: &NodeSet,
+        avoid: &[NodeId],
+        siblings: Option<&Siblings>,
+    ) -> Decision {
         let nodes = set.nodes();
         let constraints = &spec.constraints;
         let n = nodes.len();
@@ -243,7 +301,11 @@ impl Scheduler {
         for k in 0..n {
             let i = (start + k) % n;
             examined += 1;
-            match check(spec, constraints, &nodes[i]) {
+            let distinct =
+                siblings.is_some_and(|s| s.distinct && s.occupied.contains(&nodes[i].id));
+            let verdict =
+                if distinct { Err(Reject::Distinct) } else { check(spec, constraints, &nodes[i]) };
+            match verdict {
                 Ok(()) => {
                     feasible.push(i);
                     if feasible.len() >= limit {
@@ -278,7 +340,11 @@ impl Scheduler {
         let mut scored: Vec<(usize, f64)> = Vec::with_capacity(feasible.len());
         for &i in &feasible {
             match self.score(spec, nodes, i, max_jobs) {
-                Ok(score) => scored.push((i, score)),
+                Ok(score) => {
+                    let same =
+                        siblings.and_then(|s| s.spread.get(&nodes[i].id)).copied().unwrap_or(0);
+                    scored.push((i, score + f64::from(same) * SIBLING_COST));
+                }
                 Err(reason) => {
                     rejected_total += 1;
                     rejected.push((i, reason));
@@ -301,6 +367,7 @@ impl Scheduler {
                 node: nodes[i].id,
                 name: nodes[i].name.clone(),
                 reason: r.describe(constraints),
+                kind: r.kind(),
             })
             .collect();
         rejected.sort_by(|a, b| a.name.cmp(&b.name));
@@ -435,9 +502,25 @@ enum Reject {
     Port(u16, Protocol),
     FailedHere,
     NoStats,
+    Distinct,
 }
 
 impl Reject {
+    fn kind(self) -> RejectionKind {
+        match self {
+            Reject::Down => RejectionKind::Down,
+            Reject::Driver(_) => RejectionKind::Driver,
+            Reject::Constraint(_) => RejectionKind::Constraint,
+            Reject::Cpu { .. } | Reject::Memory { .. } | Reject::Disk { .. } => {
+                RejectionKind::Resources
+            }
+            Reject::Port(..) => RejectionKind::Port,
+            Reject::FailedHere => RejectionKind::FailedHere,
+            Reject::NoStats => RejectionKind::NoStats,
+            Reject::Distinct => RejectionKind::Distinct,
+        }
+    }
+
     fn describe(self, constraints: &[Constraint]) -> String {
         match self {
             Reject::Down => "node is down".into(),
@@ -460,6 +543,7 @@ impl Reject {
             }
             Reject::FailedHere => "the task already failed on this node".into(),
             Reject::NoStats => "no stats reported yet".into(),
+            Reject::Distinct => "already runs an instance of this service (distinct_nodes)".into(),
         }
     }
 }
@@ -769,6 +853,36 @@ mod tests {
                 Decision::Place { .. }
             ),
             "falls back rather than leaving the task pending"
+        );
+    }
+
+    #[test]
+    fn instances_of_a_service_spread_first_and_distinct_nodes_is_a_hard_rule() {
+        let nodes = three();
+        // Binpack would pack every task on the first node; a service's instances still spread.
+        let siblings = Siblings {
+            spread: [(nodes[0].id, 1), (nodes[1].id, 1)].into_iter().collect(),
+            occupied: [nodes[0].id, nodes[1].id].into_iter().collect(),
+            distinct: false,
+        };
+        let place = |siblings: &Siblings| {
+            Scheduler::new(SchedulerKind::Binpack).place_among(
+                &spec(0, 0),
+                &set(&nodes),
+                &[],
+                Some(siblings),
+            )
+        };
+        let Decision::Place { node, .. } = place(&siblings) else { panic!() };
+        assert_eq!(node, nodes[2].id);
+
+        let distinct =
+            Siblings { occupied: nodes.iter().map(|n| n.id).collect(), distinct: true, ..siblings };
+        let Decision::Unplaceable { explanation } = place(&distinct) else { panic!() };
+        assert!(explanation.rejected.iter().all(|r| r.kind == RejectionKind::Distinct));
+        assert_eq!(
+            explanation.rejected[0].reason,
+            "already runs an instance of this service (distinct_nodes)"
         );
     }
 }

@@ -1,9 +1,10 @@
 //! Placement: accepting and stopping tasks, placing waiting ones, and what happens to a
 //! placement on its way to its node.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use cube_core::scheduler::NodeLoad;
+use cube_core::scheduler::{NodeLoad, Siblings};
 use cube_core::{
     Decision, DesiredState, NodeId, NodeSet, NodeState, NodeView, Note, Task, TaskId, TaskSpec,
     TaskState, Trigger,
@@ -150,12 +151,28 @@ impl State {
             return;
         }
         let mut views = NodeSet::new(self.nodes.values().map(|n| self.node_view(n)).collect());
+        // Where each service's instances are, built once per pass and kept up to date as
+        // instances are placed.
+        let mut groups: HashMap<(String, u64), Siblings> = HashMap::new();
         for id in ids {
             let Some(task) = self.tasks.get(&id) else { continue };
             self.attempts += 1;
-            match self.scheduler.place(&task.spec, &views, &task.failed_nodes) {
+            let group = task.instance.as_ref().map(|of| {
+                groups.entry((of.service.clone(), of.version)).or_insert_with(|| self.siblings(of))
+            });
+            let decision = self.scheduler.place_among(
+                &task.spec,
+                &views,
+                &task.failed_nodes,
+                group.as_deref(),
+            );
+            match decision {
                 Decision::Place { node, index, explanation } => {
                     views.assign(index, &task.spec);
+                    if let Some(group) = group {
+                        *group.spread.entry(node).or_default() += 1;
+                        group.occupied.insert(node);
+                    }
                     let name =
                         explanation.chosen.as_ref().map(|c| c.name.clone()).unwrap_or_default();
                     let score = explanation.chosen.as_ref().map(|c| c.score).unwrap_or_default();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use cube_core::deployment::{Deployment, DeploymentStatus, DeploymentTrigger, Reason};
 use cube_core::rollout::{self, EndCause, Instance, NoRoom, Phase, Plan, Rollout, StopWhy};
+use cube_core::scheduler::{RejectionKind, Siblings};
 use cube_core::service::{Change, Service, ServiceSpec};
 use cube_core::{
     DeploymentId, DesiredState, EventKind, InstanceOf, Note, Task, TaskId, TaskState, Trigger,
@@ -281,6 +282,24 @@ impl State {
         }
         effects.reconcile.insert(service);
         self.deployments.get(&id).cloned().ok_or(Refusal::NoDeployment)
+    }
+
+    /// Where the live instances of `of`'s service run, for placing `of`.
+    pub(super) fn siblings(&self, of: &InstanceOf) -> Siblings {
+        let mut siblings = Siblings::default();
+        let Some(entry) = self.services.get(&of.service) else { return siblings };
+        siblings.distinct = entry.service.spec.distinct_nodes;
+        for t in entry.instances.iter().filter_map(|id| self.tasks.get(id)) {
+            let (Some(node), Some(other)) = (t.node, &t.instance) else { continue };
+            if t.state.is_terminal() || t.desired == DesiredState::Stopped {
+                continue;
+            }
+            siblings.occupied.insert(node);
+            if other.version == of.version {
+                *siblings.spread.entry(node).or_default() += 1;
+            }
+        }
+        siblings
     }
 
     /// Instance counts of a service.
@@ -622,11 +641,17 @@ fn instance_view(t: &Task, current: bool) -> Option<Instance> {
     } else {
         match t.state {
             TaskState::Pending => Phase::Pending {
-                no_room: t
-                    .placement
-                    .as_ref()
-                    .filter(|p| p.chosen.is_none())
-                    .map(|p| NoRoom { port_conflict: None, reason: p.unplaceable_reason() }),
+                no_room: t.placement.as_ref().filter(|p| p.chosen.is_none()).map(|p| {
+                    // A static host port is the obstacle when it is the reason on every node
+                    // that would otherwise do.
+                    let port = t.spec.ports.iter().find(|p| p.host != 0).map(|p| p.host);
+                    let ports = !p.rejected.is_empty()
+                        && p.rejected
+                            .iter()
+                            .all(|r| matches!(r.kind, RejectionKind::Port | RejectionKind::Down))
+                        && p.rejected.iter().any(|r| r.kind == RejectionKind::Port);
+                    NoRoom { port_conflict: port.filter(|_| ports), reason: p.unplaceable_reason() }
+                }),
             },
             TaskState::Scheduled | TaskState::Restarting => {
                 Phase::Starting { placed_at: placed_at() }

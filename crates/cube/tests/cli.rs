@@ -373,6 +373,10 @@ fn the_examples_are_valid_task_files() {
     assert_eq!(web["ports"][0]["host"], 0);
     assert_eq!(web["health"]["type"], "http");
     assert_eq!(web["restart"]["mode"], "on-failure");
+    let service = cube(&["deploy", &example("web-service.toml"), "--dry-run"], &[]).json();
+    assert_eq!((service["name"].as_str(), service["count"].as_u64()), (Some("web"), Some(3)));
+    assert_eq!(service["task"]["health"]["type"], "http");
+    assert_eq!(service["update"]["min_healthy_time"], "3s");
 }
 
 #[test]

@@ -71,6 +71,12 @@ impl Api {
         self.client.stop(id).await.map_err(|e| self.error(&e))
     }
 
+    /// The typed client, for calls whose errors the caller turns into lines with
+    /// [`Api::error`].
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// `GET /v1/nodes`.
     pub(super) async fn nodes(&self) -> anyhow::Result<Vec<NodeInfo>> {
         self.client.nodes().await.map_err(|e| self.error(&e))

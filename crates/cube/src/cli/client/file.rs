@@ -1,9 +1,11 @@
-//! Task files: a task spec written as TOML (or JSON), read with errors that point at the line,
-//! column and field of the first mistake, then validated with every problem listed.
+//! Task and service files: a spec written as TOML (or JSON), read with errors that point at the
+//! line, column and field of the first mistake, then validated with every problem listed.
 
 use std::path::Path;
 
-use cube_core::TaskSpec;
+use cube_core::service::ServiceSpec;
+use cube_core::{FieldError, TaskSpec};
+use serde::de::DeserializeOwned;
 
 /// Which syntax a task file is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,10 +33,25 @@ impl Syntax {
 
 /// Reads, parses and validates the task file at `path` (`-` = standard input).
 pub(super) fn load(path: &Path) -> anyhow::Result<TaskSpec> {
+    load_as(path, "task", |spec: &TaskSpec| check(spec))
+}
+
+/// Reads, parses and validates the service file at `path` (`-` = standard input).
+pub(super) fn load_service(path: &Path) -> anyhow::Result<ServiceSpec> {
+    load_as(path, "service", |spec: &ServiceSpec| {
+        spec.validate().map_err(|errors| problems("service", &errors))
+    })
+}
+
+fn load_as<T: DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> anyhow::Result<T> {
     let (name, text, syntax) = if path == Path::new("-") {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .map_err(|e| anyhow::anyhow!("cannot read the task from standard input: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("cannot read the {what} from standard input: {e}"))?;
         let syntax = Syntax::sniff(&text);
         ("<stdin>".to_owned(), text, syntax)
     } else {
@@ -47,21 +64,23 @@ pub(super) fn load(path: &Path) -> anyhow::Result<TaskSpec> {
                 std::io::ErrorKind::IsADirectory => "is a directory".to_owned(),
                 _ => e.to_string(),
             };
-            anyhow::anyhow!("cannot read task file {name}: {why}")
+            anyhow::anyhow!("cannot read {what} file {name}: {why}")
         })?;
         (name, text, Syntax::of_path(path))
     };
-    let spec = parse(&text, syntax).map_err(|e| anyhow::anyhow!("{name}:{e}"))?;
-    check(&spec).map_err(|problems| anyhow::anyhow!("{name}: {problems}"))?;
+    let spec = parse_as::<T>(&text, syntax).map_err(|e| anyhow::anyhow!("{name}:{e}"))?;
+    validate(&spec).map_err(|problems| anyhow::anyhow!("{name}: {problems}"))?;
     Ok(spec)
 }
 
 /// Runs [`TaskSpec::validate`] and joins every problem into one line.
 pub(super) fn check(spec: &TaskSpec) -> Result<(), String> {
-    spec.validate().map_err(|errors| {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        format!("invalid task spec: {}", list.join("; "))
-    })
+    spec.validate().map_err(|errors| problems("task", &errors))
+}
+
+fn problems(what: &str, errors: &[FieldError]) -> String {
+    let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("invalid {what} spec: {}", list.join("; "))
 }
 
 /// Where a parse error is and what it says.
@@ -88,20 +107,20 @@ impl std::fmt::Display for ParseError {
     }
 }
 
-/// Parses a task spec, without validating it.
-pub(super) fn parse(text: &str, syntax: Syntax) -> Result<TaskSpec, ParseError> {
+/// Parses a spec of any kind, without validating it.
+pub(super) fn parse_as<T: DeserializeOwned>(text: &str, syntax: Syntax) -> Result<T, ParseError> {
     match syntax {
         Syntax::Toml => parse_toml(text),
         Syntax::Json => parse_json(text),
     }
 }
 
-fn parse_toml(text: &str) -> Result<TaskSpec, ParseError> {
+fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| {
         let (line, column) = position(text, e.span().map_or(0, |s| s.start));
         ParseError { line, column, field: String::new(), message: one_line(e.message()) }
     })?;
-    serde_path_to_error::deserialize::<_, TaskSpec>(deserializer).map_err(|e| {
+    serde_path_to_error::deserialize::<_, T>(deserializer).map_err(|e| {
         let field = field_of(e.path());
         let inner = e.into_inner();
         let (line, column) = position(text, inner.span().map_or(0, |s| s.start));
@@ -110,9 +129,9 @@ fn parse_toml(text: &str) -> Result<TaskSpec, ParseError> {
     })
 }
 
-fn parse_json(text: &str) -> Result<TaskSpec, ParseError> {
+fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, ParseError> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    let spec = serde_path_to_error::deserialize::<_, TaskSpec>(&mut deserializer).map_err(|e| {
+    let spec = serde_path_to_error::deserialize::<_, T>(&mut deserializer).map_err(|e| {
         let field = field_of(e.path());
         json_error(&e.into_inner(), field)
     })?;
@@ -184,6 +203,10 @@ mod tests {
 
     use super::*;
 
+    fn parse(text: &str, syntax: Syntax) -> Result<TaskSpec, ParseError> {
+        parse_as(text, syntax)
+    }
+
     #[test]
     fn a_good_toml_file_parses() {
         let spec = parse(
@@ -253,6 +276,22 @@ mod tests {
             problems,
             "invalid task spec: name: must not be empty; image: is required by the docker driver"
         );
+    }
+
+    #[test]
+    fn service_files_parse_with_the_template_nested() {
+        let text = "name = \"web\"\ncount = 3\n\n[task]\nname = \"web\"\ndriver = \"process\"\n\
+                    command = \"x\"\n\n[update]\nmax_surge = \"50%\"\ncanary = 1\n";
+        let spec: ServiceSpec = parse_as(text, Syntax::Toml).unwrap();
+        assert_eq!((spec.count, spec.update.canary), (3, 1));
+        assert_eq!(spec.update.max_surge, cube_core::service::Amount::Percent(50));
+        let e = parse_as::<ServiceSpec>(
+            "name = \"web\"\ncount = 3\n[task]\nname = \"w\"\ndriver = \"process\"\n\
+             command = \"x\"\n[update]\nmax_surge = \"lots\"\n",
+            Syntax::Toml,
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (8, "update.max_surge"));
     }
 
     #[test]

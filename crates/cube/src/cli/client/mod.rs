@@ -3,7 +3,8 @@
 //! - `run` (module `run`, with `file` for task files and `wait` for `--wait`): submit a task
 //!   from a file or from flags, optionally waiting for it;
 //! - `status`: list tasks, or explain one (placement and history);
-//! - `stop`, `logs`, `node`: the rest of the day-to-day.
+//! - `stop`, `logs`, `node`: the rest of the day-to-day;
+//! - `deploy`, `service`, `deployment` (module `service`): services and their rollouts.
 //!
 //! Every command prints tables for people (`--output table`) or the API's JSON for scripts
 //! (`--output json`). Errors are one `error: ...` line on stderr. Task ids may be shortened to
@@ -16,6 +17,7 @@ mod format;
 mod logs;
 mod node;
 mod run;
+mod service;
 mod status;
 mod stop;
 mod wait;
@@ -70,6 +72,128 @@ pub enum ClientCommand {
     ///   cube node worker-1    (a name, an id or an id prefix)
     #[command(verbatim_doc_comment, visible_alias = "nodes")]
     Node(NodeArgs),
+    /// Create or update a service from a service file, and optionally follow its rollout
+    ///
+    /// A service file is TOML (JSON when its name ends in .json): `name`, `count`, the task
+    /// template under `[task]` and the rollout under `[update]` (docs/services.md). A change of
+    /// the template rolls out as a deployment; a change of `count` alone resizes in place. With
+    /// --wait, the command follows the rollout and exits 0 once it succeeded, 3 with the reason
+    /// when it failed or was paused.
+    ///
+    /// Examples:
+    ///   cube deploy examples/web-service.toml --wait
+    ///   cube deploy web.toml --check-index 42    (only if nobody changed it since index 42)
+    #[command(verbatim_doc_comment)]
+    Deploy(DeployArgs),
+    /// Services: list, show, scale, history, revert, remove
+    ///
+    /// Examples:
+    ///   cube service ls
+    ///   cube service status web
+    ///   cube service scale web 5
+    ///   cube service history web
+    ///   cube service revert web 3
+    ///   cube service rm web
+    #[command(verbatim_doc_comment, subcommand, visible_alias = "services")]
+    Service(ServiceCommand),
+    /// A service's rollout: show it, promote its canaries, pause, resume or fail it
+    ///
+    /// Each takes a deployment id or a service name (its current deployment).
+    ///
+    /// Examples:
+    ///   cube deployment status web
+    ///   cube deployment promote web
+    ///   cube deployment fail 0193a2c4-...
+    #[command(verbatim_doc_comment, subcommand)]
+    Deployment(DeploymentCommand),
+}
+
+/// Options of `cube deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Service file: TOML, or JSON when the name ends in `.json`; `-` reads standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Follow the rollout until it ends: exit 0 on success, 3 on failure.
+    #[arg(long, short = 'w')]
+    pub wait: bool,
+    /// Longest time --wait waits (e.g. 10m).
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Only if the service's modify index is still N (0: only if it does not exist yet).
+    #[arg(long, value_name = "N")]
+    pub check_index: Option<u64>,
+    /// Check the file and print the service with defaults filled in, without sending it.
+    #[arg(long, conflicts_with_all = ["wait", "check_index"])]
+    pub dry_run: bool,
+}
+
+/// `cube service` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List services with their healthy, running and desired instances.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a service: instances per version and its current deployment.
+    Status {
+        /// The service.
+        name: String,
+    },
+    /// Change the number of instances (in place: no rollout, healthy instances kept).
+    Scale {
+        /// The service.
+        name: String,
+        /// The new count.
+        count: u32,
+    },
+    /// The last versions, newest first, with how their rollouts ended.
+    History {
+        /// The service.
+        name: String,
+    },
+    /// Roll out the spec of an earlier version as a new version (start-first, no canaries).
+    Revert {
+        /// The service.
+        name: String,
+        /// The version whose spec to restore.
+        version: u64,
+    },
+    /// Remove a service and stop its instances.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The service.
+        name: String,
+    },
+}
+
+/// `cube deployment` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    /// Show a deployment: status, reason, what it waits for.
+    Status {
+        /// A deployment id, or a service name.
+        target: String,
+    },
+    /// Let a rollout waiting on healthy canaries proceed.
+    Promote {
+        /// A deployment id, or a service name.
+        target: String,
+    },
+    /// Stop a rollout where it is (instances are kept as they are).
+    Pause {
+        /// A deployment id, or a service name.
+        target: String,
+    },
+    /// Let a paused rollout move again.
+    Resume {
+        /// A deployment id, or a service name.
+        target: String,
+    },
+    /// Give a rollout up (it reverts when its strategy says `auto_revert`).
+    Fail {
+        /// A deployment id, or a service name.
+        target: String,
+    },
 }
 
 /// Options of `cube run`.
@@ -208,6 +332,9 @@ pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCo
             ClientCommand::Stop(args) => stop::stop(&api, args, output).await,
             ClientCommand::Logs(args) => logs::logs(&api, args).await,
             ClientCommand::Node(args) => node::node(&api, args, output).await,
+            ClientCommand::Deploy(args) => service::deploy(&api, args, output).await,
+            ClientCommand::Service(command) => service::service(&api, command, output).await,
+            ClientCommand::Deployment(command) => service::deployment(&api, command, output).await,
         }
     })
 }

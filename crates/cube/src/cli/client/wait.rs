@@ -195,11 +195,11 @@ fn progress(task: &TaskView) -> String {
     text
 }
 
-/// A spinner on stderr, only when stderr is a terminal.
-struct Spinner(Option<ProgressBar>);
+/// A spinner with a message on stderr, only when stderr is a terminal.
+pub(super) struct Spinner(Option<ProgressBar>);
 
 impl Spinner {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         if !std::io::stderr().is_terminal() {
             return Spinner(None);
         }
@@ -211,15 +211,24 @@ impl Spinner {
         Spinner(Some(bar))
     }
 
-    fn show(&self, message: &str) {
+    pub(super) fn show(&self, message: &str) {
         if let Some(bar) = &self.0 {
             bar.set_message(message.to_owned());
         }
     }
 
-    fn clear(&self) {
+    pub(super) fn clear(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
+        }
+    }
+
+    /// Prints `line` on stderr, above the spinner when there is one.
+    #[allow(clippy::print_stderr)]
+    pub(super) fn line(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
         }
     }
 }

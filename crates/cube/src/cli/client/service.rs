@@ -1,0 +1,337 @@
+//! `cube deploy`, `cube service ...` and `cube deployment ...`: services, their versions and
+//! their rollouts.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use cube_api::types::ServiceView;
+use cube_core::DeploymentId;
+use cube_core::deployment::{Deployment, DeploymentStatus};
+use cube_core::service::Version;
+use jiff::Timestamp;
+
+use super::api::Api;
+use super::format::{self, Details};
+use super::wait::{Spinner, WAIT_FAILED};
+use super::{DeployArgs, DeploymentCommand, ServiceCommand, file};
+use crate::cli::Output;
+
+/// How often `--wait` looks at the rollout.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Runs `cube deploy`.
+pub(super) async fn deploy(
+    api: &Api,
+    args: DeployArgs,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let spec = file::load_service(&args.file)?;
+    if args.dry_run {
+        format::emit_json(&spec)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let before = api.client().service(&spec.name).await.ok();
+    let (view, created) =
+        api.client().put_service(&spec, args.check_index).await.map_err(|e| api.error(&e))?;
+    let started = view.deployment.as_ref().filter(|d| {
+        before.as_ref().is_none_or(|b| b.deployment.as_ref().map(|d| d.id) != Some(d.id))
+    });
+    if output == Output::Json && !args.wait {
+        format::emit_json(&view)?;
+    }
+    if output == Output::Table {
+        let what = match (created, started, &before) {
+            (true, _, _) => format!("service {} created at version {}", view.name, view.version),
+            (false, Some(_), _) => {
+                format!("service {} updated to version {}", view.name, view.version)
+            }
+            (false, None, Some(b))
+                if b.version == view.version && b.spec.count != view.spec.count =>
+            {
+                format!(
+                    "service {} resized to {} (version {}, no rollout)",
+                    view.name, view.spec.count, view.version
+                )
+            }
+            (false, None, Some(b)) if b.version != view.version => format!(
+                "service {} updated to version {} (only the strategy changed: nothing restarts)",
+                view.name, view.version
+            ),
+            (false, None, _) => {
+                format!("service {} unchanged at version {}", view.name, view.version)
+            }
+        };
+        format::emit(&what)?;
+        if let Some(d) = started {
+            format::emit(&format!("deployment {}", d.id))?;
+        }
+    }
+    let Some(deployment) = started.filter(|_| args.wait) else { return Ok(ExitCode::SUCCESS) };
+    follow(api, &view.name, deployment.id, args.timeout, output).await
+}
+
+/// Follows a deployment until it ends: exit 0 when it succeeded, [`WAIT_FAILED`] with the
+/// reason otherwise.
+async fn follow(
+    api: &Api,
+    name: &str,
+    id: DeploymentId,
+    timeout: Duration,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let spinner = Spinner::new();
+    let deadline = Instant::now() + timeout;
+    let mut last: Option<(DeploymentStatus, String)> = None;
+    loop {
+        let d = api.client().deployment(id).await;
+        let view = api.client().service(name).await;
+        match (d, view) {
+            (Ok(d), view) => {
+                let now = (d.status, d.description.clone());
+                if last.as_ref() != Some(&now) {
+                    spinner.line(&format!("{}: {} ({})", d.status, d.description, d.reason));
+                    last = Some(now);
+                }
+                if let Ok(v) = &view {
+                    spinner.show(&progress(v, &d));
+                }
+                if let Some(code) = ended(&d, output)? {
+                    spinner.clear();
+                    return Ok(code);
+                }
+            }
+            (Err(e), _) if e.is_transient() => {
+                spinner.show("the manager does not answer; retrying")
+            }
+            (Err(e), _) => return Err(api.error(&e)),
+        }
+        if Instant::now() >= deadline {
+            spinner.clear();
+            format::error_line(&format!(
+                "deployment {id} still running after {}: {}",
+                cube_core::units::format_duration(timeout),
+                last.map(|l| l.1).unwrap_or_default()
+            ));
+            return Ok(ExitCode::from(WAIT_FAILED));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The exit code once the deployment is over (or paused, which needs a person).
+fn ended(d: &Deployment, output: Output) -> anyhow::Result<Option<ExitCode>> {
+    let code = match d.status {
+        DeploymentStatus::Running => return Ok(None),
+        DeploymentStatus::Successful => ExitCode::SUCCESS,
+        DeploymentStatus::Failed | DeploymentStatus::Cancelled => {
+            format::error_line(&format!("deployment {}: {}", d.status, d.description));
+            ExitCode::from(WAIT_FAILED)
+        }
+        DeploymentStatus::Paused => {
+            format::error_line(&format!(
+                "deployment paused ({}): resume it with `cube deployment resume {}`",
+                d.description, d.id
+            ));
+            ExitCode::from(WAIT_FAILED)
+        }
+    };
+    if output == Output::Json {
+        format::emit_json(d)?;
+    }
+    Ok(Some(code))
+}
+
+fn progress(v: &ServiceView, d: &Deployment) -> String {
+    let new = v.instances.versions.iter().find(|c| c.version == d.version);
+    format!(
+        "{}/{} healthy on version {} ({} running in all)",
+        new.map_or(0, |c| c.healthy),
+        v.instances.desired,
+        d.version,
+        v.instances.running
+    )
+}
+
+/// Runs `cube service ...`.
+pub(super) async fn service(
+    api: &Api,
+    command: ServiceCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let client = api.client();
+    match command {
+        ServiceCommand::Ls => {
+            let services = client.services().await.map_err(|e| api.error(&e))?;
+            match output {
+                Output::Json => format::emit_json(&services)?,
+                Output::Table if services.is_empty() => {
+                    format::note("no services: create one with `cube deploy FILE`")
+                }
+                Output::Table => format::emit(&list(&services, format::colour_stdout()))?,
+            }
+        }
+        ServiceCommand::Status { name } => {
+            let view = client.service(&name).await.map_err(|e| api.error(&e))?;
+            match output {
+                Output::Json => format::emit_json(&view)?,
+                Output::Table => format::emit(&detail(&view, Timestamp::now()))?,
+            }
+        }
+        ServiceCommand::Scale { name, count } => {
+            let view = client.scale(&name, count).await.map_err(|e| api.error(&e))?;
+            match output {
+                Output::Json => format::emit_json(&view)?,
+                Output::Table => format::emit(&format!(
+                    "service {name} scaled to {count} (version {}, no rollout)",
+                    view.version
+                ))?,
+            }
+        }
+        ServiceCommand::History { name } => {
+            let versions = client.service_versions(&name).await.map_err(|e| api.error(&e))?;
+            match output {
+                Output::Json => format::emit_json(&versions)?,
+                Output::Table => format::emit(&history(&versions, Timestamp::now()))?,
+            }
+        }
+        ServiceCommand::Revert { name, version } => {
+            let before = client.service(&name).await.map_err(|e| api.error(&e))?;
+            let view = client.revert(&name, version).await.map_err(|e| api.error(&e))?;
+            match output {
+                Output::Json => format::emit_json(&view)?,
+                Output::Table if view.version == before.version => format::emit(&format!(
+                    "service {name} already runs the spec of version {version}: nothing to do"
+                ))?,
+                Output::Table => format::emit(&format!(
+                    "service {name}: version {} restores the spec of version {version}",
+                    view.version
+                ))?,
+            }
+        }
+        ServiceCommand::Rm { name } => {
+            let view = client.remove_service(&name).await.map_err(|e| api.error(&e))?;
+            match output {
+                Output::Json => format::emit_json(&view)?,
+                Output::Table => {
+                    format::emit(&format!("service {name} removed; stopping its instances"))?
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `cube deployment ...`.
+pub(super) async fn deployment(
+    api: &Api,
+    command: DeploymentCommand,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let (target, action) = match &command {
+        DeploymentCommand::Status { target } => (target, None),
+        DeploymentCommand::Promote { target } => (target, Some("promote")),
+        DeploymentCommand::Pause { target } => (target, Some("pause")),
+        DeploymentCommand::Resume { target } => (target, Some("resume")),
+        DeploymentCommand::Fail { target } => (target, Some("fail")),
+    };
+    let id = resolve_deployment(api, target).await?;
+    let client = api.client();
+    let d = match action {
+        None => client.deployment(id).await,
+        Some(action) => client.deployment_action(id, action).await,
+    }
+    .map_err(|e| api.error(&e))?;
+    match output {
+        Output::Json => format::emit_json(&d)?,
+        Output::Table => format::emit(&deployment_detail(&d, Timestamp::now()))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A deployment id, or a service name standing for its current deployment.
+async fn resolve_deployment(api: &Api, target: &str) -> anyhow::Result<DeploymentId> {
+    if let Ok(id) = target.parse::<DeploymentId>() {
+        return Ok(id);
+    }
+    let view = api.client().service(target).await.map_err(|e| api.error(&e))?;
+    view.deployment.map(|d| d.id).ok_or_else(|| {
+        anyhow::anyhow!("service {target} has no deployment for its current version")
+    })
+}
+
+fn list(services: &[ServiceView], colour: bool) -> String {
+    let mut table =
+        format::table(&["NAME", "VERSION", "HEALTHY", "RUNNING", "DESIRED", "DEPLOYMENT"], colour);
+    for s in services {
+        let deployment = s
+            .deployment
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |d| format!("{} ({})", d.status, d.reason));
+        table.add_row(vec![
+            s.name.clone(),
+            s.version.to_string(),
+            s.instances.healthy.to_string(),
+            s.instances.running.to_string(),
+            s.instances.desired.to_string(),
+            deployment,
+        ]);
+    }
+    format::render(&table)
+}
+
+fn detail(v: &ServiceView, now: Timestamp) -> String {
+    let mut d = Details::default();
+    d.row("Name", v.name.clone())
+        .row("Version", v.version.to_string())
+        .row("Modify index", v.modify_index.to_string())
+        .row(
+            "Instances",
+            format!(
+                "{} healthy, {} running, {} desired",
+                v.instances.healthy, v.instances.running, v.instances.desired
+            ),
+        );
+    for c in &v.instances.versions {
+        d.row(
+            &format!("  version {}", c.version),
+            format!("{} healthy, {} running", c.healthy, c.running),
+        );
+    }
+    d.row("Created", format::when(v.created_at, now))
+        .row("Updated", format::when(v.updated_at, now));
+    let mut text = d.render();
+    if let Some(dep) = &v.deployment {
+        text.push_str("\n\nDeployment:\n");
+        text.push_str(&format::indent(&deployment_detail(dep, now)));
+    }
+    text
+}
+
+fn deployment_detail(d: &Deployment, now: Timestamp) -> String {
+    let mut details = Details::default();
+    details
+        .row("Id", d.id.to_string())
+        .row("Service", format!("{} version {}", d.service, d.version))
+        .row("Status", d.status.to_string())
+        .row("Reason", d.reason.to_string())
+        .row("Description", d.description.clone())
+        .row("Revert", if d.revert { "yes" } else { "no" })
+        .row("Promoted", if d.promoted { "yes" } else { "no" })
+        .row("Started", format::when(d.created_at, now))
+        .row("Updated", format::when(d.updated_at, now));
+    details.render()
+}
+
+fn history(versions: &[Version], now: Timestamp) -> String {
+    let mut table = format::table(&["VERSION", "CREATED", "OUTCOME", "NOTE"], false);
+    for v in versions.iter().rev() {
+        let outcome = match (v.deployment, v.outcome) {
+            (_, Some(outcome)) => outcome.to_string(),
+            (Some(_), None) => "running".to_owned(),
+            (None, None) => "in place".to_owned(),
+        };
+        let note = v.reverts.map_or_else(String::new, |r| format!("revert to version {r}"));
+        table.add_row(vec![v.version.to_string(), format::ago(v.created_at, now), outcome, note]);
+    }
+    format::render(&table)
+}

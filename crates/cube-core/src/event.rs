@@ -98,6 +98,7 @@ enum KindName {
     Exited,
     Stopped,
     Requeued,
+    Lost,
     Submitted,
     StopRequested,
     HealthPassing,
@@ -141,6 +142,7 @@ impl EventKind {
             }
             EventKind::Transition(T::Stopped) => (KindName::Stopped, None, None),
             EventKind::Transition(T::Requeue) => (KindName::Requeued, None, None),
+            EventKind::Transition(T::Lost) => (KindName::Lost, None, None),
             EventKind::Note(Note::Submitted) => (KindName::Submitted, None, None),
             EventKind::Note(Note::StopRequested) => (KindName::StopRequested, None, None),
             EventKind::Note(Note::HealthPassing) => (KindName::HealthPassing, None, None),
@@ -171,6 +173,7 @@ impl EventKind {
             }),
             KindName::Stopped => EventKind::Transition(Trigger::Stopped),
             KindName::Requeued => EventKind::Transition(Trigger::Requeue),
+            KindName::Lost => EventKind::Transition(Trigger::Lost),
             KindName::Submitted => EventKind::Note(Note::Submitted),
             KindName::StopRequested => EventKind::Note(Note::StopRequested),
             KindName::HealthPassing => EventKind::Note(Note::HealthPassing),

@@ -97,6 +97,9 @@ pub enum Trigger {
     /// The task must be placed again: its node was lost or refused it, or it ran out of local
     /// restarts and may try another node.
     Requeue,
+    /// Its node was lost (or no longer has it) and it is not placed again: a service instance,
+    /// whose slot gets a new task instead.
+    Lost,
 }
 
 impl Trigger {
@@ -105,7 +108,7 @@ impl Trigger {
     /// a worker to its copy). A manager replays only observed triggers from a worker's history.
     pub const fn observed_on_node(self) -> bool {
         match self {
-            Trigger::Place | Trigger::Requeue => false,
+            Trigger::Place | Trigger::Requeue | Trigger::Lost => false,
             Trigger::Started
             | Trigger::StartFailed { .. }
             | Trigger::Exited { .. }
@@ -115,7 +118,7 @@ impl Trigger {
 }
 
 /// Every trigger shape, for exhaustive tests.
-pub const ALL_TRIGGERS: [Trigger; 10] = [
+pub const ALL_TRIGGERS: [Trigger; 11] = [
     Trigger::Place,
     Trigger::Started,
     Trigger::StartFailed { retry: false },
@@ -126,6 +129,7 @@ pub const ALL_TRIGGERS: [Trigger; 10] = [
     Trigger::Exited { success: true, retry: true },
     Trigger::Stopped,
     Trigger::Requeue,
+    Trigger::Lost,
 ];
 
 /// A trigger that is not allowed in the task's current state.
@@ -147,13 +151,17 @@ pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, Invali
     match (from, trigger) {
         (S::Pending, T::Place) => Ok(S::Scheduled),
         (S::Pending, T::Stopped) => Ok(S::Completed),
-        (S::Pending, T::Started | T::StartFailed { .. } | T::Exited { .. } | T::Requeue) => invalid,
+        (
+            S::Pending,
+            T::Started | T::StartFailed { .. } | T::Exited { .. } | T::Requeue | T::Lost,
+        ) => invalid,
 
         (S::Scheduled, T::Started) => Ok(S::Running),
         (S::Scheduled, T::StartFailed { retry: true }) => Ok(S::Restarting),
         (S::Scheduled, T::StartFailed { retry: false }) => Ok(S::Failed),
         (S::Scheduled, T::Stopped) => Ok(S::Completed),
         (S::Scheduled, T::Requeue) => Ok(S::Pending),
+        (S::Scheduled, T::Lost) => Ok(S::Failed),
         (S::Scheduled, T::Place | T::Exited { .. }) => invalid,
 
         (S::Running, T::Exited { retry: true, .. }) => Ok(S::Restarting),
@@ -161,6 +169,7 @@ pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, Invali
         (S::Running, T::Exited { success: false, retry: false }) => Ok(S::Failed),
         (S::Running, T::Stopped) => Ok(S::Completed),
         (S::Running, T::Requeue) => Ok(S::Pending),
+        (S::Running, T::Lost) => Ok(S::Failed),
         (S::Running, T::Place | T::Started | T::StartFailed { .. }) => invalid,
 
         (S::Restarting, T::Started) => Ok(S::Running),
@@ -168,6 +177,7 @@ pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, Invali
         (S::Restarting, T::StartFailed { retry: false }) => Ok(S::Failed),
         (S::Restarting, T::Stopped) => Ok(S::Completed),
         (S::Restarting, T::Requeue) => Ok(S::Pending),
+        (S::Restarting, T::Lost) => Ok(S::Failed),
         (S::Restarting, T::Place | T::Exited { .. }) => invalid,
 
         (
@@ -177,7 +187,8 @@ pub fn transition(from: TaskState, trigger: Trigger) -> Result<TaskState, Invali
             | T::StartFailed { .. }
             | T::Exited { .. }
             | T::Stopped
-            | T::Requeue,
+            | T::Requeue
+            | T::Lost,
         ) => invalid,
     }
 }
@@ -201,17 +212,20 @@ mod tests {
             (S::Scheduled, T::StartFailed { retry: false }, S::Failed),
             (S::Scheduled, T::Stopped, S::Completed),
             (S::Scheduled, T::Requeue, S::Pending),
+            (S::Scheduled, T::Lost, S::Failed),
             (S::Running, T::Exited { success: false, retry: true }, S::Restarting),
             (S::Running, T::Exited { success: true, retry: true }, S::Restarting),
             (S::Running, T::Exited { success: true, retry: false }, S::Completed),
             (S::Running, T::Exited { success: false, retry: false }, S::Failed),
             (S::Running, T::Stopped, S::Completed),
             (S::Running, T::Requeue, S::Pending),
+            (S::Running, T::Lost, S::Failed),
             (S::Restarting, T::Started, S::Running),
             (S::Restarting, T::StartFailed { retry: true }, S::Restarting),
             (S::Restarting, T::StartFailed { retry: false }, S::Failed),
             (S::Restarting, T::Stopped, S::Completed),
             (S::Restarting, T::Requeue, S::Pending),
+            (S::Restarting, T::Lost, S::Failed),
         ];
         table.iter().find(|(f, t, _)| *f == from && *t == trigger).map(|(_, _, to)| *to)
     }
@@ -235,7 +249,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(valid, 18, "the table has 18 valid moves");
+        assert_eq!(valid, 21, "the table has 21 valid moves");
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct Cluster {
     clock: Clock,
     client: Client,
     manager: Option<(RunningManager, CancellationToken)>,
+    /// The manager's store and configuration, kept for [`Cluster::restart_manager`].
+    manager_store: Arc<MemoryStore>,
+    manager_config: ManagerConfig,
     nodes: Vec<Node>,
     /// Keeps tokio's auto-advance off while the cluster lives.
     _frozen: Frozen,
@@ -151,9 +154,10 @@ impl Cluster {
             gc_after: config.gc_after,
             ..ManagerConfig::default()
         };
+        let manager_store = Arc::new(MemoryStore::new());
         let manager = cube_manager::start(
-            manager_config,
-            Arc::new(MemoryStore::new()),
+            manager_config.clone(),
+            Arc::clone(&manager_store) as _,
             clock.clone(),
             shutdown.clone(),
         )
@@ -179,6 +183,8 @@ impl Cluster {
             clock,
             client,
             manager: Some((manager, shutdown)),
+            manager_store,
+            manager_config,
             nodes,
             _frozen: frozen,
             _dir: dir,
@@ -266,6 +272,29 @@ impl Cluster {
         if let Err(e) = self.drive(worker.wait()).await {
             panic!("worker {i} did not stop cleanly: {}", cube_core::Chain(&e));
         }
+    }
+
+    /// Stops the manager as a killed one stops (nothing but its store survives) and starts a
+    /// new one on the same store and address; workers find it again by themselves.
+    pub async fn restart_manager(&mut self) {
+        let addr = self.manager_addr();
+        if let Some((manager, shutdown)) = self.manager.take() {
+            shutdown.cancel();
+            if let Err(e) = self.drive(manager.wait()).await {
+                panic!("the manager did not stop cleanly: {}", cube_core::Chain(&e));
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let config = ManagerConfig { listen: addr, ..self.manager_config.clone() };
+        let manager = cube_manager::start(
+            config,
+            Arc::clone(&self.manager_store) as _,
+            self.clock.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the manager did not restart: {}", cube_core::Chain(&e)));
+        self.manager = Some((manager, shutdown));
     }
 
     fn manager_addr(&self) -> SocketAddr {

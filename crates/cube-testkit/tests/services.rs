@@ -227,3 +227,125 @@ async fn scaling_starts_and_stops_only_the_difference_without_a_deployment() {
     assert_eq!(service(&cluster).await.version, 1);
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_on_a_lost_node_is_replaced_by_a_new_task_elsewhere() {
+    let mut cluster = Cluster::start(3).await;
+    put(&cluster, &web(3, json!({}))).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    let w0 = cluster.node_id(0);
+    let lost = instances(&cluster).await.into_iter().find(|t| t.node == Some(w0)).unwrap();
+    cluster.stop_worker(0).await;
+    let replacement = cluster
+        .wait_for(Duration::from_secs(30), "a replacement healthy elsewhere", |c| {
+            let lost = lost.clone();
+            async move {
+                let tasks = c.tasks().await.ok()?;
+                let old = tasks.iter().find(|t| t.id == lost.id)?;
+                let by = old.replaced_by?;
+                let new = tasks.iter().find(|t| t.id == by)?;
+                (old.state == TaskState::Failed
+                    && new.state == TaskState::Running
+                    && c.service("web").await.ok()?.instances.healthy == 3)
+                    .then(|| new.clone())
+            }
+        })
+        .await;
+    assert_ne!(replacement.node, Some(w0));
+    assert_eq!(replacement.instance.as_ref().unwrap().slot, lost.instance.as_ref().unwrap().slot);
+    let old = cluster.task(lost.id).await;
+    assert!(old.reason.as_deref().unwrap_or_default().contains("is down"), "{:?}", old.reason);
+
+    // The node comes back: its copy is stopped (fenced), so the slot runs once.
+    assert_eq!(cluster.fake(0).running(), [lost.id], "still running on the lost node");
+    cluster.start_worker(0).await;
+    cluster
+        .wait_for(Duration::from_secs(30), "the old copy fenced", |_| async {
+            cluster.fake(0).running().is_empty().then_some(())
+        })
+        .await;
+    let running: usize = (0..3).map(|i| cluster.fake(i).running().len()).sum();
+    assert_eq!(running, 3, "exactly count workloads run");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollout_survives_a_worker_and_a_manager_lost_midway() {
+    let mut cluster = Cluster::start(3).await;
+    put(&cluster, &web(3, json!({}))).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    put(&cluster, &web(3, json!({"VERSION": "2"}))).await;
+    // Somewhere in the middle: one new instance healthy.
+    cluster
+        .wait_for(Duration::from_secs(30), "one new instance healthy", |c| async move {
+            let s = c.service("web").await.ok()?;
+            s.instances.versions.iter().any(|v| v.version == 2 && v.healthy >= 1).then_some(())
+        })
+        .await;
+    cluster.stop_worker(2).await;
+    cluster.restart_manager().await;
+    let (view, _) = roll(&cluster, Duration::from_secs(120)).await;
+    assert_eq!(view.deployment.as_ref().unwrap().status, DeploymentStatus::Successful);
+    assert_eq!((view.instances.running, view.instances.healthy), (3, 3));
+    let tasks = instances(&cluster).await;
+    let now = live(&tasks);
+    assert_eq!(now.len(), 3);
+    let slots: BTreeSet<u32> = now.iter().map(|t| t.instance.as_ref().unwrap().slot).collect();
+    assert_eq!(slots.len(), 3, "one instance per slot");
+    assert!(now.iter().all(|t| t.instance.as_ref().unwrap().version == 2));
+    let running: usize = (0..2).map(|i| cluster.fake(i).running().len()).sum();
+    assert_eq!(running, 3, "exactly count workloads on the live workers");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn check_index_makes_updates_compare_and_set() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    let spec = web(1, json!({}));
+    let (created, _) = cluster.drive(client.put_service(&spec, Some(0))).await.unwrap();
+    let e = cluster.drive(client.put_service(&spec, Some(0))).await.unwrap_err();
+    assert_eq!(e.code(), Some(cube_api::ErrorCode::Conflict));
+    assert!(e.to_string().contains("modify index"), "{e}");
+
+    let index = created.modify_index;
+    let a = web(1, json!({"VERSION": "a"}));
+    let b = web(1, json!({"VERSION": "b"}));
+    let (ra, rb) = cluster
+        .drive(async {
+            tokio::join!(client.put_service(&a, Some(index)), client.put_service(&b, Some(index)))
+        })
+        .await;
+    assert_eq!(u8::from(ra.is_ok()) + u8::from(rb.is_ok()), 1, "exactly one wins: {ra:?} {rb:?}");
+    let loser = ra.err().or(rb.err()).unwrap();
+    assert_eq!(loser.code(), Some(cube_api::ErrorCode::Conflict));
+    assert_eq!(service(&cluster).await.version, 2);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_services_are_refused_listing_every_problem() {
+    let cluster = Cluster::start(1).await;
+    let body = json!({"name": "web", "count": 2,
+        "task": {"name": "web", "driver": "process", "command": ""},
+        "update": {"max_surge": 0, "max_unavailable": 0, "healthy_deadline": "1m",
+                   "progress_deadline": "30s"}});
+    let e = cluster
+        .drive(cluster.client().call::<_, Value>(
+            reqwest::Method::PUT,
+            "/v1/services/web",
+            Some(&body),
+        ))
+        .await
+        .unwrap_err();
+    let cube_http::client::ClientError::Api { error, status, .. } = e else { panic!("{e:?}") };
+    assert_eq!(status, 400);
+    let fields: Vec<&str> = error.details.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields[..2], ["update", "update.progress_deadline"]);
+    assert!(fields[2..].iter().all(|f| *f == "task.command"), "{fields:?}");
+    assert!(
+        cluster.drive(cluster.client().services()).await.unwrap().is_empty(),
+        "nothing changed"
+    );
+    cluster.shutdown().await;
+}

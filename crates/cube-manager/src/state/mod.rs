@@ -266,9 +266,13 @@ impl State {
     }
 }
 
+/// A task whose node lost it: stopped if that was wanted, placed again if it is a bare task;
+/// a service instance is lost for good, and its service replaces it in its slot.
 fn requeue_or_stop(t: &mut Task, now: Timestamp, reason: String) {
     if t.desired == DesiredState::Stopped {
         apply(t, Trigger::Stopped, now, reason);
+    } else if t.instance.is_some() {
+        apply(t, Trigger::Lost, now, reason);
     } else {
         apply(t, Trigger::Requeue, now, reason);
     }

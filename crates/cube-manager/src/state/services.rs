@@ -538,6 +538,20 @@ impl State {
                 entry.instances.insert(id);
             }
             self.submit(task, effects);
+            // Instances of the slot that ended by themselves or with their node say what
+            // replaced them.
+            let ended: Vec<TaskId> = instances
+                .iter()
+                .filter(|i| i.slot == start.slot)
+                .filter(|i| {
+                    matches!(i.phase, Phase::Ended { cause: EndCause::Exited | EndCause::Lost, .. })
+                })
+                .filter(|i| self.tasks.get(&i.task).is_some_and(|t| t.replaced_by.is_none()))
+                .map(|i| i.task)
+                .collect();
+            for old in ended {
+                self.modify(old, effects, |t| t.replaced_by = Some(id));
+            }
         }
         let Some(id) = deployment else { return };
         if let Some(at) = plan.progress_at
@@ -633,8 +647,14 @@ fn instance_view(t: &Task, current: bool) -> Option<Instance> {
             .map_or(t.updated_at, |e| e.at)
     };
     let phase = if t.state.is_terminal() {
-        let cause =
-            if t.desired == DesiredState::Stopped { EndCause::Stopped } else { EndCause::Exited };
+        let lost = t.events.last().is_some_and(|e| e.kind == EventKind::Transition(Trigger::Lost));
+        let cause = if t.desired == DesiredState::Stopped {
+            EndCause::Stopped
+        } else if lost {
+            EndCause::Lost
+        } else {
+            EndCause::Exited
+        };
         Phase::Ended { at: t.finished_at.unwrap_or(t.updated_at), cause }
     } else if t.desired == DesiredState::Stopped {
         Phase::Stopping

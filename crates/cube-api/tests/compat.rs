@@ -14,8 +14,11 @@
 
 use cube_api::ErrorBody;
 use cube_api::types::{
-    HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest, TaskView,
+    HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest,
+    ServiceView, TaskView,
 };
+use cube_core::deployment::Deployment;
+use cube_core::service::Service;
 use cube_core::{Node, Task};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,11 +81,16 @@ wire!(manager_health, HealthView, "health_view_manager");
 wire!(a_node_list, Vec<NodeInfo>, "node_infos");
 wire!(an_invalid_argument_error, ErrorBody, "error_invalid_argument");
 wire!(an_invalid_spec_error, ErrorBody, "error_invalid_spec");
+wire!(a_service_view, ServiceView, "service_view");
+wire!(a_deployment, Deployment, "deployment");
+wire!(a_replaced_instance, TaskView, "task_view_instance");
 
 wire!(a_stored_manager_task_with_health_and_constraints, Task, "stored/task_manager_keeper");
 wire!(a_stored_manager_task_that_restarted_and_failed, Task, "stored/task_manager_crash");
 wire!(a_stored_worker_task_that_restarted_and_failed, Task, "stored/task_worker_crash");
 wire!(a_stored_node, Node, "stored/node");
+wire!(a_stored_service, Service, "stored/service");
+wire!(a_stored_deployment, Deployment, "stored/deployment");
 
 #[test]
 fn a_v1_submission_body_still_parses() {

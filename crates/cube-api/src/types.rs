@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use cube_core::deployment::Deployment;
+use cube_core::node::Drain;
 use cube_core::service::{Service, ServiceSpec};
 /// Host figures are domain values (the scheduler reads them) that also travel on the wire.
 pub use cube_core::stats::{CpuStats, DiskStats, LoadStats, MemoryStats, NodeStats, TaskCounts};
@@ -352,6 +353,33 @@ pub struct NodeInfo {
     pub free: Resources,
     /// Tasks placed there and not finished.
     pub task_count: u32,
+    /// Whether new work may go there.
+    #[serde(default = "yes")]
+    pub eligible: bool,
+    /// Its drain, in progress or done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Body of `POST /v1/nodes/{id}/drain`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// After this long, what is left on the node is stopped (`None`: wait for room elsewhere).
+    #[serde(default, with = "cube_core::units::option_duration_serde")]
+    pub deadline: Option<std::time::Duration>,
+}
+
+/// Body of `POST /v1/nodes/{id}/eligibility`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityRequest {
+    /// Whether new work may go there (`true` also ends a drain).
+    pub eligible: bool,
 }
 
 impl NodeInfo {
@@ -376,6 +404,8 @@ impl NodeInfo {
             reserved,
             free: node.capacity.saturating_sub(reserved),
             task_count,
+            eligible: node.eligible,
+            drain: node.drain.clone(),
         }
     }
 }

@@ -39,6 +39,7 @@ fn cluster(n: usize) -> Vec<NodeView> {
                 id: NodeId::from_uuid(uuid::Uuid::from_u128(i as u128 + 1)),
                 name: format!("node-{i}").into(),
                 ready: rng.u64(0..100) >= 2,
+                eligible: true,
                 labels: BTreeMap::from([("zone".to_owned(), format!("z{}", rng.u64(0..3)))]),
                 drivers: vec![DriverKind::Docker, DriverKind::Process],
                 reserved: Resources {

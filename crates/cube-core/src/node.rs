@@ -42,4 +42,29 @@ pub struct Node {
     /// Last heartbeat received.
     #[serde(default)]
     pub last_heartbeat: Option<Timestamp>,
+    /// Whether new work may be placed here (`cube node eligibility`; off while draining).
+    #[serde(default = "eligible_by_default")]
+    pub eligible: bool,
+    /// A drain in progress or done (`cube node drain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+fn eligible_by_default() -> bool {
+    true
+}
+
+/// A node being emptied: no new work, its service instances replaced elsewhere within each
+/// service's budgets, its bare tasks placed elsewhere, whatever is left stopped at the
+/// deadline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// When it began.
+    pub started_at: Timestamp,
+    /// When what is left is stopped (`None`: never; it waits for room elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    /// When the node was found empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_at: Option<Timestamp>,
 }

@@ -97,6 +97,9 @@ pub struct Instance {
     pub phase: Phase,
     /// The first sign of trouble since it was created (an exit, a failed check), in words.
     pub failure: Option<String>,
+    /// Its node is draining: it is replaced elsewhere (within the strategy's budgets) and then
+    /// stopped, with or without a deployment.
+    pub draining: bool,
 }
 
 /// Where an instance stands.
@@ -273,6 +276,19 @@ struct Slot<'a> {
     old: Option<&'a Instance>,
 }
 
+/// How far a pass may go beyond or below `count`.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    /// Instances allowed above `count`.
+    surge: u32,
+    /// Slots allowed without a healthy instance.
+    unavailable: u32,
+    /// A new instance without room may replace its old one stopping first.
+    stop_first: bool,
+    /// Never stop a healthy instance to make room (a revert).
+    spare_healthy: bool,
+}
+
 /// Builds the plan. `rollout` is the deployment of `target.version`, if any.
 pub fn plan(
     target: &Target<'_>,
@@ -322,9 +338,11 @@ impl<'t> Planner<'t> {
             Some((_, DeploymentStatus::Paused)) => self.fill(&slots, instances, false),
             Some((_, DeploymentStatus::Failed | DeploymentStatus::Cancelled)) => {
                 self.settle(&slots, instances, true);
+                self.migrate(&slots, instances);
             }
             Some((_, DeploymentStatus::Successful)) | None => {
                 self.settle(&slots, instances, false);
+                self.migrate(&slots, instances);
             }
         }
         debug_assert!(self.plan.start.iter().all(|s| s.slot < n));
@@ -343,7 +361,8 @@ impl<'t> Planner<'t> {
                 continue;
             }
             let slot = slots.entry(i.slot).or_default();
-            let place = if i.current { &mut slot.current } else { &mut slot.old };
+            let current = i.current && !i.draining;
+            let place = if current { &mut slot.current } else { &mut slot.old };
             match place {
                 Some(kept) if kept.rank(min, now) >= i.rank(min, now) => surplus.push(i.task),
                 Some(kept) => {
@@ -403,6 +422,8 @@ impl<'t> Planner<'t> {
                         self.plan.start.push(Start { slot, canary: false });
                     }
                 }
+                // A draining instance is migrated, not settled.
+                (Some(_), Some(o)) if o.draining => {}
                 (Some(c), Some(o)) if finish => {
                     if c.healthy(self.min, self.now) {
                         self.stop(o.task, StopWhy::Replaced { by: c.task });
@@ -433,6 +454,7 @@ impl<'t> Planner<'t> {
         self.fill(slots, instances, false);
         for s in slots.values() {
             if let (Some(c), Some(o)) = (s.current, s.old)
+                && !o.draining
                 && c.healthy(self.min, self.now)
             {
                 self.stop(o.task, StopWhy::Replaced { by: c.task });
@@ -608,13 +630,66 @@ impl<'t> Planner<'t> {
     fn replace(&mut self, r: &Rollout, slots: &BTreeMap<u32, Slot<'_>>, instances: &[Instance]) {
         let u = self.target.update;
         let n = self.target.count;
-        let (mut surge, mut unavailable) =
-            (u.max_surge.rounded_up(n), u.max_unavailable.rounded_down(n));
+        let mut budget = Budget {
+            surge: u.max_surge.rounded_up(n),
+            unavailable: u.max_unavailable.rounded_down(n),
+            stop_first: u.on_no_room == OnNoRoom::StopFirst,
+            spare_healthy: false,
+        };
         if r.revert {
             // Start-first, whatever the strategy says: a revert never trades a healthy
             // instance for room.
-            (surge, unavailable) = (surge.max(1), 0);
+            budget = Budget {
+                surge: budget.surge.max(1),
+                unavailable: 0,
+                spare_healthy: true,
+                ..budget
+            };
         }
+        let (done, waiting) = self.advance(slots, instances, budget, false);
+        self.plan.step = Some(if done && self.plan.stop.is_empty() {
+            Step::Move(
+                DeploymentTrigger::Complete,
+                Reason::AllHealthy,
+                format!("all {n} instances of version {} healthy", self.target.version),
+            )
+        } else {
+            let (reason, text) = waiting.unwrap_or_else(|| {
+                (Reason::WaitingHealth, "waiting for old instances to stop".into())
+            });
+            Step::Note(reason, text)
+        });
+    }
+
+    /// Without a moving deployment: instances on draining nodes are replaced elsewhere within
+    /// the strategy's budgets, and stopped once their replacement is healthy. Without room they
+    /// stay until the drain's deadline stops them.
+    fn migrate(&mut self, slots: &BTreeMap<u32, Slot<'_>>, instances: &[Instance]) {
+        if !slots.values().any(|s| s.old.is_some_and(|o| o.draining)) {
+            return;
+        }
+        let u = self.target.update;
+        let n = self.target.count;
+        let budget = Budget {
+            surge: u.max_surge.rounded_up(n),
+            unavailable: u.max_unavailable.rounded_down(n),
+            stop_first: false,
+            spare_healthy: false,
+        };
+        self.advance(slots, instances, budget, true);
+    }
+
+    /// Moves every slot (or, with `draining_only`, every slot whose old instance is on a
+    /// draining node) towards one healthy current instance, within `budget`. Returns whether
+    /// every slot is there, and what the first one still moving waits for.
+    fn advance(
+        &mut self,
+        slots: &BTreeMap<u32, Slot<'_>>,
+        instances: &[Instance],
+        budget: Budget,
+        draining_only: bool,
+    ) -> (bool, Option<(Reason, String)>) {
+        let n = self.target.count;
         let stopping: Vec<TaskId> = self.plan.stop.iter().map(|s| s.task).collect();
         let mut live = slots
             .values()
@@ -629,6 +704,9 @@ impl<'t> Planner<'t> {
         for slot in 0..n {
             let s = slots.get(&slot);
             let (current, old) = (s.and_then(|s| s.current), s.and_then(|s| s.old));
+            if draining_only && !old.is_some_and(|o| o.draining) {
+                continue;
+            }
             match (current, old) {
                 (Some(c), old) if c.healthy(self.min, self.now) => {
                     if let Some(o) = old {
@@ -639,14 +717,19 @@ impl<'t> Planner<'t> {
                 }
                 (Some(c), old) => {
                     done = false;
+                    if let Some(at) = c.healthy_at(self.min) {
+                        self.wake(at);
+                    }
                     let wait = self.waiting_on(c);
                     let no_room = matches!(c.phase, Phase::Pending { no_room: Some(_) });
                     match old {
-                        Some(o) if no_room && u.on_no_room == OnNoRoom::StopFirst => {
+                        Some(o) if no_room && budget.stop_first => {
                             let healthy = o.healthy(self.min, self.now);
                             // One beyond the budget at a time, and never a healthy instance
                             // in a revert.
-                            if n - available <= unavailable && !(r.revert && healthy) {
+                            if n - available <= budget.unavailable
+                                && !(budget.spare_healthy && healthy)
+                            {
                                 self.stop(o.task, StopWhy::StopFirst);
                                 live -= 1;
                                 available -= u32::from(healthy);
@@ -667,7 +750,7 @@ impl<'t> Planner<'t> {
                 }
                 (None, Some(o)) => {
                     done = false;
-                    if live < n + surge {
+                    if live < n + budget.surge {
                         if self.may_start(slot, instances) {
                             self.plan.start.push(Start { slot, canary: false });
                             live += 1;
@@ -678,7 +761,7 @@ impl<'t> Planner<'t> {
                         ));
                     } else {
                         let healthy = o.healthy(self.min, self.now);
-                        if available - u32::from(healthy) + unavailable >= n {
+                        if available - u32::from(healthy) + budget.unavailable >= n {
                             self.stop(o.task, StopWhy::Unavailable);
                             available -= u32::from(healthy);
                             if self.may_start(slot, instances) {
@@ -698,18 +781,7 @@ impl<'t> Planner<'t> {
                 }
             }
         }
-        self.plan.step = Some(if done && self.plan.stop.is_empty() {
-            Step::Move(
-                DeploymentTrigger::Complete,
-                Reason::AllHealthy,
-                format!("all {n} instances of version {} healthy", self.target.version),
-            )
-        } else {
-            let (reason, text) = waiting.unwrap_or_else(|| {
-                (Reason::WaitingHealth, "waiting for old instances to stop".into())
-            });
-            Step::Note(reason, text)
-        });
+        (done, waiting)
     }
 
     fn slot_healthy(&self, s: &Slot<'_>) -> bool {
@@ -750,6 +822,8 @@ mod tests {
         steps: Vec<Step>,
         /// Fewest slots with a healthy instance seen at any step of a rollout.
         min_available: u32,
+        /// What the last plan was made from, and the wake-up it asked for.
+        last: Option<(String, Option<Timestamp>)>,
     }
 
     impl World {
@@ -770,6 +844,7 @@ mod tests {
                 stops: Vec::new(),
                 steps: Vec::new(),
                 min_available: u32::MAX,
+                last: None,
             };
             w.run_until(|w| w.available() == count, 30);
             w.min_available = u32::MAX;
@@ -831,6 +906,24 @@ mod tests {
         /// Plans, applies the plan, and moves the world one second on.
         fn step(&mut self) -> Plan {
             let plan = self.plan();
+            // The planner must never depend on being asked again: with nothing changed and
+            // before the wake-up it asked for, it has nothing to do.
+            let inputs = format!(
+                "{:?} {:?} {} {} {:?}",
+                self.instances, self.rollout, self.version, self.count, self.update
+            );
+            if self
+                .last
+                .as_ref()
+                .is_some_and(|(i, wake)| *i == inputs && wake.is_none_or(|w| self.now < w))
+            {
+                let idle = plan.start.is_empty()
+                    && plan.stop.is_empty()
+                    && plan.relabel.is_empty()
+                    && !matches!(plan.step, Some(Step::Move(..)));
+                assert!(idle, "acted without a change or a wake-up: {plan:?}");
+            }
+            self.last = Some((inputs, plan.wake_at));
             for id in &plan.relabel {
                 let version = self.version;
                 self.instances
@@ -855,6 +948,7 @@ mod tests {
                     created_at: self.now,
                     phase: Phase::Pending { no_room: None },
                     failure: None,
+                    draining: false,
                 });
             }
             if let Some(r) = &mut self.rollout {
@@ -1286,5 +1380,29 @@ mod tests {
         assert!(plan.start.is_empty() && plan.stop.is_empty());
         let after: BTreeSet<TaskId> = w.live().iter().map(|i| i.task).collect();
         assert_eq!(after, before);
+    }
+
+    #[test]
+    fn instances_on_a_draining_node_move_within_the_budget_before_they_stop() {
+        let mut w = World::new(3, strategy(|_| {}));
+        let leaving: Vec<TaskId> = w.live().iter().take(2).map(|i| i.task).collect();
+        for i in w.instances.iter_mut().filter(|i| leaving.contains(&i.task)) {
+            i.draining = true;
+        }
+        let mut fewest = 3;
+        let mut most = 0;
+        while w.instances.iter().any(|i| leaving.contains(&i.task) && i.live()) {
+            let plan = w.step();
+            assert!(plan.step.is_none(), "no deployment moves");
+            fewest = fewest.min(w.available());
+            most = most.max(w.live().len());
+            assert!(w.now < add(Timestamp::from_second(1_900_000_060).unwrap(), TICK));
+        }
+        w.run_until(|w| w.available() == 3 && w.live().len() == 3, 10);
+        assert_eq!(fewest, 3, "max_unavailable 0: replacements healthy before the old stop");
+        assert_eq!(most, 4, "one at a time with max_surge 1");
+        let why: Vec<StopWhy> = w.stops.iter().map(|s| s.1).collect();
+        assert!(why.iter().all(|s| matches!(s, StopWhy::Replaced { .. })), "{why:?}");
+        assert_eq!(why.len(), 2);
     }
 }

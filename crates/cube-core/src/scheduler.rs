@@ -53,6 +53,8 @@ pub struct NodeView {
     pub name: Arc<str>,
     /// Whether the node is up and accepting tasks.
     pub ready: bool,
+    /// Whether new work may go there (not draining, eligibility on).
+    pub eligible: bool,
     /// Labels for constraints.
     pub labels: BTreeMap<String, String>,
     /// Drivers the node can run.
@@ -159,6 +161,8 @@ pub enum RejectionKind {
     NoStats,
     /// It already runs an instance of the task's service (`distinct_nodes`).
     Distinct,
+    /// It takes no new work (draining, or eligibility off).
+    Ineligible,
     /// Not recorded.
     #[default]
     Other,
@@ -503,6 +507,7 @@ enum Reject {
     FailedHere,
     NoStats,
     Distinct,
+    Ineligible,
 }
 
 impl Reject {
@@ -518,6 +523,7 @@ impl Reject {
             Reject::FailedHere => RejectionKind::FailedHere,
             Reject::NoStats => RejectionKind::NoStats,
             Reject::Distinct => RejectionKind::Distinct,
+            Reject::Ineligible => RejectionKind::Ineligible,
         }
     }
 
@@ -544,6 +550,7 @@ impl Reject {
             Reject::FailedHere => "the task already failed on this node".into(),
             Reject::NoStats => "no stats reported yet".into(),
             Reject::Distinct => "already runs an instance of this service (distinct_nodes)".into(),
+            Reject::Ineligible => "node is ineligible (draining, or eligibility off)".into(),
         }
     }
 }
@@ -552,6 +559,9 @@ impl Reject {
 fn check(spec: &TaskSpec, constraints: &[Constraint], node: &NodeView) -> Result<(), Reject> {
     if !node.ready {
         return Err(Reject::Down);
+    }
+    if !node.eligible {
+        return Err(Reject::Ineligible);
     }
     if !node.drivers.contains(&spec.driver) {
         return Err(Reject::Driver(spec.driver));
@@ -597,6 +607,7 @@ mod tests {
             id: NodeId::from_uuid(Uuid::from_u128(n)),
             name: name.into(),
             ready: true,
+            eligible: true,
             labels: BTreeMap::new(),
             drivers: vec![DriverKind::Docker, DriverKind::Process],
             capacity: Resources {

@@ -339,6 +339,31 @@ pub mod duration_serde {
     }
 }
 
+/// Serde adapter for `Option<Duration>` fields: a duration string, or absent / `null`.
+pub mod option_duration_serde {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(transparent)]
+    struct Written(#[serde(with = "duration_serde")] Duration);
+
+    /// Writes the duration as a string with units, or `null`.
+    pub fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&d.map(Written), serializer)
+    }
+
+    /// Reads a string with units, or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let written: Option<Written> = serde::Deserialize::deserialize(deserializer)?;
+        Ok(written.map(|w| w.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

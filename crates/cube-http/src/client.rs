@@ -377,6 +377,24 @@ impl Client {
         self.call(Method::GET, &format!("/v1/nodes/{id}"), None::<&()>).await.map(|(_, v)| v)
     }
 
+    /// `POST /v1/nodes/{id}/drain`.
+    pub async fn drain(
+        &self,
+        node: &str,
+        deadline: Option<Duration>,
+    ) -> Result<NodeInfo, ClientError> {
+        let path = format!("/v1/nodes/{node}/drain");
+        let body = cube_api::types::DrainRequest { deadline };
+        self.call(Method::POST, &path, Some(&body)).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/nodes/{id}/eligibility`.
+    pub async fn set_eligible(&self, node: &str, eligible: bool) -> Result<NodeInfo, ClientError> {
+        let path = format!("/v1/nodes/{node}/eligibility");
+        let body = cube_api::types::EligibilityRequest { eligible };
+        self.call(Method::POST, &path, Some(&body)).await.map(|(_, v)| v)
+    }
+
     /// `POST /v1/nodes/register`.
     pub async fn register(&self, req: &RegisterRequest) -> Result<HeartbeatResponse, ClientError> {
         self.call(Method::POST, "/v1/nodes/register", Some(req)).await.map(|(_, v)| v)

@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cube_api::types::{
-    HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, RegisterRequest,
-    RevertRequest, ScaleRequest, ServiceQuery, ServiceView, TaskFilter, TaskSubmission, TaskView,
+    DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery,
+    NodeInfo, RegisterRequest, RevertRequest, ScaleRequest, ServiceQuery, ServiceView, TaskFilter,
+    TaskSubmission, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
 use cube_core::deployment::Deployment;
@@ -52,6 +53,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/register", post(register).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)))
         .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/nodes/{id}/drain", post(drain_node))
+        .route("/v1/nodes/{id}/eligibility", post(node_eligibility))
         .route(
             "/v1/nodes/{id}/heartbeat",
             post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)),
@@ -214,6 +217,25 @@ async fn get_node(
     Path(id): Path<String>,
 ) -> Result<axum::Json<NodeInfo>, HttpError> {
     Ok(axum::Json(m.node(&id)?))
+}
+
+async fn drain_node(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<NodeInfo>, HttpError> {
+    let req: DrainRequest =
+        if body.is_empty() { DrainRequest::default() } else { parse_json(&body)? };
+    Ok(axum::Json(m.drain(&id, req.deadline).await?))
+}
+
+async fn node_eligibility(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<NodeInfo>, HttpError> {
+    let req: EligibilityRequest = parse_json(&body)?;
+    Ok(axum::Json(m.set_eligible(&id, req.eligible).await?))
 }
 
 async fn register(

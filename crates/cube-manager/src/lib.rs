@@ -175,6 +175,7 @@ impl Manager {
     /// Plans the services the change touched, then hands the records `effects` touched to
     /// the store (call with the state lock held, so the store sees changes in order).
     fn stage(&self, state: &mut State, effects: &mut Effects) -> Result<Commit, ManagerError> {
+        state.advance_drains(self.clock.now(), effects);
         if !effects.reconcile.is_empty() {
             state.reconcile(self.clock.now(), &mut uuid::Uuid::now_v7, effects);
             self.services_kick.notify_one();
@@ -403,6 +404,33 @@ impl Manager {
         }
     }
 
+    /// Starts draining a node (by id or unique name).
+    pub(crate) async fn drain(
+        self: &Arc<Self>,
+        key: &str,
+        deadline: Option<Duration>,
+    ) -> Result<NodeInfo, ManagerError> {
+        let id = self.node(key)?.id;
+        let now = self.clock.now();
+        self.change(|s, e| s.drain(id, deadline, now, e))
+            .await?
+            .ok_or_else(|| ManagerError::NodeNotFound(key.to_owned()))?;
+        self.node(key)
+    }
+
+    /// Turns new work on a node on or off (on also ends a drain).
+    pub(crate) async fn set_eligible(
+        self: &Arc<Self>,
+        key: &str,
+        eligible: bool,
+    ) -> Result<NodeInfo, ManagerError> {
+        let id = self.node(key)?.id;
+        self.change(|s, e| s.set_eligible(id, eligible, e))
+            .await?
+            .ok_or_else(|| ManagerError::NodeNotFound(key.to_owned()))?;
+        self.node(key)
+    }
+
     /// The output of a task, streamed from the node that ran it last.
     pub(crate) async fn logs(
         &self,
@@ -443,6 +471,8 @@ impl Manager {
             state: NodeState::Ready,
             registered_at: now,
             last_heartbeat: Some(now),
+            eligible: true,
+            drain: None,
         };
         tracing::info!(
             node = %node.id,

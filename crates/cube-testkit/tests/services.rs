@@ -349,3 +349,62 @@ async fn invalid_services_are_refused_listing_every_problem() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_drained_node_hands_its_instances_over_healthy_first_and_its_bare_tasks_move() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let w2 = cluster.node_id(2).to_string();
+    cluster.drive(client.set_eligible(&w2, false)).await.unwrap();
+    put(&cluster, &web(3, json!({}))).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    let tasks = instances(&cluster).await;
+    let count_on = |n| tasks.iter().filter(|t| t.node == Some(n)).count();
+    let (crowded, other) = match (cluster.node_id(0), cluster.node_id(1)) {
+        (a, b) if count_on(a) == 2 => (a, b),
+        (a, b) => (b, a),
+    };
+    assert_eq!(count_on(crowded), 2);
+    let leaving: BTreeSet<_> =
+        tasks.iter().filter(|t| t.node == Some(crowded)).map(|t| t.id).collect();
+    // A bare task on the crowded node too: the only eligible one while it is placed.
+    cluster.drive(client.set_eligible(&other.to_string(), false)).await.unwrap();
+    let bare = cluster.submit(json!({"name": "bare", "driver": "process", "command": "x"})).await;
+    cluster
+        .wait_for(Duration::from_secs(10), "the bare task running", |c| async move {
+            let t = c.task(bare).await.ok()?;
+            (t.state == TaskState::Running).then_some(())
+        })
+        .await;
+    assert_eq!(cluster.task(bare).await.node, Some(crowded));
+    cluster.drive(client.set_eligible(&other.to_string(), true)).await.unwrap();
+    cluster.drive(client.set_eligible(&w2, true)).await.unwrap();
+
+    let fewest = Arc::new(AtomicU32::new(u32::MAX));
+    cluster.drive(client.drain(&crowded.to_string(), None)).await.unwrap();
+    let drained = cluster
+        .wait_for(Duration::from_secs(60), "the node drained", |c| {
+            let fewest = Arc::clone(&fewest);
+            async move {
+                let s = c.service("web").await.ok()?;
+                fewest.fetch_min(s.instances.healthy, Ordering::Relaxed);
+                let n = c.node(&crowded.to_string()).await.ok()?;
+                n.drain.as_ref()?.drained_at.is_some().then_some(n)
+            }
+        })
+        .await;
+    assert!(!drained.eligible);
+    assert_eq!(drained.task_count, 0);
+    assert_eq!(fewest.load(Ordering::Relaxed), 3, "replacements healthy before the old stopped");
+    let tasks = instances(&cluster).await;
+    for id in &leaving {
+        let t = tasks.iter().find(|t| t.id == *id).unwrap();
+        assert_eq!(t.state, TaskState::Completed);
+        let by = tasks.iter().find(|r| Some(r.id) == t.replaced_by).unwrap();
+        assert_ne!(by.node, Some(crowded));
+    }
+    assert_eq!(live(&tasks).len(), 3);
+    let moved = cluster.task(bare).await;
+    assert_ne!(moved.node, Some(crowded), "the bare task was placed elsewhere");
+    cluster.shutdown().await;
+}

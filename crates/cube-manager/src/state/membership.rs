@@ -27,7 +27,13 @@ impl State {
                 if entry.node.name != node.name {
                     entry.name = Arc::from(node.name.as_str());
                 }
-                entry.node = Node { registered_at: entry.node.registered_at, ..node };
+                // What the operator decided about the node outlives the worker's restarts.
+                entry.node = Node {
+                    registered_at: entry.node.registered_at,
+                    eligible: entry.node.eligible,
+                    drain: entry.node.drain.take(),
+                    ..node
+                };
                 entry.node.state = NodeState::Ready;
                 entry.node.last_heartbeat = Some(now);
                 entry.last_seen = mono;

@@ -11,12 +11,15 @@
 //! - `placement`: submit, stop, place, dispatch outcomes;
 //! - `membership`: registration, heartbeats, fencing, node expiry;
 //! - `reports`: merging what workers report by replaying their triggers;
-//! - `gc`: forgetting finished tasks.
+//! - `gc`: forgetting finished tasks;
+//! - `services`: services, their deployments, and the rollout planner applied to them;
+//! - `drain`: draining nodes and their eligibility.
 //!
 //! **Invariant:** tasks are only changed through [`State::modify`] (the one exception, an
 //! unplaceable task's derived reason, touches neither the queue nor the usage).
 
 mod accounting;
+mod drain;
 mod gc;
 mod membership;
 mod placement;
@@ -155,6 +158,8 @@ pub struct State {
     index: u64,
     /// Services to plan at the next change whatever happened (at start-up: all of them).
     due: BTreeSet<String>,
+    /// Nodes being drained and not yet empty.
+    draining: BTreeSet<NodeId>,
 }
 
 impl State {
@@ -174,12 +179,16 @@ impl State {
             deployments: BTreeMap::new(),
             index: 0,
             due: BTreeSet::new(),
+            draining: BTreeSet::new(),
         }
     }
 
     /// Loads records (at start-up). Nodes get a full TTL from `now` to heartbeat again.
     pub fn load(&mut self, tasks: Vec<Task>, nodes: Vec<Node>, now: Instant) {
         for node in nodes {
+            if node.drain.as_ref().is_some_and(|d| d.drained_at.is_none()) {
+                self.draining.insert(node.id);
+            }
             self.nodes.insert(node.id, NodeEntry::new(node, now));
         }
         for mut task in tasks {

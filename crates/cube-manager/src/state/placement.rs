@@ -220,6 +220,7 @@ impl State {
             id: n.node.id,
             name: Arc::clone(&n.name),
             ready: n.node.state == NodeState::Ready,
+            eligible: n.node.eligible,
             labels: n.node.labels.clone(),
             drivers: n.node.drivers.clone(),
             capacity: n.node.capacity,

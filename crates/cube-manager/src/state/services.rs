@@ -15,7 +15,8 @@ use cube_core::rollout::{self, EndCause, Instance, NoRoom, Phase, Plan, Rollout,
 use cube_core::scheduler::{RejectionKind, Siblings};
 use cube_core::service::{Change, Service, ServiceSpec};
 use cube_core::{
-    DeploymentId, DesiredState, EventKind, InstanceOf, Note, Task, TaskId, TaskState, Trigger,
+    DeploymentId, DesiredState, EventKind, InstanceOf, NodeId, Note, Task, TaskId, TaskState,
+    Trigger,
 };
 use jiff::Timestamp;
 
@@ -455,7 +456,8 @@ impl State {
             .iter()
             .filter_map(|id| self.tasks.get(id))
             .filter_map(|t| {
-                instance_view(t, service.template(t.instance.as_ref()?.version) == Some(current))
+                let current = service.template(t.instance.as_ref()?.version) == Some(current);
+                instance_view(t, current, self.draining_node(t.node))
             })
             .collect();
         let deployment = service.deployment.and_then(|id| self.deployments.get(&id));
@@ -581,6 +583,20 @@ impl State {
         }
     }
 
+    /// Stops task `id` on draining `node` (an instance or a bare task alike).
+    pub(super) fn stop_for_drain(
+        &mut self,
+        id: TaskId,
+        node: NodeId,
+        reason: String,
+        now: Timestamp,
+        effects: &mut Effects,
+    ) {
+        if self.tasks.get(&id).is_some_and(|t| t.node == Some(node)) {
+            self.stop_instance(id, reason, None, now, effects);
+        }
+    }
+
     /// Stops an instance for `reason`, recording its replacement.
     fn stop_instance(
         &mut self,
@@ -637,7 +653,7 @@ fn healthy_since(t: &Task) -> Option<Timestamp> {
 }
 
 /// How the planner sees a task of the service.
-fn instance_view(t: &Task, current: bool) -> Option<Instance> {
+fn instance_view(t: &Task, current: bool, draining: bool) -> Option<Instance> {
     let of = t.instance.as_ref()?;
     let placed_at = || {
         t.events
@@ -695,5 +711,6 @@ fn instance_view(t: &Task, current: bool) -> Option<Instance> {
         created_at: t.created_at,
         phase,
         failure,
+        draining,
     })
 }

@@ -26,6 +26,8 @@ fn node(n: u128, name: &str, memory_mib: u64) -> Node {
         state: NodeState::Ready,
         registered_at: at(0),
         last_heartbeat: None,
+        eligible: true,
+        drain: None,
     }
 }
 

@@ -65,11 +65,13 @@ pub enum ClientCommand {
     ///
     /// Example: cube logs 3f2a9c -f --tail 20
     Logs(LogsArgs),
-    /// List the worker nodes, or show one node in detail
+    /// List the worker nodes, show one in detail, drain one or set its eligibility
     ///
     /// Examples:
     ///   cube node
     ///   cube node worker-1    (a name, an id or an id prefix)
+    ///   cube node drain worker-1 --deadline 10m
+    ///   cube node eligibility worker-1 on
     #[command(verbatim_doc_comment, visible_alias = "nodes")]
     Node(NodeArgs),
     /// Create or update a service from a service file, and optionally follow its rollout
@@ -314,10 +316,41 @@ pub struct LogsArgs {
 
 /// Options of `cube node`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct NodeArgs {
     /// Show this node in detail (a name, an id or an id prefix).
     #[arg(value_name = "NODE")]
     pub id: Option<String>,
+    /// Drain a node, or turn new work on it on or off.
+    #[command(subcommand)]
+    pub action: Option<NodeAction>,
+}
+
+/// `cube node` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Empty a node: no new work; service instances replaced elsewhere (healthy first, within
+    /// each service's max_unavailable), bare tasks placed elsewhere at once; after --deadline
+    /// the rest are stopped. The node stays ineligible until `cube node eligibility NODE on`.
+    ///
+    /// Example: cube node drain worker-1 --deadline 10m
+    Drain {
+        /// The node (a name, an id or an id prefix).
+        node: String,
+        /// Stop what is still there after this long (default: wait for room elsewhere).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Let new work go to a node (`on`, which also ends a drain) or not (`off`).
+    ///
+    /// Example: cube node eligibility worker-1 off
+    Eligibility {
+        /// The node (a name, an id or an id prefix).
+        node: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
 }
 
 /// Runs a client command.

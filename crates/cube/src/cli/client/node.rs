@@ -7,13 +7,16 @@ use cube_api::types::{NodeInfo, NodeStats, TaskFilter, TaskView};
 use cube_core::{NodeState, Resources};
 use jiff::Timestamp;
 
-use super::NodeArgs;
 use super::api::Api;
 use super::format::{self, Details};
+use super::{NodeAction, NodeArgs};
 use crate::cli::Output;
 
 /// Runs `cube node`.
 pub(super) async fn node(api: &Api, args: NodeArgs, output: Output) -> anyhow::Result<ExitCode> {
+    if let Some(action) = args.action {
+        return node_action(api, action, output).await;
+    }
     match &args.id {
         None => {
             let nodes = api.nodes().await?;
@@ -51,11 +54,43 @@ pub(super) async fn node(api: &Api, args: NodeArgs, output: Output) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-fn state_cell(state: NodeState, colour: bool) -> Cell {
-    let cell = Cell::new(state);
-    match state {
+/// `cube node drain` and `cube node eligibility`.
+async fn node_action(api: &Api, action: NodeAction, output: Output) -> anyhow::Result<ExitCode> {
+    let (given, line) = match &action {
+        NodeAction::Drain { node, .. } => (node, "draining"),
+        NodeAction::Eligibility { node, setting } if setting == "on" => (node, "eligible"),
+        NodeAction::Eligibility { node, .. } => (node, "ineligible"),
+    };
+    let id = api.resolve_node(given).await?.id.to_string();
+    let client = api.client();
+    let node = match action {
+        NodeAction::Drain { deadline, .. } => client.drain(&id, deadline).await,
+        NodeAction::Eligibility { setting, .. } => client.set_eligible(&id, setting == "on").await,
+    }
+    .map_err(|e| api.error(&e))?;
+    match output {
+        Output::Json => format::emit_json(&node)?,
+        Output::Table => format::emit(&format!("node {} {line}", node.name))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the STATE column says: liveness, and whether the node takes new work.
+fn state_text(n: &NodeInfo) -> String {
+    match (&n.drain, n.eligible) {
+        (Some(d), _) if d.drained_at.is_some() => format!("{} (drained)", n.state),
+        (Some(_), _) => format!("{} (draining)", n.state),
+        (None, false) => format!("{} (ineligible)", n.state),
+        (None, true) => n.state.to_string(),
+    }
+}
+
+fn state_cell(n: &NodeInfo, colour: bool) -> Cell {
+    let cell = Cell::new(state_text(n));
+    match n.state {
         _ if !colour => cell,
-        NodeState::Ready => cell.fg(Color::Green),
+        NodeState::Ready if n.eligible => cell.fg(Color::Green),
+        NodeState::Ready => cell.fg(Color::Yellow),
         NodeState::Down => cell.fg(Color::Red),
     }
 }
@@ -110,7 +145,7 @@ fn node_table(nodes: &[NodeInfo], now: Timestamp, colour: bool) -> String {
         table.add_row(vec![
             Cell::new(&n.name),
             Cell::new(n.id.short()),
-            state_cell(n.state, colour),
+            state_cell(n, colour),
             Cell::new(&n.address),
             Cell::new(n.task_count),
             Cell::new(cpu_use(n.reserved, n.capacity)),
@@ -128,12 +163,25 @@ fn node_detail(n: &NodeInfo, tasks: &[TaskView], now: Timestamp, colour: bool) -
     let mut d = Details::default();
     d.row("Name", n.name.clone())
         .row("ID", n.id.to_string())
-        .row("State", n.state.to_string())
+        .row("State", state_text(n))
+        .row("Eligible", if n.eligible { "yes" } else { "no (no new work)" })
         .row("Address", n.address.clone());
     let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     d.row("Labels", format::or_dash(Some(labels.join(", "))));
     let drivers: Vec<&str> = n.drivers.iter().map(|d| <&str>::from(*d)).collect();
     d.row("Drivers", format::or_dash(Some(drivers.join(", "))));
+    if let Some(drain) = &n.drain {
+        let status = match (drain.drained_at, drain.deadline) {
+            (Some(at), _) => format!("drained {}", format::when(at, now)),
+            (None, Some(deadline)) => format!(
+                "draining since {}; what is left stops {}",
+                format::when(drain.started_at, now),
+                format::when(deadline, now)
+            ),
+            (None, None) => format!("draining since {}", format::when(drain.started_at, now)),
+        };
+        d.row("Drain", status);
+    }
     d.row("Registered", format::when(n.registered_at, now));
     d.row("Last heartbeat", format::or_dash(n.last_heartbeat.map(|at| format::when(at, now))));
     d.row("Active tasks", n.task_count.to_string());

@@ -550,6 +550,49 @@ pub struct VersionCounts {
     pub healthy: u32,
 }
 
+/// `POST /v1/services/{name}/plan`: what an update would do, without doing it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServicePlanView {
+    /// `create`, `none`, `in_place` (count, strategy or rules only: nothing restarts) or
+    /// `destructive` (the template changed: instances are replaced by a rollout).
+    pub change: String,
+    /// The version the update would make.
+    pub version: u64,
+    /// The service's modify index now (pass it as `check_index` to apply exactly this plan).
+    pub modify_index: u64,
+    /// Every changed field.
+    pub diff: Vec<FieldChange>,
+    /// What the rollout would do, in words.
+    pub rollout: String,
+    /// Each new instance: where it would go, or why no node can take it.
+    pub placements: Vec<PlannedInstance>,
+}
+
+/// One changed field of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// Dotted path, e.g. `task.env.GREETING` or `task.args[1]`.
+    pub field: String,
+    /// The value now (absent: the field is new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<serde_json::Value>,
+    /// The value after the update (absent: the field goes away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<serde_json::Value>,
+}
+
+/// A new instance in a plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannedInstance {
+    /// Its slot.
+    pub slot: u32,
+    /// The node it would go to (absent: none can take it; see `explanation.rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// The scheduler's explanation: scores, and every rejected node with its reason.
+    pub explanation: Explanation,
+}
+
 /// Query of `PUT /v1/services/{name}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@ use cube_api::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, NodeStats,
     RegisterRequest, TaskFilter, TaskView,
 };
-use cube_api::types::{RevertRequest, ScaleRequest, ServiceView};
+use cube_api::types::{RevertRequest, ScaleRequest, ServicePlanView, ServiceView};
 use cube_api::{ApiError, ErrorBody, ErrorCode};
 use cube_core::deployment::Deployment;
 use cube_core::service::{ServiceSpec, Version};
@@ -438,6 +438,12 @@ impl Client {
         }
         let (status, view) = self.call(Method::PUT, &path, Some(spec)).await?;
         Ok((view, status == StatusCode::CREATED))
+    }
+
+    /// `POST /v1/services/{name}/plan`: what an update would do.
+    pub async fn plan(&self, spec: &ServiceSpec) -> Result<ServicePlanView, ClientError> {
+        let path = format!("/v1/services/{}/plan", spec.name);
+        self.call(Method::POST, &path, Some(spec)).await.map(|(_, v)| v)
     }
 
     /// `GET /v1/services`.

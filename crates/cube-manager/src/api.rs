@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cube_api::types::{
     DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery,
-    NodeInfo, RegisterRequest, RevertRequest, ScaleRequest, ServiceQuery, ServiceView, TaskFilter,
-    TaskSubmission, TaskView,
+    NodeInfo, RegisterRequest, RevertRequest, ScaleRequest, ServicePlanView, ServiceQuery,
+    ServiceView, TaskFilter, TaskSubmission, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
 use cube_core::deployment::Deployment;
@@ -46,6 +46,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service).put(put_service).delete(remove_service))
         .route("/v1/services/{name}/scale", post(scale_service))
+        .route("/v1/services/{name}/plan", post(plan_service))
         .route("/v1/services/{name}/versions", get(service_versions))
         .route("/v1/services/{name}/revert", post(revert_service))
         .route("/v1/deployments/{id}", get(get_deployment))
@@ -144,6 +145,16 @@ async fn put_service(
     let (view, created) = m.put_service(spec, query.check_index).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, axum::Json(view)).into_response())
+}
+
+/// A dry run: what `PUT` with this body would do.
+async fn plan_service(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> Result<axum::Json<ServicePlanView>, HttpError> {
+    let spec = cube_api::types::parse_service(&body, &name)?;
+    Ok(axum::Json(m.plan_service(&spec)))
 }
 
 async fn remove_service(

@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use cube_api::ErrorCode;
 use cube_api::types::{
+    FieldChange, InstanceCounts, PlannedInstance, ServicePlanView, ServiceView, VersionCounts,
+};
+use cube_api::types::{
     HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter, TaskView,
 };
-use cube_api::types::{InstanceCounts, ServiceView, VersionCounts};
 use cube_core::deployment::Deployment;
 use cube_core::service::{Service, ServiceSpec, Version};
 use cube_core::{
@@ -280,6 +282,31 @@ impl Manager {
             .map_err(|r| refusal(r, &name))?;
         let view = self.service_view(&name).unwrap_or_else(|| self.view_of(&service));
         Ok((view, created))
+    }
+
+    /// What an update to `spec` would do, without doing it.
+    pub(crate) fn plan_service(&self, spec: &ServiceSpec) -> ServicePlanView {
+        let plan = self.lock().plan_service(spec);
+        ServicePlanView {
+            change: plan.change.to_owned(),
+            version: plan.version,
+            modify_index: plan.modify_index,
+            diff: plan
+                .diff
+                .into_iter()
+                .map(|(field, old, new)| FieldChange { field, old, new })
+                .collect(),
+            rollout: plan.rollout,
+            placements: plan
+                .placements
+                .into_iter()
+                .map(|(slot, explanation)| PlannedInstance {
+                    slot,
+                    node: explanation.chosen.as_ref().map(|c| c.node),
+                    explanation,
+                })
+                .collect(),
+        }
     }
 
     /// Changes a service's count.

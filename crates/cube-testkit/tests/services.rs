@@ -408,3 +408,38 @@ async fn a_drained_node_hands_its_instances_over_healthy_first_and_its_bare_task
     assert_ne!(moved.node, Some(crowded), "the bare task was placed elsewhere");
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_plan_shows_the_diff_and_where_new_instances_would_go_or_why_not() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let created = cluster.drive(client.plan(&web(3, json!({})))).await.unwrap();
+    assert_eq!((created.change.as_str(), created.modify_index), ("create", 0));
+    assert_eq!(created.placements.len(), 3);
+    let nodes: BTreeSet<_> = created.placements.iter().map(|p| p.node.unwrap()).collect();
+    assert_eq!(nodes.len(), 3, "spread in the plan too");
+
+    put(&cluster, &web(3, json!({}))).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    let before = instances(&cluster).await;
+    let plan = cluster.drive(client.plan(&web(3, json!({"GREETING": "hi"})))).await.unwrap();
+    assert_eq!((plan.change.as_str(), plan.version), ("destructive", 2));
+    assert_eq!(plan.diff.len(), 1);
+    assert_eq!(plan.diff[0].field, "task.env.GREETING");
+    assert_eq!((plan.diff[0].old.clone(), plan.diff[0].new.clone()), (None, Some(json!("hi"))));
+    assert!(plan.rollout.starts_with("replaces 3 instances"), "{}", plan.rollout);
+    assert!(plan.placements.iter().all(|p| p.node.is_some()));
+    assert_eq!(instances(&cluster).await.len(), before.len(), "a plan changes nothing");
+
+    let mut huge = web(3, json!({}));
+    huge.task.resources.memory = cube_core::Bytes::gib(2);
+    let plan = cluster.drive(client.plan(&huge)).await.unwrap();
+    assert!(plan.placements.iter().all(|p| p.node.is_none()));
+    let rejected = &plan.placements[0].explanation.rejected;
+    assert_eq!(rejected.len(), 3, "a reason per node");
+    assert!(rejected.iter().all(|r| r.reason.starts_with("needs 2.0GiB memory")), "{rejected:?}");
+
+    let scale = cluster.drive(client.plan(&web(5, json!({})))).await.unwrap();
+    assert_eq!((scale.change.as_str(), scale.version, scale.placements.len()), ("in_place", 1, 2));
+    cluster.shutdown().await;
+}

@@ -13,7 +13,8 @@
 //! - `reports`: merging what workers report by replaying their triggers;
 //! - `gc`: forgetting finished tasks;
 //! - `services`: services, their deployments, and the rollout planner applied to them;
-//! - `drain`: draining nodes and their eligibility.
+//! - `drain`: draining nodes and their eligibility;
+//! - `plan`: dry runs of service updates.
 //!
 //! **Invariant:** tasks are only changed through [`State::modify`] (the one exception, an
 //! unplaceable task's derived reason, touches neither the queue nor the usage).
@@ -23,6 +24,7 @@ mod drain;
 mod gc;
 mod membership;
 mod placement;
+mod plan;
 mod reports;
 mod services;
 #[cfg(test)]

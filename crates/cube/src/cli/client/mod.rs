@@ -87,6 +87,14 @@ pub enum ClientCommand {
     ///   cube deploy web.toml --check-index 42    (only if nobody changed it since index 42)
     #[command(verbatim_doc_comment)]
     Deploy(DeployArgs),
+    /// Show what `cube deploy FILE` would do, without doing it
+    ///
+    /// Prints the changed fields, whether instances would be replaced (destructive) or not
+    /// (in place), what the rollout would do, and where each new instance would go or, for one
+    /// no node can take, why not on each node. Nothing changes.
+    ///
+    /// Example: cube plan examples/web-service.toml
+    Plan(PlanArgs),
     /// Services: list, show, scale, history, revert, remove
     ///
     /// Examples:
@@ -128,6 +136,14 @@ pub struct DeployArgs {
     /// Check the file and print the service with defaults filled in, without sending it.
     #[arg(long, conflicts_with_all = ["wait", "check_index"])]
     pub dry_run: bool,
+}
+
+/// Options of `cube plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Service file: TOML, or JSON when the name ends in `.json`; `-` reads standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
 }
 
 /// `cube service` subcommands.
@@ -366,6 +382,7 @@ pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCo
             ClientCommand::Logs(args) => logs::logs(&api, args).await,
             ClientCommand::Node(args) => node::node(&api, args, output).await,
             ClientCommand::Deploy(args) => service::deploy(&api, args, output).await,
+            ClientCommand::Plan(args) => service::plan(&api, args, output).await,
             ClientCommand::Service(command) => service::service(&api, command, output).await,
             ClientCommand::Deployment(command) => service::deployment(&api, command, output).await,
         }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use cube_api::types::ServiceView;
+use cube_api::types::{ServicePlanView, ServiceView};
 use cube_core::DeploymentId;
 use cube_core::deployment::{Deployment, DeploymentStatus};
 use cube_core::service::Version;
@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use super::api::Api;
 use super::format::{self, Details};
 use super::wait::{Spinner, WAIT_FAILED};
-use super::{DeployArgs, DeploymentCommand, ServiceCommand, file};
+use super::{DeployArgs, DeploymentCommand, PlanArgs, ServiceCommand, file};
 use crate::cli::Output;
 
 /// How often `--wait` looks at the rollout.
@@ -68,6 +68,69 @@ pub(super) async fn deploy(
     }
     let Some(deployment) = started.filter(|_| args.wait) else { return Ok(ExitCode::SUCCESS) };
     follow(api, &view.name, deployment.id, args.timeout, output).await
+}
+
+/// Runs `cube plan`.
+pub(super) async fn plan(api: &Api, args: PlanArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let spec = file::load_service(&args.file)?;
+    let plan = api.client().plan(&spec).await.map_err(|e| api.error(&e))?;
+    match output {
+        Output::Json => format::emit_json(&plan)?,
+        Output::Table => format::emit(&plan_text(&spec.name, &plan))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan_text(name: &str, plan: &ServicePlanView) -> String {
+    let show = |v: &Option<serde_json::Value>| {
+        v.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string)
+    };
+    let mut lines = Vec::new();
+    let what = match plan.change.as_str() {
+        "create" => format!("service {name}: new, version 1"),
+        "none" => format!("service {name}: no change (version {})", plan.version),
+        "in_place" => format!(
+            "service {name}: in-place update to version {} (nothing restarts)",
+            plan.version
+        ),
+        _ => format!(
+            "service {name}: destructive update to version {} (instances are replaced)",
+            plan.version
+        ),
+    };
+    lines.push(what);
+    for c in &plan.diff {
+        let line = match (&c.old, &c.new) {
+            (None, _) => format!("  + {}: {}", c.field, show(&c.new)),
+            (_, None) => format!("  - {}: {}", c.field, show(&c.old)),
+            _ => format!("  ~ {}: {} => {}", c.field, show(&c.old), show(&c.new)),
+        };
+        lines.push(line);
+    }
+    lines.push(format!("Rollout: {}", plan.rollout));
+    for p in &plan.placements {
+        match &p.explanation.chosen {
+            Some(c) => {
+                lines.push(format!("  {name}/{} -> {} (score {:.4})", p.slot, c.name, c.score))
+            }
+            None => {
+                lines.push(format!("  {name}/{}: cannot be placed", p.slot));
+                for r in &p.explanation.rejected {
+                    lines.push(format!("      {}: {}", r.name, r.reason));
+                }
+                let more =
+                    p.explanation.rejected_total.saturating_sub(p.explanation.rejected.len());
+                if more > 0 {
+                    lines.push(format!("      and {more} more nodes"));
+                }
+            }
+        }
+    }
+    lines.push(format!(
+        "Modify index: {} (cube deploy --check-index {} applies exactly this)",
+        plan.modify_index, plan.modify_index
+    ));
+    lines.join("\n")
 }
 
 /// Follows a deployment until it ends: exit 0 when it succeeded, [`WAIT_FAILED`] with the

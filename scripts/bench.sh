@@ -6,7 +6,8 @@
 #   1. builds the release binaries (cube, cube-bench) and, with Docker, the test image;
 #   2. the criterion scheduler benchmark (shortened measurement time);
 #   3. every cube-bench benchmark against real cube processes (results in target/bench/);
-#   4. the Swarm comparison (scripts/bench-swarm.sh), when a Docker engine answers;
+#   4. the Swarm comparisons (scripts/bench-swarm.sh, scripts/bench-swarm-rollout.sh), when a
+#      Docker engine answers;
 #   5. `cube-bench report`, which rewrites the marked tables of BENCHMARKS.md.
 #
 # Each step prints its elapsed time; a failed step is reported and the others still run, and
@@ -68,8 +69,10 @@ step failover "$BENCH" failover --runs 3 --json "$OUT/failover.json"
 step memory "$BENCH" memory --keep-store "$OUT/store" --json "$OUT/memory.json"
 step restart "$BENCH" restart --data-dir "$OUT/store" --json "$OUT/restart.json"
 step sim-nodes "$BENCH" sim-nodes --nodes 1000,5000 --tasks 10000 --json "$OUT/sim-nodes.json"
+step rollout "$BENCH" rollout --replicas 10 --runs 3 --json "$OUT/rollout.json"
 if $docker_ok; then
   step swarm scripts/bench-swarm.sh --runs "$SWARM_RUNS" --json "$OUT/swarm.json"
+  step swarm-rollout scripts/bench-swarm-rollout.sh --runs "$SWARM_RUNS" --json "$OUT/swarm-rollout.json"
 fi
 rm -rf "$OUT/store"
 step report "$BENCH" report --results "$OUT" --doc BENCHMARKS.md

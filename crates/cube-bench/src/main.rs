@@ -16,6 +16,7 @@ mod memory;
 mod out;
 mod report;
 mod restart;
+mod rollout;
 mod scale;
 mod sim;
 mod submit;
@@ -57,6 +58,9 @@ enum Command {
     Failover(failover::FailoverArgs),
     /// Manager restart time with 100k tasks in its store.
     Restart(restart::RestartArgs),
+    /// A service of N instances updated start-first: rollout time, Cube's cost per batch, and
+    /// the fewest healthy instances sampled every 100 ms.
+    Rollout(rollout::RolloutArgs),
     /// Simulated nodes (a benchmark tool, like kwok): thousands of nodes that accept tasks
     /// without running them. Benchmarks a manager of its own, or serves `--manager URL`.
     SimNodes(scale::SimNodesArgs),
@@ -129,6 +133,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Memory(a) => memory::run(&lab, a).await,
         Command::Failover(a) => failover::run(&lab, a).await,
         Command::Restart(a) => restart::run(&lab, a).await,
+        Command::Rollout(a) => rollout::run(&lab, a).await,
         Command::SimNodes(a) => scale::sim_nodes(&lab, a).await,
         Command::ScaleUp(a) => scale::scale_up(&lab, a).await,
         Command::Report(_) => unreachable_report(),

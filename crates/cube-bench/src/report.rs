@@ -49,6 +49,8 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("restart", restart(&results)),
         ("sim", sim(&results)),
         ("swarm", swarm(&results)),
+        ("rollout", rollout(&results)),
+        ("swarm-rollout", swarm_rollout(&results)),
     ];
     for (name, content) in sections {
         match content {
@@ -103,6 +105,8 @@ struct Results {
     failover: Option<Value>,
     sim: Option<Value>,
     swarm: Option<Value>,
+    rollout: Option<Value>,
+    swarm_rollout: Option<Value>,
     /// Mean nanoseconds per placement by (nodes, scheduler).
     sched: Vec<(u64, &'static str, f64)>,
 }
@@ -136,6 +140,8 @@ impl Results {
             failover: read("failover"),
             sim: read("sim-nodes"),
             swarm: read("swarm"),
+            rollout: read("rollout"),
+            swarm_rollout: read("swarm-rollout"),
             sched,
         }
     }
@@ -759,6 +765,73 @@ fn swarm(r: &Results) -> Option<String> {
          Swarm median.",
         table(&["N", "Swarm runs", "Cube runs", "Swarm median", "Cube median", "Ratio"], &rows),
         s["runs"],
+    ))
+}
+
+fn rollout(r: &Results) -> Option<String> {
+    let x = r.rollout.as_ref()?;
+    let mut rows = Vec::new();
+    for (i, t) in x["runs"].as_array().into_iter().flatten().enumerate() {
+        rows.push(vec![
+            format!("{}", i + 1),
+            opt(t["seconds"].as_f64(), secs),
+            opt(t["start_ms"].as_f64(), |v| format!("{v:.1} ms")),
+            opt(t["cost_per_batch_ms"].as_f64(), |v| format!("{v:.1} ms")),
+            format!("{} of {}", t["fewest_healthy"], x["replicas"]),
+        ]);
+    }
+    rows.push(vec![
+        "median".into(),
+        opt(num(x, "/median_seconds"), secs),
+        opt(num(x, "/median_start_ms"), |v| format!("{v:.1} ms")),
+        opt(num(x, "/median_cost_per_batch_ms"), |v| format!("{v:.1} ms")),
+        format!("{} of {}", x["fewest_healthy"], x["replicas"]),
+    ]);
+    Some(format!(
+        "{}\n{} {} instances, {} at a time start-first, `min_healthy_time = 0`; per batch: the \
+         median instance's start (placed → running) and what Cube adds beyond it (rollout time ÷ \
+         batches − start).",
+        table(
+            &["Run", "Rollout", "Instance start", "Cube's cost per batch", "Fewest healthy"],
+            &rows
+        ),
+        x["replicas"],
+        x["driver"].as_str().unwrap_or("?"),
+        x["parallel"],
+    ))
+}
+
+fn swarm_rollout(r: &Results) -> Option<String> {
+    let s = r.swarm_rollout.as_ref()?;
+    if let Some(blocked) = s["blocked"].as_str() {
+        return Some(format!("Blocked: swarm mode does not work on this engine: `{blocked}`"));
+    }
+    let list = |v: &Value, f: fn(f64) -> String| {
+        v.as_array().into_iter().flatten().filter_map(Value::as_f64).map(f).collect::<Vec<_>>()
+    };
+    let times = |key: &str| list(&s[key], secs).join(", ");
+    let fewest = |key: &str| list(&s[key], |v| format!("{v:.0}")).join(", ");
+    let rows = vec![
+        vec![
+            "Swarm".to_owned(),
+            times("swarm_s"),
+            opt(num(s, "/swarm_median_s"), secs),
+            fewest("swarm_fewest_healthy"),
+        ],
+        vec![
+            "Cube".to_owned(),
+            times("cube_s"),
+            opt(num(s, "/cube_median_s"), secs),
+            fewest("cube_fewest_healthy"),
+        ],
+    ];
+    Some(format!(
+        "{}\n{} replicas of the busybox httpd with an HTTP check every second, an environment \
+         variable changed, 2 at a time start-first, on engine {}; ratio Cube ÷ Swarm = {}.",
+        table(&["System", "Runs", "Median", "Fewest healthy (per run)"], &rows),
+        s["replicas"],
+        s["engine"].as_str().unwrap_or("?"),
+        opt(num(s, "/ratio"), |v| format!("{v:.2}")),
     ))
 }
 

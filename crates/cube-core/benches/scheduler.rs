@@ -84,6 +84,7 @@ fn specs() -> Vec<TaskSpec> {
                 vec![]
             },
             stop_grace: Duration::from_secs(10),
+            on_disconnect: Default::default(),
         })
         .collect()
 }

@@ -641,6 +641,7 @@ mod tests {
             health: None,
             constraints: vec![],
             stop_grace: Duration::from_secs(1),
+            on_disconnect: Default::default(),
         }
     }
 

@@ -133,7 +133,8 @@ pub enum OnDisconnect {
 }
 
 impl OnDisconnect {
-    fn is_keep(&self) -> bool {
+    /// Whether it is the default, `keep`.
+    pub fn is_keep(&self) -> bool {
         *self == OnDisconnect::Keep
     }
 }

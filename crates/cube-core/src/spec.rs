@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::CoreError;
 use crate::constraint::Constraint;
+use crate::service::OnDisconnect;
 use crate::units::{Bytes, Millicores, duration_serde};
 
 /// Everything needed to run one task.
@@ -58,6 +59,11 @@ pub struct TaskSpec {
     /// Time between the polite stop signal (SIGTERM) and SIGKILL.
     #[serde(default = "default_stop_grace", with = "duration_serde")]
     pub stop_grace: Duration,
+    /// What the workload does when its worker cannot reach the manager: keep running (the
+    /// default), or be stopped by the worker after so long without contact. A service's
+    /// `on_disconnect` is copied here for each of its instances.
+    #[serde(default, skip_serializing_if = "OnDisconnect::is_keep")]
+    pub on_disconnect: OnDisconnect,
 }
 
 /// The execution driver of a task.
@@ -438,6 +444,11 @@ impl TaskSpec {
             err("stop_grace", "must be at most 1h".into());
         }
 
+        if let OnDisconnect::StopAfter(d) = self.on_disconnect
+            && d.is_zero()
+        {
+            err("on_disconnect.stop_after", "must be greater than 0".into());
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
@@ -587,6 +598,7 @@ mod tests {
             })),
             constraints: vec![],
             stop_grace: Duration::from_secs(7200),
+            on_disconnect: Default::default(),
         };
         let fields: Vec<String> =
             spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();

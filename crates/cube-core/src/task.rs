@@ -329,6 +329,7 @@ mod tests {
             health: None,
             constraints: vec![],
             stop_grace: Duration::from_secs(1),
+            on_disconnect: Default::default(),
         }
     }
 

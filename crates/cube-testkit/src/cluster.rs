@@ -243,6 +243,27 @@ impl Cluster {
     /// the workloads it left running.
     pub async fn start_worker(&mut self, i: usize) {
         let manager = format!("http://{}", self.manager_addr());
+        self.start_worker_with(i, manager).await;
+    }
+
+    /// Cuts worker `i` off from the manager, as a network partition would: it keeps running
+    /// its workloads and serving its API, but its calls to the manager fail (it is restarted
+    /// pointed at a closed port). [`Cluster::heal_worker`] ends the partition.
+    pub async fn partition_worker(&mut self, i: usize) {
+        self.stop_worker(i).await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        self.start_worker_with(i, format!("http://{closed}")).await;
+    }
+
+    /// Ends a partition made by [`Cluster::partition_worker`].
+    pub async fn heal_worker(&mut self, i: usize) {
+        self.stop_worker(i).await;
+        self.start_worker(i).await;
+    }
+
+    async fn start_worker_with(&mut self, i: usize, manager: String) {
         let node = &mut self.nodes[i];
         if node.running.is_some() {
             return;

@@ -443,3 +443,47 @@ async fn a_plan_shows_the_diff_and_where_new_instances_would_go_or_why_not() {
     assert_eq!((scale.change.as_str(), scale.version, scale.placements.len()), ("in_place", 1, 2));
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_worker_stops_its_instance_before_the_replacement_starts() {
+    let mut cluster = Cluster::start(2).await;
+    let mut spec = web(1, json!({}));
+    spec.on_disconnect = cube_core::service::OnDisconnect::StopAfter(Duration::from_secs(3));
+    put(&cluster, &spec).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    let old = instances(&cluster).await.remove(0);
+    let node = (0..2).find(|&i| Some(cluster.node_id(i)) == old.node).unwrap();
+    let other = 1 - node;
+    cluster.partition_worker(node).await;
+    let cut = tokio::time::Instant::now();
+    // The cut-off worker stops its copy after 3 s; the manager replaces it after the 5 s TTL.
+    let stopped = cluster
+        .wait_for(Duration::from_secs(10), "the cut-off copy stopped", |_| async {
+            cluster.fake(node).running().is_empty().then(tokio::time::Instant::now)
+        })
+        .await;
+    assert!(cluster.fake(other).running().is_empty(), "no replacement yet: no overlap");
+    let started = cluster
+        .wait_for(Duration::from_secs(20), "the replacement running", |_| async {
+            (!cluster.fake(other).running().is_empty()).then(tokio::time::Instant::now)
+        })
+        .await;
+    let (stop_s, start_s) = ((stopped - cut).as_secs_f64(), (started - cut).as_secs_f64());
+    assert!((3.0..4.5).contains(&stop_s), "stopped {stop_s:.2}s after the cut");
+    assert!(start_s > stop_s, "the copies never overlapped ({stop_s:.2}s, {start_s:.2}s)");
+    let worker_copy = cluster.drive(cluster.worker_client(node).task(old.id)).await.unwrap();
+    assert!(
+        worker_copy.events.iter().any(|e| e.reason.starts_with("no contact with the manager")),
+        "{:?}",
+        worker_copy.events
+    );
+    cluster.heal_worker(node).await;
+    cluster
+        .wait_for(Duration::from_secs(20), "one healthy instance", |c| async move {
+            (c.service("web").await.ok()?.instances.healthy == 1).then_some(())
+        })
+        .await;
+    let running: usize = (0..2).map(|i| cluster.fake(i).running().len()).sum();
+    assert_eq!(running, 1);
+    cluster.shutdown().await;
+}

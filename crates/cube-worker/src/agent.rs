@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cube_core::{Chain, DriverKind, NodeId, Task, TaskId, TaskSpec, TaskState, Trigger};
+use cube_core::service::OnDisconnect;
+use cube_core::{
+    Chain, DesiredState, DriverKind, NodeId, Task, TaskId, TaskSpec, TaskState, Trigger,
+};
 use cube_store::StoreError;
 use jiff::Timestamp;
 use tokio_util::task::TaskTracker;
@@ -36,6 +39,8 @@ pub(crate) struct Agent {
     ctx: Arc<Context>,
     table: Arc<TaskTable>,
     runners: TaskTracker,
+    /// When the manager last answered (on the monotonic clock); the agent's start until then.
+    contact: std::sync::Mutex<std::time::Instant>,
 }
 
 /// Why [`Agent::submit`] stored nothing. Boxed: a task record is large, and this is the rare
@@ -55,7 +60,49 @@ impl From<StoreError> for Refused {
 impl Agent {
     /// An agent with no tasks yet, named `name`, over `table`.
     pub(crate) fn new(name: String, ctx: Arc<Context>, table: Arc<TaskTable>) -> Arc<Self> {
-        Arc::new(Self { name, ctx, table, runners: TaskTracker::new() })
+        let contact = std::sync::Mutex::new(ctx.clock.instant());
+        Arc::new(Self { name, ctx, table, runners: TaskTracker::new(), contact })
+    }
+
+    /// The manager answered just now.
+    pub(crate) fn contacted(&self) {
+        *self.contact.lock().unwrap_or_else(|e| e.into_inner()) = self.ctx.clock.instant();
+    }
+
+    /// Stops every task whose `on_disconnect` says to once the manager has been out of reach
+    /// for that long, so that a singleton the manager replaces elsewhere does not run twice
+    /// through a partition. Returns how many it asked to stop.
+    pub(crate) async fn stop_disconnected(&self) -> usize {
+        let since = *self.contact.lock().unwrap_or_else(|e| e.into_inner());
+        let silent = self.ctx.clock.instant().saturating_duration_since(since);
+        let due: Vec<(TaskId, std::time::Duration)> = self
+            .table
+            .list()
+            .iter()
+            .filter(|t| t.desired == DesiredState::Running && !t.state.is_terminal())
+            .filter_map(|t| match t.spec.on_disconnect {
+                OnDisconnect::StopAfter(after) if silent >= after => Some((t.id, after)),
+                OnDisconnect::StopAfter(_) | OnDisconnect::Keep => None,
+            })
+            .collect();
+        for (id, after) in &due {
+            let now = self.ctx.clock.now();
+            let reason = format!(
+                "no contact with the manager for {}: stopped (on_disconnect)",
+                cube_core::units::format_duration(*after)
+            );
+            match self.table.request_stop(*id, now, &reason) {
+                Ok(Some((_, Some(commit)))) => {
+                    if let Err(e) = commit.await {
+                        tracing::error!(task = %id, error = %Chain(&e), "cannot record the stop");
+                    }
+                    tracing::warn!(task = %id, %reason, "task stopped: manager out of reach");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(task = %id, error = %Chain(&e), "cannot stop task"),
+            }
+        }
+        due.len()
     }
 
     /// This node's id.
@@ -276,7 +323,8 @@ impl Agent {
     /// Asks a task to stop. Stopping a finished task is a no-op that returns it as it is.
     pub(crate) async fn stop(&self, id: TaskId) -> Result<Task, WorkerError> {
         let now = self.ctx.clock.now();
-        let (task, commit) = self.table.request_stop(id, now)?.ok_or(WorkerError::NotFound(id))?;
+        let (task, commit) =
+            self.table.request_stop(id, now, "stop requested")?.ok_or(WorkerError::NotFound(id))?;
         if let Some(commit) = commit {
             commit.await?;
             tracing::info!(task = %id, "stop requested");

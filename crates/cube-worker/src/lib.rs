@@ -274,9 +274,21 @@ pub async fn start(
             drivers: agent.drivers(),
             security: config.security.clone(),
         };
+        background.spawn(disconnect_loop(Arc::clone(&agent), shutdown.clone()));
         background.spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }
     Ok(RunningWorker { agent, drivers, server, background })
+}
+
+/// How often the worker looks for tasks to stop because the manager is out of reach.
+const DISCONNECT_CHECK: Duration = Duration::from_millis(250);
+
+/// Stops tasks whose `on_disconnect` says so, once the manager has been out of reach that long.
+async fn disconnect_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut ticker = Ticker::new(DISCONNECT_CHECK, shutdown);
+    while ticker.tick().await {
+        agent.stop_disconnected().await;
+    }
 }
 
 /// Deletes finished tasks and their logs once they are older than `retain`.

@@ -101,7 +101,10 @@ async fn register(
             tasks: agent.table().list().iter().map(TaskView::from).collect(),
         };
         match client.register(&request).await {
-            Ok(response) => return Some(response),
+            Ok(response) => {
+                agent.contacted();
+                return Some(response);
+            }
             Err(e) => {
                 attempts += 1;
                 // Say it once, then every tenth attempt, so a long outage does not flood logs.
@@ -160,6 +163,7 @@ async fn heartbeat_loop(
         };
         match client.heartbeat(agent.node_id(), &request).await {
             Ok(response) => {
+                agent.contacted();
                 if failures > 0 {
                     tracing::info!(failures, "manager reachable again");
                 }

@@ -91,6 +91,7 @@ impl TaskTable {
         &self,
         id: TaskId,
         now: Timestamp,
+        reason: &str,
     ) -> Result<Option<(Task, Option<Commit>)>, StoreError> {
         let result = {
             let mut inner = self.lock();
@@ -99,7 +100,7 @@ impl TaskTable {
                 return Ok(Some((entry.task.clone(), None)));
             }
             entry.task.desired = DesiredState::Stopped;
-            entry.task.note(now, Note::StopRequested, "stop requested");
+            entry.task.note(now, Note::StopRequested, reason);
             let commit = self.store.commit(task_batch(&entry.task)?);
             entry.control.send_replace(DesiredState::Stopped);
             let task = entry.task.clone();

@@ -492,8 +492,13 @@ impl State {
     ) {
         let Some(entry) = self.services.get_mut(name) else { return };
         entry.wake_at = plan.wake_at;
-        let (version, count, template) =
+        let (version, count, mut template) =
             (entry.service.version, entry.service.spec.count, entry.service.spec.task.clone());
+        // What an instance does without the manager is the service's rule, carried by each
+        // instance to its worker (a template's own setting wins).
+        if template.on_disconnect.is_keep() {
+            template.on_disconnect = entry.service.spec.on_disconnect;
+        }
         for id in plan.relabel {
             self.modify(id, effects, |t| {
                 if let Some(of) = &mut t.instance {

@@ -729,6 +729,12 @@ impl Manager {
     /// Plans services again when their plans asked to be (an instance turning healthy, a
     /// deadline, a replacement delay), until shutdown.
     async fn services_loop(self: Arc<Self>) {
+        // Every service once at start-up: a restarted manager resumes rollouts (and the timers
+        // they wait on) from its records, even if nothing else happens.
+        let now = self.clock.now();
+        if let Err(e) = self.change(|s, e| s.wake_services(now, e)).await {
+            tracing::error!(error = %Chain(&e), "cannot persist service plans");
+        }
         loop {
             let next = self.lock().next_wake();
             let wait = next.map(|at| {

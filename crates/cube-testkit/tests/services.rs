@@ -487,3 +487,35 @@ async fn a_partitioned_worker_stops_its_instance_before_the_replacement_starts()
     assert_eq!(running, 1);
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_manager_keeps_the_deadlines_of_a_waiting_rollout() {
+    let mut cluster = Cluster::start(2).await;
+    let mut spec = web(1, json!({}));
+    spec.update.auto_revert = false;
+    put(&cluster, &spec).await;
+    roll(&cluster, Duration::from_secs(30)).await;
+    // The new version's check never gets a say (a long grace period): only the healthy
+    // deadline, a timer, can end the rollout, and a restarted manager must still keep it
+    // although nothing else happens.
+    if let Some(health) = spec.task.health.as_mut() {
+        health.grace_period = Duration::from_secs(600);
+    }
+    let id = put(&cluster, &spec).await.deployment.unwrap().id;
+    cluster
+        .wait_for(Duration::from_secs(10), "the new instance running", |c| async move {
+            let s = c.service("web").await.ok()?;
+            (s.instances.running == 2).then_some(())
+        })
+        .await;
+    cluster.restart_manager().await;
+    let d = cluster
+        .wait_for(Duration::from_secs(90), "failed at the healthy deadline", |c| async move {
+            let d = c.deployment(id).await.ok()?;
+            d.status.is_terminal().then_some(d)
+        })
+        .await;
+    assert_eq!((d.status, d.reason), (DeploymentStatus::Failed, Reason::Unhealthy));
+    assert!(d.description.contains("not healthy within 1m"), "{}", d.description);
+    cluster.shutdown().await;
+}

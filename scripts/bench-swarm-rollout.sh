@@ -40,60 +40,12 @@ SERVICE=cube-bench-rollout
 CUBE_BENCH=${CUBE_BENCH_BIN:-target/release/cube-bench}
 mkdir -p "$(dirname "$JSON")"
 
-d() { timeout 300 docker "$@"; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-
-if ! d info >/dev/null 2>&1; then
-  echo "bench-swarm-rollout: no Docker engine answers" >&2
-  exit 2
-fi
-if ! d image inspect "$IMAGE" >/dev/null 2>&1; then
-  echo "bench-swarm-rollout: image $IMAGE missing: run scripts/build-test-image.sh" >&2
-  exit 2
-fi
-if [ ! -x "$CUBE_BENCH" ]; then
-  echo "bench-swarm-rollout: $CUBE_BENCH missing: cargo build --release -p cube -p cube-bench" >&2
-  exit 2
-fi
-swarm_before=$(d info --format '{{.Swarm.LocalNodeState}}')
-if [ "$swarm_before" != "inactive" ]; then
-  echo "bench-swarm-rollout: this engine is already in swarm mode ($swarm_before); refusing to touch it" >&2
-  exit 2
-fi
-gwbridge_before=$(d network ls -q --filter name='^docker_gwbridge$')
+NAME=bench-swarm-rollout
 sampler_pid=""
-
-service_containers() { d ps "$@" -q --filter "label=com.docker.swarm.service.name=$SERVICE"; }
-
-restore() {
-  if [ -n "$sampler_pid" ]; then kill "$sampler_pid" 2>/dev/null || true; sampler_pid=""; fi
-  if [ "$(d info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = "active" ]; then
-    d service rm "$SERVICE" >/dev/null 2>&1 || true
-    for _ in $(seq 600); do
-      [ -z "$(service_containers -a 2>/dev/null)" ] && break
-      sleep 0.1
-    done
-    d swarm leave --force >/dev/null 2>&1 || true
-  fi
-  local left
-  left=$(service_containers -a 2>/dev/null || true)
-  if [ -n "$left" ]; then
-    echo "$left" | xargs -n 5 timeout 120 docker rm -f >/dev/null 2>&1 || true
-  fi
-  if [ -z "$gwbridge_before" ] && [ -n "$(d network ls -q --filter name='^docker_gwbridge$' 2>/dev/null)" ]; then
-    d network rm docker_gwbridge >/dev/null 2>&1 || true
-  fi
-}
-trap restore EXIT
-trap 'exit 130' INT TERM
-
-if ! probe=$(d swarm init --advertise-addr 127.0.0.1 2>&1); then
-  echo "bench-swarm-rollout: BLOCKED: swarm mode does not work on this engine: $probe" >&2
-  reason=$(printf '%s' "$probe" | tr '\n"\\' '   ')
-  printf '{"bench": "swarm-rollout", "blocked": "%s"}\n' "$reason" > "$JSON"
-  exit 3
-fi
+# shellcheck source=scripts/swarm-lib.sh
+. scripts/swarm-lib.sh
+swarm_preflight
+swarm_probe swarm-rollout
 
 healthy_now() { d ps -q --filter "label=com.docker.swarm.service.name=$SERVICE" --filter health=healthy | wc -l; }
 
@@ -146,9 +98,6 @@ cube_run() {
   echo "$seconds $fewest"
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END {
-  if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-json_list() { echo "$1" | awk '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), $i }'; }
 
 echo "bench-swarm-rollout: engine $(d version --format '{{.Server.Version}}'), $REPLICAS replicas, 2 at a time start-first, $RUNS run(s)"
 swarm_times=""; cube_times=""; swarm_fewest=""; cube_fewest=""

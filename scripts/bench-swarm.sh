@@ -37,79 +37,12 @@ CUBE_BENCH=${CUBE_BENCH_BIN:-target/release/cube-bench}
 POLL=0.1
 mkdir -p "$(dirname "$JSON")"
 
-# Every engine call is bounded: if the engine stops answering, say so instead of hanging.
-d() { timeout 120 docker "$@"; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-
-if ! d info >/dev/null 2>&1; then
-  echo "bench-swarm: no Docker engine answers within 120 s" >&2
-  exit 2
-fi
-if ! d image inspect "$IMAGE" >/dev/null 2>&1; then
-  echo "bench-swarm: image $IMAGE missing: run scripts/build-test-image.sh" >&2
-  exit 2
-fi
-if [ ! -x "$CUBE_BENCH" ]; then
-  echo "bench-swarm: $CUBE_BENCH missing: cargo build --release -p cube -p cube-bench" >&2
-  exit 2
-fi
-swarm_before=$(d info --format '{{.Swarm.LocalNodeState}}')
-if [ "$swarm_before" != "inactive" ]; then
-  echo "bench-swarm: this engine is already in swarm mode ($swarm_before); refusing to touch it" >&2
-  exit 2
-fi
-gwbridge_before=$(d network ls -q --filter name='^docker_gwbridge$')
-
-service_containers() { d ps "$@" -q --filter "label=com.docker.swarm.service.name=$SERVICE"; }
-
-# Scales the service down ten at a time (a burst of dozens of container removals is hard on
-# Docker 20.10), then removes it and waits until its containers are gone.
-remove_service() {
-  d service inspect "$SERVICE" >/dev/null 2>&1 || return 0
-  local n
-  n=$(service_containers | wc -l)
-  while [ "$n" -gt 0 ]; do
-    n=$(( n > 10 ? n - 10 : 0 ))
-    d service scale --detach "$SERVICE=$n" >/dev/null 2>&1 || break
-    for _ in $(seq 300); do
-      [ "$(service_containers | wc -l)" -le "$n" ] && break
-      sleep 0.1
-    done
-  done
-  d service rm "$SERVICE" >/dev/null 2>&1 || true
-  for _ in $(seq 600); do
-    [ -z "$(service_containers -a)" ] && break
-    sleep 0.1
-  done
-}
-
-# Puts the engine back as it was found. Safe to call more than once.
-restore() {
-  if [ "$(d info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = "active" ]; then
-    remove_service
-    d swarm leave --force >/dev/null 2>&1 || true
-  fi
-  local left
-  left=$(service_containers -a 2>/dev/null || true)
-  if [ -n "$left" ]; then
-    echo "$left" | xargs -n 5 timeout 120 docker rm -f >/dev/null 2>&1 || true
-  fi
-  if [ -z "$gwbridge_before" ] && [ -n "$(d network ls -q --filter name='^docker_gwbridge$' 2>/dev/null)" ]; then
-    d network rm docker_gwbridge >/dev/null 2>&1 || true
-  fi
-}
-trap restore EXIT
-trap 'exit 130' INT TERM
-
-# Does swarm mode work here at all? Try once, untimed, and say exactly why not.
-if ! probe=$(d swarm init --advertise-addr 127.0.0.1 2>&1); then
-  echo "bench-swarm: BLOCKED: swarm mode does not work on this engine: $probe" >&2
-  reason=$(printf '%s' "$probe" | tr '\n"\\' '   ')
-  printf '{"bench": "swarm", "blocked": "%s"}\n' "$reason" > "$JSON"
-  exit 3
-fi
-restore
+NAME=bench-swarm
+# shellcheck source=scripts/swarm-lib.sh
+. scripts/swarm-lib.sh
+swarm_preflight
+swarm_probe swarm
+swarm_restore
 
 # One Swarm run: prints the seconds from `swarm init` to N Running tasks.
 swarm_run() {
@@ -131,7 +64,7 @@ swarm_run() {
     sleep "$POLL"
   done
   t1=$(now)
-  restore
+  swarm_restore
   elapsed "$t0" "$t1"
 }
 
@@ -145,9 +78,6 @@ cube_run() {
   echo "$out" | sed -n 's/^RESULT seconds=//p'
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END {
-  if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-json_list() { echo "$1" | awk '{ for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), $i }'; }
 
 echo "bench-swarm: engine $(d version --format '{{.Server.Version}}'), sizes $SIZES, $RUNS run(s) each, alternating"
 entries=""

@@ -2,7 +2,8 @@
 //! real Docker engine: placement, a rolling update sampled for availability, a failing update
 //! and its revert through `cube deploy --wait`, no room for a surge instance, a worker and the
 //! manager killed in the middle of a rollout; and, with the process driver, canaries, scaling,
-//! compare-and-set updates, plans and node drains through the API and the CLI.
+//! compare-and-set updates, plans and node drains through the API and the CLI; and a worker in
+//! a network namespace of its own whose link is cut (`on_disconnect.stop_after`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod cli_support;
@@ -567,4 +568,102 @@ async fn a_drained_node_hands_over_healthy_first_and_its_bare_tasks_move() {
     let out = cube(&["--addr", &m.url, "node"], &[]).success();
     assert!(out.stdout.contains("ready (drained)"), "{out:#?}");
     c.remove_service("web").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_by_the_network_stops_its_instance_and_is_replaced() {
+    let Some(net) = common::NetNs::create() else { return };
+    const TOKEN: &str = "netns-cluster-token-0123456789";
+    let token = || Some(TOKEN.parse().unwrap());
+    // The manager listens on the host end of the link: the namespaced worker reaches it there,
+    // the other workers over the host's own routes, which the cut leaves alone.
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("{}:0", net.host);
+    let mut m = TestManager::start_on(dir, &listen, &["--token", TOKEN, "--node-ttl", "2s"]).await;
+    m.client = m.client.clone().with_token(token());
+    let joined = ["--manager", &m.url, "--token", TOKEN, "--memory", "1GiB"];
+    let mut far =
+        TestWorker::start_in_netns(&net, &[&joined[..], &["--name", "far"]].concat()).await;
+    far.client = far.client.clone().with_token(token());
+    let _near = [m.worker("near1", &joined[2..]).await, m.worker("near2", &joined[2..]).await];
+    wait_until(Duration::from_secs(10), "three nodes", || async {
+        (m.client.nodes().await.ok()?.len() == 3).then_some(())
+    })
+    .await;
+    let (stop_after, ttl) = (Duration::from_secs(3), Duration::from_secs(2));
+    let mut spec = sleepers(3, "1", json!({}));
+    spec.on_disconnect = cube_core::service::OnDisconnect::StopAfter(stop_after);
+    m.client.put_service(&spec, None).await.unwrap();
+    ended(&m.client, Duration::from_secs(30)).await;
+    let far_id: NodeId = far.node_id.parse().unwrap();
+    let tasks = instances(&m.client).await;
+    let old = live(&tasks).into_iter().find(|t| t.node == Some(far_id)).unwrap().clone();
+    let Some(cube_core::DriverHandle::Process { pid, .. }) = old.handle else {
+        panic!("a process instance has a pid: {old:#?}")
+    };
+    assert!(common::alive(pid));
+
+    net.cut();
+    let cut = std::time::Instant::now();
+    // Until the cut-off copy has exited and its replacement runs: when each happened.
+    let mut stopped: Option<(std::time::Duration, jiff::Timestamp)> = None;
+    let replacement = wait_until(Duration::from_secs(30), "stopped and replaced", || {
+        if stopped.is_none() && !common::alive(pid) {
+            stopped = Some((cut.elapsed(), jiff::Timestamp::now()));
+        }
+        let client = m.client.clone();
+        let (slot, old_id, done) = (old.instance.as_ref().unwrap().slot, old.id, stopped.is_some());
+        async move {
+            let tasks = instances(&client).await;
+            let new = tasks.into_iter().find(|t| {
+                t.id != old_id
+                    && t.instance.as_ref().is_some_and(|i| i.slot == slot)
+                    && t.state == TaskState::Running
+            })?;
+            done.then_some(new)
+        }
+    })
+    .await;
+    let (stopped_after, stopped_at) = stopped.unwrap();
+    // The worker counts from its last answered heartbeat (at most an interval before the cut),
+    // and looks every 250 ms.
+    assert!(
+        stopped_after >= stop_after - Duration::from_secs(1)
+            && stopped_after <= stop_after + Duration::from_secs(2),
+        "the cut-off copy stopped {stopped_after:?} after the cut"
+    );
+    assert_ne!(replacement.node, Some(far_id));
+    // The replacement was placed at its creation: from then until the old copy had exited.
+    let overlap = stopped_at.duration_since(replacement.created_at).max(jiff::SignedDuration::ZERO);
+    eprintln!(
+        "cut-off copy stopped {stopped_after:?} after the cut; the copies overlapped {overlap:?} \
+         (bound: stop_after {stop_after:?} + TTL {ttl:?})"
+    );
+    assert!(overlap <= jiff::SignedDuration::try_from(stop_after + ttl).unwrap());
+    let lost = m.client.task(old.id).await.unwrap();
+    assert_eq!(lost.replaced_by, Some(replacement.id), "{lost:#?}");
+
+    // Healed: the worker tells what it did, and exactly three instances run, none on it.
+    net.heal();
+    let copy = wait_until(Duration::from_secs(20), "the healed worker answering", || async {
+        far.client.task(old.id).await.ok()
+    })
+    .await;
+    assert!(
+        copy.events.iter().any(|e| e.reason.starts_with("no contact with the manager for 3s")),
+        "{:?}",
+        copy.events
+    );
+    wait_until(Duration::from_secs(20), "the far node ready again", || async {
+        let n = m.client.node(&far_id.to_string()).await.ok()?;
+        (n.state == cube_core::NodeState::Ready).then_some(())
+    })
+    .await;
+    let view = m.client.service("web").await.unwrap();
+    assert_eq!(view.instances.healthy, 3);
+    let tasks = instances(&m.client).await;
+    let now = live(&tasks);
+    assert_eq!(now.len(), 3);
+    assert!(now.iter().all(|t| t.node != Some(far_id)), "{now:#?}");
+    m.client.remove_service("web").await.unwrap();
 }

@@ -79,8 +79,27 @@ impl CubeProcess {
 
     /// Like [`CubeProcess::start`], failing instead of panicking.
     pub fn try_start(args: &[&str], log_dir: &Path) -> Result<CubeProcess, process::SpawnError> {
+        Self::try_start_in(None, args, log_dir)
+    }
+
+    /// Like [`CubeProcess::try_start`], inside network namespace `netns` when given.
+    fn try_start_in(
+        netns: Option<&str>,
+        args: &[&str],
+        log_dir: &Path,
+    ) -> Result<CubeProcess, process::SpawnError> {
         let log = log_dir.join(format!("cube-{}.log", args[0]));
         let mut spawn = process::Spawn::new(&cube_bin(), args, &log);
+        if let Some(ns) = netns {
+            // `ip netns exec` execs the command, so the child is still the cube process.
+            let bin = spawn.bin.to_str().unwrap().to_owned();
+            spawn.args = ["netns", "exec", ns, &bin]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(spawn.args)
+                .collect();
+            spawn.bin = PathBuf::from("ip");
+        }
         spawn.log_filter = "info,cube_worker=debug".into();
         let inner = process::CubeProcess::spawn(&spawn)?;
         let tls_ca = args.iter().position(|a| *a == "--tls-ca").map(|i| PathBuf::from(args[i + 1]));
@@ -134,8 +153,13 @@ impl TestManager {
 
     /// Starts a manager whose data directory is `dir` (which may hold state already).
     pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TestManager {
+        Self::start_on(dir, "127.0.0.1:0", extra).await
+    }
+
+    /// Starts a manager listening on `listen` (beyond loopback it needs `--token`).
+    pub async fn start_on(dir: tempfile::TempDir, listen: &str, extra: &[&str]) -> TestManager {
         let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let args = Self::args(&dir, "127.0.0.1:0", &extra);
+        let args = Self::args(&dir, listen, &extra);
         let process = CubeProcess::start(&refs(&args), dir.path());
         let url = process.url.clone();
         let client = process.client();
@@ -196,20 +220,25 @@ pub struct TestWorker {
 impl TestWorker {
     /// Starts a worker with extra arguments.
     pub async fn start(extra: &[&str]) -> TestWorker {
+        Self::start_in(None, extra).await
+    }
+
+    /// Starts a worker inside `netns`, listening on its address there.
+    pub async fn start_in_netns(netns: &NetNs, extra: &[&str]) -> TestWorker {
+        Self::start_in(Some(netns), extra).await
+    }
+
+    async fn start_in(netns: Option<&NetNs>, extra: &[&str]) -> TestWorker {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let data = data.to_str().unwrap().to_owned();
-        let mut args = vec![
-            "worker",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-            "--stats-interval",
-            "250ms",
-        ];
+        let listen = netns.map_or("127.0.0.1:0".to_owned(), |ns| format!("{}:0", ns.inside));
+        let mut args =
+            vec!["worker", "--listen", &listen, "--data-dir", &data, "--stats-interval", "250ms"];
         args.extend_from_slice(extra);
-        let process = CubeProcess::start(&args, dir.path());
+        let process =
+            CubeProcess::try_start_in(netns.map(|ns| ns.name.as_str()), &args, dir.path())
+                .unwrap_or_else(|e| panic!("{e}"));
         let client = process.client();
         let node_id = client.health().await.unwrap().node_id.unwrap().to_string();
         let args = args.iter().map(|a| (*a).to_owned()).collect();
@@ -351,4 +380,113 @@ impl TlsFiles {
         ]);
         TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("node.pem"), key: dir.join("node.key") }
     }
+}
+
+/// A network namespace of the test's own, linked to the host by a veth pair on a /30 of
+/// 10.231.0.0/16: the host end has [`NetNs::host`], the namespace end [`NetNs::inside`]. A
+/// worker started in it reaches a manager listening on the host address, and
+/// [`NetNs::cut`] takes the link down as a pulled cable would. Deleted on drop, link included;
+/// namespaces left by a killed test run are deleted by the next one.
+pub struct NetNs {
+    pub name: String,
+    pub host: std::net::Ipv4Addr,
+    pub inside: std::net::Ipv4Addr,
+    link: String,
+}
+
+const NETNS_PREFIX: &str = "cube-test-";
+
+impl NetNs {
+    /// Creates one, or returns `None` (the test is skipped) when this process may not; under
+    /// CI that is a failure, never a silent skip.
+    pub fn create() -> Option<NetNs> {
+        let root = std::fs::read_to_string("/proc/self/status")
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+        if !root || !ip(&["-V"]) {
+            if std::env::var_os("CI").is_some() {
+                panic!("network namespace test cannot run under CI: needs root and `ip`");
+            }
+            eprintln!("skipping network namespace test: needs root and `ip` (iproute2)");
+            return None;
+        }
+        Self::remove_stale();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        // Interface names have at most 15 bytes; the /30 follows from the pid and the counter
+        // so concurrent test processes do not collide.
+        let slot = (pid.wrapping_mul(8).wrapping_add(n)) % 16_384;
+        let [a, b] = [(slot * 4 / 256) as u8, (slot * 4 % 256) as u8];
+        let ns = NetNs {
+            name: format!("{NETNS_PREFIX}{pid}-{n}"),
+            host: std::net::Ipv4Addr::new(10, 231, a, b + 1),
+            inside: std::net::Ipv4Addr::new(10, 231, a, b + 2),
+            link: format!("cvh{}", slot),
+        };
+        let peer = format!("cvn{slot}");
+        let (host, inside) = (format!("{}/30", ns.host), format!("{}/30", ns.inside));
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &ns.name],
+            &["link", "add", &ns.link, "type", "veth", "peer", "name", &peer],
+            &["link", "set", &peer, "netns", &ns.name],
+            &["addr", "add", &host, "dev", &ns.link],
+            &["link", "set", &ns.link, "up"],
+            &["-n", &ns.name, "addr", "add", &inside, "dev", &peer],
+            &["-n", &ns.name, "link", "set", &peer, "up"],
+            &["-n", &ns.name, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            // On failure `ns` is dropped here, which removes what was made so far.
+            assert!(ip(step), "ip {step:?} failed");
+        }
+        Some(ns)
+    }
+
+    /// Takes the link down from the namespace's side: nothing inside reaches the host and
+    /// nothing on the host reaches inside (connections time out), while the host's own
+    /// address stays up for everything else on the host.
+    pub fn cut(&self) {
+        assert!(ip(&["-n", &self.name, "link", "set", &self.peer(), "down"]), "cut");
+    }
+
+    /// Brings the link back after [`NetNs::cut`].
+    pub fn heal(&self) {
+        assert!(ip(&["-n", &self.name, "link", "set", &self.peer(), "up"]), "heal");
+    }
+
+    fn peer(&self) -> String {
+        self.link.replacen("cvh", "cvn", 1)
+    }
+
+    /// Deletes the namespaces of test processes that no longer exist.
+    fn remove_stale() {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            let Some(rest) = name.strip_prefix(NETNS_PREFIX) else { continue };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !alive(p)) {
+                ip(&["netns", "del", name]);
+            }
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its veth end and with it the host's end, once no
+        // process is left in it; delete the host end too in case one still is.
+        ip(&["netns", "del", &self.name]);
+        ip(&["link", "del", &self.link]);
+    }
+}
+
+/// Runs `ip ARGS` quietly; whether it succeeded.
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

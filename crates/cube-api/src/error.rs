@@ -22,6 +22,8 @@ pub enum ErrorCode {
     NotFound,
     /// The method is not allowed on this path (405).
     MethodNotAllowed,
+    /// What was asked for is no longer kept: an event index older than the history (410).
+    Gone,
     /// The request conflicts with existing state, e.g. an id reused with another spec (409).
     Conflict,
     /// The body is larger than the server accepts (413).
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Gone => 410,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Unavailable => 503,
@@ -59,6 +62,9 @@ pub struct ApiError {
     /// Per-field problems, when the request had several.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
+    /// With `gone` for an event index: the indexes the history holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<Box<crate::events::IndexBounds>>,
 }
 
 /// The envelope: `{"error": ApiError}`.
@@ -71,7 +77,7 @@ pub struct ErrorBody {
 impl ApiError {
     /// An error with a code and message and no details.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: Vec::new() }
+        Self { code, message: message.into(), details: Vec::new(), index: None }
     }
 
     /// 404 for a resource `what` with id `id`.
@@ -94,6 +100,6 @@ impl ApiError {
                 many.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
             ),
         };
-        Self { code: ErrorCode::InvalidSpec, message, details }
+        Self { code: ErrorCode::InvalidSpec, message, details, index: None }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`types`]: JSON request and response bodies (the wire format; field names are stable).
 //! - [`error`]: the one error envelope every endpoint answers with.
+//! - [`events`]: the lines of the manager's event stream.
 //!
 //! **Boundary:** this crate is the only one that defines JSON shapes sent over HTTP. Domain types
 //! from `cube-core` that appear in bodies (the task spec, states, history entries, host stats)
@@ -9,6 +10,7 @@
 //! anything may depend on the contract without pulling in axum or reqwest.
 
 pub mod error;
+pub mod events;
 pub mod types;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

@@ -135,6 +135,7 @@ impl TaskSubmission {
                     code: ErrorCode::InvalidSpec,
                     message: e.to_string(),
                     details: vec![FieldError { field: "id".into(), message: e.to_string() }],
+                    index: None,
                 })?)
             }
             Some(other) => {
@@ -143,6 +144,7 @@ impl TaskSubmission {
                     code: ErrorCode::InvalidSpec,
                     message: format!("id: {message}"),
                     details: vec![FieldError { field: "id".into(), message }],
+                    index: None,
                 });
             }
         };
@@ -156,6 +158,7 @@ impl TaskSubmission {
                         field: "generation".into(),
                         message: "must be a non-negative integer".into(),
                     }],
+                    index: None,
                 })?)
             }
         };
@@ -209,6 +212,7 @@ pub fn parse_spec_value(value: serde_json::Value) -> Result<TaskSpec, ApiError> 
             code: ErrorCode::InvalidSpec,
             message: format!("invalid task spec: {field}: {message}"),
             details: vec![FieldError { field, message }],
+            index: None,
         }
     })
 }
@@ -654,6 +658,7 @@ pub fn parse_service(body: &[u8], name: &str) -> Result<ServiceSpec, ApiError> {
             code: ErrorCode::InvalidSpec,
             message: format!("invalid service spec: {field}: {message}"),
             details: vec![FieldError { field, message }],
+            index: None,
         }
     })?;
     problems.extend(spec.validate().err().unwrap_or_default());

@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cube_api::ErrorBody;
+use cube_api::events::Event;
 use cube_api::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo, NodeStats, RegisterRequest,
     ServiceView, TaskView,
@@ -84,6 +85,11 @@ wire!(an_invalid_spec_error, ErrorBody, "error_invalid_spec");
 wire!(a_service_view, ServiceView, "service_view");
 wire!(a_deployment, Deployment, "deployment");
 wire!(a_replaced_instance, TaskView, "task_view_instance");
+wire!(a_node_registered_event, Event, "event_node_registered");
+wire!(a_task_running_event, Event, "event_task_running");
+wire!(a_service_registered_event, Event, "event_service_registered");
+wire!(a_deployment_successful_event, Event, "event_deployment_successful");
+wire!(a_service_deleted_event, Event, "event_service_deleted");
 
 wire!(a_stored_manager_task_with_health_and_constraints, Task, "stored/task_manager_keeper");
 wire!(a_stored_manager_task_that_restarted_and_failed, Task, "stored/task_manager_crash");

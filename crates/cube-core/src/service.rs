@@ -315,8 +315,9 @@ pub struct Service {
     pub spec: ServiceSpec,
     /// The current version.
     pub version: u64,
-    /// The cluster-wide change index of the last change to this record (`check_index`
-    /// compares against it).
+    /// The cluster-wide index (the event index) of the last change to its spec: creation,
+    /// update, scale or revert, not the progress of its deployments (`check_index` compares
+    /// against it). Stamped by the commit of the change ([`Service::stamp`]).
     pub modify_index: u64,
     /// When it was created.
     pub created_at: Timestamp,
@@ -365,18 +366,23 @@ pub enum Change {
 }
 
 impl Service {
-    /// A new service at version 1.
-    pub fn new(spec: ServiceSpec, index: u64, now: Timestamp) -> Self {
+    /// A new service at version 1 (its `modify_index` is stamped when it is committed).
+    pub fn new(spec: ServiceSpec, now: Timestamp) -> Self {
         let version = Version::new(1, spec.clone(), now, None);
         Self {
             spec,
             version: 1,
-            modify_index: index,
+            modify_index: 0,
             created_at: now,
             updated_at: now,
             deployment: None,
             versions: vec![version],
         }
+    }
+
+    /// Records the index of the commit that changed the spec.
+    pub fn stamp(&mut self, index: u64) {
+        self.modify_index = index;
     }
 
     /// The task template of `version`, if the history still has it.
@@ -395,19 +401,13 @@ impl Service {
         self.versions.iter_mut().find(|v| v.version == version)
     }
 
-    /// Takes a new spec at change index `index`: resizes in place, or makes a new version
-    /// (`reverts`: the earlier version whose spec it restores).
-    pub fn update(
-        &mut self,
-        spec: ServiceSpec,
-        index: u64,
-        now: Timestamp,
-        reverts: Option<u64>,
-    ) -> Change {
+    /// Takes a new spec: resizes in place, or makes a new version (`reverts`: the earlier
+    /// version whose spec it restores). Unless it changed nothing, its commit stamps the
+    /// change's index.
+    pub fn update(&mut self, spec: ServiceSpec, now: Timestamp, reverts: Option<u64>) -> Change {
         if spec == self.spec {
             return Change::None;
         }
-        self.modify_index = index;
         self.updated_at = now;
         if self.spec.differs_only_in_count(&spec) {
             self.spec = spec;

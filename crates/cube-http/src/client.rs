@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use cube_api::events::StreamLine;
 use cube_api::types::{
     HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery, NodeInfo, NodeStats,
     RegisterRequest, TaskFilter, TaskView,
@@ -241,6 +242,10 @@ pub struct Client {
 pub type LogStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>;
 
+/// The lines of `GET /v1/events` as they arrive (ends when the server closes the stream).
+pub type EventStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<StreamLine, ClientError>> + Send>>;
+
 /// Result of a submit: the task and whether it was newly created (201) or already known (200).
 #[derive(Clone, Debug)]
 pub struct Submitted {
@@ -316,6 +321,57 @@ impl Client {
                 .bytes_stream()
                 .map(move |chunk| chunk.map_err(|e| ClientError::unreachable(&url, e))),
         ))
+    }
+
+    /// `GET /v1/events`: the events after `index` (`None`: from now) of the given topics
+    /// (`Task`, `Service:web`, ...; none: every topic), then every new one, line by line.
+    /// An index older than the history is an [`ClientError::Api`] with code `gone`.
+    pub async fn events(
+        &self,
+        index: Option<u64>,
+        topics: &[String],
+    ) -> Result<EventStream, ClientError> {
+        use futures_util::StreamExt;
+        let url = format!("{}/v1/events", self.base);
+        let mut query: Vec<(&str, String)> = topics.iter().map(|t| ("topic", t.clone())).collect();
+        if let Some(index) = index {
+            query.push(("index", index.to_string()));
+        }
+        let response = self
+            .authorize(self.streaming.get(&url).query(&query))
+            .send()
+            .await
+            .map_err(|e| ClientError::unreachable(&url, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(ClientError::from_answer(url, status, &bytes));
+        }
+        let chunks = response.bytes_stream().boxed();
+        let lines = futures_util::stream::unfold(
+            (chunks, Vec::<u8>::new(), url),
+            |(mut chunks, mut buf, url)| async move {
+                loop {
+                    if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=end).collect();
+                        let parsed =
+                            serde_json::from_slice::<StreamLine>(&line[..end]).map_err(|source| {
+                                ClientError::Decode { url: url.clone(), status: 200, source }
+                            });
+                        return Some((parsed, (chunks, buf, url)));
+                    }
+                    match chunks.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(e)) => {
+                            let e = ClientError::unreachable(&url, e);
+                            return Some((Err(e), (chunks, Vec::new(), url)));
+                        }
+                        None => return None,
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(lines))
     }
 
     /// A client for another server that shares this one's connection pools and timeouts (a

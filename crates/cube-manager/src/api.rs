@@ -2,12 +2,14 @@
 //! workers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use cube_api::events::TopicFilter;
 use cube_api::types::{
     DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery,
     NodeInfo, RegisterRequest, RevertRequest, ScaleRequest, ServicePlanView, ServiceQuery,
@@ -18,6 +20,7 @@ use cube_core::deployment::Deployment;
 use cube_core::service::Version;
 use cube_core::{DeploymentId, NodeId, TaskId};
 
+use crate::events::Framing;
 use crate::state::DeploymentAction;
 use cube_http::server::{Body, HttpError, Query, parse_id};
 
@@ -60,8 +63,160 @@ pub fn router(manager: Arc<Manager>) -> Router {
             "/v1/nodes/{id}/heartbeat",
             post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)),
         )
+        .route("/v1/events", get(events))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
         .with_state(manager);
     cube_http::server::finish_router(routes, token)
+}
+
+/// The index answers carry (`X-Cube-Index`).
+const INDEX_HEADER: &str = "x-cube-index";
+/// A blocking query's wait when it names none, and the longest it may ask for.
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// Every answer carries the newest durable index in `X-Cube-Index`, read before the handler
+/// looks at the state (so the state it answers from is at least that new, and a blocking
+/// query from that index never misses a change). A GET with `?index=N` is a blocking query:
+/// it is answered once something newer than `N` is durable, or when its `wait` (default 5 m,
+/// at most 10 m, plus up to 1/16 of jitter so clients that started together spread out)
+/// has passed.
+async fn with_index(
+    State(m): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let blocking = req.method() == axum::http::Method::GET
+        && req.uri().path() != "/v1/events"
+        && !req.uri().path().ends_with("/logs");
+    if blocking && let Some(query) = req.uri().query() {
+        match blocking_query(query) {
+            Ok(Some((index, wait))) => {
+                let jitter = wait.mul_f64(fastrand::f64() / 16.0);
+                m.events.wait_past(index, wait + jitter).await;
+            }
+            Ok(None) => {}
+            Err(e) => return HttpError(e).into_response(),
+        }
+    }
+    let index = m.events.current();
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(INDEX_HEADER, axum::http::HeaderValue::from(index));
+    response
+}
+
+/// `index` and `wait` of a blocking query (`None` without `index`).
+fn blocking_query(query: &str) -> Result<Option<(u64, Duration)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}")))?;
+    let mut index = None;
+    let mut wait = None;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "index" => index = Some(parse_index(&v)?),
+            "wait" => wait = Some(parse_wait(&v)?),
+            _ => {}
+        }
+    }
+    match (index, wait) {
+        (Some(index), wait) => Ok(Some((index, wait.unwrap_or(DEFAULT_WAIT)))),
+        (None, Some(_)) => Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            "wait needs index: ?index=N&wait=D answers once something newer than N exists",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+fn parse_index(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("index {raw:?} is not an index (a whole number, e.g. from X-Cube-Index)"),
+        )
+    })
+}
+
+fn parse_wait(raw: &str) -> Result<Duration, ApiError> {
+    let wait = cube_core::units::parse_duration(raw)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, format!("wait: {e}")))?;
+    if wait > MAX_WAIT {
+        return Err(ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!("wait {raw} is longer than the longest a query may block (10m)"),
+        ));
+    }
+    Ok(wait)
+}
+
+/// `GET /v1/events?index=N&topic=T[:key]...`: the events after `N` (without `index`: from
+/// now; with SSE also from `Last-Event-ID`), then every new one. NDJSON, or SSE when the
+/// client accepts `text/event-stream`. An index older than the history is a 410 naming the
+/// indexes it holds, before any event.
+async fn events(
+    State(m): State<Shared>,
+    headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, HttpError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| {
+        ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}"))
+    })?;
+    let mut index = None;
+    let mut filters = Vec::new();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "index" => index = Some(parse_index(&v)?),
+            "topic" => filters.push(TopicFilter::parse(&v)?),
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown parameter {other:?}: expected index and topic"),
+                )
+                .into());
+            }
+        }
+    }
+    let accepts = |what: &str| {
+        headers
+            .get_all(axum::http::header::ACCEPT)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.contains(what)))
+    };
+    let framing = if accepts("text/event-stream") { Framing::Sse } else { Framing::Ndjson };
+    if index.is_none() && framing == Framing::Sse {
+        index = headers
+            .get("last-event-id")
+            .map(|v| parse_index(v.to_str().unwrap_or_default()))
+            .transpose()?;
+    }
+    if filters.iter().any(|f| f.topic.is_none()) {
+        filters.clear();
+    }
+    let after = index.unwrap_or_else(|| m.events.current());
+    if let Err(bounds) = m.events.check_start(after) {
+        return Err(ApiError {
+            code: ErrorCode::Gone,
+            message: format!(
+                "index {after} is older than the event history, which holds {}..={}: read the \
+                 state again and resume from its X-Cube-Index",
+                bounds.oldest, bounds.current
+            ),
+            details: Vec::new(),
+            index: Some(Box::new(bounds)),
+        }
+        .into());
+    }
+    let content_type = match framing {
+        Framing::Ndjson => "application/x-ndjson",
+        Framing::Sse => "text/event-stream",
+    };
+    let stream = crate::events::follow(Arc::clone(&m), after, filters, framing);
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, content_type),
+        (axum::http::header::CACHE_CONTROL, "no-cache"),
+    ];
+    Ok((headers, axum::body::Body::from_stream(stream)).into_response())
 }
 
 async fn health(State(m): State<Shared>) -> axum::Json<HealthView> {

@@ -111,6 +111,7 @@ impl From<ManagerError> for ApiError {
                     field: "check_index".into(),
                     message: format!("current index: {}", current.unwrap_or(0)),
                 }],
+                index: None,
             },
             ManagerError::DeploymentRefused { .. } => {
                 ApiError::new(ErrorCode::Conflict, Chain(&e).to_string())

@@ -11,6 +11,7 @@
 
 mod api;
 mod error;
+mod events;
 mod state;
 
 pub use error::ManagerError;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cube_api::ErrorCode;
+use cube_api::events::{Actor, EventObject, EventType, TaskSummary};
 use cube_api::types::{
     FieldChange, InstanceCounts, PlannedInstance, ServicePlanView, ServiceView, VersionCounts,
 };
@@ -61,6 +63,26 @@ pub struct ManagerConfig {
     pub gc_after: Option<Duration>,
     /// Token and TLS of this API and of the calls to workers.
     pub security: cube_http::Security,
+    /// How much of the event history is kept.
+    pub history: History,
+}
+
+/// How much of the event history the manager keeps: at least `events` events or `age` of
+/// them, whichever holds more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct History {
+    /// The newest this many events are always kept.
+    pub events: u64,
+    /// Events younger than this are always kept.
+    pub age: Duration,
+}
+
+impl Default for History {
+    /// 10,000 events or an hour: enough for a client that was away for a while to resume, and
+    /// a bound on what a restart reads back.
+    fn default() -> Self {
+        Self { events: 10_000, age: Duration::from_secs(3600) }
+    }
 }
 
 impl Default for ManagerConfig {
@@ -77,6 +99,7 @@ impl Default for ManagerConfig {
             worker_timeout: Duration::from_secs(5),
             gc_after: Some(Duration::from_secs(24 * 3600)),
             security: cube_http::Security::default(),
+            history: History::default(),
         }
     }
 }
@@ -88,6 +111,8 @@ pub struct Manager {
     clock: Clock,
     state: Mutex<State>,
     store: Arc<dyn Store>,
+    /// Every committed change, in index order.
+    events: events::EventLog,
     kick: Notify,
     /// Wakes the service loop: a plan may want to be looked at again sooner.
     services_kick: Notify,
@@ -95,6 +120,13 @@ pub struct Manager {
     http: Client,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// A change handed to the store: its commit, and the last event index it holds.
+#[derive(Debug)]
+struct Staged {
+    commit: Commit,
+    index: Option<u64>,
 }
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -132,6 +164,9 @@ impl Manager {
                 .into_iter()
                 .map(|(_, d)| d)
                 .collect();
+
+        let floor = services.iter().map(|s| s.modify_index).max().unwrap_or(0);
+        let events = events::EventLog::load(store.as_ref(), config.history, floor)?;
         let decoded = started.elapsed();
         let mut state = State::new(Scheduler::new(config.scheduler));
         let (task_count, node_count) = (tasks.len(), nodes.len());
@@ -155,6 +190,7 @@ impl Manager {
             clock,
             state: Mutex::new(state),
             store,
+            events,
             kick: Notify::new(),
             services_kick: Notify::new(),
             http,
@@ -175,38 +211,86 @@ impl Manager {
     }
 
     /// Plans the services the change touched, then hands the records `effects` touched to
-    /// the store (call with the state lock held, so the store sees changes in order).
-    fn stage(&self, state: &mut State, effects: &mut Effects) -> Result<Commit, ManagerError> {
+    /// the store with an event each (call with the state lock held, so the store sees changes
+    /// in order). Returns the commit and the last event index it holds.
+    fn stage(
+        &self,
+        state: &mut State,
+        effects: &mut Effects,
+        by: &Actor,
+    ) -> Result<Staged, ManagerError> {
         state.advance_drains(self.clock.now(), effects);
         if !effects.reconcile.is_empty() {
             state.reconcile(self.clock.now(), &mut uuid::Uuid::now_v7, effects);
             self.services_kick.notify_one();
         }
+        let now = self.clock.now();
         let mut batch = Batch::new();
+        let mut changes = Vec::new();
+        // Services first: the index a service's event gets is known before it is encoded, so a
+        // changed spec's `modify_index` is the index of the change itself.
+        let first = self.events.next_index();
         for name in &effects.services {
+            if effects.stamp.contains(name) {
+                state.stamp_service(name, first + changes.len() as u64);
+            }
             if let Some(entry) = state.service(name) {
                 batch.put(Table::Services, name.clone(), &entry.service)?;
+                let kind = if effects.created_services.contains(name) {
+                    EventType::ServiceRegistered
+                } else {
+                    EventType::ServiceUpdated
+                };
+                let object = EventObject::Service(Some(Box::new(view(state, entry, now))));
+                changes.push(events::Change { kind, key: name.clone(), object });
             }
         }
         for name in &effects.removed_services {
             batch.delete(Table::Services, name.clone());
+            let object = EventObject::Service(None);
+            changes.push(events::Change {
+                kind: EventType::ServiceDeleted,
+                key: name.clone(),
+                object,
+            });
         }
         for id in &effects.deployments {
             if let Some(d) = state.deployment(*id) {
                 batch.put(Table::Deployments, id.to_string(), d)?;
+                let kind = events::deployment_type(d);
+                let object = EventObject::Deployment(Some(Box::new(d.clone())));
+                changes.push(events::Change { kind, key: id.to_string(), object });
             }
         }
         for id in &effects.tasks {
             if let Some(t) = state.task(*id) {
                 batch.put(Table::Tasks, id.to_string(), t)?;
+                let object = EventObject::Task(Some(Box::new(TaskSummary::from(t))));
+                // Named after the history entry the change added; a change that added none
+                // (a replay cursor, a port) is an update.
+                let before = effects.history_before.get(id);
+                let added = before.is_none_or(|b| t.events.last() != b.as_ref());
+                let kind = if added { events::task_type(t) } else { EventType::TaskUpdated };
+                changes.push(events::Change { kind, key: id.to_string(), object });
             }
         }
         for id in &effects.nodes {
             if let Some(n) = state.node(*id) {
                 batch.put(Table::Nodes, id.to_string(), &n.node)?;
+                let u = state.usage(*id);
+                let info = NodeInfo::new(&n.node, n.stats.clone(), u.reserved, u.count);
+                let object = EventObject::Node(Some(Box::new(info)));
+                changes.push(events::Change {
+                    kind: events::node_type(&n.node),
+                    key: id.to_string(),
+                    object,
+                });
             }
         }
-        Ok(if batch.is_empty() { Commit::ready(Ok(())) } else { self.store.commit(batch) })
+        let index = self.events.stage(changes, now, by, &mut batch)?;
+        let commit =
+            if batch.is_empty() { Commit::ready(Ok(())) } else { self.store.commit(batch) };
+        Ok(Staged { commit, index })
     }
 
     /// Waits for the commit, then sends what the change requires to workers. Nothing is sent
@@ -214,7 +298,7 @@ impl Manager {
     /// manager has no record of.
     async fn finish(
         self: &Arc<Self>,
-        commit: Commit,
+        staged: Staged,
         effects: Effects,
     ) -> Result<(), ManagerError> {
         // Placement may start before this commit is durable: the store applies batches in
@@ -223,7 +307,10 @@ impl Manager {
         if effects.kick {
             self.kick.notify_one();
         }
-        commit.await?;
+        staged.commit.await?;
+        if let Some(index) = staged.index {
+            self.events.published(index);
+        }
         for d in effects.dispatch {
             let this = Arc::clone(self);
             self.tracker.spawn(this.dispatch(d));
@@ -235,18 +322,20 @@ impl Manager {
         Ok(())
     }
 
-    /// Runs `f` on the state, persists what it changed and performs the follow-up calls.
+    /// Runs `f` on the state for `by`, persists what it changed with its events and performs
+    /// the follow-up calls.
     async fn change<R>(
         self: &Arc<Self>,
+        by: Actor,
         f: impl FnOnce(&mut State, &mut Effects) -> R,
     ) -> Result<R, ManagerError> {
         let mut effects = Effects::default();
-        let (result, commit) = {
+        let (result, staged) = {
             let mut state = self.lock();
             let result = f(&mut state, &mut effects);
-            (result, self.stage(&mut state, &mut effects)?)
+            (result, self.stage(&mut state, &mut effects, &by)?)
         };
-        self.finish(commit, effects).await?;
+        self.finish(staged, effects).await?;
         Ok(result)
     }
 
@@ -258,12 +347,12 @@ impl Manager {
     ) -> Result<(Task, bool), ManagerError> {
         let id = id.unwrap_or_else(|| TaskId::from_uuid(uuid::Uuid::now_v7()));
         let task = Task::new(id, spec, self.clock.now());
-        self.change(|s, e| s.submit(task, e)).await?.ok_or(ManagerError::Conflict(id))
+        self.change(Actor::Api, |s, e| s.submit(task, e)).await?.ok_or(ManagerError::Conflict(id))
     }
 
     /// Asks a task to stop.
     pub(crate) async fn stop(self: &Arc<Self>, id: TaskId) -> Result<Task, ManagerError> {
-        self.change(|s, e| s.stop(id, self.clock.now(), e))
+        self.change(Actor::Api, |s, e| s.stop(id, self.clock.now(), e))
             .await?
             .ok_or(ManagerError::TaskNotFound(id))
     }
@@ -277,7 +366,9 @@ impl Manager {
         let name = spec.name.clone();
         let now = self.clock.now();
         let (service, _, created) = self
-            .change(|s, e| s.put_service(spec, check_index, now, &mut uuid::Uuid::now_v7, e))
+            .change(Actor::Api, |s, e| {
+                s.put_service(spec, check_index, now, &mut uuid::Uuid::now_v7, e)
+            })
             .await?
             .map_err(|r| refusal(r, &name))?;
         let view = self.service_view(&name).unwrap_or_else(|| self.view_of(&service));
@@ -316,9 +407,11 @@ impl Manager {
         count: u32,
     ) -> Result<ServiceView, ManagerError> {
         let now = self.clock.now();
-        self.change(|s, e| s.scale_service(name, count, now, &mut uuid::Uuid::now_v7, e))
-            .await?
-            .map_err(|r| refusal(r, name))?;
+        self.change(Actor::Api, |s, e| {
+            s.scale_service(name, count, now, &mut uuid::Uuid::now_v7, e)
+        })
+        .await?
+        .map_err(|r| refusal(r, name))?;
         self.service_view(name).ok_or_else(|| ManagerError::ServiceNotFound(name.to_owned()))
     }
 
@@ -329,9 +422,11 @@ impl Manager {
         version: u64,
     ) -> Result<ServiceView, ManagerError> {
         let now = self.clock.now();
-        self.change(|s, e| s.revert_service(name, version, now, &mut uuid::Uuid::now_v7, e))
-            .await?
-            .map_err(|r| refusal(r, name))?;
+        self.change(Actor::Api, |s, e| {
+            s.revert_service(name, version, now, &mut uuid::Uuid::now_v7, e)
+        })
+        .await?
+        .map_err(|r| refusal(r, name))?;
         self.service_view(name).ok_or_else(|| ManagerError::ServiceNotFound(name.to_owned()))
     }
 
@@ -342,7 +437,7 @@ impl Manager {
     ) -> Result<ServiceView, ManagerError> {
         let now = self.clock.now();
         let service = self
-            .change(|s, e| s.remove_service(name, now, e))
+            .change(Actor::Api, |s, e| s.remove_service(name, now, e))
             .await?
             .map_err(|r| refusal(r, name))?;
         Ok(self.view_of(&service))
@@ -387,12 +482,19 @@ impl Manager {
         action: DeploymentAction,
     ) -> Result<Deployment, ManagerError> {
         let now = self.clock.now();
-        self.change(|s, e| s.deployment_action(id, action, now, &mut uuid::Uuid::now_v7, e))
-            .await?
-            .map_err(|r| match r {
-                Refusal::Transition(source) => ManagerError::DeploymentRefused { id, source },
-                _ => ManagerError::DeploymentNotFound(id),
-            })
+        self.change(Actor::Api, |s, e| {
+            s.deployment_action(id, action, now, &mut uuid::Uuid::now_v7, e)
+        })
+        .await?
+        .map_err(|r| match r {
+            Refusal::Transition(source) => ManagerError::DeploymentRefused { id, source },
+            _ => ManagerError::DeploymentNotFound(id),
+        })
+    }
+
+    /// Event streams open now.
+    pub fn event_subscribers(&self) -> usize {
+        self.events.subscribers()
     }
 
     /// One task.
@@ -439,7 +541,7 @@ impl Manager {
     ) -> Result<NodeInfo, ManagerError> {
         let id = self.node(key)?.id;
         let now = self.clock.now();
-        self.change(|s, e| s.drain(id, deadline, now, e))
+        self.change(Actor::Api, |s, e| s.drain(id, deadline, now, e))
             .await?
             .ok_or_else(|| ManagerError::NodeNotFound(key.to_owned()))?;
         self.node(key)
@@ -452,7 +554,7 @@ impl Manager {
         eligible: bool,
     ) -> Result<NodeInfo, ManagerError> {
         let id = self.node(key)?.id;
-        self.change(|s, e| s.set_eligible(id, eligible, e))
+        self.change(Actor::Api, |s, e| s.set_eligible(id, eligible, e))
             .await?
             .ok_or_else(|| ManagerError::NodeNotFound(key.to_owned()))?;
         self.node(key)
@@ -508,8 +610,11 @@ impl Manager {
             "node registered"
         );
         let reports: Vec<Report> = req.tasks.into_iter().map(report).collect();
-        let stop =
-            self.change(|s, e| s.register(node, &reports, now, self.clock.instant(), e)).await?;
+        let stop = self
+            .change(Actor::Node { node: node.id }, |s, e| {
+                s.register(node, &reports, now, self.clock.instant(), e)
+            })
+            .await?;
         Ok(self.heartbeat_response(stop, false))
     }
 
@@ -530,8 +635,11 @@ impl Manager {
                     .collect()
             }),
         };
-        let stop =
-            self.change(|s, e| s.heartbeat(node, &beat, now, self.clock.instant(), e)).await?;
+        let stop = self
+            .change(Actor::Node { node }, |s, e| {
+                s.heartbeat(node, &beat, now, self.clock.instant(), e)
+            })
+            .await?;
         Ok(match stop {
             Some(stop) => self.heartbeat_response(stop, false),
             None => self.heartbeat_response(Vec::new(), true),
@@ -612,8 +720,9 @@ impl Manager {
             error = %last_error,
             "giving up handing the task to its node; placing it again"
         );
-        let result =
-            self.change(|s, e| s.dispatch_failed(&d, &last_error, self.clock.now(), e)).await;
+        let result = self
+            .change(Actor::Manager, |s, e| s.dispatch_failed(&d, &last_error, self.clock.now(), e))
+            .await;
         if let Err(e) = result {
             tracing::error!(
                 task = %d.task,
@@ -639,7 +748,7 @@ impl Manager {
                 Ok(_) => return,
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
                     let result = self
-                        .change(|st, ef| {
+                        .change(Actor::Manager, |st, ef| {
                             st.stop_unknown_on_node(s.task, s.node, self.clock.now(), ef)
                         })
                         .await;
@@ -691,7 +800,7 @@ impl Manager {
                 // Placement itself must not wake the loop again (new instances a plan starts
                 // as a result do).
                 effects.kick = false;
-                self.stage(&mut state, &mut effects)
+                self.stage(&mut state, &mut effects, &Actor::Manager)
             };
             let result = match commit {
                 Ok(commit) => self.finish(commit, effects).await,
@@ -710,7 +819,7 @@ impl Manager {
         while ticker.tick().await {
             let ttl = self.config.node_ttl;
             let result = self
-                .change(|s, e| {
+                .change(Actor::Manager, |s, e| {
                     let down = s.expire_nodes(ttl, self.clock.now(), self.clock.instant(), e);
                     for node in &down {
                         tracing::warn!(
@@ -732,7 +841,7 @@ impl Manager {
         // Every service once at start-up: a restarted manager resumes rollouts (and the timers
         // they wait on) from its records, even if nothing else happens.
         let now = self.clock.now();
-        if let Err(e) = self.change(|s, e| s.wake_services(now, e)).await {
+        if let Err(e) = self.change(Actor::Manager, |s, e| s.wake_services(now, e)).await {
             tracing::error!(error = %Chain(&e), "cannot persist service plans");
         }
         loop {
@@ -747,7 +856,7 @@ impl Manager {
                 () = self.shutdown.cancelled() => return,
             }
             let now = self.clock.now();
-            if let Err(e) = self.change(|s, e| s.wake_services(now, e)).await {
+            if let Err(e) = self.change(Actor::Manager, |s, e| s.wake_services(now, e)).await {
                 tracing::error!(error = %Chain(&e), "cannot persist service plans");
             }
         }
@@ -776,6 +885,27 @@ impl Manager {
         }
     }
 
+    /// Deletes events beyond the history's retention, once a minute.
+    async fn history_loop(self: Arc<Self>) {
+        let mut ticker = Ticker::new(Duration::from_secs(60), self.shutdown.clone());
+        while ticker.tick().await {
+            let this = Arc::clone(&self);
+            let pruned = tokio::task::spawn_blocking(move || {
+                this.events.prune(this.store.as_ref(), this.clock.now())
+            })
+            .await;
+            match pruned {
+                Ok(Ok(Some((n, commit)))) => match commit.await {
+                    Ok(()) => tracing::debug!(events = n, "pruned the event history"),
+                    Err(e) => tracing::error!(error = %Chain(&e), "cannot prune the event history"),
+                },
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(error = %Chain(&e), "cannot read the event history"),
+                Err(e) => tracing::error!(error = %e, "pruning the event history panicked"),
+            }
+        }
+    }
+
     /// Forgets up to `limit` tasks that finished more than `retain` ago: deleted from memory
     /// and then from the store. Returns how many. If the delete is lost in a crash, the records
     /// come back on restart and are collected again.
@@ -793,12 +923,20 @@ impl Manager {
                 return Ok(0);
             }
             let mut batch = Batch::new();
+            let mut changes = Vec::with_capacity(doomed.len());
             for id in &doomed {
                 batch.delete(Table::Tasks, id.to_string());
+                let (kind, object) = (EventType::TaskDeleted, EventObject::Task(None));
+                changes.push(events::Change { kind, key: id.to_string(), object });
             }
-            (doomed, self.store.commit(batch))
+            let index =
+                self.events.stage(changes, self.clock.now(), &Actor::Manager, &mut batch)?;
+            (doomed, Staged { commit: self.store.commit(batch), index })
         };
-        commit.await?;
+        commit.commit.await?;
+        if let Some(index) = commit.index {
+            self.events.published(index);
+        }
         tracing::info!(tasks = doomed.len(), retain = ?retain, "garbage-collected finished tasks");
         Ok(doomed.len())
     }
@@ -928,6 +1066,7 @@ pub async fn start(
     manager.tracker.spawn(Arc::clone(&manager).placement_loop());
     manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
     manager.tracker.spawn(Arc::clone(&manager).services_loop());
+    manager.tracker.spawn(Arc::clone(&manager).history_loop());
     if let Some(retain) = config.gc_after {
         manager.tracker.spawn(Arc::clone(&manager).gc_loop(retain));
     }

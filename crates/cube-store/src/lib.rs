@@ -40,12 +40,21 @@ pub enum Table {
     Services,
     /// Deployment records (manager), keyed by deployment id.
     Deployments,
+    /// The manager's event history, keyed by the event's index as 20 digits (so key order is
+    /// index order).
+    Events,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 5] =
-        [Table::Tasks, Table::Nodes, Table::Meta, Table::Services, Table::Deployments];
+    pub const ALL: [Table; 6] = [
+        Table::Tasks,
+        Table::Nodes,
+        Table::Meta,
+        Table::Services,
+        Table::Deployments,
+        Table::Events,
+    ];
 
     /// Stable table name (used as the on-disk table name).
     pub const fn name(self) -> &'static str {
@@ -55,6 +64,7 @@ impl Table {
             Table::Meta => "meta",
             Table::Services => "services",
             Table::Deployments => "deployments",
+            Table::Events => "events",
         }
     }
 }
@@ -132,6 +142,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every `(key, value)` of a table, in key order. Used at start-up; may block on disk I/O,
     /// so async callers run it on a blocking thread.
     fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// At most `limit` rows of a table whose keys sort after `after` (every key when `None`),
+    /// in key order: reads a long table a page at a time. May block on disk I/O, like `load`.
+    fn scan(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Short name of the implementation, for logs (`memory`, `redb`).
     fn kind(&self) -> &'static str;
@@ -272,6 +291,23 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn scan(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rows) = tables.get(&table) else { return Ok(Vec::new()) };
+        let from = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.to_owned()));
+        Ok(rows
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -327,6 +363,22 @@ mod tests {
         store.commit(b).await.unwrap();
         let err = load_json::<u32>(&store, Table::Tasks).unwrap_err();
         assert!(err.to_string().starts_with("tasks/00010000: stored value"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn scans_page_through_a_table_in_key_order() {
+        let store = MemoryStore::new();
+        let mut b = Batch::new();
+        for i in [3u32, 1, 2, 5, 4] {
+            b.put(Table::Events, format!("{i:02}"), &i).unwrap();
+        }
+        store.commit(b).await.unwrap();
+        let keys =
+            |rows: Vec<(String, Vec<u8>)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(store.scan(Table::Events, None, 2).unwrap()), ["01", "02"]);
+        assert_eq!(keys(store.scan(Table::Events, Some("02"), 10).unwrap()), ["03", "04", "05"]);
+        assert!(store.scan(Table::Events, Some("05"), 10).unwrap().is_empty());
+        assert!(store.scan(Table::Nodes, None, 10).unwrap().is_empty());
     }
 
     #[tokio::test]

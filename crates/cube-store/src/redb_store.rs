@@ -270,6 +270,32 @@ impl Store for RedbStore {
         Ok(rows)
     }
 
+    fn scan(
+        &self,
+        table: Table,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let path = &self.path;
+        let txn = self.db.begin_read().map_err(engine_of(path, "cannot begin read"))?;
+        let t = match txn.open_table(definition(table)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(engine_of(path, "cannot open table")(e)),
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = t
+            .range::<&str>((from, Bound::Unbounded))
+            .map_err(engine_of(path, "cannot read table"))?;
+        let mut rows = Vec::new();
+        for item in range.take(limit) {
+            let (k, v) = item.map_err(engine_of(path, "cannot read row"))?;
+            rows.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(rows)
+    }
+
     fn kind(&self) -> &'static str {
         "redb"
     }

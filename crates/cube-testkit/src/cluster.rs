@@ -50,6 +50,8 @@ pub struct ClusterConfig {
     pub capacity: CapacityOverride,
     /// How far virtual time moves per step.
     pub step: Duration,
+    /// How much of the manager's event history is kept.
+    pub history: cube_manager::History,
 }
 
 impl Default for ClusterConfig {
@@ -68,6 +70,7 @@ impl Default for ClusterConfig {
                 disk: Some(cube_core::Bytes::gib(10)),
             },
             step: Duration::from_millis(50),
+            history: cube_manager::History::default(),
         }
     }
 }
@@ -152,6 +155,7 @@ impl Cluster {
             heartbeat_interval: config.heartbeat_interval,
             node_ttl: config.node_ttl,
             gc_after: config.gc_after,
+            history: config.history,
             ..ManagerConfig::default()
         };
         let manager_store = Arc::new(MemoryStore::new());
@@ -200,6 +204,14 @@ impl Cluster {
             })
             .await;
         cluster
+    }
+
+    /// The running manager (for figures the API does not show).
+    pub fn manager(&self) -> &Arc<cube_manager::Manager> {
+        match &self.manager {
+            Some((m, _)) => &m.manager,
+            None => panic!("the manager is not running"),
+        }
     }
 
     /// A client for the manager's API.

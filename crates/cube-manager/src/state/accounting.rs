@@ -16,7 +16,9 @@ impl State {
         effects: &mut Effects,
         f: impl FnOnce(&mut Task) -> R,
     ) -> Option<R> {
-        let before = self.tasks.get(&id).map(|t| hold(t))?;
+        let task = self.tasks.get(&id)?;
+        let before = hold(task);
+        effects.history_before.entry(id).or_insert_with(|| task.events.last().cloned());
         let result = self.tasks.get_mut(&id).map(|t| f(Arc::make_mut(t)))?;
         self.account(id, before);
         effects.tasks.insert(id);

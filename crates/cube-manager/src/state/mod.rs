@@ -38,7 +38,7 @@ use cube_core::deployment::Deployment;
 use cube_core::stats::NodeStats;
 use cube_core::{
     Bytes, DeploymentId, DesiredState, Millicores, Node, NodeId, Protocol, Resources, Scheduler,
-    Task, TaskId, Trigger,
+    Task, TaskEvent, TaskId, Trigger,
 };
 use jiff::Timestamp;
 
@@ -70,6 +70,9 @@ pub struct StopCall {
 pub struct Effects {
     /// Tasks whose records changed (to persist).
     pub tasks: BTreeSet<TaskId>,
+    /// The newest history entry of each changed task before this change (`None`: it had
+    /// none, or is new): what the change added is what came after it.
+    pub history_before: BTreeMap<TaskId, Option<TaskEvent>>,
     /// Nodes whose records changed (to persist).
     pub nodes: BTreeSet<NodeId>,
     /// Tasks to send to nodes.
@@ -82,6 +85,11 @@ pub struct Effects {
     pub services: BTreeSet<String>,
     /// Services removed (to delete).
     pub removed_services: BTreeSet<String>,
+    /// Services created by this change.
+    pub created_services: BTreeSet<String>,
+    /// Services whose spec this change changed: their `modify_index` becomes the index of
+    /// the change's event.
+    pub stamp: BTreeSet<String>,
     /// Deployments whose records changed (to persist).
     pub deployments: BTreeSet<DeploymentId>,
     /// Services whose instances changed: to plan again before the change is committed.
@@ -156,8 +164,6 @@ pub struct State {
     scheduler: Scheduler,
     services: BTreeMap<String, ServiceEntry>,
     deployments: BTreeMap<DeploymentId, Deployment>,
-    /// The last change index given to a service record (`modify_index`).
-    index: u64,
     /// Services to plan at the next change whatever happened (at start-up: all of them).
     due: BTreeSet<String>,
     /// Nodes being drained and not yet empty.
@@ -179,7 +185,6 @@ impl State {
             scheduler,
             services: BTreeMap::new(),
             deployments: BTreeMap::new(),
-            index: 0,
             due: BTreeSet::new(),
             draining: BTreeSet::new(),
         }

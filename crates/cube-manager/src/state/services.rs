@@ -81,6 +81,14 @@ pub enum DeploymentAction {
 
 impl State {
     /// One service.
+    /// Stamps the index of the commit that changed `name`'s spec.
+    pub fn stamp_service(&mut self, name: &str, index: u64) {
+        if let Some(entry) = self.services.get_mut(name) {
+            entry.service.stamp(index);
+        }
+    }
+
+    /// One service.
     pub fn service(&self, name: &str) -> Option<&ServiceEntry> {
         self.services.get(name)
     }
@@ -101,7 +109,6 @@ impl State {
             self.deployments.insert(d.id, d);
         }
         for service in services {
-            self.index = self.index.max(service.modify_index);
             let name = service.spec.name.clone();
             // A task of an earlier service of the same name is not an instance of this one.
             let instances = self
@@ -154,18 +161,18 @@ impl State {
         {
             return Err(Refusal::IndexMismatch(current));
         }
-        let index = self.index + 1;
         let change = match self.services.get_mut(&name) {
-            Some(entry) => entry.service.update(spec, index, now, None),
+            Some(entry) => entry.service.update(spec, now, None),
             None => {
-                let service = Service::new(spec, index, now);
+                let service = Service::new(spec, now);
                 let entry = ServiceEntry { service, instances: BTreeSet::new(), wake_at: None };
                 self.services.insert(name.clone(), entry);
+                effects.created_services.insert(name.clone());
                 Change::Version { rollout: true }
             }
         };
         if change != Change::None {
-            self.index = index;
+            effects.stamp.insert(name.clone());
         }
         self.after_change(&name, change, false, now, ids, effects);
         let service =
@@ -216,11 +223,10 @@ impl State {
         ids: Ids<'_>,
         effects: &mut Effects,
     ) -> Change {
-        let index = self.index + 1;
         let Some(entry) = self.services.get_mut(name) else { return Change::None };
-        let change = entry.service.update(spec, index, now, Some(version));
+        let change = entry.service.update(spec, now, Some(version));
         if change != Change::None {
-            self.index = index;
+            effects.stamp.insert(name.to_owned());
         }
         self.after_change(name, change, true, now, ids, effects);
         change

@@ -305,6 +305,7 @@ pub(crate) async fn manager(
         worker_timeout: args.worker_timeout,
         gc_after: args.gc_after.0,
         security: security.clone(),
+        history: cube_manager::History::default(),
     };
     let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, cube_rt::Clock::system(), shutdown).await?;

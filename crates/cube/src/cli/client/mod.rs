@@ -4,7 +4,8 @@
 //!   from a file or from flags, optionally waiting for it;
 //! - `status`: list tasks, or explain one (placement and history);
 //! - `stop`, `logs`, `node`: the rest of the day-to-day;
-//! - `deploy`, `service`, `deployment` (module `service`): services and their rollouts.
+//! - `deploy`, `service`, `deployment` (module `service`): services and their rollouts;
+//! - `events`: the manager's event stream.
 //!
 //! Every command prints tables for people (`--output table`) or the API's JSON for scripts
 //! (`--output json`). Errors are one `error: ...` line on stderr. Task ids may be shortened to
@@ -12,6 +13,7 @@
 //! User-facing documentation: `docs/cli.md` and `docs/job-files.md`.
 
 mod api;
+mod events;
 mod file;
 mod format;
 mod logs;
@@ -116,6 +118,31 @@ pub enum ClientCommand {
     ///   cube deployment fail 0193a2c4-...
     #[command(verbatim_doc_comment, subcommand)]
     Deployment(DeploymentCommand),
+    /// Follow the cluster's changes as they are committed, one line each
+    ///
+    /// Every change to a task, node, service or deployment has an index; the stream starts
+    /// after --index (default: now) and resumes by itself after a dropped connection. With
+    /// -o json each line is the event as the API sends it (docs/events.md). Ctrl-C stops.
+    ///
+    /// Examples:
+    ///   cube events
+    ///   cube events --topic Service:web --topic Deployment
+    ///   cube events --index 0 -o json | jq 'select(.type == "TaskFailed")'
+    #[command(verbatim_doc_comment)]
+    Events(EventsArgs),
+}
+
+/// Options of `cube events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only these: Task, Node, Service, Deployment, one key of one (Service:web), or *
+    /// (repeatable; default: everything).
+    #[arg(long = "topic", short = 't', value_name = "TOPIC[:KEY]")]
+    pub topics: Vec<String>,
+    /// Start after this index (0: from the first change; an index the history no longer
+    /// holds is an error naming the oldest it does) [default: only new changes].
+    #[arg(long, value_name = "N")]
+    pub index: Option<u64>,
 }
 
 /// Options of `cube deploy`.
@@ -385,6 +412,7 @@ pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCo
             ClientCommand::Plan(args) => service::plan(&api, args, output).await,
             ClientCommand::Service(command) => service::service(&api, command, output).await,
             ClientCommand::Deployment(command) => service::deployment(&api, command, output).await,
+            ClientCommand::Events(args) => events::events(&api, args, output).await,
         }
     })
 }

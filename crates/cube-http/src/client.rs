@@ -306,16 +306,7 @@ impl Client {
         use futures_util::StreamExt;
         let url = format!("{}/v1/tasks/{id}/logs", self.base);
         let query = LogsQuery { follow, tail };
-        let response = self
-            .authorize(self.streaming.get(&url).query(&query))
-            .send()
-            .await
-            .map_err(|e| ClientError::unreachable(&url, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.bytes().await.unwrap_or_default();
-            return Err(ClientError::from_answer(url, status, &bytes));
-        }
+        let response = self.open_stream(&url, &query).await?;
         Ok(Box::pin(
             response
                 .bytes_stream()
@@ -337,16 +328,7 @@ impl Client {
         if let Some(index) = index {
             query.push(("index", index.to_string()));
         }
-        let response = self
-            .authorize(self.streaming.get(&url).query(&query))
-            .send()
-            .await
-            .map_err(|e| ClientError::unreachable(&url, e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.bytes().await.unwrap_or_default();
-            return Err(ClientError::from_answer(url, status, &bytes));
-        }
+        let response = self.open_stream(&url, &query).await?;
         let chunks = response.bytes_stream().boxed();
         let lines = futures_util::stream::unfold(
             (chunks, Vec::<u8>::new(), url),
@@ -372,6 +354,25 @@ impl Client {
             },
         );
         Ok(Box::pin(lines))
+    }
+
+    /// Starts a streamed GET of `url` (no overall timeout); an error answer is decoded.
+    async fn open_stream<Q: Serialize + ?Sized>(
+        &self,
+        url: &str,
+        query: &Q,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .authorize(self.streaming.get(url).query(query))
+            .send()
+            .await
+            .map_err(|e| ClientError::unreachable(url, e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(ClientError::from_answer(url.to_owned(), status, &bytes));
+        }
+        Ok(response)
     }
 
     /// A client for another server that shares this one's connection pools and timeouts (a

@@ -255,19 +255,7 @@ impl Store for RedbStore {
     }
 
     fn load(&self, table: Table) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let path = &self.path;
-        let txn = self.db.begin_read().map_err(engine_of(path, "cannot begin read"))?;
-        let t = match txn.open_table(definition(table)) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(engine_of(path, "cannot open table")(e)),
-        };
-        let mut rows = Vec::new();
-        for item in t.range::<&str>(..).map_err(engine_of(path, "cannot read table"))? {
-            let (k, v) = item.map_err(engine_of(path, "cannot read row"))?;
-            rows.push((k.value().to_owned(), v.value().to_vec()));
-        }
-        Ok(rows)
+        self.scan(table, None, usize::MAX)
     }
 
     fn scan(

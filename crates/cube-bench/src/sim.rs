@@ -363,7 +363,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/{index}/v1/tasks", post(submit))
         .route("/sim/{index}/v1/tasks/{id}", get(get_task).delete(stop))
         .with_state(shared);
-    cube_http::server::finish_router(routes, None)
+    cube_http::server::finish_router(routes, None, None)
 }
 
 fn node_at(shared: &Shared, index: usize) -> Result<&Arc<SimNode>, ApiError> {

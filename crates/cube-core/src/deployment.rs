@@ -13,7 +13,7 @@ use crate::DeploymentId;
 
 /// Where a deployment stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[derive(strum::Display, strum::VariantArray)]
+#[derive(strum::Display, strum::VariantArray, strum::IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
 pub enum DeploymentStatus {

@@ -8,9 +8,11 @@
 //! - [`auth`]: the cluster token every request carries when the server requires one.
 //! - [`tls`]: HTTPS for servers (certificate and key) and clients (a CA to trust).
 //! - [`security`]: an agent's token and TLS settings together.
+//! - [`metrics`]: request metrics and the Prometheus text of a registry.
 
 pub mod auth;
 pub mod client;
+pub mod metrics;
 pub mod security;
 pub mod server;
 pub mod tls;

@@ -98,8 +98,13 @@ where
 }
 
 /// Adds what every Cube API router needs: JSON 404/405 answers, the body limit, the token check
-/// when `token` is set (before anything else looks at the request) and request logs.
-pub fn finish_router(router: Router, token: Option<Token>) -> Router {
+/// when `token` is set (before anything else looks at the request), request logs, and request
+/// metrics when `metrics` is given (counting refused requests too).
+pub fn finish_router(
+    router: Router,
+    token: Option<Token>,
+    metrics: Option<crate::metrics::HttpMetrics>,
+) -> Router {
     let router = router
         .fallback(|| async { HttpError(ApiError::new(ErrorCode::NotFound, "no such endpoint")) })
         .method_not_allowed_fallback(|| async {
@@ -113,7 +118,13 @@ pub fn finish_router(router: Router, token: Option<Token>) -> Router {
         Some(token) => router.layer(middleware::from_fn_with_state(token, require_token)),
         None => router,
     };
-    router.layer(middleware::from_fn(log_request))
+    let router = router.layer(middleware::from_fn(log_request));
+    match metrics {
+        Some(metrics) => {
+            router.layer(middleware::from_fn_with_state(metrics, crate::metrics::record))
+        }
+        None => router,
+    }
 }
 
 async fn log_request(req: Request, next: Next) -> Response {

@@ -41,6 +41,7 @@ impl From<ManagerError> for HttpError {
 /// The router for `/v1/...`.
 pub fn router(manager: Arc<Manager>) -> Router {
     let token = manager.config().security.token.clone();
+    let http_metrics = manager.http_metrics();
     let routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/tasks", get(list_tasks).post(submit_task))
@@ -64,9 +65,20 @@ pub fn router(manager: Arc<Manager>) -> Router {
             post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)),
         )
         .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
         .with_state(manager);
-    cube_http::server::finish_router(routes, token)
+    cube_http::server::finish_router(routes, token, Some(http_metrics))
+}
+
+/// `GET /metrics`: Prometheus metrics (the cluster token guards it like every route).
+async fn metrics(State(m): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    cube_http::metrics::response(&headers, m.metrics_text())
+}
+
+/// A router serving only `GET /metrics`, without a token: for `--metrics-listen`.
+pub fn metrics_router(manager: Arc<Manager>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(manager)
 }
 
 /// The index answers carry (`X-Cube-Index`).

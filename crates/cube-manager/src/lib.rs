@@ -12,6 +12,7 @@
 mod api;
 mod error;
 mod events;
+mod metrics;
 mod state;
 
 pub use error::ManagerError;
@@ -65,6 +66,9 @@ pub struct ManagerConfig {
     pub security: cube_http::Security,
     /// How much of the event history is kept.
     pub history: History,
+    /// Also serve `GET /metrics` here, without the token (for a Prometheus that cannot send
+    /// one). Off by default: the API's `/metrics` needs the token like every route.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How much of the event history the manager keeps: at least `events` events or `age` of
@@ -100,6 +104,7 @@ impl Default for ManagerConfig {
             gc_after: Some(Duration::from_secs(24 * 3600)),
             security: cube_http::Security::default(),
             history: History::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -113,6 +118,7 @@ pub struct Manager {
     store: Arc<dyn Store>,
     /// Every committed change, in index order.
     events: events::EventLog,
+    metrics: metrics::Metrics,
     kick: Notify,
     /// Wakes the service loop: a plan may want to be looked at again sooner.
     services_kick: Notify,
@@ -127,6 +133,19 @@ pub struct Manager {
 struct Staged {
     commit: Commit,
     index: Option<u64>,
+    /// Writes in the batch, and when it was handed to the store (for the commit metrics).
+    writes: usize,
+    began: std::time::Instant,
+}
+
+impl Staged {
+    /// A batch handed to `store` now.
+    fn commit(store: &dyn Store, batch: Batch, index: Option<u64>) -> Self {
+        let writes = batch.ops.len();
+        let began = std::time::Instant::now();
+        let commit = if batch.is_empty() { Commit::ready(Ok(())) } else { store.commit(batch) };
+        Self { commit, index, writes, began }
+    }
 }
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -191,6 +210,7 @@ impl Manager {
             state: Mutex::new(state),
             store,
             events,
+            metrics: metrics::Metrics::new(),
             kick: Notify::new(),
             services_kick: Notify::new(),
             http,
@@ -288,9 +308,7 @@ impl Manager {
             }
         }
         let index = self.events.stage(changes, now, by, &mut batch)?;
-        let commit =
-            if batch.is_empty() { Commit::ready(Ok(())) } else { self.store.commit(batch) };
-        Ok(Staged { commit, index })
+        Ok(Staged::commit(self.store.as_ref(), batch, index))
     }
 
     /// Waits for the commit, then sends what the change requires to workers. Nothing is sent
@@ -307,10 +325,7 @@ impl Manager {
         if effects.kick {
             self.kick.notify_one();
         }
-        staged.commit.await?;
-        if let Some(index) = staged.index {
-            self.events.published(index);
-        }
+        self.committed(staged).await?;
         for d in effects.dispatch {
             let this = Arc::clone(self);
             self.tracker.spawn(this.dispatch(d));
@@ -320,6 +335,56 @@ impl Manager {
             self.tracker.spawn(this.send_stop(s));
         }
         Ok(())
+    }
+
+    /// Waits for a staged batch to be durable, then lets its events out.
+    async fn committed(&self, staged: Staged) -> Result<(), ManagerError> {
+        staged.commit.await?;
+        if staged.writes > 0 {
+            self.metrics.commit.observe(staged.began.elapsed().as_secs_f64());
+            self.metrics.batch.observe(staged.writes as f64);
+        }
+        if let Some(index) = staged.index {
+            self.events.published(index);
+        }
+        Ok(())
+    }
+
+    /// The text of `GET /metrics`.
+    pub(crate) fn metrics_text(&self) -> String {
+        let mut snapshot = {
+            let state = self.lock();
+            let (tasks, pending) = state.census();
+            let mut nodes: Vec<(NodeState, usize)> = Vec::new();
+            for n in state.nodes() {
+                match nodes.iter_mut().find(|(s, _)| *s == n.node.state) {
+                    Some((_, count)) => *count += 1,
+                    None => nodes.push((n.node.state, 1)),
+                }
+            }
+            let mut deployments: Vec<(cube_core::deployment::DeploymentStatus, usize)> = Vec::new();
+            for d in state.deployments() {
+                match deployments.iter_mut().find(|(s, _)| *s == d.status) {
+                    Some((_, count)) => *count += 1,
+                    None => deployments.push((d.status, 1)),
+                }
+            }
+            metrics::Snapshot {
+                tasks: tasks.into_iter().collect(),
+                pending,
+                nodes,
+                deployments,
+                ..Default::default()
+            }
+        };
+        snapshot.subscribers = self.events.subscribers();
+        snapshot.event_index = self.events.current();
+        self.metrics.render(&snapshot)
+    }
+
+    /// The API's request metrics (the router records them).
+    pub(crate) fn http_metrics(&self) -> cube_http::metrics::HttpMetrics {
+        self.metrics.http.clone()
     }
 
     /// Runs `f` on the state for `by`, persists what it changed with its events and performs
@@ -624,6 +689,7 @@ impl Manager {
         node: NodeId,
         req: HeartbeatRequest,
     ) -> Result<HeartbeatResponse, ManagerError> {
+        self.metrics.heartbeats.inc();
         let now = self.clock.now();
         let beat = Beat {
             stats: req.stats,
@@ -709,11 +775,15 @@ impl Manager {
                     }
                 }
             }
+            if attempt < CALL_ATTEMPTS {
+                self.metrics.dispatch_retries.inc();
+            }
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
                 () = self.shutdown.cancelled() => return,
             }
         }
+        self.metrics.dispatch_failures.inc();
         tracing::warn!(
             task = %d.task,
             node = %d.node,
@@ -796,7 +866,12 @@ impl Manager {
             let mut effects = Effects::default();
             let commit = {
                 let mut state = self.lock();
-                state.place_pending(self.clock.now(), &mut effects);
+                let started = std::time::Instant::now();
+                let pass = state.place_pending(self.clock.now(), &mut effects);
+                if pass.tried > 0 {
+                    self.metrics.scheduling.observe(started.elapsed().as_secs_f64());
+                    self.metrics.placed(pass.placed, pass.tried - pass.placed);
+                }
                 // Placement itself must not wake the loop again (new instances a plan starts
                 // as a result do).
                 effects.kick = false;
@@ -821,6 +896,7 @@ impl Manager {
             let result = self
                 .change(Actor::Manager, |s, e| {
                     let down = s.expire_nodes(ttl, self.clock.now(), self.clock.instant(), e);
+                    self.metrics.missed.inc_by(down.len() as u64);
                     for node in &down {
                         tracing::warn!(
                             node = %node,
@@ -931,12 +1007,9 @@ impl Manager {
             }
             let index =
                 self.events.stage(changes, self.clock.now(), &Actor::Manager, &mut batch)?;
-            (doomed, Staged { commit: self.store.commit(batch), index })
+            (doomed, Staged::commit(self.store.as_ref(), batch, index))
         };
-        commit.commit.await?;
-        if let Some(index) = commit.index {
-            self.events.published(index);
-        }
+        self.committed(commit).await?;
         tracing::info!(tasks = doomed.len(), retain = ?retain, "garbage-collected finished tasks");
         Ok(doomed.len())
     }
@@ -1033,13 +1106,19 @@ pub struct RunningManager {
     pub addr: SocketAddr,
     /// The manager.
     pub manager: Arc<Manager>,
+    /// The address of the token-free metrics listener, when one was asked for.
+    pub metrics_addr: Option<SocketAddr>,
     server: Server,
+    metrics_server: Option<Server>,
 }
 
 impl RunningManager {
     /// Waits for the server and every background task to stop (after shutdown).
     pub async fn wait(self) -> Result<(), ManagerError> {
         let served = self.server.wait().await;
+        if let Some(metrics) = self.metrics_server {
+            metrics.wait().await?;
+        }
         self.manager.tracker.close();
         self.manager.tracker.wait().await;
         Ok(served?)
@@ -1063,6 +1142,10 @@ pub async fn start(
     let manager = loaded?;
     let listener = Listener::bind(config.listen).await?;
     let addr = listener.addr();
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(Listener::bind(at).await?),
+        None => None,
+    };
     manager.tracker.spawn(Arc::clone(&manager).placement_loop());
     manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
     manager.tracker.spawn(Arc::clone(&manager).services_loop());
@@ -1072,12 +1155,17 @@ pub async fn start(
     }
     manager.resume();
     let router = api::router(Arc::clone(&manager));
-    let server = listener.spawn(router, shutdown, config.security.tls.clone());
+    let server = listener.spawn(router, shutdown.clone(), config.security.tls.clone());
+    let metrics_addr = metrics_listener.as_ref().map(Listener::addr);
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = %l.addr(), "serving /metrics without a token");
+        l.spawn(api::metrics_router(Arc::clone(&manager)), shutdown, None)
+    });
     tracing::info!(
         %addr,
         scheduler = %config.scheduler,
         ttl = ?config.node_ttl,
         "manager API listening"
     );
-    Ok(RunningManager { addr, manager, server })
+    Ok(RunningManager { addr, manager, metrics_addr, server, metrics_server })
 }

@@ -27,19 +27,23 @@ pub(crate) struct ApiState {
     pub host: watch::Receiver<HostSnapshot>,
     /// Required on every request but health checks, when set.
     pub token: Option<cube_http::auth::Token>,
+    /// What the worker measured.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The router for `/v1/...`.
 pub(crate) fn router(state: ApiState) -> Router {
     let token = state.token.clone();
+    let http_metrics = state.metrics.http.clone();
     let routes = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/stats", get(stats))
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/metrics", get(metrics))
         .with_state(state);
-    cube_http::server::finish_router(routes, token)
+    cube_http::server::finish_router(routes, token, Some(http_metrics))
 }
 
 impl From<WorkerError> for ApiError {
@@ -87,6 +91,24 @@ async fn health(State(s): State<ApiState>) -> axum::Json<HealthView> {
 async fn stats(State(s): State<ApiState>) -> axum::Json<NodeStats> {
     let host = s.host.borrow().clone();
     axum::Json(node_stats(&host, s.agent.table()))
+}
+
+/// `GET /metrics`: Prometheus metrics (the cluster token guards it like every route).
+async fn metrics(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    cube_http::metrics::response(&headers, s.metrics.render(&s.agent.table().census()))
+}
+
+/// A router serving only `GET /metrics`, without a token: for `--metrics-listen`.
+pub(crate) fn metrics_router(agent: Arc<Agent>, metrics: Arc<crate::metrics::Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move |headers: axum::http::HeaderMap| {
+            let (agent, metrics) = (Arc::clone(&agent), Arc::clone(&metrics));
+            async move {
+                cube_http::metrics::response(&headers, metrics.render(&agent.table().census()))
+            }
+        }),
+    )
 }
 
 async fn list_tasks(State(s): State<ApiState>) -> axum::Json<Vec<TaskView>> {

@@ -38,6 +38,7 @@ pub(crate) struct Monitor {
     ticker: Ticker,
     failures: u32,
     healthy: Option<bool>,
+    checks: crate::metrics::Checks,
 }
 
 impl Monitor {
@@ -49,6 +50,7 @@ impl Monitor {
         host_ports: Vec<HostPort>,
         drivers: Arc<Drivers>,
         http: reqwest::Client,
+        checks: crate::metrics::Checks,
     ) -> Option<Self> {
         let check = *spec.health.clone()?;
         let grace_until = tokio::time::Instant::now() + check.grace_period;
@@ -65,6 +67,7 @@ impl Monitor {
             ticker,
             failures: 0,
             healthy: None,
+            checks,
         })
     }
 
@@ -81,6 +84,7 @@ impl Monitor {
                     cube_core::units::format_duration(self.check.timeout)
                 )),
             };
+            self.checks.record(result.is_ok());
             match result {
                 Ok(()) => {
                     self.failures = 0;

@@ -17,6 +17,7 @@ mod error;
 mod health;
 mod host;
 mod logs;
+mod metrics;
 mod reporter;
 mod runner;
 mod table;
@@ -64,6 +65,8 @@ pub struct WorkerConfig {
     /// Finished tasks and their logs are deleted this long after they finished (`None`: kept
     /// forever).
     pub gc_after: Option<Duration>,
+    /// Also serve `GET /metrics` here, without the token (off by default).
+    pub metrics_listen: Option<SocketAddr>,
     /// Token and TLS of this API and of the calls to the manager.
     pub security: cube_http::Security,
 }
@@ -82,6 +85,7 @@ impl WorkerConfig {
             capacity: CapacityOverride::default(),
             gc_after: Some(Duration::from_secs(24 * 3600)),
             security: cube_http::Security::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -143,6 +147,7 @@ pub struct RunningWorker {
     agent: Arc<Agent>,
     drivers: Arc<Drivers>,
     server: Server,
+    metrics_server: Option<Server>,
     /// The reporter, the GC loop and the host sampler.
     background: TaskTracker,
 }
@@ -168,6 +173,9 @@ impl RunningWorker {
     /// keep running.
     pub async fn wait(self) -> Result<(), WorkerError> {
         let served = self.server.wait().await;
+        if let Some(metrics) = self.metrics_server {
+            metrics.wait().await?;
+        }
         self.agent.wait_runners().await;
         self.background.close();
         self.background.wait().await;
@@ -190,8 +198,11 @@ pub async fn start(
         source,
     })?;
     let node_id = load_or_create_node_id(&config.data_dir).await?;
+    let metrics = Arc::new(metrics::Metrics::new());
     let drivers = Arc::new(match platform.drivers {
-        DriverChoice::Host { pull_timeout } => Drivers::host(pull_timeout).await,
+        DriverChoice::Host { pull_timeout } => {
+            Drivers::host(pull_timeout, metrics.pulls.clone()).await
+        }
         #[cfg(any(test, feature = "fake-driver"))]
         DriverChoice::Fake(fake) => Drivers::fake(fake),
     });
@@ -219,6 +230,7 @@ pub async fn start(
         http: health::http_client(),
         clock: platform.clock.clone(),
         shutdown: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
     });
     let agent = Agent::new(config.name.clone(), ctx, table::TaskTable::new(store));
 
@@ -237,12 +249,21 @@ pub async fn start(
 
     let listener = Listener::bind(config.listen).await?;
     let addr = listener.addr();
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(Listener::bind(at).await?),
+        None => None,
+    };
     let router = api::router(api::ApiState {
         agent: Arc::clone(&agent),
         host: host.clone(),
         token: config.security.token.clone(),
+        metrics: Arc::clone(&metrics),
     });
     let server = listener.spawn(router, shutdown.clone(), config.security.tls.clone());
+    let metrics_server = metrics_listener.map(|l| {
+        tracing::info!(addr = %l.addr(), "serving /metrics without a token");
+        l.spawn(api::metrics_router(Arc::clone(&agent), metrics), shutdown.clone(), None)
+    });
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
 
     if let Some(retain) = config.gc_after {
@@ -277,7 +298,7 @@ pub async fn start(
         background.spawn(disconnect_loop(Arc::clone(&agent), shutdown.clone()));
         background.spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }
-    Ok(RunningWorker { agent, drivers, server, background })
+    Ok(RunningWorker { agent, drivers, server, metrics_server, background })
 }
 
 /// How often the worker looks for tasks to stop because the manager is out of reach.

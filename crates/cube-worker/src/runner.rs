@@ -37,6 +37,8 @@ pub(crate) struct Context {
     pub clock: Clock,
     /// Cancelled when the worker shuts down.
     pub shutdown: CancellationToken,
+    /// What the runners measure.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -115,10 +117,13 @@ impl Runner {
             return Next::Done;
         }
         let request = self.ctx.start_request(&task);
+        let began = tokio::time::Instant::now();
         let started = tokio::select! {
             result = self.ctx.drivers.start(&request) => result,
             () = self.ctx.shutdown.cancelled() => return Next::Shutdown,
         };
+        let seconds = began.elapsed().as_secs_f64();
+        self.ctx.metrics.started(task.spec.driver, started.is_ok(), seconds);
         match started {
             Ok(started) => self.supervise(started, control, false).await,
             Err(e) => {
@@ -180,6 +185,7 @@ impl Runner {
                 started.host_ports.clone(),
                 Arc::clone(&self.ctx.drivers),
                 self.ctx.http.clone(),
+                self.ctx.metrics.checks.clone(),
             )
         });
         let outcome = loop {
@@ -301,6 +307,7 @@ impl Runner {
         tokio::select! {
             () = tokio::time::sleep(delay) => {
                 self.slot.update(|t| t.restart_count += 1).await;
+                self.ctx.metrics.restarts.inc();
                 Next::Restart
             }
             () = stop_requested(control) => {

@@ -121,6 +121,18 @@ impl TaskTable {
         self.lock().tasks.values().map(|e| e.task.clone()).collect()
     }
 
+    /// How many tasks are in each state.
+    pub(crate) fn census(&self) -> Vec<(cube_core::TaskState, usize)> {
+        let mut counts: Vec<(cube_core::TaskState, usize)> = Vec::new();
+        for e in self.lock().tasks.values() {
+            match counts.iter_mut().find(|(s, _)| *s == e.task.state) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e.task.state, 1)),
+            }
+        }
+        counts
+    }
+
     /// Tasks that are not finished, with their generations.
     pub(crate) fn active(&self) -> Vec<(TaskId, u32)> {
         self.lock()

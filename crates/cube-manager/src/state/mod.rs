@@ -38,7 +38,7 @@ use cube_core::deployment::Deployment;
 use cube_core::stats::NodeStats;
 use cube_core::{
     Bytes, DeploymentId, DesiredState, Millicores, Node, NodeId, Protocol, Resources, Scheduler,
-    Task, TaskEvent, TaskId, Trigger,
+    Task, TaskEvent, TaskId, TaskState, Trigger,
 };
 use jiff::Timestamp;
 
@@ -257,6 +257,15 @@ impl State {
     /// reads every node's usage on every pass.
     pub fn usage(&self, node: NodeId) -> &Usage {
         self.usage.get(&node).unwrap_or(&NO_USAGE)
+    }
+
+    /// How many tasks are in each state, and how many wait for a node.
+    pub fn census(&self) -> (BTreeMap<TaskState, usize>, usize) {
+        let mut by_state = BTreeMap::new();
+        for t in self.tasks.values() {
+            *by_state.entry(t.state).or_default() += 1;
+        }
+        (by_state, self.pending.len())
     }
 
     /// How many times the scheduler was asked to place a task.

@@ -13,6 +13,15 @@ use jiff::Timestamp;
 
 use super::{Dispatch, Effects, NodeEntry, State, StopCall, apply};
 
+/// What one placement pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Tasks the scheduler was asked about.
+    pub tried: usize,
+    /// Of those, placed on a node.
+    pub placed: usize,
+}
+
 impl State {
     /// Whether `d` is still the task's current placement, not yet confirmed: placed there
     /// under that generation, waiting to run and wanted running.
@@ -137,9 +146,10 @@ impl State {
     }
 
     /// Places waiting tasks, oldest first. Unplaceable ones stay pending with the reason.
-    pub fn place_pending(&mut self, now: Timestamp, effects: &mut Effects) {
+    pub fn place_pending(&mut self, now: Timestamp, effects: &mut Effects) -> Pass {
+        let mut pass = Pass::default();
         if self.pending.is_empty() {
-            return;
+            return pass;
         }
         let ids: Vec<TaskId> = if std::mem::take(&mut self.retry_all) {
             self.fresh.clear();
@@ -148,7 +158,7 @@ impl State {
             std::mem::take(&mut self.fresh).into_iter().collect()
         };
         if ids.is_empty() {
-            return;
+            return pass;
         }
         let mut views = NodeSet::new(self.nodes.values().map(|n| self.node_view(n)).collect());
         // Where each service's instances are, built once per pass and kept up to date as
@@ -157,6 +167,7 @@ impl State {
         for id in ids {
             let Some(task) = self.tasks.get(&id) else { continue };
             self.attempts += 1;
+            pass.tried += 1;
             let group = task.instance.as_ref().map(|of| {
                 groups.entry((of.service.clone(), of.version)).or_insert_with(|| self.siblings(of))
             });
@@ -188,6 +199,7 @@ impl State {
                         );
                         t.generation
                     });
+                    pass.placed += 1;
                     if let Some(generation) = generation {
                         self.dispatching.insert(id);
                         effects.dispatch.push(Dispatch { task: id, generation, node });
@@ -212,6 +224,7 @@ impl State {
                 }
             }
         }
+        pass
     }
 
     pub(super) fn node_view(&self, n: &NodeEntry) -> NodeView {

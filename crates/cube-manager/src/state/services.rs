@@ -99,6 +99,12 @@ impl State {
     }
 
     /// One deployment.
+    /// Every deployment.
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values()
+    }
+
+    /// One deployment.
     pub fn deployment(&self, id: DeploymentId) -> Option<&Deployment> {
         self.deployments.get(&id)
     }

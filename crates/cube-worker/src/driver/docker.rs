@@ -58,6 +58,8 @@ const STOP_SLACK: Duration = Duration::from_secs(10);
 pub(crate) struct DockerDriver {
     docker: Docker,
     pull_timeout: Duration,
+    /// Image pulls, for the worker's metrics.
+    pulls: crate::metrics::Pulls,
     /// Exit watchers and output copiers run here.
     background: Background,
     /// Bounds concurrent container mutations (create, start, stop, remove). Engines serialise
@@ -75,6 +77,7 @@ impl DockerDriver {
     pub(crate) async fn connect(
         pull_timeout: Duration,
         background: Background,
+        pulls: crate::metrics::Pulls,
     ) -> Result<Self, EngineError> {
         let docker = Docker::connect_with_defaults().map_err(EngineError)?;
         let docker = docker.negotiate_version().await.map_err(EngineError)?;
@@ -84,6 +87,7 @@ impl DockerDriver {
             pull_timeout,
             background,
             mutations: Arc::new(Semaphore::new(MAX_CONCURRENT_MUTATIONS)),
+            pulls,
         })
     }
 
@@ -145,7 +149,9 @@ impl DockerDriver {
         };
         let unavailable =
             |source| DriverError::ImageUnavailable { image: image.to_owned(), source };
-        match tokio::time::timeout(self.pull_timeout, pull).await {
+        let pulled = tokio::time::timeout(self.pull_timeout, pull).await;
+        self.pulls.record(matches!(pulled, Ok(Ok(()))));
+        match pulled {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(unavailable(PullError::Engine(e))),
             Err(_) => Err(unavailable(PullError::TimedOut(self.pull_timeout))),

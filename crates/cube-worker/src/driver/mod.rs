@@ -355,9 +355,11 @@ pub(crate) struct Drivers {
 impl Drivers {
     /// This host's drivers: docker when an engine answers (a pull may take `pull_timeout`),
     /// and processes.
-    pub(crate) async fn host(pull_timeout: Duration) -> Self {
+    pub(crate) async fn host(pull_timeout: Duration, pulls: crate::metrics::Pulls) -> Self {
         let background = Background::default();
-        let docker = match docker::DockerDriver::connect(pull_timeout, background.clone()).await {
+        let connected =
+            docker::DockerDriver::connect(pull_timeout, background.clone(), pulls).await;
+        let docker = match connected {
             Ok(d) => {
                 tracing::info!("docker driver ready");
                 DockerSlot::Ready(d)

@@ -135,6 +135,11 @@ pub struct ExposureArgs {
     /// start containers, i.e. run anything as root on this host.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Also serve Prometheus metrics (`GET /metrics`) on this address without the token, for
+    /// a scraper that cannot send one (the API's own `/metrics` needs the token). Metrics
+    /// reveal no secrets but do show what runs here: keep it on a network you trust.
+    #[arg(long, env = "CUBE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Loads an agent's token, certificate and CA (plain file reads: call it before the async
@@ -280,6 +285,7 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> a
         },
         gc_after: args.gc_after.0,
         security: security.clone(),
+        metrics_listen: args.exposure.metrics_listen,
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, platform, store, shutdown).await?;
@@ -306,6 +312,7 @@ pub(crate) async fn manager(
         gc_after: args.gc_after.0,
         security: security.clone(),
         history: cube_manager::History::default(),
+        metrics_listen: args.exposure.metrics_listen,
     };
     let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, cube_rt::Clock::system(), shutdown).await?;
@@ -335,6 +342,7 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
         scheduler: args.scheduler,
         gc_after: args.gc_after.0,
         security: security.clone(),
+        metrics_listen: args.exposure.metrics_listen,
         ..cube_manager::ManagerConfig::default()
     };
     let clock = cube_rt::Clock::system();

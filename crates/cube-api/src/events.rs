@@ -232,6 +232,9 @@ pub struct TaskSummary {
     pub reason: Option<String>,
     /// Restarts on the current node.
     pub restart_count: u32,
+    /// When the workload last started.
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
     /// The service, version and slot of an instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<InstanceOf>,
@@ -258,6 +261,7 @@ impl From<&Task> for TaskSummary {
             exit_code: t.exit_code,
             reason: t.reason.clone(),
             restart_count: t.restart_count,
+            started_at: t.started_at,
             instance: t.instance.clone(),
             replaced_by: t.replaced_by,
             updated_at: t.updated_at,

@@ -253,6 +253,8 @@ pub struct Submitted {
     pub task: TaskView,
     /// `true` for 201 Created, `false` for an idempotent repeat (200).
     pub created: bool,
+    /// The manager's `X-Cube-Index` before the submit: its events come after it.
+    pub index: Option<u64>,
 }
 
 impl Client {
@@ -413,15 +415,25 @@ impl Client {
         spec: &TaskSpec,
     ) -> Result<Submitted, ClientError> {
         let body = SubmitBody { id, generation, spec };
-        let (status, task) = self.call(Method::POST, "/v1/tasks", Some(&body)).await?;
-        Ok(Submitted { task, created: status == StatusCode::CREATED })
+        let (status, task, index) =
+            self.call_indexed(Method::POST, "/v1/tasks", Some(&body)).await?;
+        Ok(Submitted { task, created: status == StatusCode::CREATED, index })
     }
 
     /// `GET /v1/tasks?state=..&node=..` (filters are manager-only).
     pub async fn tasks_filtered(&self, filter: &TaskFilter) -> Result<Vec<TaskView>, ClientError> {
+        self.tasks_at(filter).await.map(|(tasks, _)| tasks)
+    }
+
+    /// [`Client::tasks_filtered`], with the answer's `X-Cube-Index` (later changes have
+    /// higher indexes).
+    pub async fn tasks_at(
+        &self,
+        filter: &TaskFilter,
+    ) -> Result<(Vec<TaskView>, Option<u64>), ClientError> {
         let url = format!("{}/v1/tasks", self.base);
         let request = self.authorize(self.http.get(&url).query(filter));
-        self.send(url, request).await.map(|(_, v)| v)
+        self.send_indexed(url, request).await.map(|(_, v, index)| (v, index))
     }
 
     /// `GET /v1/nodes`.
@@ -477,6 +489,13 @@ impl Client {
         self.call(Method::GET, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
     }
 
+    /// [`Client::stop`], with the manager's `X-Cube-Index` before the request (its events come
+    /// after it).
+    pub async fn stop_at(&self, id: TaskId) -> Result<(TaskView, Option<u64>), ClientError> {
+        let path = format!("/v1/tasks/{id}");
+        self.call_indexed(Method::DELETE, &path, None::<&()>).await.map(|(_, v, i)| (v, i))
+    }
+
     /// `DELETE /v1/tasks/{id}`: asks for the task to stop; returns the task as of the request.
     pub async fn stop(&self, id: TaskId) -> Result<TaskView, ClientError> {
         self.call(Method::DELETE, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
@@ -489,12 +508,23 @@ impl Client {
         spec: &ServiceSpec,
         check_index: Option<u64>,
     ) -> Result<(ServiceView, bool), ClientError> {
+        let (view, created, _) = self.put_service_at(spec, check_index).await?;
+        Ok((view, created))
+    }
+
+    /// [`Client::put_service`], with the manager's `X-Cube-Index` before the change (its
+    /// events come after it).
+    pub async fn put_service_at(
+        &self,
+        spec: &ServiceSpec,
+        check_index: Option<u64>,
+    ) -> Result<(ServiceView, bool, Option<u64>), ClientError> {
         let mut path = format!("/v1/services/{}", spec.name);
         if let Some(index) = check_index {
             path.push_str(&format!("?check_index={index}"));
         }
-        let (status, view) = self.call(Method::PUT, &path, Some(spec)).await?;
-        Ok((view, status == StatusCode::CREATED))
+        let (status, view, index) = self.call_indexed(Method::PUT, &path, Some(spec)).await?;
+        Ok((view, status == StatusCode::CREATED, index))
     }
 
     /// `POST /v1/services/{name}/plan`: what an update would do.
@@ -574,23 +604,50 @@ impl Client {
         self.send(url, request).await
     }
 
+    /// [`Client::call`], with the answer's `X-Cube-Index` (the manager's index before it acted).
+    pub async fn call_indexed<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, T, Option<u64>), ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.authorize(self.http.request(method, &url));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        self.send_indexed(url, request).await
+    }
+
     /// Sends `request` to `url` and decodes a 2xx answer as `T`.
     async fn send<T: DeserializeOwned>(
         &self,
         url: String,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, T), ClientError> {
+        self.send_indexed(url, request).await.map(|(status, value, _)| (status, value))
+    }
+
+    /// [`Client::send`], with the answer's `X-Cube-Index`.
+    async fn send_indexed<T: DeserializeOwned>(
+        &self,
+        url: String,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, T, Option<u64>), ClientError> {
         let response = request.send().await.map_err(|e| ClientError::unreachable(&url, e))?;
         let status = response.status();
+        let index = response
+            .headers()
+            .get("x-cube-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let bytes = response.bytes().await.map_err(|e| ClientError::unreachable(&url, e))?;
         if !status.is_success() {
             return Err(ClientError::from_answer(url, status, &bytes));
         }
-        serde_json::from_slice(&bytes).map(|v| (status, v)).map_err(|source| ClientError::Decode {
-            url,
-            status: status.as_u16(),
-            source,
-        })
+        serde_json::from_slice(&bytes)
+            .map(|v| (status, v, index))
+            .map_err(|source| ClientError::Decode { url, status: status.as_u16(), source })
     }
 }
 

@@ -170,3 +170,45 @@ async fn cube_events_prints_each_change_and_refuses_bad_topics() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cube_status_watch_prints_each_change_after_the_list() {
+    let m = TestManager::start(&[]).await;
+    let _w = m.worker("w1", &[]).await;
+    let before = burst(&m.client, 1).await;
+    let mut child = std::process::Command::new(common::cube_bin())
+        .args(["--addr", &m.url, "status", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut read_until = |done: &dyn Fn(&str) -> bool| loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("a line in time");
+        lines.push(line.clone());
+        if done(&line) {
+            break;
+        }
+    };
+    // The list first: a header and the task submitted before.
+    let short = before[0].short();
+    read_until(&|l| l.contains(&short));
+    // Then a line per change of a new one, up to running.
+    let id = m.client.submit(None, &spec("watched")).await.unwrap().task.id.short();
+    read_until(&|l| l.contains(&id) && l.contains("running"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let of_new: Vec<&String> = lines.iter().filter(|l| l.contains(&id)).collect();
+    assert!(of_new.iter().any(|l| l.contains("pending")), "{lines:#?}");
+    assert!(of_new.iter().any(|l| l.contains("scheduled")), "{lines:#?}");
+}

@@ -180,3 +180,68 @@ async fn metrics_need_the_token_unless_served_on_their_own_address() {
     let other = http.get(format!("http://{listen}/v1/tasks")).send().await.unwrap();
     assert_eq!(other.status(), 404);
 }
+
+/// A sample's value, 0 when the series does not exist yet.
+fn count(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_and_deploy_wait_follow_the_stream_instead_of_polling() {
+    const TOKEN: &str = "metrics-token-0123456789abcdef";
+    let m = TestManager::start(&["--token", TOKEN]).await;
+    let _w = m.worker("w1", &["--token", TOKEN]).await;
+    wait_until(Duration::from_secs(10), "the node", || async {
+        let c = m.client.clone().with_token(Some(TOKEN.parse().unwrap()));
+        (c.nodes().await.ok()?.len() == 1).then_some(())
+    })
+    .await;
+    let get = |route: &str| {
+        format!("cube_http_requests_total{{method=\"GET\",route=\"{route}\",status=\"200\"}}")
+    };
+    let cube = |args: Vec<String>| {
+        let url = m.url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(common::cube_bin())
+                .args(["--addr", &url])
+                .args(&args)
+                .env("CUBE_TOKEN", TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+
+    let (before, _, _) = scrape(&m.url, TOKEN).await;
+    let started = Instant::now();
+    let args = ["run", "--driver", "process", "--wait", "--", "sleep", "300"];
+    let out = cube(args.map(str::to_owned).to_vec()).await.unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    let (after, _, _) = scrape(&m.url, TOKEN).await;
+    let delta = |series: &str| count(&after, series) - count(&before, series);
+    assert_eq!(delta(&get("/v1/events")), 1.0, "one stream for the whole wait");
+    assert_eq!(delta(&get("/v1/tasks/{id}")), 1.0, "the task read once, at the end");
+    eprintln!("cube run --wait took {took:?} with one stream and one read");
+    assert!(took >= Duration::from_secs(1), "it waited for the task to stay up");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.json");
+    let service = serde_json::json!({
+        "name": "web", "count": 2,
+        "task": {"name": "web", "driver": "process", "command": "sleep", "args": ["300"]},
+        "update": {"min_healthy_time": "1s"}
+    });
+    std::fs::write(&file, serde_json::to_vec(&service).unwrap()).unwrap();
+    let (before, _, _) = scrape(&m.url, TOKEN).await;
+    let args = vec!["deploy".to_owned(), file.to_str().unwrap().to_owned(), "--wait".to_owned()];
+    let out = cube(args).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("successful"), "{out:?}");
+    let (after, _, _) = scrape(&m.url, TOKEN).await;
+    let delta = |series: &str| count(&after, series) - count(&before, series);
+    assert_eq!(delta(&get("/v1/events")), 1.0);
+    assert_eq!(delta(&get("/v1/deployments/{id}")), 0.0, "the deployment is never polled");
+    assert!(delta(&get("/v1/services/{name}")) <= 1.0, "read once, before the change");
+}

@@ -61,14 +61,16 @@ impl Api {
         self.task_raw(id).await.map_err(|e| self.error(&e))
     }
 
-    /// `POST /v1/tasks`.
-    pub(super) async fn submit(&self, spec: &TaskSpec) -> anyhow::Result<TaskView> {
-        self.client.submit(None, spec).await.map(|s| s.task).map_err(|e| self.error(&e))
+    /// `POST /v1/tasks`: the task, and the index its events follow.
+    pub(super) async fn submit(&self, spec: &TaskSpec) -> anyhow::Result<(TaskView, u64)> {
+        let s = self.client.submit(None, spec).await.map_err(|e| self.error(&e))?;
+        Ok((s.task, s.index.unwrap_or(0)))
     }
 
-    /// `DELETE /v1/tasks/{id}`.
-    pub(super) async fn stop(&self, id: TaskId) -> anyhow::Result<TaskView> {
-        self.client.stop(id).await.map_err(|e| self.error(&e))
+    /// `DELETE /v1/tasks/{id}`: the task, and the index its events follow.
+    pub(super) async fn stop(&self, id: TaskId) -> anyhow::Result<(TaskView, u64)> {
+        let (task, index) = self.client.stop_at(id).await.map_err(|e| self.error(&e))?;
+        Ok((task, index.unwrap_or(0)))
     }
 
     /// The typed client, for calls whose errors the caller turns into lines with

@@ -57,6 +57,7 @@ pub enum ClientCommand {
     ///   cube status --state running --node worker-1
     ///   cube status 3f2a9c    (any unique prefix of an id)
     ///   cube status 3f2a9c -o json
+    ///   cube status -w    (then a line per change, as it happens)
     #[command(verbatim_doc_comment, visible_alias = "ps")]
     Status(StatusArgs),
     /// Ask a task to stop (SIGTERM, then SIGKILL after its stop_grace).
@@ -327,6 +328,9 @@ pub struct StatusArgs {
     /// Only tasks placed on this node (a name, an id or an id prefix).
     #[arg(long, value_name = "NODE", conflicts_with = "id")]
     pub node: Option<String>,
+    /// After the list, print a line for every change of a task as it happens (Ctrl-C stops).
+    #[arg(long, short = 'w', conflicts_with = "id")]
+    pub watch: bool,
 }
 
 /// Options of `cube stop`.

@@ -30,7 +30,7 @@ pub(super) async fn run(api: &Api, args: RunArgs, output: Output) -> anyhow::Res
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let task = api.submit(&spec).await?;
+    let (task, index) = api.submit(&spec).await?;
     if !args.wait {
         match output {
             Output::Json => format::emit_json(&task)?,
@@ -47,7 +47,7 @@ pub(super) async fn run(api: &Api, args: RunArgs, output: Output) -> anyhow::Res
             format::emit(&format!("submitted task {}", task.id))?;
         }
     }
-    let outcome = wait::wait(api, task.id, Goal::Running, args.timeout).await?;
+    let outcome = wait::wait(api, task, index, Goal::Running, args.timeout).await?;
     let names = node_names(api).await;
     match outcome {
         Outcome::Reached(task) => {

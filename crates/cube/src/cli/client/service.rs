@@ -2,8 +2,9 @@
 //! their rollouts.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cube_api::events::EventObject;
 use cube_api::types::{ServicePlanView, ServiceView};
 use cube_core::DeploymentId;
 use cube_core::deployment::{Deployment, DeploymentStatus};
@@ -12,12 +13,9 @@ use jiff::Timestamp;
 
 use super::api::Api;
 use super::format::{self, Details};
-use super::wait::{Spinner, WAIT_FAILED};
+use super::wait::{Follower, Spinner, WAIT_FAILED};
 use super::{DeployArgs, DeploymentCommand, PlanArgs, ServiceCommand, file};
 use crate::cli::Output;
-
-/// How often `--wait` looks at the rollout.
-const POLL: Duration = Duration::from_millis(250);
 
 /// Runs `cube deploy`.
 pub(super) async fn deploy(
@@ -31,8 +29,8 @@ pub(super) async fn deploy(
         return Ok(ExitCode::SUCCESS);
     }
     let before = api.client().service(&spec.name).await.ok();
-    let (view, created) =
-        api.client().put_service(&spec, args.check_index).await.map_err(|e| api.error(&e))?;
+    let (view, created, index) =
+        api.client().put_service_at(&spec, args.check_index).await.map_err(|e| api.error(&e))?;
     let started = view.deployment.as_ref().filter(|d| {
         before.as_ref().is_none_or(|b| b.deployment.as_ref().map(|d| d.id) != Some(d.id))
     });
@@ -66,8 +64,10 @@ pub(super) async fn deploy(
             format::emit(&format!("deployment {}", d.id))?;
         }
     }
-    let Some(deployment) = started.filter(|_| args.wait) else { return Ok(ExitCode::SUCCESS) };
-    follow(api, &view.name, deployment.id, args.timeout, output).await
+    if started.is_none() || !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(api, view, index.unwrap_or(0), args.timeout, output).await
 }
 
 /// Runs `cube plan`.
@@ -133,51 +133,57 @@ fn plan_text(name: &str, plan: &ServicePlanView) -> String {
     lines.join("\n")
 }
 
-/// Follows a deployment until it ends: exit 0 when it succeeded, [`WAIT_FAILED`] with the
-/// reason otherwise.
+/// Follows a deployment on the event stream until it ends: exit 0 when it succeeded,
+/// [`WAIT_FAILED`] with the reason otherwise. `view` is the service as the change answered it,
+/// `index` the index the change's events follow.
 async fn follow(
     api: &Api,
-    name: &str,
-    id: DeploymentId,
+    view: ServiceView,
+    index: u64,
     timeout: Duration,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
+    let Some(mut d) = view.deployment.clone() else { return Ok(ExitCode::SUCCESS) };
     let spinner = Spinner::new();
-    let deadline = Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let topics = vec![format!("Deployment:{}", d.id), format!("Service:{}", view.name)];
+    let mut follower = Follower::new(api, index, topics);
+    let mut service = view;
     let mut last: Option<(DeploymentStatus, String)> = None;
     loop {
-        let d = api.client().deployment(id).await;
-        let view = api.client().service(name).await;
-        match (d, view) {
-            (Ok(d), view) => {
-                let now = (d.status, d.description.clone());
-                if last.as_ref() != Some(&now) {
-                    spinner.line(&format!("{}: {} ({})", d.status, d.description, d.reason));
-                    last = Some(now);
-                }
-                if let Ok(v) = &view {
-                    spinner.show(&progress(v, &d));
-                }
-                if let Some(code) = ended(&d, output)? {
-                    spinner.clear();
-                    return Ok(code);
-                }
-            }
-            (Err(e), _) if e.is_transient() => {
-                spinner.show("the manager does not answer; retrying")
-            }
-            (Err(e), _) => return Err(api.error(&e)),
+        let now = (d.status, d.description.clone());
+        if last.as_ref() != Some(&now) {
+            spinner.line(&format!("{}: {} ({})", d.status, d.description, d.reason));
+            last = Some(now);
         }
-        if Instant::now() >= deadline {
+        spinner.show(&progress(&service, &d));
+        if let Some(code) = ended(&d, output)? {
             spinner.clear();
-            format::error_line(&format!(
-                "deployment {id} still running after {}: {}",
-                cube_core::units::format_duration(timeout),
-                last.map(|l| l.1).unwrap_or_default()
-            ));
-            return Ok(ExitCode::from(WAIT_FAILED));
+            return Ok(code);
         }
-        tokio::time::sleep(POLL).await;
+        let trouble = |why: &str| spinner.show(why);
+        match follower.next(deadline, &trouble).await? {
+            Some(event) => match event.object {
+                EventObject::Deployment(Some(next)) if next.id == d.id => d = *next,
+                EventObject::Service(Some(next)) => service = *next,
+                EventObject::Service(None) => {
+                    spinner.clear();
+                    format::error_line(&format!("service {} was removed", service.name));
+                    return Ok(ExitCode::from(WAIT_FAILED));
+                }
+                _ => {}
+            },
+            None => {
+                spinner.clear();
+                format::error_line(&format!(
+                    "deployment {} still running after {}: {}",
+                    d.id,
+                    cube_core::units::format_duration(timeout),
+                    last.map(|l| l.1).unwrap_or_default()
+                ));
+                return Ok(ExitCode::from(WAIT_FAILED));
+            }
+        }
     }
 }
 

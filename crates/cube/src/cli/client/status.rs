@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use comfy_table::Cell;
+use cube_api::events::EventObject;
 use cube_api::types::{TaskFilter, TaskView};
 use cube_core::units::format_duration;
 use cube_core::{DriverHandle, DriverKind, Explanation, NodeId, ProbeKind, RestartMode};
@@ -38,21 +39,69 @@ async fn list(api: &Api, args: &StatusArgs, output: Output) -> anyhow::Result<()
         Some(given) => Some(api.resolve_node(given).await?.id),
         None => None,
     };
-    let tasks = api.tasks(&TaskFilter { state: args.state, node }).await?;
+    let filter = TaskFilter { state: args.state, node };
+    let (tasks, index) = api.client().tasks_at(&filter).await.map_err(|e| api.error(&e))?;
+    let names = node_names(api).await;
     if output == Output::Json {
-        return format::emit_json(&tasks);
-    }
-    if tasks.is_empty() {
+        format::emit_json(&tasks)?;
+    } else if tasks.is_empty() {
         let filtered = args.state.is_some() || args.node.is_some();
         format::note(if filtered {
             "no tasks match"
         } else {
             "no tasks yet: submit one with `cube run`"
         });
-        return Ok(());
+    } else {
+        format::emit(&task_table(&tasks, &names, Timestamp::now(), format::colour_stdout()))?;
     }
-    let names = node_names(api).await;
-    format::emit(&task_table(&tasks, &names, Timestamp::now(), format::colour_stdout()))
+    if args.watch {
+        watch(api, &filter, index.unwrap_or(0), &names, output).await?;
+    }
+    Ok(())
+}
+
+/// Follows task changes after `index`: a line each (the event as JSON with `-o json`).
+async fn watch(
+    api: &Api,
+    filter: &TaskFilter,
+    index: u64,
+    names: &HashMap<NodeId, String>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut follower = super::wait::Follower::new(api, index, vec!["Task".to_owned()]);
+    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
+    let trouble = |why: &str| format::note(why);
+    let colour = format::colour_stdout();
+    while let Some(event) = follower.next(far, &trouble).await? {
+        let EventObject::Task(summary) = &event.object else { continue };
+        let shown = summary.as_ref().is_none_or(|t| {
+            filter.state.is_none_or(|s| s == t.state)
+                && filter.node.is_none_or(|n| t.node == Some(n))
+        });
+        if !shown {
+            continue;
+        }
+        if output == Output::Json {
+            let line = serde_json::to_string(&event)
+                .map_err(|e| anyhow::anyhow!("cannot encode JSON output: {e}"))?;
+            format::emit(&line)?;
+            continue;
+        }
+        let line = match summary {
+            Some(t) => format!(
+                "{}  {:<12} {:<20} {:<10} {:<12} {}",
+                event.at.strftime("%H:%M:%S"),
+                t.id.short(),
+                format::truncate(&t.name, 20),
+                format::state_text(t.state, colour),
+                format::or_dash(t.node.map(|n| node_name(names, n))),
+                format::truncate(t.reason.as_deref().unwrap_or(""), REASON_WIDTH)
+            ),
+            None => format!("{}  {:<12} forgotten", event.at.strftime("%H:%M:%S"), event.key),
+        };
+        format::emit(&line)?;
+    }
+    Ok(())
 }
 
 /// The task list as a table.

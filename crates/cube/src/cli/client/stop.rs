@@ -11,7 +11,7 @@ use crate::cli::Output;
 /// Runs `cube stop`.
 pub(super) async fn stop(api: &Api, args: StopArgs, output: Output) -> anyhow::Result<ExitCode> {
     let id = api.resolve_task(&args.id).await?;
-    let task = api.stop(id).await?;
+    let (task, index) = api.stop(id).await?;
     if task.state.is_terminal() {
         match output {
             Output::Json => format::emit_json(&task)?,
@@ -29,7 +29,7 @@ pub(super) async fn stop(api: &Api, args: StopArgs, output: Output) -> anyhow::R
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    match wait::wait(api, id, Goal::Stopped, args.timeout).await? {
+    match wait::wait(api, task, index, Goal::Stopped, args.timeout).await? {
         Outcome::Reached(task) => {
             match output {
                 Output::Json => format::emit_json(&task)?,

@@ -1,21 +1,30 @@
-//! `--wait`: polls a task until it gets where the user wants it or never will, with a spinner on
-//! a terminal.
+//! `--wait`: follows a task on the manager's event stream until it gets where the user wants
+//! it or never will, with a spinner on a terminal. Nothing is polled: the answer to the submit
+//! (or the stop) says from which index the task's events come, a dropped stream is resumed
+//! from the last one seen, and the full record is read once at the end.
 
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cube_api::ErrorCode;
+use cube_api::events::{Event, EventObject, StreamLine, TaskSummary};
 use cube_api::types::TaskView;
-use cube_core::{DesiredState, TaskId, TaskState};
+use cube_core::{DesiredState, TaskState};
+use cube_http::client::EventStream;
+use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use jiff::Timestamp;
+use tokio::time::Instant;
 
 use super::api::Api;
 
-/// How often the task is fetched.
-const POLL: Duration = Duration::from_millis(200);
 /// A task without a health check counts as running once it has stayed up this long, so a task
 /// that crashes at once is not reported as started.
 pub(super) const STABLE: Duration = Duration::from_secs(1);
+/// How long a task may wait for a node before `--wait` reads why.
+const UNPLACED: Duration = Duration::from_secs(1);
+/// Longest pause before reaching the manager's stream again.
+const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// What to wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,51 +63,166 @@ pub(super) fn unreached(
     Ok(std::process::ExitCode::from(WAIT_FAILED))
 }
 
-/// Polls task `id` until `goal` is reached, cannot be reached, or `timeout` passes.
+/// The manager's events after an index, for some topics, across dropped connections.
+pub(super) struct Follower<'a> {
+    api: &'a Api,
+    topics: Vec<String>,
+    last: u64,
+    stream: Option<EventStream>,
+    retry: Duration,
+}
+
+impl<'a> Follower<'a> {
+    /// Events of `topics` after `index`.
+    pub(super) fn new(api: &'a Api, index: u64, topics: Vec<String>) -> Self {
+        Self { api, topics, last: index, stream: None, retry: Duration::from_millis(100) }
+    }
+
+    /// The next event, or `None` once `until` has come first. A stream that ends or fails is
+    /// opened again from the last index seen; `on_trouble` hears why while it is down.
+    pub(super) async fn next(
+        &mut self,
+        until: Instant,
+        on_trouble: &dyn Fn(&str),
+    ) -> anyhow::Result<Option<Event>> {
+        loop {
+            let stream = match &mut self.stream {
+                Some(stream) => stream,
+                None => match self.api.client().events(Some(self.last), &self.topics).await {
+                    Ok(stream) => {
+                        self.retry = Duration::from_millis(100);
+                        self.stream.insert(stream)
+                    }
+                    Err(e) if e.is_transient() && e.code() != Some(ErrorCode::Gone) => {
+                        on_trouble(&format!("{} (retrying)", self.api.error(&e)));
+                        if tokio::time::timeout_at(until, tokio::time::sleep(self.retry))
+                            .await
+                            .is_err()
+                        {
+                            return Ok(None);
+                        }
+                        self.retry = (self.retry * 2).min(MAX_RETRY);
+                        continue;
+                    }
+                    Err(e) => return Err(self.api.error(&e)),
+                },
+            };
+            match tokio::time::timeout_at(until, stream.next()).await {
+                Err(_) => return Ok(None),
+                Ok(Some(Ok(StreamLine::Event(event)))) => {
+                    self.last = event.index;
+                    return Ok(Some(*event));
+                }
+                Ok(Some(Ok(StreamLine::Notice(notice)))) => {
+                    // A heartbeat's index was read up to; a lagged one is where to resume.
+                    self.last = self.last.max(notice.index);
+                }
+                Ok(Some(Err(_)) | None) => self.stream = None,
+            }
+        }
+    }
+}
+
+/// Follows `task` (as the submit or stop answered it, with the index its events follow) until
+/// `goal` is reached, cannot be reached, or `timeout` passes.
 pub(super) async fn wait(
     api: &Api,
-    id: TaskId,
+    task: TaskView,
+    index: u64,
     goal: Goal,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
     let spinner = Spinner::new();
     let deadline = Instant::now() + timeout;
-    let mut last: Option<TaskView> = None;
+    let id = task.id;
+    let mut follower = Follower::new(api, index, vec![format!("Task:{id}")]);
+    let mut view = task;
     // Since when the task has been seen running, for this start of it.
     let mut up_since: Option<(Option<Timestamp>, Instant)> = None;
+    // Why a waiting task has no node is worked out anew on every placement pass and never
+    // stored, so no event carries it: a task still waiting a while after its last event is
+    // read once to say why (once per event, so this is no polling).
+    let mut explain_at = Some(Instant::now() + UNPLACED);
     loop {
-        match api.task_raw(id).await {
-            Ok(task) => {
-                spinner.show(&progress(&task));
-                if let Some(outcome) = judge(&task, goal, &mut up_since) {
-                    spinner.clear();
-                    return Ok(outcome);
-                }
-                last = Some(task);
-            }
-            Err(e) if e.is_transient() => {
-                spinner.show(&format!("{} (retrying)", api.error(&e)));
-            }
-            Err(e) => {
-                spinner.clear();
-                return Err(api.error(&e));
-            }
-        }
-        if Instant::now() >= deadline {
+        spinner.show(&progress(&view));
+        if let Some(outcome) = judge(&view, goal, &mut up_since) {
             spinner.clear();
-            let what = match goal {
-                Goal::Running => "to run",
-                Goal::Stopped => "to stop",
-            };
-            let seen =
-                last.as_ref().map_or_else(String::new, |t| format!(": it is {}", progress(t)));
-            let why = format!(
-                "gave up after {} waiting for task {id} {what}{seen}",
-                cube_core::units::format_duration(timeout)
-            );
-            return Ok(Outcome::TimedOut(last, why));
+            return Ok(finished(api, outcome).await);
         }
-        tokio::time::sleep(POLL).await;
+        // Woken by the next event, when a task seen running has stayed up long enough, or
+        // when a waiting task should say why.
+        let mut until = match up_since {
+            Some((_, since)) => deadline.min(since + STABLE),
+            None => deadline,
+        };
+        let unplaced =
+            view.state == TaskState::Pending && view.desired_state == DesiredState::Running;
+        if let Some(at) = explain_at.filter(|_| unplaced) {
+            until = until.min(at);
+        }
+        let trouble = |why: &str| spinner.show(why);
+        match follower.next(until, &trouble).await? {
+            Some(event) => match event.object {
+                EventObject::Task(Some(summary)) if summary.updated_at >= view.updated_at => {
+                    apply(&mut view, &summary);
+                    explain_at = Some(Instant::now() + UNPLACED);
+                }
+                EventObject::Task(None) => {
+                    spinner.clear();
+                    let why = format!("task {id} was forgotten (its retention ended)");
+                    return Ok(Outcome::Failed(view, why));
+                }
+                _ => {}
+            },
+            None if Instant::now() >= deadline => {
+                spinner.clear();
+                let what = match goal {
+                    Goal::Running => "to run",
+                    Goal::Stopped => "to stop",
+                };
+                let why = format!(
+                    "gave up after {} waiting for task {id} {what}: it is {}",
+                    cube_core::units::format_duration(timeout),
+                    progress(&view)
+                );
+                return Ok(Outcome::TimedOut(Some(view), why));
+            }
+            None if unplaced && explain_at.is_some_and(|at| Instant::now() >= at) => {
+                explain_at = None;
+                if let Ok(fresh) = api.task(id).await {
+                    view = fresh;
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// The outcome with the task's full record (its history included), read once now.
+async fn finished(api: &Api, outcome: Outcome) -> Outcome {
+    let fresh = |seen: TaskView| async move { api.task(seen.id).await.unwrap_or(seen) };
+    match outcome {
+        Outcome::Reached(t) => Outcome::Reached(fresh(t).await),
+        Outcome::Failed(t, why) => Outcome::Failed(fresh(t).await, why),
+        timed_out @ Outcome::TimedOut(..) => timed_out,
+    }
+}
+
+/// Takes what an event says about the task into the view the wait judges.
+fn apply(view: &mut TaskView, s: &TaskSummary) {
+    view.state = s.state;
+    view.desired_state = s.desired_state;
+    view.node = s.node;
+    view.generation = s.generation;
+    view.healthy = s.healthy;
+    view.host_ports.clone_from(&s.host_ports);
+    view.exit_code = s.exit_code;
+    view.reason.clone_from(&s.reason);
+    view.restart_count = s.restart_count;
+    view.started_at = s.started_at;
+    view.updated_at = s.updated_at;
+    if let Some(e) = &s.last_event {
+        view.events.push(e.clone());
     }
 }
 

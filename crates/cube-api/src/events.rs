@@ -42,6 +42,7 @@ impl Event {
             EventObject::Node(_) => Topic::Node,
             EventObject::Service(_) => Topic::Service,
             EventObject::Deployment(_) => Topic::Deployment,
+            EventObject::Exec(_) => Topic::Exec,
         }
     }
 }
@@ -59,6 +60,8 @@ pub enum EventObject {
     Service(Option<Box<ServiceView>>),
     /// A deployment.
     Deployment(Option<Box<Deployment>>),
+    /// A command run in a task (keyed by the task id).
+    Exec(Option<Box<crate::exec::ExecRecord>>),
 }
 
 /// What events are about; `?topic=` selects them.
@@ -72,11 +75,14 @@ pub enum Topic {
     Service,
     /// Deployments (keyed by deployment id).
     Deployment,
+    /// Commands run in tasks (keyed by task id).
+    Exec,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 4] = [Topic::Task, Topic::Node, Topic::Service, Topic::Deployment];
+    pub const ALL: [Topic; 5] =
+        [Topic::Task, Topic::Node, Topic::Service, Topic::Deployment, Topic::Exec];
 
     /// Its name on the wire.
     pub const fn name(self) -> &'static str {
@@ -85,6 +91,7 @@ impl Topic {
             Topic::Node => "Node",
             Topic::Service => "Service",
             Topic::Deployment => "Deployment",
+            Topic::Exec => "Exec",
         }
     }
 }
@@ -189,6 +196,10 @@ pub enum EventType {
     DeploymentFailed,
     /// A deployment was cancelled by a newer one.
     DeploymentCancelled,
+    /// A command started in a task.
+    ExecStarted,
+    /// A command in a task ended (its exit code, or why it failed).
+    ExecEnded,
 }
 
 /// Who asked for a change.
@@ -324,7 +335,7 @@ mod tests {
         assert_eq!(TopicFilter::parse("Service:*").unwrap().key, None);
         let e = TopicFilter::parse("Tasks").unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgument);
-        assert!(e.message.contains("Task, Node, Service, Deployment"), "{}", e.message);
+        assert!(e.message.contains("Task, Node, Service, Deployment, Exec"), "{}", e.message);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`types`]: JSON request and response bodies (the wire format; field names are stable).
 //! - [`error`]: the one error envelope every endpoint answers with.
 //! - [`events`]: the lines of the manager's event stream.
+//! - [`exec`]: the frames of an exec session.
 //!
 //! **Boundary:** this crate is the only one that defines JSON shapes sent over HTTP. Domain types
 //! from `cube-core` that appear in bodies (the task spec, states, history entries, host stats)
@@ -11,6 +12,7 @@
 
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod types;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

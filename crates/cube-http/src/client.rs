@@ -242,6 +242,9 @@ pub struct Client {
 pub type LogStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>;
 
+/// A WebSocket opened by [`Client::websocket`].
+pub type WebSocket = tokio_tungstenite::WebSocketStream<reqwest::Upgraded>;
+
 /// The lines of `GET /v1/events` as they arrive (ends when the server closes the stream).
 pub type EventStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<StreamLine, ClientError>> + Send>>;
@@ -356,6 +359,45 @@ impl Client {
             },
         );
         Ok(Box::pin(lines))
+    }
+
+    /// Opens a WebSocket to `path_and_query` (an exec session): a GET upgraded on a
+    /// connection of its own, with this client's token and TLS settings; an error answer
+    /// (404, 409, ...) is decoded like any other.
+    pub async fn websocket(&self, path_and_query: &str) -> Result<WebSocket, ClientError> {
+        use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+        let url = format!("{}{path_and_query}", self.base);
+        let key = generate_key();
+        let response = self
+            .authorize(self.streaming.get(&url))
+            .header(reqwest::header::CONNECTION, "Upgrade")
+            .header(reqwest::header::UPGRADE, "websocket")
+            .header(reqwest::header::SEC_WEBSOCKET_VERSION, "13")
+            .header(reqwest::header::SEC_WEBSOCKET_KEY, &key)
+            .send()
+            .await
+            .map_err(|e| ClientError::unreachable(&url, e))?;
+        let status = response.status();
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(ClientError::from_answer(url, status, &bytes));
+        }
+        let accept = response.headers().get(reqwest::header::SEC_WEBSOCKET_ACCEPT);
+        if accept.and_then(|a| a.to_str().ok()) != Some(derive_accept_key(key.as_bytes()).as_str())
+        {
+            return Err(ClientError::NotCube {
+                url,
+                status: status.as_u16(),
+                body: "a 101 answer that is not a WebSocket handshake".into(),
+            });
+        }
+        let upgraded = response.upgrade().await.map_err(|e| ClientError::unreachable(&url, e))?;
+        Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+            upgraded,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await)
     }
 
     /// Starts a streamed GET of `url` (no overall timeout); an error answer is decoded.

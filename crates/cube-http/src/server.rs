@@ -88,6 +88,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
+/// An exec request: its parsed query and the WebSocket upgrade. A malformed query, then a
+/// request that is not an upgrade, is a JSON 400 (the query first, so a plain GET learns what
+/// is wrong with it).
+pub struct ExecUpgrade(pub cube_api::exec::ExecQuery, pub axum::extract::ws::WebSocketUpgrade);
+
+impl<S: Send + Sync> FromRequestParts<S> for ExecUpgrade {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let query = cube_api::exec::ExecQuery::parse(parts.uri.query().unwrap_or(""))?;
+        let upgrade = axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("an exec is a WebSocket: {} (cube exec opens one)", e.body_text()),
+            )
+        })?;
+        Ok(Self(query, upgrade))
+    }
+}
+
 /// Parses an id from a path segment, answering 400 (not 404) for something that is not an id.
 pub fn parse_id<T>(raw: &str) -> Result<T, ApiError>
 where

@@ -47,6 +47,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/tasks/{id}/exec", get(exec_task))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{name}", get(get_service).put(put_service).delete(remove_service))
         .route("/v1/services/{name}/scale", post(scale_service))
@@ -438,6 +439,19 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid: {e}"))
     })
+}
+
+/// `GET /v1/tasks/{id}/exec?command=...`: a command in the task's environment over a
+/// WebSocket, through its node (`cube_api::exec`). The node's end is opened first, so a task
+/// that does not run (409), an unknown one (404) or a bad query (400) is an HTTP error.
+async fn exec_task(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    cube_http::server::ExecUpgrade(query, upgrade): cube_http::server::ExecUpgrade,
+) -> Result<Response, HttpError> {
+    let id: TaskId = parse_id(&id)?;
+    let connected = m.exec_connect(id, query).await?;
+    Ok(upgrade.on_upgrade(move |socket| m.exec_relay(socket, connected)))
 }
 
 /// Streams the task's output from the node it was placed on.

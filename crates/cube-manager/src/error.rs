@@ -53,6 +53,14 @@ pub enum ManagerError {
     /// The task has not been placed on any node yet (so it has no output).
     #[error("task {0} has not run on any node yet")]
     NeverRan(TaskId),
+    /// An exec needs the task running.
+    #[error("task {id} is {state}: a command can run only in a running task")]
+    NotRunning {
+        /// The task.
+        id: TaskId,
+        /// Its state.
+        state: cube_core::TaskState,
+    },
     /// A node could not be reached for a request made on a user's behalf.
     #[error("node {node} unreachable")]
     NodeUnreachable {
@@ -97,7 +105,9 @@ impl From<ManagerError> for ApiError {
         match e {
             ManagerError::TaskNotFound(id) => ApiError::not_found("task", id),
             ManagerError::NodeNotFound(id) => ApiError::not_found("node", id),
-            ManagerError::Conflict(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
+            ManagerError::Conflict(_) | ManagerError::NotRunning { .. } => {
+                ApiError::new(ErrorCode::Conflict, e.to_string())
+            }
             ManagerError::NeverRan(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
             ManagerError::ServiceNotFound(name) => ApiError::not_found("service", name),
             ManagerError::DeploymentNotFound(id) => ApiError::not_found("deployment", id),

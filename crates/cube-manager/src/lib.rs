@@ -12,6 +12,7 @@
 mod api;
 mod error;
 mod events;
+mod exec;
 mod metrics;
 mod state;
 
@@ -119,6 +120,8 @@ pub struct Manager {
     /// Every committed change, in index order.
     events: events::EventLog,
     metrics: metrics::Metrics,
+    /// Exec sessions passing through now.
+    exec_sessions: std::sync::atomic::AtomicUsize,
     kick: Notify,
     /// Wakes the service loop: a plan may want to be looked at again sooner.
     services_kick: Notify,
@@ -211,6 +214,7 @@ impl Manager {
             store,
             events,
             metrics: metrics::Metrics::new(),
+            exec_sessions: std::sync::atomic::AtomicUsize::new(0),
             kick: Notify::new(),
             services_kick: Notify::new(),
             http,
@@ -337,6 +341,18 @@ impl Manager {
         Ok(())
     }
 
+    /// Commits events that change no record (an exec), for `by`.
+    async fn record(&self, by: Actor, changes: Vec<events::Change>) -> Result<(), ManagerError> {
+        let staged = {
+            // Under the state lock like every change, so indexes follow commit order.
+            let _state = self.lock();
+            let mut batch = Batch::new();
+            let index = self.events.stage(changes, self.clock.now(), &by, &mut batch)?;
+            Staged::commit(self.store.as_ref(), batch, index)
+        };
+        self.committed(staged).await
+    }
+
     /// Waits for a staged batch to be durable, then lets its events out.
     async fn committed(&self, staged: Staged) -> Result<(), ManagerError> {
         staged.commit.await?;
@@ -378,6 +394,7 @@ impl Manager {
             }
         };
         snapshot.subscribers = self.events.subscribers();
+        snapshot.exec_sessions = self.exec_sessions.load(std::sync::atomic::Ordering::Relaxed);
         snapshot.event_index = self.events.current();
         self.metrics.render(&snapshot)
     }

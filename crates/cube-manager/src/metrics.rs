@@ -62,6 +62,7 @@ pub(crate) struct Metrics {
     deployments: Family<StatusLabel, Gauge>,
     subscribers: Gauge,
     event_index: Gauge,
+    exec_sessions: Gauge,
 }
 
 /// What a scrape reads from the state.
@@ -79,6 +80,8 @@ pub(crate) struct Snapshot {
     pub subscribers: usize,
     /// The newest durable event index.
     pub event_index: u64,
+    /// Exec sessions open.
+    pub exec_sessions: usize,
 }
 
 fn int(n: usize) -> i64 {
@@ -153,6 +156,12 @@ impl Metrics {
             "The newest durable change index",
             event_index.clone(),
         );
+        let exec_sessions = Gauge::default();
+        registry.register(
+            "cube_exec_sessions",
+            "Exec sessions passing through the manager",
+            exec_sessions.clone(),
+        );
         Self {
             registry,
             http,
@@ -170,6 +179,7 @@ impl Metrics {
             deployments,
             subscribers,
             event_index,
+            exec_sessions,
         }
     }
 
@@ -199,6 +209,7 @@ impl Metrics {
         self.placed(0, 0);
         self.pending.set(int(snapshot.pending));
         self.subscribers.set(int(snapshot.subscribers));
+        self.exec_sessions.set(int(snapshot.exec_sessions));
         self.event_index.set(i64::try_from(snapshot.event_index).unwrap_or(i64::MAX));
         cube_http::metrics::encode(&self.registry)
     }

@@ -320,6 +320,33 @@ impl Agent {
         removed
     }
 
+    /// The running workload of task `id`, for an exec: refused for an unknown task or one that
+    /// does not run.
+    pub(crate) fn exec_target(&self, id: TaskId) -> Result<Task, WorkerError> {
+        let task = self.table.get(id).ok_or(WorkerError::NotFound(id))?;
+        match (&task.handle, task.state) {
+            (Some(_), cube_core::TaskState::Running) => Ok(task),
+            (_, state) => Err(WorkerError::NotRunning { id, state }),
+        }
+    }
+
+    /// Starts `query`'s command in `task`'s workload (from [`Agent::exec_target`]).
+    pub(crate) async fn session(
+        &self,
+        task: &Task,
+        query: &cube_api::exec::ExecQuery,
+    ) -> Result<crate::driver::Session, crate::driver::DriverError> {
+        let req = crate::driver::SessionRequest {
+            command: query.command.clone(),
+            tty: query.tty,
+            stdin: query.stdin,
+            size: query.size.map(|s| (s.width, s.height)),
+        };
+        let handle = task.handle.as_ref().ok_or(crate::driver::DriverError::NoSessions)?;
+        tracing::info!(task = %task.id, command = ?query.command, tty = query.tty, "exec");
+        self.ctx.drivers.session(handle, &task.spec, &req).await
+    }
+
     /// Asks a task to stop. Stopping a finished task is a no-op that returns it as it is.
     pub(crate) async fn stop(&self, id: TaskId) -> Result<Task, WorkerError> {
         let now = self.ctx.clock.now();

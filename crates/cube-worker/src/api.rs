@@ -41,6 +41,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/tasks", get(list_tasks).post(submit_task))
         .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/tasks/{id}/exec", get(exec_task))
         .route("/metrics", get(metrics))
         .with_state(state);
     cube_http::server::finish_router(routes, token, Some(http_metrics))
@@ -50,9 +51,10 @@ impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match &e {
             WorkerError::NotFound(id) => ApiError::not_found("task", id),
-            WorkerError::Conflict(_) | WorkerError::Stale { .. } | WorkerError::Busy { .. } => {
-                ApiError::new(ErrorCode::Conflict, e.to_string())
-            }
+            WorkerError::Conflict(_)
+            | WorkerError::Stale { .. }
+            | WorkerError::Busy { .. }
+            | WorkerError::NotRunning { .. } => ApiError::new(ErrorCode::Conflict, e.to_string()),
             WorkerError::Store(_) => {
                 let message = Chain(&e).to_string();
                 tracing::error!(error = %message, "store failure while serving a request");
@@ -91,6 +93,23 @@ async fn health(State(s): State<ApiState>) -> axum::Json<HealthView> {
 async fn stats(State(s): State<ApiState>) -> axum::Json<NodeStats> {
     let host = s.host.borrow().clone();
     axum::Json(node_stats(&host, s.agent.table()))
+}
+
+/// `GET /v1/tasks/{id}/exec?command=...`: a command in the task's environment, over a
+/// WebSocket (`cube_api::exec`). The task must be running; a bad query, an unknown task or a
+/// finished one is refused before the upgrade.
+async fn exec_task(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    cube_http::server::ExecUpgrade(query, upgrade): cube_http::server::ExecUpgrade,
+) -> Result<Response, HttpError> {
+    let id: TaskId = parse_id(&id)?;
+    let target = s.agent.exec_target(id)?;
+    let agent = Arc::clone(&s.agent);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let session = agent.session(&target, &query).await;
+        crate::exec::serve(socket, session).await;
+    }))
 }
 
 /// `GET /metrics`: Prometheus metrics (the cluster token guards it like every route).

@@ -35,6 +35,14 @@ pub enum WorkerError {
         /// Generation still running.
         generation: u32,
     },
+    /// An exec needs the task's workload running.
+    #[error("task {id} is {state}: a command can run only in a running task")]
+    NotRunning {
+        /// The task.
+        id: TaskId,
+        /// Its state.
+        state: cube_core::TaskState,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -14,6 +14,7 @@ mod agent;
 mod api;
 mod driver;
 mod error;
+mod exec;
 mod health;
 mod host;
 mod logs;

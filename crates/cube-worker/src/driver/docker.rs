@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::exec::{ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, ExecConfig,
     HostConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
@@ -35,8 +36,8 @@ use tokio::sync::{Semaphore, SemaphorePermit, oneshot};
 
 use super::output::{Cursor, open_log};
 use super::{
-    Background, Driver, DriverError, EngineError, ExitInfo, ExitWatch, Owned, PullError,
-    StartRequest, Started, wait_exit,
+    Background, Driver, DriverError, EngineError, ExitInfo, ExitWatch, Owned, PullError, Session,
+    SessionControl, SessionRequest, Source, StartRequest, Started, wait_exit,
 };
 
 /// Label holding the task id.
@@ -473,6 +474,49 @@ impl Driver for DockerDriver {
         self.list_managed(node).await
     }
 
+    async fn session(
+        &self,
+        handle: &DriverHandle,
+        _spec: &TaskSpec,
+        req: &SessionRequest,
+    ) -> Result<Session, DriverError> {
+        let id = container_id(handle)?;
+        let config = ExecConfig {
+            cmd: Some(req.command.clone()),
+            attach_stdin: Some(req.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(req.tty),
+            ..Default::default()
+        };
+        let created =
+            self.docker.create_exec(id, config).await.map_err(engine("cannot create exec"))?;
+        let options = StartExecOptions { detach: false, tty: req.tty, output_capacity: None };
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(options))
+            .await
+            .map_err(engine("cannot start exec"))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(DriverError::NoExitCode { command: req.command.clone() });
+        };
+        let control = DockerSession { docker: self.docker.clone(), exec: created.id };
+        if let (true, Some((width, height))) = (req.tty, req.size) {
+            control.resize(width, height).await?;
+        }
+        let output = output.filter_map(|item| {
+            std::future::ready(match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok((Source::Stdout, message)))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok((Source::Stderr, message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(engine("exec output failed")(e))),
+            })
+        });
+        Ok(Session { stdin: input, output: output.boxed(), control: Box::new(control) })
+    }
+
     async fn reattach_output(
         &self,
         handle: &DriverHandle,
@@ -574,6 +618,36 @@ fn host_ports(info: &ContainerInspectResponse) -> Vec<HostPort> {
 
 fn port_key(port: u16, protocol: Protocol) -> String {
     format!("{port}/{protocol}")
+}
+
+/// An exec the engine runs for a session.
+struct DockerSession {
+    docker: Docker,
+    exec: String,
+}
+
+impl SessionControl for DockerSession {
+    fn resize(
+        &self,
+        width: u16,
+        height: u16,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), DriverError>> {
+        Box::pin(async move {
+            let size = ResizeExecOptions { width, height };
+            self.docker.resize_exec(&self.exec, size).await.map_err(engine("cannot resize exec"))
+        })
+    }
+
+    fn exit_code(&mut self) -> futures_util::future::BoxFuture<'_, Result<i64, DriverError>> {
+        Box::pin(async move {
+            let inspect = self
+                .docker
+                .inspect_exec(&self.exec)
+                .await
+                .map_err(engine("cannot inspect exec"))?;
+            inspect.exit_code.ok_or_else(|| DriverError::NoExitCode { command: Vec::new() })
+        })
+    }
 }
 
 fn container_id(handle: &DriverHandle) -> Result<&str, DriverError> {

@@ -16,6 +16,7 @@ pub(crate) mod docker;
 pub mod fake;
 pub(crate) mod output;
 pub(crate) mod process;
+pub(crate) mod session;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,8 @@ use std::time::Duration;
 use cube_core::{DriverHandle, DriverKind, HostPort, NodeId, TaskId, TaskSpec};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+
+pub(crate) use session::{Session, SessionControl, SessionRequest, Source};
 use tokio_util::task::TaskTracker;
 
 /// Everything a driver needs to start one run of a task.
@@ -193,6 +196,18 @@ pub(crate) enum DriverError {
         /// The command.
         command: Vec<String>,
     },
+    /// The driver cannot run interactive commands (the fake driver).
+    #[error("this driver cannot run interactive commands")]
+    NoSessions,
+    /// A session's stream failed.
+    #[error("the session's {what} failed")]
+    SessionIo {
+        /// Which stream.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why an image pull failed.
@@ -268,6 +283,17 @@ pub(crate) trait Driver: Send + Sync {
         spec: &TaskSpec,
         command: &[String],
     ) -> impl Future<Output = Result<i64, DriverError>> + Send;
+
+    /// Starts `req.command` in the workload's environment with its streams attached (an
+    /// interactive exec): inside its container, or on the host with a process's environment.
+    fn session(
+        &self,
+        _handle: &DriverHandle,
+        _spec: &TaskSpec,
+        _req: &SessionRequest,
+    ) -> impl Future<Output = Result<Session, DriverError>> + Send {
+        async { Err(DriverError::NoSessions) }
+    }
 
     /// The workloads this driver finds labelled for `node`, running or not, so a restarted
     /// worker can remove those no task owns. Drivers that cannot list theirs find none.
@@ -454,6 +480,25 @@ impl Drivers {
             }
             #[cfg(any(test, feature = "fake-driver"))]
             (Set::Fake(fake), _) => fake.recover(handle).await,
+        }
+    }
+
+    /// Starts an interactive command in a workload's environment (see [`Driver::session`]).
+    pub(crate) async fn session(
+        &self,
+        handle: &DriverHandle,
+        spec: &TaskSpec,
+        req: &SessionRequest,
+    ) -> Result<Session, DriverError> {
+        match (&self.set, spec.driver) {
+            (Set::Host { docker, .. }, DriverKind::Docker) => {
+                ready(docker)?.session(handle, spec, req).await
+            }
+            (Set::Host { process, .. }, DriverKind::Process) => {
+                process.session(handle, spec, req).await
+            }
+            #[cfg(any(test, feature = "fake-driver"))]
+            (Set::Fake(fake), _) => fake.session(handle, spec, req).await,
         }
     }
 

@@ -19,8 +19,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use super::output::open_log;
+use futures_util::StreamExt;
+
 use super::{
-    Background, Driver, DriverError, ExitInfo, ExitWatch, StartRequest, Started, wait_exit,
+    Background, Driver, DriverError, ExitInfo, ExitWatch, Session, SessionControl, SessionRequest,
+    Source, StartRequest, Started, wait_exit,
 };
 
 /// Runs tasks as host processes.
@@ -187,6 +190,144 @@ impl Driver for ProcessDriver {
             .map_err(|source| DriverError::Spawn { program: program.clone(), source })?;
         Ok(status.code().map(i64::from).unwrap_or(-1))
     }
+
+    async fn session(
+        &self,
+        handle: &DriverHandle,
+        spec: &TaskSpec,
+        req: &SessionRequest,
+    ) -> Result<Session, DriverError> {
+        // Like the task itself: on the host, with its environment and working directory, and
+        // no isolation (it has none to share).
+        let (program, args) = req.command.split_first().ok_or(DriverError::Incomplete {
+            driver: DriverKind::Process,
+            what: "a command to run",
+        })?;
+        process_pid(handle)?;
+        let env = &spec.env;
+        let spawn_error = |source| DriverError::Spawn { program: program.clone(), source };
+        if req.tty {
+            let (pty, pts) = pty_process::open().map_err(|e| spawn_error(pty_error(e)))?;
+            if let Some((width, height)) = req.size {
+                pty.resize(pty_process::Size::new(height, width))
+                    .map_err(|e| spawn_error(pty_error(e)))?;
+            }
+            // A handle of its own on the terminal for resizing, as the pty is split below.
+            let terminal = std::os::fd::AsFd::as_fd(&pty)
+                .try_clone_to_owned()
+                .map_err(|source| DriverError::SessionIo { what: "terminal", source })?;
+            let mut command = pty_process::Command::new(program).args(args).kill_on_drop(true);
+            for (k, v) in env {
+                command = command.env(k, v);
+            }
+            if let Some(dir) = &spec.workdir {
+                command = command.current_dir(dir);
+            }
+            let child = command.spawn(pts).map_err(|e| spawn_error(pty_error(e)))?;
+            let (read, write) = pty.into_split();
+            let output = tokio_util::io::ReaderStream::new(read)
+                // Reading a terminal whose last writer has gone fails with EIO: that is its end.
+                .take_while(|r| {
+                    std::future::ready(!matches!(r, Err(e) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())))
+                })
+                .map(|r| {
+                    r.map(|b| (Source::Stdout, b))
+                        .map_err(|source| DriverError::SessionIo { what: "output", source })
+                });
+            return Ok(Session {
+                stdin: Box::pin(write),
+                output: output.boxed(),
+                control: Box::new(ChildSession { child, terminal: Some(terminal) }),
+            });
+        }
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .envs(env)
+            .stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &spec.workdir {
+            command.current_dir(dir);
+        }
+        let mut child = command.spawn().map_err(spawn_error)?;
+        let stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match child.stdin.take() {
+            Some(stdin) => Box::pin(stdin),
+            None => Box::pin(tokio::io::sink()),
+        };
+        let tagged = |source: Source| {
+            move |r: std::io::Result<bytes::Bytes>| {
+                r.map(|b| (source, b))
+                    .map_err(|source| DriverError::SessionIo { what: "output", source })
+            }
+        };
+        let stdout = child
+            .stdout
+            .take()
+            .map(|o| tokio_util::io::ReaderStream::new(o).map(tagged(Source::Stdout)).boxed());
+        let stderr = child
+            .stderr
+            .take()
+            .map(|e| tokio_util::io::ReaderStream::new(e).map(tagged(Source::Stderr)).boxed());
+        let output = futures_util::stream::select(
+            stdout.unwrap_or_else(|| futures_util::stream::empty().boxed()),
+            stderr.unwrap_or_else(|| futures_util::stream::empty().boxed()),
+        );
+        Ok(Session {
+            stdin,
+            output: output.boxed(),
+            control: Box::new(ChildSession { child, terminal: None }),
+        })
+    }
+}
+
+/// A command the process driver started for a session.
+struct ChildSession {
+    child: tokio::process::Child,
+    /// Its terminal, when it has one.
+    terminal: Option<std::os::fd::OwnedFd>,
+}
+
+impl SessionControl for ChildSession {
+    fn resize(
+        &self,
+        width: u16,
+        height: u16,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), DriverError>> {
+        let result = match &self.terminal {
+            Some(fd) => {
+                let size = rustix::termios::Winsize {
+                    ws_row: height,
+                    ws_col: width,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                rustix::termios::tcsetwinsize(fd, size)
+                    .map_err(|e| DriverError::SessionIo { what: "terminal", source: e.into() })
+            }
+            None => Ok(()),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn exit_code(&mut self) -> futures_util::future::BoxFuture<'_, Result<i64, DriverError>> {
+        Box::pin(async move {
+            let status = self
+                .child
+                .wait()
+                .await
+                .map_err(|source| DriverError::SessionIo { what: "exit status", source })?;
+            // Killed by a signal: the shell's convention, 128 + the signal.
+            Ok(status
+                .code()
+                .map_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)), i64::from))
+        })
+    }
+}
+
+fn pty_error(e: pty_process::Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 fn process_pid(handle: &DriverHandle) -> Result<u32, DriverError> {

@@ -105,9 +105,18 @@ fn detail(object: &EventObject) -> String {
         EventObject::Deployment(Some(d)) => {
             format!("{} v{}: {}", d.service, d.version, d.description)
         }
+        EventObject::Exec(Some(e)) => {
+            let command = super::format::shell_words(&e.command);
+            match &e.ended {
+                None => command,
+                Some(cube_api::exec::Control::Exit { code }) => format!("{command}: exit {code}"),
+                Some(cube_api::exec::Control::Error { message }) => format!("{command}: {message}"),
+            }
+        }
         EventObject::Task(None)
         | EventObject::Node(None)
         | EventObject::Service(None)
-        | EventObject::Deployment(None) => "deleted".to_owned(),
+        | EventObject::Deployment(None)
+        | EventObject::Exec(None) => "deleted".to_owned(),
     }
 }

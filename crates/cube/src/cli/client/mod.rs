@@ -14,6 +14,7 @@
 
 mod api;
 mod events;
+mod exec;
 mod file;
 mod format;
 mod logs;
@@ -119,6 +120,20 @@ pub enum ClientCommand {
     ///   cube deployment fail 0193a2c4-...
     #[command(verbatim_doc_comment, subcommand)]
     Deployment(DeploymentCommand),
+    /// Run a command in a running task, on whichever node it runs
+    ///
+    /// The command runs in the task's environment: inside its container for docker tasks; on
+    /// its node with its environment and working directory for process tasks (which have no
+    /// isolation to share). `cube exec` exits with the command's exit code, or 255 when the
+    /// session itself failed (the task does not run, the node is unreachable, the connection
+    /// broke), with one line saying why.
+    ///
+    /// Examples:
+    ///   cube exec 3f2a9c -- ls /www
+    ///   cube exec -it 3f2a9c -- sh
+    ///   tar c site | cube exec -i 3f2a9c -- tar x -C /www
+    #[command(verbatim_doc_comment)]
+    Exec(ExecArgs),
     /// Follow the cluster's changes as they are committed, one line each
     ///
     /// Every change to a task, node, service or deployment has an index; the stream starts
@@ -131,6 +146,23 @@ pub enum ClientCommand {
     ///   cube events --index 0 -o json | jq 'select(.type == "TaskFailed")'
     #[command(verbatim_doc_comment)]
     Events(EventsArgs),
+}
+
+/// Options of `cube exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Send standard input to the command (its end closes the command's stdin).
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Run the command on a terminal: this one in raw mode, its size kept in step.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Task id (or a unique prefix of one).
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// Options of `cube events`.
@@ -405,7 +437,7 @@ pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCo
     let api = api::Api::new(&global.addr, global.token()?, global.tls_ca.as_deref())?;
     let output = global.output;
     let runtime = super::agents::runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match command {
             ClientCommand::Run(args) => run::run(&api, args, output).await,
             ClientCommand::Status(args) => status::status(&api, args, output).await,
@@ -417,8 +449,13 @@ pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCo
             ClientCommand::Service(command) => service::service(&api, command, output).await,
             ClientCommand::Deployment(command) => service::deployment(&api, command, output).await,
             ClientCommand::Events(args) => events::events(&api, args, output).await,
+            ClientCommand::Exec(args) => exec::exec(&api, args).await,
         }
-    })
+    });
+    // A read of standard input may still be blocked in a thread of the runtime (`cube exec -i`
+    // ends when the command does, not when its input does): do not wait for it.
+    runtime.shutdown_background();
+    result
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

@@ -71,6 +71,11 @@ step restart "$BENCH" restart --data-dir "$OUT/store" --json "$OUT/restart.json"
 step sim-nodes "$BENCH" sim-nodes --nodes 1000,5000 --tasks 10000 --json "$OUT/sim-nodes.json"
 step rollout "$BENCH" rollout --replicas 10 --runs 3 --json "$OUT/rollout.json"
 if $docker_ok; then
+  step observe "$BENCH" observe --json "$OUT/observe.json"
+else
+  step observe "$BENCH" observe --skip-docker --json "$OUT/observe.json"
+fi
+if $docker_ok; then
   step swarm scripts/bench-swarm.sh --runs "$SWARM_RUNS" --json "$OUT/swarm.json"
   step swarm-rollout scripts/bench-swarm-rollout.sh --runs "$SWARM_RUNS" --json "$OUT/swarm-rollout.json"
 fi

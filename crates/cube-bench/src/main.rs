@@ -13,6 +13,7 @@ mod lab;
 mod latency;
 mod load;
 mod memory;
+mod observe;
 mod out;
 mod report;
 mod restart;
@@ -61,6 +62,8 @@ enum Command {
     /// A service of N instances updated start-first: rollout time, Cube's cost per batch, and
     /// the fewest healthy instances sampled every 100 ms.
     Rollout(rollout::RolloutArgs),
+    /// Event delivery latency, idle subscribers' memory, a scrape with 10k tasks, exec times.
+    Observe(observe::ObserveArgs),
     /// Simulated nodes (a benchmark tool, like kwok): thousands of nodes that accept tasks
     /// without running them. Benchmarks a manager of its own, or serves `--manager URL`.
     SimNodes(scale::SimNodesArgs),
@@ -134,6 +137,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Failover(a) => failover::run(&lab, a).await,
         Command::Restart(a) => restart::run(&lab, a).await,
         Command::Rollout(a) => rollout::run(&lab, a).await,
+        Command::Observe(a) => observe::run(&lab, a).await,
         Command::SimNodes(a) => scale::sim_nodes(&lab, a).await,
         Command::ScaleUp(a) => scale::scale_up(&lab, a).await,
         Command::Report(_) => unreachable_report(),

@@ -51,6 +51,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("swarm", swarm(&results)),
         ("rollout", rollout(&results)),
         ("swarm-rollout", swarm_rollout(&results)),
+        ("observe", observe(&results)),
     ];
     for (name, content) in sections {
         match content {
@@ -107,6 +108,7 @@ struct Results {
     swarm: Option<Value>,
     rollout: Option<Value>,
     swarm_rollout: Option<Value>,
+    observe: Option<Value>,
     /// Mean nanoseconds per placement by (nodes, scheduler).
     sched: Vec<(u64, &'static str, f64)>,
 }
@@ -142,6 +144,7 @@ impl Results {
             swarm: read("swarm"),
             rollout: read("rollout"),
             swarm_rollout: read("swarm-rollout"),
+            observe: read("observe"),
             sched,
         }
     }
@@ -799,6 +802,59 @@ fn rollout(r: &Results) -> Option<String> {
         x["driver"].as_str().unwrap_or("?"),
         x["parallel"],
     ))
+}
+
+fn observe(r: &Results) -> Option<String> {
+    let x = r.observe.as_ref()?;
+    let p = |key: &str, pct: &str| num(x, &format!("/{key}/{pct}_ms"));
+    let mut rows = vec![
+        vec![
+            format!("Commit → event delivered, {} changes/s", int(num(x, "/rate")?)),
+            format!(
+                "p50 {}, p99 {} ({} changes/s achieved)",
+                opt(p("events", "p50"), ms),
+                opt(p("events", "p99"), ms),
+                opt(num(x, "/achieved_rate"), int)
+            ),
+            "p99 ≤ 50 ms".into(),
+            opt(p("events", "p99"), |v| at_most(v, 50.0, " ms")),
+        ],
+        vec![
+            format!("Manager memory per idle subscriber ({})", x["subscribers"]),
+            opt(num(x, "/bytes_per_subscriber"), |v| format!("{:.1} KB", v / 1000.0)),
+            "≤ 64 KB".into(),
+            opt(num(x, "/bytes_per_subscriber"), |v| at_most(v / 1000.0, 64.0, " KB")),
+        ],
+        vec![
+            format!("Scrape of `/metrics` with {} tasks", opt(num(x, "/scrape_tasks"), int)),
+            format!(
+                "p50 {}, {} bytes",
+                opt(p("scrape", "p50"), ms),
+                opt(num(x, "/scrape_bytes"), int)
+            ),
+            "< 10 ms and < 200 KB".into(),
+            opt(p("scrape", "p50"), |v| at_most(v, 10.0, " ms")),
+        ],
+        vec![
+            "`cube exec ID -- true`, process task".into(),
+            format!("p50 {}", opt(p("exec_process", "p50"), ms)),
+            "≤ 30 ms".into(),
+            opt(p("exec_process", "p50"), |v| at_most(v, 30.0, " ms")),
+        ],
+    ];
+    if let (Some(cube), Some(docker)) = (p("exec_container", "p50"), p("docker_exec", "p50")) {
+        rows.push(vec![
+            "`cube exec ID -- true`, container (beside `docker exec`)".into(),
+            format!("p50 {} (docker exec {})", ms(cube), ms(docker)),
+            "≤ docker exec + 20 ms".into(),
+            if cube <= docker {
+                format!("met ({} faster than `docker exec`)", ms(docker - cube))
+            } else {
+                at_most(cube - docker, 20.0, " ms over docker exec")
+            },
+        ]);
+    }
+    Some(table(&["Figure", "This run", "Goal", "Verdict"], &rows))
 }
 
 fn swarm_rollout(r: &Results) -> Option<String> {

@@ -305,3 +305,29 @@ async fn clients_that_go_away_mid_stream_leave_nothing_behind() {
         .await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn server_sent_events_resume_from_last_event_id() {
+    let cluster = Cluster::start(0).await;
+    for i in 0..3 {
+        cluster.submit(sleeper(&format!("t{i}"))).await;
+    }
+    let url = format!("{}/v1/events", cluster.client().base());
+    let request = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "1")
+        .send();
+    let response = cluster.drive(request).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 2 {
+        let chunk = cluster.drive(body.next()).await.unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let frames: Vec<&str> = text.split_terminator("\n\n").collect();
+    assert!(frames[0].starts_with("id: 2\ndata: {\"index\":2,"), "{text}");
+    assert!(frames[1].starts_with("id: 3\ndata: {\"index\":3,"), "{text}");
+    cluster.shutdown().await;
+}

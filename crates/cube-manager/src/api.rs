@@ -451,7 +451,7 @@ async fn exec_task(
 ) -> Result<Response, HttpError> {
     let id: TaskId = parse_id(&id)?;
     let connected = m.exec_connect(id, query).await?;
-    Ok(upgrade.on_upgrade(move |socket| m.exec_relay(socket, connected)))
+    Ok(upgrade.on_upgrade(move |socket| m.serve_exec(socket, connected)))
 }
 
 /// Streams the task's output from the node it was placed on.

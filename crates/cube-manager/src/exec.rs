@@ -54,12 +54,20 @@ impl Manager {
         Ok(Connected { worker, record })
     }
 
-    /// Passes frames between the client and the worker until either goes away, then records
-    /// how the session ended.
-    pub(crate) async fn exec_relay(self: Arc<Self>, client: WebSocket, connected: Connected) {
+    /// Serves a session, tracked with the manager's other work (a stopping manager ends it
+    /// and waits for it).
+    pub(crate) async fn serve_exec(self: Arc<Self>, client: WebSocket, connected: Connected) {
+        let this = Arc::clone(&self);
+        let session = self.tracker.spawn(this.exec_relay(client, connected));
+        let _ = session.await;
+    }
+
+    /// Passes frames between the client and the worker until either goes away (or the
+    /// manager shuts down), then records how the session ended.
+    async fn exec_relay(self: Arc<Self>, client: WebSocket, connected: Connected) {
         self.exec_sessions.fetch_add(1, Ordering::Relaxed);
         let Connected { worker, mut record } = connected;
-        let ended = relay(client, worker).await;
+        let ended = relay(client, worker, &self.shutdown).await;
         self.exec_sessions.fetch_sub(1, Ordering::Relaxed);
         record.ended = Some(ended);
         self.record_exec(EventType::ExecEnded, &record).await;
@@ -80,7 +88,11 @@ impl Manager {
 
 /// Relays until the session ends; how it ended (the worker's last `Control` frame, or why
 /// it broke off).
-async fn relay(client: WebSocket, worker: cube_http::client::WebSocket) -> Control {
+async fn relay(
+    client: WebSocket,
+    worker: cube_http::client::WebSocket,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Control {
     let (mut to_client, mut from_client) = client.split();
     let (mut to_worker, mut from_worker) = worker.split();
     let mut reported: Option<Control> = None;
@@ -110,6 +122,7 @@ async fn relay(client: WebSocket, worker: cube_http::client::WebSocket) -> Contr
                 }
                 Some(Ok(_)) => {}
             },
+            () = shutdown.cancelled() => break "the manager is shutting down",
             _ = ping.tick() => {
                 if to_client.send(ClientMessage::Ping(Default::default())).await.is_err() {
                     break "the client went away";
@@ -120,7 +133,18 @@ async fn relay(client: WebSocket, worker: cube_http::client::WebSocket) -> Contr
             }
         }
     };
+    let ended = match reported {
+        Some(control) => control,
+        None => {
+            // The node said nothing of the end: the client hears why from here.
+            let control = Control::Error { message: broke_off.into() };
+            let json = serde_json::to_vec(&control).unwrap_or_default();
+            let frame = ClientMessage::Binary(Channel::Control.frame(&json).into());
+            let _ = to_client.send(frame).await;
+            control
+        }
+    };
     let _ = to_client.close().await;
     let _ = to_worker.close().await;
-    reported.unwrap_or_else(|| Control::Error { message: broke_off.into() })
+    ended
 }

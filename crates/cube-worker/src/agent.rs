@@ -330,8 +330,24 @@ impl Agent {
         }
     }
 
+    /// Serves an exec session on `socket` until it ends or the worker shuts down (which ends
+    /// its command); tracked with the runners, so a stopping worker waits for it.
+    pub(crate) async fn serve_exec(
+        self: Arc<Self>,
+        socket: axum::extract::ws::WebSocket,
+        task: Task,
+        query: cube_api::exec::ExecQuery,
+    ) {
+        let this = Arc::clone(&self);
+        let session = self.runners.spawn(async move {
+            let session = this.session(&task, &query).await;
+            crate::exec::serve(socket, session, this.ctx.shutdown.clone()).await;
+        });
+        let _ = session.await;
+    }
+
     /// Starts `query`'s command in `task`'s workload (from [`Agent::exec_target`]).
-    pub(crate) async fn session(
+    async fn session(
         &self,
         task: &Task,
         query: &cube_api::exec::ExecQuery,

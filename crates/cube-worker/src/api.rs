@@ -106,10 +106,7 @@ async fn exec_task(
     let id: TaskId = parse_id(&id)?;
     let target = s.agent.exec_target(id)?;
     let agent = Arc::clone(&s.agent);
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        let session = agent.session(&target, &query).await;
-        crate::exec::serve(socket, session).await;
-    }))
+    Ok(upgrade.on_upgrade(move |socket| agent.serve_exec(socket, target, query)))
 }
 
 /// `GET /metrics`: Prometheus metrics (the cluster token guards it like every route).

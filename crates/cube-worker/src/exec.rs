@@ -32,7 +32,11 @@ fn control(c: &Control) -> Message {
 
 /// Runs the session `session` (or says why it could not start) on `socket` until the
 /// command ends or the client goes away.
-pub(crate) async fn serve(socket: WebSocket, session: Result<Session, DriverError>) {
+pub(crate) async fn serve(
+    socket: WebSocket,
+    session: Result<Session, DriverError>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let (mut sink, mut incoming) = socket.split();
     let Session { stdin, mut output, control: ctl } = match session {
         Ok(session) => session,
@@ -116,6 +120,9 @@ pub(crate) async fn serve(socket: WebSocket, session: Result<Session, DriverErro
                 }
             },
             _ = &mut input => break None,
+            () = shutdown.cancelled() => {
+                break Some(Control::Error { message: "the worker is shutting down".into() });
+            }
             _ = ping.tick() => {
                 if outbox.send(Message::Ping(Bytes::new())).await.is_err() {
                     break None;

@@ -272,3 +272,35 @@ async fn bad_execs_are_refused_with_a_reason() {
     assert_eq!(status, 400, "a plain GET is not a session: {body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("WebSocket"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_manager_ends_its_sessions_and_says_so() {
+    let (mut m, _w) = cluster().await;
+    let id = running(
+        &m,
+        serde_json::json!({"name": "p", "driver": "process",
+        "command": "sleep", "args": ["600"]}),
+    )
+    .await;
+    let client = Command::new(common::cube_bin())
+        .args(["--addr", &m.url, "exec", &id.to_string(), "--", "sleep", "888"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the session open", || async {
+        let metrics = reqwest::get(format!("{}/metrics", m.url)).await.ok()?.text().await.ok()?;
+        metrics.contains("\ncube_exec_sessions 1\n").then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let status = m.process.terminate();
+    assert!(status.success(), "the manager stopped cleanly: {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let out =
+        tokio::task::spawn_blocking(move || client.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the manager is shutting down"), "{stderr}");
+}

@@ -304,3 +304,76 @@ async fn a_stopping_manager_ends_its_sessions_and_says_so() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the manager is shutting down"), "{stderr}");
 }
+
+/// A terminal session through the API: its first size (when `initial`), then a resize, as
+/// `stty size` sees them.
+async fn terminal_sizes(m: &TestManager, id: TaskId, initial: bool) {
+    use cube_api::exec::{Channel, ExecQuery, Resize};
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let query = ExecQuery {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            if initial {
+                "stty size; read go; stty size".into()
+            } else {
+                "read go; stty size".into()
+            },
+        ],
+        tty: true,
+        stdin: true,
+        size: Some(Resize { width: 100, height: 30 }),
+    };
+    let path = format!("/v1/tasks/{id}/exec?{}", query.to_query());
+    let mut socket = m.client.websocket(&path).await.unwrap();
+    let mut output = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut read_until = async |socket: &mut cube_http::client::WebSocket, want: &str| loop {
+        if output.contains(want) {
+            return;
+        }
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {want:?} in {output:?}"));
+        assert!(message.is_some(), "the session ended without {want:?} in {output:?}");
+        if let Some(Ok(Message::Binary(frame))) = message
+            && frame.first() == Some(&(Channel::Stdout as u8))
+        {
+            output.push_str(&String::from_utf8_lossy(&frame[1..]));
+        }
+    };
+    if initial {
+        read_until(&mut socket, "30 100").await;
+    }
+    let resize = serde_json::to_vec(&Resize { width: 120, height: 40 }).unwrap();
+    socket.send(Message::Binary(Channel::Resize.frame(&resize).into())).await.unwrap();
+    socket.send(Message::Binary(Channel::Stdin.frame(b"go\r").into())).await.unwrap();
+    read_until(&mut socket, "40 120").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_starts_at_the_size_asked_and_follows_resizes() {
+    let (m, _w) = cluster().await;
+    let id = running(
+        &m,
+        serde_json::json!({"name": "p", "driver": "process",
+        "command": "sleep", "args": ["600"]}),
+    )
+    .await;
+    terminal_sizes(&m, id, true).await;
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let id = running(
+        &m,
+        serde_json::json!({"name": "c", "driver": "docker", "image": TEST_IMAGE,
+        "command": "sleep", "args": ["600"], "stop_grace": "1s"}),
+    )
+    .await;
+    // The engine sizes an exec's terminal only once it runs (before API 1.42), so a command's
+    // very first look at it may race the size: only the resize is checked here.
+    terminal_sizes(&m, id, false).await;
+    m.client.stop(id).await.unwrap();
+}

@@ -501,8 +501,12 @@ impl Driver for DockerDriver {
             return Err(DriverError::NoExitCode { command: req.command.clone() });
         };
         let control = DockerSession { docker: self.docker.clone(), exec: created.id };
-        if let (true, Some((width, height))) = (req.tty, req.size) {
-            control.resize(width, height).await?;
+        // Engines before API 1.42 take a size only once the exec runs: a command that is already
+        // done by then (or a race with its first look at the terminal) is no failure.
+        if let (true, Some((width, height))) = (req.tty, req.size)
+            && let Err(e) = control.resize(width, height).await
+        {
+            tracing::debug!(error = %Chain(&e), "cannot size the exec's terminal");
         }
         let output = output.filter_map(|item| {
             std::future::ready(match item {

@@ -110,7 +110,14 @@ pub async fn run(lab: &Lab, args: &ObserveArgs) -> anyhow::Result<serde_json::Va
     for _ in 0..args.subscribers {
         streams.push(client.events(None, &[]).await.context("subscribe")?);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Measured once the manager holds every one of them.
+    let http = reqwest::Client::new();
+    let want = format!("\ncube_event_subscribers {}\n", args.subscribers);
+    wait_for(Duration::from_secs(30), Duration::from_millis(50), "every subscriber", || async {
+        let text = http.get(format!("{}/metrics", manager.url)).send().await.ok()?;
+        text.text().await.ok()?.contains(&want).then_some(())
+    })
+    .await?;
     let after = manager.process.rss_bytes()?;
     drop(streams);
     let per_subscriber = after.saturating_sub(before) as f64 / args.subscribers as f64;
@@ -136,7 +143,6 @@ pub async fn run(lab: &Lab, args: &ObserveArgs) -> anyhow::Result<serde_json::Va
             r?;
         }
     }
-    let http = reqwest::Client::new();
     let mut scrapes = Vec::new();
     let mut bytes = 0;
     for _ in 0..20 {

@@ -531,6 +531,14 @@ impl Client {
         self.call(Method::GET, &format!("/v1/tasks/{id}"), None::<&()>).await.map(|(_, v)| v)
     }
 
+    /// The manager's current index (the `X-Cube-Index` of its health answer): where a
+    /// stream "from now" starts.
+    pub async fn index(&self) -> Result<u64, ClientError> {
+        let (_, _, index) =
+            self.call_indexed::<(), HealthView>(Method::GET, "/v1/health", None).await?;
+        Ok(index.unwrap_or(0))
+    }
+
     /// [`Client::stop`], with the manager's `X-Cube-Index` before the request (its events come
     /// after it).
     pub async fn stop_at(&self, id: TaskId) -> Result<(TaskView, Option<u64>), ClientError> {

@@ -295,28 +295,24 @@ impl EventLog {
         filters: &[TopicFilter],
     ) -> Result<Read, StoreError> {
         let rows = store.scan(Table::Events, Some(&key(after)), PAGE)?;
-        let Some((_, first)) = rows.first() else { return Ok(Read::UpToDate) };
-        let decode = |k: &str, v: &[u8]| {
-            serde_json::from_slice::<Head>(v).map_err(|source| StoreError::Codec {
-                table: Table::Events.name(),
-                key: k.to_owned(),
-                source,
-            })
-        };
-        // Pruned under the reader's feet: say so rather than skip ahead.
-        if decode("", first)?.index != after + 1 {
-            return Ok(Read::Gone);
-        }
         let mut lines = Vec::new();
         let mut cursor = after;
         for (k, v) in rows {
-            let head = decode(&k, &v)?;
+            let head: Head = serde_json::from_slice(&v).map_err(|source| StoreError::Codec {
+                table: Table::Events.name(),
+                key: k,
+                source,
+            })?;
+            // Pruned under the reader's feet: say so rather than skip ahead.
+            if cursor == after && head.index != after + 1 {
+                return Ok(Read::Gone);
+            }
             cursor = head.index;
             if admits(filters, head.topic, &head.key) {
                 lines.push((head.index, Bytes::from(v)));
             }
         }
-        Ok(Read::Lines(lines, cursor))
+        Ok(if cursor == after { Read::UpToDate } else { Read::Lines(lines, cursor) })
     }
 
     /// Deletes events beyond the retention from `store`: those older than the history's age

@@ -156,6 +156,10 @@ impl Metrics {
             "The newest durable change index",
             event_index.clone(),
         );
+        // Both results from the first scrape, zero or not.
+        for result in ["placed", "unplaceable"] {
+            drop(placements.get_or_create(&ResultLabel { result }));
+        }
         let exec_sessions = Gauge::default();
         registry.register(
             "cube_exec_sessions",
@@ -206,7 +210,6 @@ impl Metrics {
             let n = snapshot.deployments.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
             self.deployments.get_or_create(&StatusLabel { status: status.into() }).set(int(n));
         }
-        self.placed(0, 0);
         self.pending.set(int(snapshot.pending));
         self.subscribers.set(int(snapshot.subscribers));
         self.exec_sessions.set(int(snapshot.exec_sessions));

@@ -295,6 +295,13 @@ mod tests {
     use crate::load_json;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scans_page_through_a_table_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("s.redb")).unwrap();
+        crate::tests::scans_page_through_a_table_in_key_order(&store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cube.redb");

@@ -353,6 +353,8 @@ impl Agent {
         query: &cube_api::exec::ExecQuery,
     ) -> Result<crate::driver::Session, crate::driver::DriverError> {
         let req = crate::driver::SessionRequest {
+            task_id: task.id,
+            name: task.spec.name.clone(),
             command: query.command.clone(),
             tty: query.tty,
             stdin: query.stdin,

@@ -45,6 +45,17 @@ async fn cluster() -> (TestManager, TestWorker) {
     (m, w)
 }
 
+/// A process task that sleeps.
+fn sleeper() -> serde_json::Value {
+    serde_json::json!({"name": "p", "driver": "process", "command": "sleep", "args": ["600"]})
+}
+
+/// A container that sleeps.
+fn container() -> serde_json::Value {
+    serde_json::json!({"name": "c", "driver": "docker", "image": TEST_IMAGE,
+        "command": "sleep", "args": ["600"], "stop_grace": "1s"})
+}
+
 async fn running(m: &TestManager, spec: serde_json::Value) -> TaskId {
     let id = m.client.submit(None, &common::spec(spec)).await.unwrap().task.id;
     common::wait_state(&m.client, id, TaskState::Running, Duration::from_secs(30)).await;
@@ -110,6 +121,8 @@ async fn exec_in_a_process_task_keeps_exit_codes_streams_and_stdin() {
         // Its environment is the task's.
         let out = cube_exec(&url, &[&task, "--", "sh", "-c", "echo $GREETING"], None);
         assert_eq!(String::from_utf8_lossy(&out.stdout), "from-the-task\n");
+        let out = cube_exec(&url, &[&task, "--", "sh", "-c", "echo $CUBE_TASK_ID"], None);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), task, "the driver's variables too");
         // 200 sessions, 4 at a time, each with its own code.
         let want: Vec<u8> = (0..200).map(|_| fastrand::u8(..)).collect();
         let mut got = vec![0u8; want.len()];
@@ -139,12 +152,7 @@ async fn exec_in_a_container_keeps_exit_codes_streams_and_stdin() {
     }
     let _serial = docker_lock().await;
     let (m, _w) = cluster().await;
-    let id = running(
-        &m,
-        serde_json::json!({"name": "c", "driver": "docker", "image": TEST_IMAGE,
-        "command": "sleep", "args": ["600"], "stop_grace": "1s"}),
-    )
-    .await;
+    let id = running(&m, container()).await;
     basics(&m, id).await;
     terminal(&m, id).await;
     m.client.stop(id).await.unwrap();
@@ -167,12 +175,7 @@ async fn exec_events(m: &TestManager, index: u64, id: TaskId) -> Vec<cube_api::e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_ends_the_session_and_every_exec_is_recorded() {
     let (m, _w) = cluster().await;
-    let id = running(
-        &m,
-        serde_json::json!({"name": "p", "driver": "process",
-        "command": "sleep", "args": ["600"]}),
-    )
-    .await;
+    let id = running(&m, sleeper()).await;
     let start = {
         let response = reqwest::get(format!("{}/v1/health", m.url)).await.unwrap();
         response.headers()["x-cube-index"].to_str().unwrap().parse::<u64>().unwrap()
@@ -257,12 +260,7 @@ async fn bad_execs_are_refused_with_a_reason() {
     .await;
     assert_eq!(status, 400);
     assert!(body["error"]["message"].as_str().unwrap().contains("command is missing"));
-    let id = running(
-        &m,
-        serde_json::json!({"name": "p", "driver": "process",
-        "command": "sleep", "args": ["600"]}),
-    )
-    .await;
+    let id = running(&m, sleeper()).await;
     let (status, body) = common::raw(
         reqwest::Method::GET,
         &format!("{}/v1/tasks/{id}/exec?command=ls", m.url),
@@ -276,12 +274,7 @@ async fn bad_execs_are_refused_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_manager_ends_its_sessions_and_says_so() {
     let (mut m, _w) = cluster().await;
-    let id = running(
-        &m,
-        serde_json::json!({"name": "p", "driver": "process",
-        "command": "sleep", "args": ["600"]}),
-    )
-    .await;
+    let id = running(&m, sleeper()).await;
     let client = Command::new(common::cube_bin())
         .args(["--addr", &m.url, "exec", &id.to_string(), "--", "sleep", "888"])
         .stdin(Stdio::null())
@@ -355,23 +348,13 @@ async fn terminal_sizes(m: &TestManager, id: TaskId, initial: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminal_starts_at_the_size_asked_and_follows_resizes() {
     let (m, _w) = cluster().await;
-    let id = running(
-        &m,
-        serde_json::json!({"name": "p", "driver": "process",
-        "command": "sleep", "args": ["600"]}),
-    )
-    .await;
+    let id = running(&m, sleeper()).await;
     terminal_sizes(&m, id, true).await;
     if !docker_ready() {
         return;
     }
     let _serial = docker_lock().await;
-    let id = running(
-        &m,
-        serde_json::json!({"name": "c", "driver": "docker", "image": TEST_IMAGE,
-        "command": "sleep", "args": ["600"], "stop_grace": "1s"}),
-    )
-    .await;
+    let id = running(&m, container()).await;
     // The engine sizes an exec's terminal only once it runs (before API 1.42), so a command's
     // very first look at it may race the size: only the resize is checked here.
     terminal_sizes(&m, id, false).await;

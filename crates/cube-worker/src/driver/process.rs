@@ -204,7 +204,14 @@ impl Driver for ProcessDriver {
             what: "a command to run",
         })?;
         process_pid(handle)?;
-        let env = &spec.env;
+        // The task's own variables, and the two the driver gives every task.
+        let task_id = req.task_id.to_string();
+        let env: Vec<(&str, &str)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([("CUBE_TASK_ID", task_id.as_str()), ("CUBE_TASK_NAME", req.name.as_str())])
+            .collect();
         let spawn_error = |source| DriverError::Spawn { program: program.clone(), source };
         if req.tty {
             let (pty, pts) = pty_process::open().map_err(|e| spawn_error(pty_error(e)))?;
@@ -217,7 +224,7 @@ impl Driver for ProcessDriver {
                 .try_clone_to_owned()
                 .map_err(|source| DriverError::SessionIo { what: "terminal", source })?;
             let mut command = pty_process::Command::new(program).args(args).kill_on_drop(true);
-            for (k, v) in env {
+            for (k, v) in &env {
                 command = command.env(k, v);
             }
             if let Some(dir) = &spec.workdir {
@@ -243,7 +250,7 @@ impl Driver for ProcessDriver {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
-            .envs(env)
+            .envs(env.iter().copied())
             .stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -13,6 +13,10 @@ use super::DriverError;
 /// What an exec asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SessionRequest {
+    /// The task it runs in.
+    pub task_id: cube_core::TaskId,
+    /// The task's name.
+    pub name: String,
     /// The command and its arguments.
     pub command: Vec<String>,
     /// On a terminal (stdout and stderr are then one stream).

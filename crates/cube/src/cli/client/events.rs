@@ -2,19 +2,14 @@
 //! from the last index it printed when the connection drops or the manager asks it to.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use cube_api::ErrorCode;
-use cube_api::events::{Event, EventObject, NoticeType, StreamLine};
-use futures_util::StreamExt;
+use cube_api::events::{Event, EventObject};
 
 use super::EventsArgs;
 use super::api::Api;
+use super::follow::Follower;
 use super::format::{emit, note};
 use crate::cli::Output;
-
-/// Longest pause between attempts to reach the manager again.
-const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// Runs `cube events`.
 pub(super) async fn events(
@@ -22,47 +17,18 @@ pub(super) async fn events(
     args: EventsArgs,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let mut last = args.index;
-    let mut retry = Duration::from_millis(200);
-    loop {
-        let stream = match api.client().events(last, &args.topics).await {
-            Ok(stream) => stream,
-            Err(e) if e.code() == Some(ErrorCode::Gone) || !e.is_transient() => {
-                return Err(api.error(&e));
-            }
-            Err(e) => {
-                note(&format!("{}; retrying in {retry:?}", api.error(&e)));
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(MAX_RETRY);
-                continue;
-            }
-        };
-        retry = Duration::from_millis(200);
-        let mut stream = stream;
-        let mut lagged = false;
-        while let Some(line) = stream.next().await {
-            match line {
-                Ok(StreamLine::Event(event)) => {
-                    last = Some(event.index);
-                    print(&event, output)?;
-                }
-                Ok(StreamLine::Notice(n)) => {
-                    last = last.max(Some(n.index));
-                    lagged = n.kind == NoticeType::Lagged;
-                }
-                Err(e) => {
-                    note(&format!("{}; resuming", api.error(&e)));
-                    break;
-                }
-            }
-        }
-        if lagged {
-            note(&format!("fell behind at index {}; catching up", last.unwrap_or(0)));
-        } else {
-            // The manager closed the stream (it may be restarting): come back shortly.
-            tokio::time::sleep(retry).await;
-        }
+    let index = match args.index {
+        Some(index) => index,
+        // "From now" as an index, so a stream that drops before its first line resumes from
+        // there and not from a later now.
+        None => api.client().index().await.map_err(|e| api.error(&e))?,
+    };
+    let mut follower = Follower::new(api, index, args.topics);
+    let trouble = |why: &str| note(why);
+    while let Some(event) = follower.next(None, &trouble).await? {
+        print(&event, output)?;
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print(event: &Event, output: Output) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ mod api;
 mod events;
 mod exec;
 mod file;
+mod follow;
 mod format;
 mod logs;
 mod node;

@@ -12,8 +12,9 @@ use cube_core::service::Version;
 use jiff::Timestamp;
 
 use super::api::Api;
+use super::follow::Follower;
 use super::format::{self, Details};
-use super::wait::{Follower, Spinner, WAIT_FAILED};
+use super::wait::{Spinner, WAIT_FAILED};
 use super::{DeployArgs, DeploymentCommand, PlanArgs, ServiceCommand, file};
 use crate::cli::Output;
 
@@ -162,7 +163,7 @@ async fn follow(
             return Ok(code);
         }
         let trouble = |why: &str| spinner.show(why);
-        match follower.next(deadline, &trouble).await? {
+        match follower.next(Some(deadline), &trouble).await? {
             Some(event) => match event.object {
                 EventObject::Deployment(Some(next)) if next.id == d.id => d = *next,
                 EventObject::Service(Some(next)) => service = *next,

@@ -68,11 +68,10 @@ async fn watch(
     names: &HashMap<NodeId, String>,
     output: Output,
 ) -> anyhow::Result<()> {
-    let mut follower = super::wait::Follower::new(api, index, vec!["Task".to_owned()]);
-    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
+    let mut follower = super::follow::Follower::new(api, index, vec!["Task".to_owned()]);
     let trouble = |why: &str| format::note(why);
     let colour = format::colour_stdout();
-    while let Some(event) = follower.next(far, &trouble).await? {
+    while let Some(event) = follower.next(None, &trouble).await? {
         let EventObject::Task(summary) = &event.object else { continue };
         let shown = summary.as_ref().is_none_or(|t| {
             filter.state.is_none_or(|s| s == t.state)

@@ -6,25 +6,21 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use cube_api::ErrorCode;
-use cube_api::events::{Event, EventObject, StreamLine, TaskSummary};
+use cube_api::events::{EventObject, TaskSummary};
 use cube_api::types::TaskView;
 use cube_core::{DesiredState, TaskState};
-use cube_http::client::EventStream;
-use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use jiff::Timestamp;
 use tokio::time::Instant;
 
 use super::api::Api;
+use super::follow::Follower;
 
 /// A task without a health check counts as running once it has stayed up this long, so a task
 /// that crashes at once is not reported as started.
 pub(super) const STABLE: Duration = Duration::from_secs(1);
 /// How long a task may wait for a node before `--wait` reads why.
 const UNPLACED: Duration = Duration::from_secs(1);
-/// Longest pause before reaching the manager's stream again.
-const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// What to wait for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,66 +57,6 @@ pub(super) fn unreached(
     }
     super::format::error_line(line);
     Ok(std::process::ExitCode::from(WAIT_FAILED))
-}
-
-/// The manager's events after an index, for some topics, across dropped connections.
-pub(super) struct Follower<'a> {
-    api: &'a Api,
-    topics: Vec<String>,
-    last: u64,
-    stream: Option<EventStream>,
-    retry: Duration,
-}
-
-impl<'a> Follower<'a> {
-    /// Events of `topics` after `index`.
-    pub(super) fn new(api: &'a Api, index: u64, topics: Vec<String>) -> Self {
-        Self { api, topics, last: index, stream: None, retry: Duration::from_millis(100) }
-    }
-
-    /// The next event, or `None` once `until` has come first. A stream that ends or fails is
-    /// opened again from the last index seen; `on_trouble` hears why while it is down.
-    pub(super) async fn next(
-        &mut self,
-        until: Instant,
-        on_trouble: &dyn Fn(&str),
-    ) -> anyhow::Result<Option<Event>> {
-        loop {
-            let stream = match &mut self.stream {
-                Some(stream) => stream,
-                None => match self.api.client().events(Some(self.last), &self.topics).await {
-                    Ok(stream) => {
-                        self.retry = Duration::from_millis(100);
-                        self.stream.insert(stream)
-                    }
-                    Err(e) if e.is_transient() && e.code() != Some(ErrorCode::Gone) => {
-                        on_trouble(&format!("{} (retrying)", self.api.error(&e)));
-                        if tokio::time::timeout_at(until, tokio::time::sleep(self.retry))
-                            .await
-                            .is_err()
-                        {
-                            return Ok(None);
-                        }
-                        self.retry = (self.retry * 2).min(MAX_RETRY);
-                        continue;
-                    }
-                    Err(e) => return Err(self.api.error(&e)),
-                },
-            };
-            match tokio::time::timeout_at(until, stream.next()).await {
-                Err(_) => return Ok(None),
-                Ok(Some(Ok(StreamLine::Event(event)))) => {
-                    self.last = event.index;
-                    return Ok(Some(*event));
-                }
-                Ok(Some(Ok(StreamLine::Notice(notice)))) => {
-                    // A heartbeat's index was read up to; a lagged one is where to resume.
-                    self.last = self.last.max(notice.index);
-                }
-                Ok(Some(Err(_)) | None) => self.stream = None,
-            }
-        }
-    }
 }
 
 /// Follows `task` (as the submit or stop answered it, with the index its events follow) until
@@ -161,7 +97,7 @@ pub(super) async fn wait(
             until = until.min(at);
         }
         let trouble = |why: &str| spinner.show(why);
-        match follower.next(until, &trouble).await? {
+        match follower.next(Some(until), &trouble).await? {
             Some(event) => match event.object {
                 EventObject::Task(Some(summary)) if summary.updated_at >= view.updated_at => {
                     apply(&mut view, &summary);

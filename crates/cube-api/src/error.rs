@@ -7,7 +7,7 @@ use cube_core::FieldError;
 use serde::{Deserialize, Serialize};
 
 /// Stable, machine-readable error codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The body is not well-formed JSON, or has the wrong types (400).
@@ -52,7 +52,16 @@ impl ErrorCode {
 }
 
 /// An error as sent over the wire.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+    schemars::JsonSchema
+)]
 #[error("{message}")]
 pub struct ApiError {
     /// Machine-readable code.
@@ -68,7 +77,7 @@ pub struct ApiError {
 }
 
 /// The envelope: `{"error": ApiError}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     /// The error.
     pub error: ApiError,

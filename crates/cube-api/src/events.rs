@@ -16,11 +16,12 @@ use crate::error::{ApiError, ErrorCode};
 use crate::types::{NodeInfo, ServiceView};
 
 /// One change, as the stream sends it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// Its place in the cluster's history: one more than the change before it.
     pub index: u64,
     /// When it was committed.
+    #[schemars(with = "cube_core::schema::Rfc3339")]
     pub at: Timestamp,
     /// What happened, from the record's point of view.
     #[serde(rename = "type")]
@@ -48,7 +49,7 @@ impl Event {
 }
 
 /// The record an event is about, after the change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "topic", content = "object")]
 pub enum EventObject {
     /// A task, without its spec (which never changes: `GET /v1/tasks/{id}` has it) and with
@@ -65,7 +66,19 @@ pub enum EventObject {
 }
 
 /// What events are about; `?topic=` selects them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema
+)]
 pub enum Topic {
     /// Tasks (keyed by task id).
     Task,
@@ -136,7 +149,7 @@ impl TopicFilter {
 
 /// What happened. Task types follow the history entry the change added; node, service and
 /// deployment types follow the record's state after the change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum EventType {
     /// Accepted, waiting for a node.
     TaskSubmitted,
@@ -203,7 +216,7 @@ pub enum EventType {
 }
 
 /// Who asked for a change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
     /// A client of the API.
@@ -219,7 +232,7 @@ pub enum Actor {
 
 /// A task as its events carry it: everything but the spec, the placement explanation and the
 /// history before this change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskSummary {
     /// Task id.
     pub id: TaskId,
@@ -245,6 +258,7 @@ pub struct TaskSummary {
     pub restart_count: u32,
     /// When the workload last started.
     #[serde(default)]
+    #[schemars(with = "Option<cube_core::schema::Rfc3339>")]
     pub started_at: Option<Timestamp>,
     /// The service, version and slot of an instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,6 +267,7 @@ pub struct TaskSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_by: Option<TaskId>,
     /// When anything changed last.
+    #[schemars(with = "cube_core::schema::Rfc3339")]
     pub updated_at: Timestamp,
     /// The newest entry of its history.
     pub last_event: Option<TaskEvent>,
@@ -282,7 +297,7 @@ impl From<&Task> for TaskSummary {
 }
 
 /// A stream line that is not an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Notice {
     /// Which notice.
     #[serde(rename = "type")]
@@ -292,7 +307,7 @@ pub struct Notice {
 }
 
 /// Kinds of [`Notice`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum NoticeType {
     /// Nothing happened for a while (sent every 10 s, so idle proxies keep the stream open).
     Heartbeat,
@@ -301,7 +316,7 @@ pub enum NoticeType {
 }
 
 /// One line of the stream.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum StreamLine {
     /// A change.
@@ -312,7 +327,7 @@ pub enum StreamLine {
 
 /// The oldest and the newest index the manager's history holds, sent with a `410` for an index
 /// older than the history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IndexBounds {
     /// The first index still held (`?index=` one less than this resumes from it).
     pub oldest: u64,

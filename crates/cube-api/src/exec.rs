@@ -52,7 +52,7 @@ impl Channel {
 }
 
 /// The last frame: how the command ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Control {
     /// It exited with this code.
@@ -68,7 +68,7 @@ pub enum Control {
 }
 
 /// A terminal size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Resize {
     /// Columns.
     pub width: u16,
@@ -78,7 +78,7 @@ pub struct Resize {
 
 /// The query of an exec: `command` once per argument, `tty`, `stdin`, and with a tty its
 /// first size (`width`, `height`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExecQuery {
     /// The command and its arguments.
     pub command: Vec<String>,
@@ -150,7 +150,7 @@ impl ExecQuery {
 }
 
 /// An exec, as its events carry it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExecRecord {
     /// The task it ran in.
     pub task: cube_core::TaskId,

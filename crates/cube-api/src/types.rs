@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, ErrorCode};
 
 /// A task as returned by `GET /v1/tasks[/{id}]` on the worker and the manager.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskView {
     /// Task id.
     pub id: TaskId,
@@ -43,12 +43,16 @@ pub struct TaskView {
     /// Restarts on the current node.
     pub restart_count: u32,
     /// When it was accepted.
+    #[schemars(with = "cube_core::schema::Rfc3339")]
     pub created_at: Timestamp,
     /// When the workload last started.
+    #[schemars(with = "Option<cube_core::schema::Rfc3339>")]
     pub started_at: Option<Timestamp>,
     /// When it finished.
+    #[schemars(with = "Option<cube_core::schema::Rfc3339>")]
     pub finished_at: Option<Timestamp>,
     /// When anything changed last.
+    #[schemars(with = "cube_core::schema::Rfc3339")]
     pub updated_at: Timestamp,
     /// The spec as submitted (with defaults filled in).
     pub spec: TaskSpec,
@@ -218,7 +222,7 @@ pub fn parse_spec_value(value: serde_json::Value) -> Result<TaskSpec, ApiError> 
 }
 
 /// `GET /v1/health`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HealthView {
     /// Always `ok` when the server answers.
     pub status: String,
@@ -234,7 +238,7 @@ pub struct HealthView {
 }
 
 /// Query of `GET /v1/tasks/{id}/logs`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogsQuery {
     /// Keep the response open and send new output until the task finishes.
     #[serde(default)]
@@ -245,7 +249,7 @@ pub struct LogsQuery {
 }
 
 /// Query of `GET /v1/tasks` on the manager.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskFilter {
     /// Only tasks in this state.
     #[serde(default)]
@@ -256,7 +260,7 @@ pub struct TaskFilter {
 }
 
 /// `POST /v1/nodes/register`: a worker introduces itself (on every start).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegisterRequest {
     /// The worker's stable id.
     pub node_id: NodeId,
@@ -278,7 +282,7 @@ pub struct RegisterRequest {
 }
 
 /// Answer to a registration or heartbeat.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatResponse {
     /// Heartbeat period the manager expects, in milliseconds.
     pub heartbeat_interval_ms: u64,
@@ -305,7 +309,7 @@ impl HeartbeatResponse {
 }
 
 /// `POST /v1/nodes/{id}/heartbeat`: liveness, stats and task changes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatRequest {
     /// Latest host metrics (periodic heartbeats only).
     #[serde(default)]
@@ -320,7 +324,7 @@ pub struct HeartbeatRequest {
 }
 
 /// A task that is not finished on a worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ActiveTask {
     /// Task id.
     pub id: TaskId,
@@ -329,7 +333,7 @@ pub struct ActiveTask {
 }
 
 /// A node as returned by `GET /v1/nodes[/{id}]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeInfo {
     /// Node id.
     pub id: NodeId,
@@ -344,8 +348,10 @@ pub struct NodeInfo {
     /// Drivers.
     pub drivers: Vec<DriverKind>,
     /// First registration.
+    #[schemars(with = "cube_core::schema::Rfc3339")]
     pub registered_at: Timestamp,
     /// Last heartbeat.
+    #[schemars(with = "Option<cube_core::schema::Rfc3339>")]
     pub last_heartbeat: Option<Timestamp>,
     /// Latest stats.
     pub stats: Option<NodeStats>,
@@ -370,16 +376,17 @@ fn yes() -> bool {
 }
 
 /// Body of `POST /v1/nodes/{id}/drain`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// After this long, what is left on the node is stopped (`None`: wait for room elsewhere).
     #[serde(default, with = "cube_core::units::option_duration_serde")]
+    #[schemars(with = "Option<cube_core::schema::DurationText>")]
     pub deadline: Option<std::time::Duration>,
 }
 
 /// Body of `POST /v1/nodes/{id}/eligibility`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EligibilityRequest {
     /// Whether new work may go there (`true` also ends a drain).
@@ -489,7 +496,7 @@ mod tests {
 }
 
 /// A service as `GET /v1/services[/{name}]` and `PUT /v1/services/{name}` return it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServiceView {
     /// Its name.
     pub name: String,
@@ -500,8 +507,10 @@ pub struct ServiceView {
     /// The current spec.
     pub spec: ServiceSpec,
     /// When it was created.
+    #[schemars(with = "cube_core::schema::Rfc3339")]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schemars(with = "cube_core::schema::Rfc3339")]
     pub updated_at: Timestamp,
     /// How many instances run and are healthy, in all and per version.
     pub instances: InstanceCounts,
@@ -531,7 +540,7 @@ impl ServiceView {
 }
 
 /// Instance counts of a service.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceCounts {
     /// Instances wanted (`count`).
     pub desired: u32,
@@ -544,7 +553,7 @@ pub struct InstanceCounts {
 }
 
 /// Instance counts of one version.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VersionCounts {
     /// The version.
     pub version: u64,
@@ -555,7 +564,7 @@ pub struct VersionCounts {
 }
 
 /// `POST /v1/services/{name}/plan`: what an update would do, without doing it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServicePlanView {
     /// `create`, `none`, `in_place` (count, strategy or rules only: nothing restarts) or
     /// `destructive` (the template changed: instances are replaced by a rollout).
@@ -573,7 +582,7 @@ pub struct ServicePlanView {
 }
 
 /// One changed field of a plan.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FieldChange {
     /// Dotted path, e.g. `task.env.GREETING` or `task.args[1]`.
     pub field: String,
@@ -586,7 +595,7 @@ pub struct FieldChange {
 }
 
 /// A new instance in a plan.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlannedInstance {
     /// Its slot.
     pub slot: u32,
@@ -598,7 +607,7 @@ pub struct PlannedInstance {
 }
 
 /// Query of `PUT /v1/services/{name}`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceQuery {
     /// Only if the service's `modify_index` is this (`0`: only if it does not exist).
@@ -607,7 +616,7 @@ pub struct ServiceQuery {
 }
 
 /// Body of `POST /v1/services/{name}/scale`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     /// The new count.
@@ -615,7 +624,7 @@ pub struct ScaleRequest {
 }
 
 /// Body of `POST /v1/services/{name}/revert`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevertRequest {
     /// The version whose spec to restore.

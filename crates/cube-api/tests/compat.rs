@@ -9,6 +9,8 @@
 //!    may only add fields), and
 //! 2. that the encoding matches `snapshots/<name>.json`, so any change of shape shows up in a
 //!    review. After an intended, additive change: `UPDATE_EXPECT=1 cargo test -p cube-api`.
+//! 3. that the old body and the new encoding both validate against the type's JSON Schema, the
+//!    one the OpenAPI document publishes (`cube_api::openapi`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -43,8 +45,25 @@ fn missing_from(old: &serde_json::Value, new: &serde_json::Value, path: &str) ->
     }
 }
 
+/// Checks `body` against `T`'s JSON Schema, as the OpenAPI document states it.
+fn validate<T: schemars::JsonSchema>(body: &str, what: &str) {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.meta_schema = None;
+    let schema = settings.into_generator().into_root_schema_for::<T>();
+    let schema = serde_json::to_value(&schema).unwrap();
+    let validator = jsonschema::draft202012::new(&schema).unwrap();
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    let problems: Vec<String> =
+        validator.iter_errors(&body).map(|e| format!("{}: {e}", e.instance_path())).collect();
+    assert!(problems.is_empty(), "{what} does not match the schema: {problems:#?}");
+}
+
 /// Decodes a v1 body as `T`, checks the re-encoding keeps all of it, and returns the encoding.
-fn reencode<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v1: &str) -> String {
+fn reencode<T>(v1: &str) -> String
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug + schemars::JsonSchema,
+{
+    validate::<T>(v1, "the v1 body");
     let value: T = serde_json::from_str(v1).expect("a v1 body decodes");
     let encoded = serde_json::to_string_pretty(&value).unwrap();
     let old: serde_json::Value = serde_json::from_str(v1).unwrap();
@@ -54,6 +73,7 @@ fn reencode<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(v1: &
     }
     let again: T = serde_json::from_str(&encoded).unwrap();
     assert_eq!(again, value, "the encoding decodes to the same value");
+    validate::<T>(&encoded, "the encoding");
     encoded + "\n"
 }
 

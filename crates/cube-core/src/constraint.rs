@@ -134,6 +134,21 @@ impl fmt::Display for Constraint {
     }
 }
 
+/// Written as its text, e.g. `node.labels.zone == a`.
+impl schemars::JsonSchema for Constraint {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Constraint".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`node.labels.KEY`, `node.name` or `node.id`, then `==` or `!=`, then a value.",
+            "examples": ["node.labels.zone == a", "node.name != w3"],
+        })
+    }
+}
+
 impl Serialize for Constraint {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.text)

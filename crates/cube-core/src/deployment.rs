@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::DeploymentId;
 
 /// Where a deployment stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[derive(strum::Display, strum::VariantArray, strum::IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
@@ -100,7 +100,7 @@ pub fn transition(
 
 /// Why a deployment is where it is: a stable code for machines; the sentence beside it is for
 /// people.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[derive(strum::Display)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -136,7 +136,7 @@ pub enum Reason {
 }
 
 /// One rollout of a service version.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deployment {
     /// Stable id.
     pub id: DeploymentId,
@@ -159,12 +159,15 @@ pub struct Deployment {
     #[serde(default)]
     pub promoted: bool,
     /// When it began.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub created_at: Timestamp,
     /// When anything in it last changed.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub updated_at: Timestamp,
     /// When it last made progress (an instance turned healthy); the progress deadline runs
     /// from here, or from `created_at` before any did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::schema::Rfc3339>")]
     pub last_progress: Option<Timestamp>,
 }
 

@@ -89,8 +89,9 @@ impl TaskEvent {
 }
 
 /// The `kind` field's values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(rename = "TaskEventKind")]
 enum KindName {
     Placed,
     Started,
@@ -112,8 +113,9 @@ enum KindName {
 }
 
 /// The flat form stored and sent: `kind` plus the trigger's decisions, when it has any.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 struct Flat<R> {
+    #[schemars(with = "crate::schema::Rfc3339")]
     at: Timestamp,
     from: TaskState,
     to: TaskState,
@@ -205,6 +207,17 @@ impl EventKind {
             (_, S::Pending) => Trigger::Requeue,
         };
         EventKind::Transition(trigger)
+    }
+}
+
+/// Written in its flat form.
+impl schemars::JsonSchema for TaskEvent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TaskEvent".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Flat::<String>::json_schema(generator)
     }
 }
 

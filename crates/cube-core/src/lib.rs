@@ -24,6 +24,7 @@ pub mod ids;
 pub mod node;
 pub mod rollout;
 pub mod scheduler;
+pub mod schema;
 pub mod service;
 pub mod spec;
 pub mod state;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{DriverKind, NodeId, Resources};
 
 /// Liveness of a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[derive(strum::Display, strum::IntoStaticStr, strum::VariantArray)]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
@@ -20,7 +20,7 @@ pub enum NodeState {
 }
 
 /// A registered worker node.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Node {
     /// Stable id (the worker keeps it in its data directory).
     pub id: NodeId,
@@ -38,9 +38,11 @@ pub struct Node {
     /// Liveness.
     pub state: NodeState,
     /// First registration.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub registered_at: Timestamp,
     /// Last heartbeat received.
     #[serde(default)]
+    #[schemars(with = "Option<crate::schema::Rfc3339>")]
     pub last_heartbeat: Option<Timestamp>,
     /// Whether new work may be placed here (`cube node eligibility`; off while draining).
     #[serde(default = "eligible_by_default")]
@@ -57,14 +59,17 @@ fn eligible_by_default() -> bool {
 /// A node being emptied: no new work, its service instances replaced elsewhere within each
 /// service's budgets, its bare tasks placed elsewhere, whatever is left stopped at the
 /// deadline.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Drain {
     /// When it began.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub started_at: Timestamp,
     /// When what is left is stopped (`None`: never; it waits for room elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::schema::Rfc3339>")]
     pub deadline: Option<Timestamp>,
     /// When the node was found empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::schema::Rfc3339>")]
     pub drained_at: Option<Timestamp>,
 }

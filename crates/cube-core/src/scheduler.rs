@@ -24,7 +24,7 @@ use crate::constraint::Constraint;
 use crate::{Bytes, CoreError, DriverKind, Millicores, NodeId, Protocol, Resources, TaskSpec};
 
 /// Which scheduler to use. Named in kebab case (`round-robin`) everywhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[derive(strum::Display, strum::EnumString, strum::IntoStaticStr)]
 #[derive(strum::VariantArray, strum::VariantNames)]
 #[serde(rename_all = "kebab-case")]
@@ -115,7 +115,7 @@ impl NodeSet {
 }
 
 /// A node and its cost.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScoredNode {
     /// Node id.
     pub node: NodeId,
@@ -126,7 +126,7 @@ pub struct ScoredNode {
 }
 
 /// A node that cannot take the task, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rejection {
     /// Node id.
     pub node: NodeId,
@@ -140,7 +140,18 @@ pub struct Rejection {
 }
 
 /// Why a node cannot take a task, for programs (the sentence is for people).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema
+)]
 #[derive(strum::Display)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
@@ -185,7 +196,7 @@ pub struct Siblings {
 const SIBLING_COST: f64 = 1e6;
 
 /// Why a task was (or could not be) placed where it was.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Explanation {
     /// The scheduler that decided.
     pub scheduler: SchedulerKind,

@@ -18,7 +18,7 @@ use crate::spec::{FieldError, TaskSpec};
 use crate::units::duration_serde;
 
 /// A replicated workload.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unique name (a DNS label, like a task name).
@@ -41,7 +41,7 @@ pub struct ServiceSpec {
 /// How a deployment replaces old instances with new ones. The defaults keep full capacity
 /// throughout (start a new instance, wait until it is healthy, then stop an old one) and revert
 /// a failed rollout on their own; see `docs/services.md` for the reasons behind each.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateStrategy {
     /// Instances allowed above `count` during a rollout [1]. Integer, or a percentage of
@@ -55,13 +55,16 @@ pub struct UpdateStrategy {
     /// How long a new instance must be running with every check passing to count as healthy
     /// [10s].
     #[serde(default = "default_min_healthy_time", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub min_healthy_time: Duration,
     /// A new instance not healthy this long after it was placed has failed [5m].
     #[serde(default = "default_healthy_deadline", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub healthy_deadline: Duration,
     /// A rollout in which no instance turned healthy for this long has failed [10m]; the clock
     /// restarts each time one does.
     #[serde(default = "default_progress_deadline", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub progress_deadline: Duration,
     /// New instances started beside the old ones before the rollout proceeds [0]; `count`
     /// canaries is blue/green.
@@ -111,7 +114,7 @@ fn default_true() -> bool {
 }
 
 /// What a rollout does when a surge instance finds no room.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnNoRoom {
     /// Replace one instance at a time, stopping the old one first, and say so.
@@ -122,14 +125,18 @@ pub enum OnNoRoom {
 }
 
 /// What an instance does when its worker loses the manager.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum OnDisconnect {
     /// Keep running (the manager places a replacement once the node is down).
     #[default]
     Keep,
     /// Stop after this long without the manager, so a singleton never runs twice for longer.
-    StopAfter(#[serde(with = "duration_serde")] Duration),
+    StopAfter(
+        #[serde(with = "duration_serde")]
+        #[schemars(with = "crate::schema::DurationText")]
+        Duration,
+    ),
 }
 
 impl OnDisconnect {
@@ -201,6 +208,23 @@ impl FromStr for Amount {
                 .map(Amount::Count)
                 .map_err(|_| format!("{s:?} is not a number of instances or a percentage")),
         }
+    }
+}
+
+/// Written as a number of instances (`1`) or a percentage of them (`"25%"`).
+impl schemars::JsonSchema for Amount {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Amount".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A number of instances, or a percentage of them such as \"25%\".",
+            "oneOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^\\s*(100|[1-9]?[0-9])\\s*%\\s*$"},
+            ],
+        })
     }
 }
 
@@ -309,7 +333,7 @@ impl ServiceSpec {
 pub const KEPT_VERSIONS: usize = 10;
 
 /// A service as the manager stores it: the current spec, its version and its history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Service {
     /// The current spec (its `count` is the current count).
     pub spec: ServiceSpec,
@@ -320,8 +344,10 @@ pub struct Service {
     /// against it). Stamped by the commit of the change ([`Service::stamp`]).
     pub modify_index: u64,
     /// When it was created.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub created_at: Timestamp,
     /// When it last changed.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub updated_at: Timestamp,
     /// The deployment of the current version, if it needed one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -331,13 +357,14 @@ pub struct Service {
 }
 
 /// One version of a service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Version {
     /// Its number.
     pub version: u64,
     /// The spec as it was when the version was made.
     pub spec: ServiceSpec,
     /// When.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub created_at: Timestamp,
     /// Its deployment (none when only the strategy changed: nothing was replaced).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,7 @@ use crate::service::OnDisconnect;
 use crate::units::{Bytes, Millicores, duration_serde};
 
 /// Everything needed to run one task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// Human name; need not be unique (container names add the task id).
@@ -58,6 +58,7 @@ pub struct TaskSpec {
     pub constraints: Vec<Constraint>,
     /// Time between the polite stop signal (SIGTERM) and SIGKILL.
     #[serde(default = "default_stop_grace", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub stop_grace: Duration,
     /// What the workload does when its worker cannot reach the manager: keep running (the
     /// default), or be stopped by the worker after so long without contact. A service's
@@ -67,7 +68,19 @@ pub struct TaskSpec {
 }
 
 /// The execution driver of a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema
+)]
 #[derive(strum::Display, strum::EnumString, strum::IntoStaticStr)]
 #[derive(strum::VariantArray, strum::VariantNames)]
 #[serde(rename_all = "lowercase")]
@@ -84,7 +97,7 @@ fn unknown_driver(input: &str) -> CoreError {
 }
 
 /// Resources a task reserves on its node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPU, in cores or millicores; 0 = no reservation and no limit.
@@ -119,7 +132,7 @@ impl Resources {
 }
 
 /// A port to publish from the task to the host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Port inside the container.
@@ -133,7 +146,20 @@ pub struct PortSpec {
 }
 
 /// Transport protocol of a port, named as Docker writes it in `80/tcp`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema
+)]
 #[derive(strum::Display, strum::EnumString, strum::IntoStaticStr)]
 #[derive(strum::VariantArray, strum::VariantNames)]
 #[serde(rename_all = "lowercase")]
@@ -151,7 +177,7 @@ fn unknown_protocol(input: &str) -> CoreError {
 }
 
 /// When a task that exited is started again.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     /// Which exits lead to a restart.
@@ -163,9 +189,11 @@ pub struct RestartPolicy {
     pub max_attempts: u32,
     /// Delay before the first restart; doubled after each attempt.
     #[serde(default = "default_initial_backoff", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub initial_backoff: Duration,
     /// Upper bound of the delay between restarts.
     #[serde(default = "default_max_backoff", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub max_backoff: Duration,
     /// When the restarts on one node are used up, how many times the manager may place the
     /// task on another node (never for mode `never`).
@@ -186,7 +214,7 @@ impl Default for RestartPolicy {
 }
 
 /// Which exits cause a restart.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[derive(strum::Display, strum::EnumString, strum::IntoStaticStr)]
 #[derive(strum::VariantArray, strum::VariantNames)]
 #[serde(rename_all = "kebab-case")]
@@ -209,7 +237,7 @@ fn unknown_mode(input: &str) -> CoreError {
 ///
 /// Flat rather than an enum so that unknown fields are still rejected; [`HealthCheck::probe`]
 /// gives the typed view once the spec is valid.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// What to probe.
@@ -226,20 +254,23 @@ pub struct HealthCheck {
     pub command: Vec<String>,
     /// Time between probes.
     #[serde(default = "default_health_interval", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub interval: Duration,
     /// Time a single probe may take.
     #[serde(default = "default_health_timeout", with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub timeout: Duration,
     /// Consecutive failed probes before the task counts as unhealthy.
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: u32,
     /// Time after start during which failures are not counted.
     #[serde(default, with = "duration_serde")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub grace_period: Duration,
 }
 
 /// The kind of probe of a health check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeKind {
     /// `GET http://<host>:<port><path>` must answer 2xx.
@@ -287,7 +318,7 @@ impl HealthCheck {
 }
 
 /// One problem found in a spec.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FieldError {
     /// Dotted path of the field, e.g. `resources.memory` or `ports[1].container`.
     pub field: String,

@@ -12,7 +12,19 @@ use crate::CoreError;
 
 /// Observed state of a task: what is actually happening to it. Its name (`running`) is the same
 /// on the wire, in `Display` and in `FromStr`; `VARIANTS` lists every state in lifecycle order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema
+)]
 #[derive(strum::Display, strum::EnumString, strum::IntoStaticStr)]
 #[derive(strum::VariantArray, strum::VariantNames)]
 #[serde(rename_all = "lowercase")]
@@ -59,7 +71,7 @@ impl TaskState {
 
 /// Desired state of a task: what whoever asked wants. Written only by the API (the user or the
 /// manager), never by the code that observes the workload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
     /// Keep it running (or let it run to completion).

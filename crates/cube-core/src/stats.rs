@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::{Resources, TaskState};
 
 /// `GET /v1/stats` on a worker: host metrics and what the node's tasks reserve.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeStats {
     /// When the figures were read.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub collected_at: Timestamp,
     /// Memory from `/proc/meminfo`.
     pub memory: MemoryStats,
@@ -28,7 +29,7 @@ pub struct NodeStats {
 }
 
 /// Memory figures, in bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemoryStats {
     /// `MemTotal`.
     pub total_bytes: u64,
@@ -39,7 +40,7 @@ pub struct MemoryStats {
 }
 
 /// CPU figures.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CpuStats {
     /// Logical CPUs.
     pub cores: u32,
@@ -50,7 +51,7 @@ pub struct CpuStats {
 }
 
 /// Load averages.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LoadStats {
     /// 1-minute load average.
     pub one: f64,
@@ -61,7 +62,7 @@ pub struct LoadStats {
 }
 
 /// Disk figures of one filesystem, in bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DiskStats {
     /// A path on the filesystem measured.
     pub path: String,
@@ -72,7 +73,7 @@ pub struct DiskStats {
 }
 
 /// Task counts by state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskCounts {
     /// All tasks the node knows.
     pub total: u64,

@@ -21,7 +21,7 @@ use crate::state::{DesiredState, InvalidTransition, TaskState, Trigger, transiti
 pub const MAX_EVENTS: usize = 100;
 
 /// One task as a node or the manager knows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Task {
     /// Stable id.
     pub id: TaskId,
@@ -44,12 +44,16 @@ pub struct Task {
     /// Restarts on the current node so far.
     pub restart_count: u32,
     /// When the task was accepted.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub created_at: Timestamp,
     /// When the workload last started running.
+    #[schemars(with = "Option<crate::schema::Rfc3339>")]
     pub started_at: Option<Timestamp>,
     /// When the task reached a terminal state.
+    #[schemars(with = "Option<crate::schema::Rfc3339>")]
     pub finished_at: Option<Timestamp>,
     /// When anything in the record last changed.
+    #[schemars(with = "crate::schema::Rfc3339")]
     pub updated_at: Timestamp,
     /// History of transitions and notable happenings, oldest first.
     pub events: Vec<TaskEvent>,
@@ -71,6 +75,7 @@ pub struct Task {
     pub healthy: Option<bool>,
     /// Manager bookkeeping: time of the last worker history entry already merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::schema::Rfc3339>")]
     pub synced_until: Option<Timestamp>,
     /// Manager bookkeeping: how many worker entries stamped exactly `synced_until` are merged
     /// (several can share a timestamp, and a report may end between them).
@@ -85,7 +90,7 @@ pub struct Task {
 }
 
 /// What makes a task an instance of a service.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceOf {
     /// The service's name.
     pub service: String,
@@ -100,7 +105,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// Enough to find a running workload again after the agent restarts.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DriverHandle {
     /// A Docker container.
@@ -129,7 +134,7 @@ impl DriverHandle {
 }
 
 /// A published port as bound on the host.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HostPort {
     /// Port inside the container.
     pub container_port: u16,

@@ -201,6 +201,23 @@ fn scale(number: &str, multiplier: u64) -> Option<u64> {
     Some(value)
 }
 
+/// Written as a size with a unit (`"256MiB"`); a number of bytes is accepted too.
+impl schemars::JsonSchema for Bytes {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Bytes".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: a string with a unit (\"256MiB\", \"1.5GB\") or a number of bytes.",
+            "oneOf": [
+                {"type": "string", "examples": ["256MiB", "1GiB", "0B"]},
+                {"type": "integer", "minimum": 0},
+            ],
+        })
+    }
+}
+
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -233,6 +250,23 @@ impl<'de> Deserialize<'de> for Bytes {
             }
         }
         deserializer.deserialize_any(V)
+    }
+}
+
+/// Written as a number of cores (`0.5`, `2`); `"500m"` is accepted too.
+impl schemars::JsonSchema for Millicores {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cpu".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "CPU: a number of cores (0.5, 2) or millicores as a string (\"500m\").",
+            "oneOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?m?\\s*$"},
+            ],
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`error`]: the one error envelope every endpoint answers with.
 //! - [`events`]: the lines of the manager's event stream.
 //! - [`exec`]: the frames of an exec session.
+//! - [`openapi`]: every route, and the OpenAPI document built from them and these types.
 //!
 //! **Boundary:** this crate is the only one that defines JSON shapes sent over HTTP. Domain types
 //! from `cube-core` that appear in bodies (the task spec, states, history entries, host stats)
@@ -13,6 +14,7 @@
 pub mod error;
 pub mod events;
 pub mod exec;
+pub mod openapi;
 pub mod types;
 
 pub use error::{ApiError, ErrorBody, ErrorCode};

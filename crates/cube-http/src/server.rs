@@ -10,16 +10,19 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::handler::Handler;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Token, require_token};
 use crate::tls::{ServerTls, TlsListener};
+use cube_api::openapi::{self, Api, Method, Operation};
 use cube_api::{ApiError, ErrorBody, ErrorCode};
 
 /// Largest request body accepted (1 MiB): a task spec is a few KiB at most.
@@ -107,6 +110,82 @@ impl<S: Send + Sync> FromRequestParts<S> for ExecUpgrade {
             )
         })?;
         Ok(Self(query, upgrade))
+    }
+}
+
+/// A router whose every route is an [`Operation`] of the contract: what it serves is what its
+/// OpenAPI document (`GET /v1/openapi.json`, added by [`Routes::finish`]) says, by
+/// construction.
+pub struct Routes<S> {
+    router: Router<S>,
+    operations: Vec<&'static Operation>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Self { router: Router::new(), operations: Vec::new() }
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    /// No routes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `operation` with `handler`.
+    pub fn route<H, T>(self, operation: &'static Operation, handler: H) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let method = on(filter(operation.method), handler);
+        self.add(operation, method)
+    }
+
+    /// Serves `operation` with `handler`, taking bodies up to `limit` bytes (instead of
+    /// [`BODY_LIMIT`]).
+    pub fn route_limited<H, T>(
+        self,
+        operation: &'static Operation,
+        handler: H,
+        limit: usize,
+    ) -> Self
+    where
+        H: Handler<T, S>,
+        T: 'static,
+    {
+        let method = on(filter(operation.method), handler)
+            .layer(axum::extract::DefaultBodyLimit::max(limit));
+        self.add(operation, method)
+    }
+
+    fn add(mut self, operation: &'static Operation, method: MethodRouter<S>) -> Self {
+        // Routing the same path again adds methods to it.
+        self.router = self.router.route(operation.path, method);
+        self.operations.push(operation);
+        self
+    }
+
+    /// The router, with `GET /v1/openapi.json` answering the document of what it serves.
+    pub fn finish(self, api: Api) -> Router<S> {
+        let mut operations = self.operations;
+        operations.push(&openapi::OPENAPI);
+        let document = Bytes::from(openapi::document(api, &operations).to_string());
+        let serve = move || {
+            let document = document.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], document) }
+        };
+        self.router.route(openapi::OPENAPI.path, on(filter(openapi::OPENAPI.method), serve))
+    }
+}
+
+fn filter(method: Method) -> MethodFilter {
+    match method {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
+        Method::Delete => MethodFilter::DELETE,
     }
 }
 

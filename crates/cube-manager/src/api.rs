@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use cube_api::events::TopicFilter;
+use cube_api::openapi::{self, Api, manager as m};
 use cube_api::types::{
     DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery,
     NodeInfo, RegisterRequest, RevertRequest, ScaleRequest, ServicePlanView, ServiceQuery,
@@ -22,7 +23,7 @@ use cube_core::{DeploymentId, NodeId, TaskId};
 
 use crate::events::Framing;
 use crate::state::DeploymentAction;
-use cube_http::server::{Body, HttpError, Query, parse_id};
+use cube_http::server::{Body, HttpError, Query, Routes, parse_id};
 
 use crate::{Manager, ManagerError};
 
@@ -42,31 +43,33 @@ impl From<ManagerError> for HttpError {
 pub fn router(manager: Arc<Manager>) -> Router {
     let token = manager.config().security.token.clone();
     let http_metrics = manager.http_metrics();
-    let routes = Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/tasks", get(list_tasks).post(submit_task))
-        .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
-        .route("/v1/tasks/{id}/logs", get(task_logs))
-        .route("/v1/tasks/{id}/exec", get(exec_task))
-        .route("/v1/services", get(list_services))
-        .route("/v1/services/{name}", get(get_service).put(put_service).delete(remove_service))
-        .route("/v1/services/{name}/scale", post(scale_service))
-        .route("/v1/services/{name}/plan", post(plan_service))
-        .route("/v1/services/{name}/versions", get(service_versions))
-        .route("/v1/services/{name}/revert", post(revert_service))
-        .route("/v1/deployments/{id}", get(get_deployment))
-        .route("/v1/deployments/{id}/{action}", post(deployment_action))
-        .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/register", post(register).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)))
-        .route("/v1/nodes/{id}", get(get_node))
-        .route("/v1/nodes/{id}/drain", post(drain_node))
-        .route("/v1/nodes/{id}/eligibility", post(node_eligibility))
-        .route(
-            "/v1/nodes/{id}/heartbeat",
-            post(heartbeat).layer(DefaultBodyLimit::max(NODE_BODY_LIMIT)),
-        )
-        .route("/v1/events", get(events))
-        .route("/metrics", get(metrics))
+    let routes = Routes::new()
+        .route(&openapi::HEALTH, health)
+        .route(&m::LIST_TASKS, list_tasks)
+        .route(&m::SUBMIT_TASK, submit_task)
+        .route(&m::GET_TASK, get_task)
+        .route(&m::STOP_TASK, stop_task)
+        .route(&m::TASK_LOGS, task_logs)
+        .route(&m::EXEC, exec_task)
+        .route(&m::LIST_SERVICES, list_services)
+        .route(&m::GET_SERVICE, get_service)
+        .route(&m::PUT_SERVICE, put_service)
+        .route(&m::REMOVE_SERVICE, remove_service)
+        .route(&m::SCALE_SERVICE, scale_service)
+        .route(&m::PLAN_SERVICE, plan_service)
+        .route(&m::SERVICE_VERSIONS, service_versions)
+        .route(&m::REVERT_SERVICE, revert_service)
+        .route(&m::GET_DEPLOYMENT, get_deployment)
+        .route(&m::DEPLOYMENT_ACTION, deployment_action)
+        .route(&m::LIST_NODES, list_nodes)
+        .route_limited(&m::REGISTER, register, NODE_BODY_LIMIT)
+        .route(&m::GET_NODE, get_node)
+        .route(&m::DRAIN_NODE, drain_node)
+        .route(&m::NODE_ELIGIBILITY, node_eligibility)
+        .route_limited(&m::HEARTBEAT, heartbeat, NODE_BODY_LIMIT)
+        .route(&m::EVENTS, events)
+        .route(&openapi::METRICS, metrics)
+        .finish(Api::Manager)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
         .with_state(manager);
     cube_http::server::finish_router(routes, token, Some(http_metrics))

@@ -8,10 +8,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cube_api::openapi::{self, Api, worker as w};
 use cube_api::types::{HealthView, LogsQuery, NodeStats, TaskSubmission, TaskView};
 use cube_api::{ApiError, ErrorCode};
 use cube_core::{Chain, TaskId};
-use cube_http::server::{Body, HttpError, Query, parse_id};
+use cube_http::server::{Body, HttpError, Query, Routes, parse_id};
 use tokio::sync::watch;
 
 use crate::WorkerError;
@@ -35,14 +36,17 @@ pub(crate) struct ApiState {
 pub(crate) fn router(state: ApiState) -> Router {
     let token = state.token.clone();
     let http_metrics = state.metrics.http.clone();
-    let routes = Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/stats", get(stats))
-        .route("/v1/tasks", get(list_tasks).post(submit_task))
-        .route("/v1/tasks/{id}", get(get_task).delete(stop_task))
-        .route("/v1/tasks/{id}/logs", get(task_logs))
-        .route("/v1/tasks/{id}/exec", get(exec_task))
-        .route("/metrics", get(metrics))
+    let routes = Routes::new()
+        .route(&openapi::HEALTH, health)
+        .route(&w::STATS, stats)
+        .route(&w::LIST_TASKS, list_tasks)
+        .route(&w::SUBMIT_TASK, submit_task)
+        .route(&w::GET_TASK, get_task)
+        .route(&w::STOP_TASK, stop_task)
+        .route(&w::TASK_LOGS, task_logs)
+        .route(&w::EXEC, exec_task)
+        .route(&openapi::METRICS, metrics)
+        .finish(Api::Worker)
         .with_state(state);
     cube_http::server::finish_router(routes, token, Some(http_metrics))
 }

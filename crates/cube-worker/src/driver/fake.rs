@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use cube_core::units::parse_duration;
-use cube_core::{DriverHandle, DriverKind, NodeId, TaskId, TaskSpec};
+use cube_core::{DriverHandle, DriverKind, HostPort, NodeId, TaskId, TaskSpec};
 use tokio::sync::{oneshot, watch};
 
 use super::output::open_log;
@@ -61,6 +61,8 @@ struct Workload {
     node: NodeId,
     started: tokio::time::Instant,
     script: Script,
+    /// The host ports it "bound": its spec's, each given a free port when the spec names none.
+    host_ports: Vec<HostPort>,
     /// `Some` once it has exited.
     exit: watch::Sender<Option<ExitInfo>>,
 }
@@ -100,6 +102,12 @@ impl Script {
             output: env.get("FAKE_OUTPUT").cloned(),
         })
     }
+}
+
+/// The `i`th host port of the `n`th workload: from 30000, 8 per workload, wrapping.
+fn fake_port(n: u32, i: usize) -> u16 {
+    let slot = (u64::from(n) * 8 + i as u64) % 30000;
+    30000 + u16::try_from(slot).unwrap_or(0)
 }
 
 fn start_failed(spec: &TaskSpec, message: String) -> DriverError {
@@ -223,6 +231,19 @@ impl Driver for FakeDriver {
                 });
             }
             let watch = Self::watch(&exit);
+            let host_ports: Vec<HostPort> = req
+                .spec
+                .ports
+                .iter()
+                .enumerate()
+                .map(|(i, p)| HostPort {
+                    container_port: p.container,
+                    // Distinct per workload, as an engine's would be.
+                    host_port: if p.host != 0 { p.host } else { fake_port(n, i) },
+                    protocol: p.protocol,
+                    host_ip: "0.0.0.0".into(),
+                })
+                .collect();
             inner.workloads.insert(
                 handle.clone(),
                 Workload {
@@ -230,12 +251,13 @@ impl Driver for FakeDriver {
                     node: req.node_id,
                     started: tokio::time::Instant::now(),
                     script,
+                    host_ports: host_ports.clone(),
                     exit,
                 },
             );
-            (handle, watch)
+            (handle, watch, host_ports)
         };
-        Ok(Started { handle: handle.0, host_ports: Vec::new(), exit: handle.1 })
+        Ok(Started { handle: handle.0, host_ports: handle.2, exit: handle.1 })
     }
 
     async fn stop(
@@ -275,7 +297,7 @@ impl Driver for FakeDriver {
         let found = self.workload(handle, |w| {
             w.exit.borrow().is_none().then(|| Started {
                 handle: handle.clone(),
-                host_ports: Vec::new(),
+                host_ports: w.host_ports.clone(),
                 exit: Self::watch(&w.exit),
             })
         });

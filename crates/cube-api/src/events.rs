@@ -44,6 +44,7 @@ impl Event {
             EventObject::Service(_) => Topic::Service,
             EventObject::Deployment(_) => Topic::Deployment,
             EventObject::Exec(_) => Topic::Exec,
+            EventObject::Endpoints(_) => Topic::Endpoints,
         }
     }
 }
@@ -63,6 +64,9 @@ pub enum EventObject {
     Deployment(Option<Box<Deployment>>),
     /// A command run in a task (keyed by the task id).
     Exec(Option<Box<crate::exec::ExecRecord>>),
+    /// The endpoints of a service with published ports (keyed by its name; `null` once it
+    /// publishes nothing).
+    Endpoints(Option<Box<cube_core::endpoints::ServiceEndpoints>>),
 }
 
 /// What events are about; `?topic=` selects them.
@@ -90,12 +94,20 @@ pub enum Topic {
     Deployment,
     /// Commands run in tasks (keyed by task id).
     Exec,
+    /// Services' endpoints (keyed by service name).
+    Endpoints,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 5] =
-        [Topic::Task, Topic::Node, Topic::Service, Topic::Deployment, Topic::Exec];
+    pub const ALL: [Topic; 6] = [
+        Topic::Task,
+        Topic::Node,
+        Topic::Service,
+        Topic::Deployment,
+        Topic::Exec,
+        Topic::Endpoints,
+    ];
 
     /// Its name on the wire.
     pub const fn name(self) -> &'static str {
@@ -105,6 +117,7 @@ impl Topic {
             Topic::Service => "Service",
             Topic::Deployment => "Deployment",
             Topic::Exec => "Exec",
+            Topic::Endpoints => "Endpoints",
         }
     }
 }
@@ -213,6 +226,8 @@ pub enum EventType {
     ExecStarted,
     /// A command in a task ended (its exit code, or why it failed).
     ExecEnded,
+    /// A service's endpoints changed: an instance joined or left them, or its ports did.
+    EndpointsUpdated,
 }
 
 /// Who asked for a change.

@@ -237,7 +237,7 @@ impl JsonSchema for TopicParam {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": "^(\\*|(Task|Node|Service|Deployment|Exec)(:.+)?)$",
+            "pattern": "^(\\*|(Task|Node|Service|Deployment|Exec|Endpoints)(:.+)?)$",
             "examples": ["Task", "Service:web", "*"],
         })
     }
@@ -496,6 +496,22 @@ pub mod manager {
             "/v1/services/{name}/versions",
             "services",
             "Every version kept, newest first",
+        )
+    };
+    /// `GET /v1/services/{name}/endpoints`
+    pub const SERVICE_ENDPOINTS: Operation = Operation {
+        path_params: SERVICE_NAME,
+        blocking: true,
+        replies: &[
+            ok(Content::Json(schema_of::<cube_core::endpoints::ServiceEndpoints>)),
+            NOT_FOUND,
+        ],
+        ..op(
+            "serviceEndpoints",
+            Method::Get,
+            "/v1/services/{name}/endpoints",
+            "services",
+            "The instances the ingress forwards the published ports to",
         )
     };
     /// `POST /v1/services/{name}/revert`

@@ -3,7 +3,8 @@
 //! - [`ids`]: id newtypes ([`TaskId`], [`NodeId`]).
 //! - [`units`]: quantities with units ([`Bytes`], [`Millicores`], durations).
 //! - [`spec`]: the task spec users submit and its validation; [`service`]: a replicated
-//!   workload and its update strategy.
+//!   workload and its update strategy; [`endpoints`]: the instances an ingress may forward a
+//!   service's published ports to.
 //! - [`state`]: task states and the one [`transition`] function; [`deployment`]: the same for a
 //!   service's rollouts.
 //! - [`rollout`]: the rollout planner: given a service's instances, what to start and stop
@@ -18,6 +19,7 @@
 
 pub mod constraint;
 pub mod deployment;
+pub mod endpoints;
 mod error;
 pub mod event;
 pub mod ids;

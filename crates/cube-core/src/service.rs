@@ -36,6 +36,65 @@ pub struct ServiceSpec {
     /// What an instance does when its worker cannot reach the manager.
     #[serde(default, skip_serializing_if = "OnDisconnect::is_keep")]
     pub on_disconnect: OnDisconnect,
+    /// Ports published on every node's ingress, which forwards them to healthy instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ServicePort>,
+    /// How long a leaving instance's connections may take to finish, once every ingress has
+    /// stopped sending it new ones, before it is stopped anyway [10s].
+    #[serde(
+        default = "default_drain_timeout",
+        with = "duration_serde",
+        skip_serializing_if = "is_default_drain_timeout"
+    )]
+    #[schemars(with = "crate::schema::DurationText")]
+    pub drain_timeout: Duration,
+}
+
+/// A service port published on the ingress of every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    /// The instances' port: a `ports[].container` of the task template (TCP).
+    pub target: u16,
+    /// The port every node's ingress listens on.
+    pub publish: u16,
+    /// How the ingress forwards connections [tcp].
+    #[serde(default)]
+    pub mode: IngressMode,
+}
+
+/// How an ingress forwards a published port.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema
+)]
+#[serde(rename_all = "snake_case")]
+pub enum IngressMode {
+    /// Layer 4: each connection goes to one instance, whatever the protocol.
+    #[default]
+    Tcp,
+    /// Layer 7 (HTTP/1.1): each request goes to an instance over kept-alive connections,
+    /// with `X-Forwarded-For` and `Forwarded` naming the client.
+    Http,
+}
+
+/// The drain timeout when a service names none.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn default_drain_timeout() -> Duration {
+    DEFAULT_DRAIN_TIMEOUT
+}
+
+fn is_default_drain_timeout(d: &Duration) -> bool {
+    *d == DEFAULT_DRAIN_TIMEOUT
 }
 
 /// How a deployment replaces old instances with new ones. The defaults keep full capacity
@@ -312,6 +371,29 @@ impl ServiceSpec {
         {
             err("on_disconnect.stop_after", "must be greater than 0".into());
         }
+        let mut published = std::collections::BTreeSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.publish == 0 {
+                err(&format!("ports[{i}].publish"), "must be between 1 and 65535".into());
+            } else if !published.insert(p.publish) {
+                err(&format!("ports[{i}].publish"), format!("{} is published twice", p.publish));
+            }
+            let served = self
+                .task
+                .ports
+                .iter()
+                .any(|t| t.container == p.target && t.protocol == crate::spec::Protocol::Tcp);
+            if !served {
+                err(
+                    &format!("ports[{i}].target"),
+                    format!(
+                        "{} is not a TCP port of the task (add {{\"container\": {}}} to \
+                         task.ports)",
+                        p.target, p.target
+                    ),
+                );
+            }
+        }
         if let Err(problems) = self.task.validate() {
             errors.extend(
                 problems
@@ -556,6 +638,28 @@ mod tests {
         let mut json = web();
         json["count"] = serde_json::json!(-1);
         assert!(serde_json::from_value::<ServiceSpec>(json).is_err());
+    }
+
+    #[test]
+    fn published_ports_name_a_task_port_once_each() {
+        let mut json = web();
+        json["task"] = serde_json::json!({"name": "web", "driver": "docker", "image": "httpd",
+                                          "ports": [{"container": 80}]});
+        json["ports"] = serde_json::json!([{"target": 80, "publish": 8080, "mode": "http"}]);
+        let s = service(json.clone());
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.ports[0].mode, IngressMode::Http);
+        assert_eq!(s.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+        let encoded = serde_json::to_value(&s).unwrap();
+        assert_eq!(encoded["ports"], json["ports"]);
+        assert!(encoded.get("drain_timeout").is_none(), "the default is left out");
+
+        json["ports"] = serde_json::json!([{"target": 81, "publish": 8080},
+                                           {"target": 80, "publish": 8080},
+                                           {"target": 80, "publish": 0}]);
+        let fields: Vec<String> =
+            service(json).validate().unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["ports[0].target", "ports[1].publish", "ports[2].publish"]);
     }
 
     #[test]

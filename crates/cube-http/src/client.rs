@@ -593,6 +593,15 @@ impl Client {
         self.call(Method::GET, &format!("/v1/services/{name}"), None::<&()>).await.map(|(_, v)| v)
     }
 
+    /// `GET /v1/services/{name}/endpoints`: the instances its published ports reach.
+    pub async fn service_endpoints(
+        &self,
+        name: &str,
+    ) -> Result<cube_core::endpoints::ServiceEndpoints, ClientError> {
+        let path = format!("/v1/services/{name}/endpoints");
+        self.call(Method::GET, &path, None::<&()>).await.map(|(_, v)| v)
+    }
+
     /// `DELETE /v1/services/{name}`: stops every instance.
     pub async fn remove_service(&self, name: &str) -> Result<ServiceView, ClientError> {
         let path = format!("/v1/services/{name}");

@@ -58,6 +58,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(&m::SCALE_SERVICE, scale_service)
         .route(&m::PLAN_SERVICE, plan_service)
         .route(&m::SERVICE_VERSIONS, service_versions)
+        .route(&m::SERVICE_ENDPOINTS, service_endpoints)
         .route(&m::REVERT_SERVICE, revert_service)
         .route(&m::GET_DEPLOYMENT, get_deployment)
         .route(&m::DEPLOYMENT_ACTION, deployment_action)
@@ -303,6 +304,16 @@ async fn get_service(
 ) -> Result<axum::Json<ServiceView>, HttpError> {
     let view = m.service_view(&name).ok_or_else(|| ApiError::not_found("service", &name))?;
     Ok(axum::Json(view))
+}
+
+/// The instances every node's ingress may forward the service's published ports to.
+async fn service_endpoints(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<cube_core::endpoints::ServiceEndpoints>, HttpError> {
+    let endpoints =
+        m.service_endpoints(&name).ok_or_else(|| ApiError::not_found("service", &name))?;
+    Ok(axum::Json(endpoints))
 }
 
 /// Creates (201) or updates (200) a service; the same spec again is a 200 that changes nothing.

@@ -42,6 +42,14 @@ pub enum ManagerError {
         #[source]
         source: InvalidDeploymentTransition,
     },
+    /// Another service publishes the port.
+    #[error("port {port} is published by service {by}: two services cannot publish one port")]
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// The service publishing it.
+        by: String,
+    },
     /// The service's history has no such version.
     #[error("service {name} has no version {version} in its history")]
     VersionNotFound {
@@ -105,9 +113,9 @@ impl From<ManagerError> for ApiError {
         match e {
             ManagerError::TaskNotFound(id) => ApiError::not_found("task", id),
             ManagerError::NodeNotFound(id) => ApiError::not_found("node", id),
-            ManagerError::Conflict(_) | ManagerError::NotRunning { .. } => {
-                ApiError::new(ErrorCode::Conflict, e.to_string())
-            }
+            ManagerError::Conflict(_)
+            | ManagerError::NotRunning { .. }
+            | ManagerError::PortTaken { .. } => ApiError::new(ErrorCode::Conflict, e.to_string()),
             ManagerError::NeverRan(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
             ManagerError::ServiceNotFound(name) => ApiError::not_found("service", name),
             ManagerError::DeploymentNotFound(id) => ApiError::not_found("deployment", id),

@@ -311,6 +311,11 @@ impl Manager {
                 });
             }
         }
+        // Last: an instance leaves or joins the endpoints after the change that made it.
+        for (name, endpoints) in state.refresh_endpoints(effects, false) {
+            let object = EventObject::Endpoints(endpoints.map(Box::new));
+            changes.push(events::Change { kind: EventType::EndpointsUpdated, key: name, object });
+        }
         let index = self.events.stage(changes, now, by, &mut batch)?;
         Ok(Staged::commit(self.store.as_ref(), batch, index))
     }
@@ -530,6 +535,14 @@ impl Manager {
         let state = self.lock();
         let entry = state.service(name)?;
         Some(view(&state, entry, self.clock.now()))
+    }
+
+    /// A service's endpoints.
+    pub(crate) fn service_endpoints(
+        &self,
+        name: &str,
+    ) -> Option<cube_core::endpoints::ServiceEndpoints> {
+        self.lock().endpoints(name)
     }
 
     fn view_of(&self, service: &Service) -> ServiceView {
@@ -1110,6 +1123,7 @@ fn refusal(r: Refusal, name: &str) -> ManagerError {
         Refusal::NoVersion(version) => {
             ManagerError::VersionNotFound { name: name.to_owned(), version }
         }
+        Refusal::PortTaken { port, by } => ManagerError::PortTaken { port, by },
         Refusal::NoService | Refusal::NoDeployment | Refusal::Transition(_) => {
             ManagerError::ServiceNotFound(name.to_owned())
         }

@@ -270,6 +270,9 @@ async fn manager_tour(c: &Contract, w: &TestWorker) {
     let deployment = view["deployment"]["id"].as_str().unwrap().to_owned();
     c.call(M::GET, "/v1/services", "/v1/services", None).await;
     c.call(M::GET, "/v1/services/{name}", "/v1/services/web", None).await;
+    let (_, endpoints) =
+        c.call(M::GET, "/v1/services/{name}/endpoints", "/v1/services/web/endpoints", None).await;
+    assert_eq!(endpoints["endpoints"], json!([]), "it publishes nothing");
     let mut task = sleeper("web");
     task["env"] = json!({"V": "2"});
     let changed = json!({"count": 2, "task": task, "update": {"min_healthy_time": "1s"}});

@@ -14,6 +14,7 @@
 //! - `gc`: forgetting finished tasks;
 //! - `services`: services, their deployments, and the rollout planner applied to them;
 //! - `drain`: draining nodes and their eligibility;
+//! - `endpoints`: each published service's endpoints, recomputed after every change;
 //! - `plan`: dry runs of service updates.
 //!
 //! **Invariant:** tasks are only changed through [`State::modify`] (the one exception, an
@@ -21,6 +22,7 @@
 
 mod accounting;
 mod drain;
+mod endpoints;
 mod gc;
 mod membership;
 mod placement;
@@ -168,6 +170,9 @@ pub struct State {
     due: BTreeSet<String>,
     /// Nodes being drained and not yet empty.
     draining: BTreeSet<NodeId>,
+    /// The endpoints of each service that publishes ports (written only by
+    /// `refresh_endpoints`).
+    endpoints: BTreeMap<String, cube_core::endpoints::ServiceEndpoints>,
 }
 
 impl State {
@@ -187,6 +192,7 @@ impl State {
             deployments: BTreeMap::new(),
             due: BTreeSet::new(),
             draining: BTreeSet::new(),
+            endpoints: BTreeMap::new(),
         }
     }
 

@@ -53,6 +53,13 @@ pub enum Refusal {
     Transition(cube_core::deployment::InvalidDeploymentTransition),
     /// The history has no such version.
     NoVersion(u64),
+    /// Another service publishes this port.
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// The service publishing it.
+        by: String,
+    },
 }
 
 /// Instance counts of one service.
@@ -109,6 +116,17 @@ impl State {
         self.deployments.get(&id)
     }
 
+    /// Refuses a spec publishing a port another service publishes: every node's ingress
+    /// listens on each published port, so two services cannot share one.
+    fn check_ports(&self, spec: &ServiceSpec) -> Result<(), Refusal> {
+        for p in &spec.ports {
+            if let Some(by) = self.publisher_of(p.publish, &spec.name) {
+                return Err(Refusal::PortTaken { port: p.publish, by: by.to_owned() });
+            }
+        }
+        Ok(())
+    }
+
     /// Loads service and deployment records (at start-up, after the tasks).
     pub fn load_services(&mut self, services: Vec<Service>, deployments: Vec<Deployment>) {
         for d in deployments {
@@ -127,6 +145,8 @@ impl State {
             self.reconcile_later(&name);
             self.services.insert(name, ServiceEntry { service, instances, wake_at: None });
         }
+        // Derived: rebuilt, not announced.
+        self.refresh_endpoints(&Effects::default(), true);
     }
 
     /// Marks a service to be planned again at the next change (at start-up: every service).
@@ -160,6 +180,7 @@ impl State {
         effects: &mut Effects,
     ) -> Result<(Service, Change, bool), Refusal> {
         let name = spec.name.clone();
+        self.check_ports(&spec)?;
         let current = self.services.get(&name).map(|e| e.service.modify_index);
         let created = current.is_none();
         if let Some(want) = check_index
@@ -214,6 +235,7 @@ impl State {
         let old = entry.service.versions.iter().find(|v| v.version == version);
         let old = old.ok_or(Refusal::NoVersion(version))?;
         let spec = ServiceSpec { count: entry.service.spec.count, ..old.spec.clone() };
+        self.check_ports(&spec)?;
         let change = self.revert_to(name, spec, version, now, ids, effects);
         let service =
             self.services.get(name).map(|e| e.service.clone()).ok_or(Refusal::NoService)?;

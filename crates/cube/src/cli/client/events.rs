@@ -79,6 +79,11 @@ fn detail(object: &EventObject) -> String {
                 Some(cube_api::exec::Control::Error { message }) => format!("{command}: {message}"),
             }
         }
+        EventObject::Endpoints(Some(e)) => {
+            let n = e.endpoints.len();
+            format!("{n} endpoint{}", if n == 1 { "" } else { "s" })
+        }
+        EventObject::Endpoints(None) => "publishes nothing".to_owned(),
         EventObject::Task(None)
         | EventObject::Node(None)
         | EventObject::Service(None)

@@ -8,6 +8,8 @@ use cube_api::events::EventObject;
 use cube_api::types::{ServicePlanView, ServiceView};
 use cube_core::DeploymentId;
 use cube_core::deployment::{Deployment, DeploymentStatus};
+use cube_core::endpoints::ServiceEndpoints;
+use cube_core::service::IngressMode;
 use cube_core::service::Version;
 use jiff::Timestamp;
 
@@ -244,7 +246,15 @@ pub(super) async fn service(
             let view = client.service(&name).await.map_err(|e| api.error(&e))?;
             match output {
                 Output::Json => format::emit_json(&view)?,
-                Output::Table => format::emit(&detail(&view, Timestamp::now()))?,
+                Output::Table => {
+                    let mut text = detail(&view, Timestamp::now());
+                    if !view.spec.ports.is_empty() {
+                        let e = client.service_endpoints(&name).await.map_err(|e| api.error(&e))?;
+                        text.push_str("\n\n");
+                        text.push_str(&endpoints(&e, format::colour_stdout()));
+                    }
+                    format::emit(&text)?
+                }
             }
         }
         ServiceCommand::Scale { name, count } => {
@@ -374,6 +384,37 @@ fn detail(v: &ServiceView, now: Timestamp) -> String {
         text.push_str("\n\nDeployment:\n");
         text.push_str(&format::indent(&deployment_detail(dep, now)));
     }
+    text
+}
+
+/// The published ports, then one row per endpoint and target port.
+fn endpoints(e: &ServiceEndpoints, colour: bool) -> String {
+    let mut text = String::from("Published:\n");
+    for p in &e.ports {
+        let mode = match p.mode {
+            IngressMode::Tcp => "tcp",
+            IngressMode::Http => "http",
+        };
+        text.push_str(&format!("  :{} -> {} ({mode}) on every node\n", p.publish, p.target));
+    }
+    if e.endpoints.is_empty() {
+        text.push_str("\nEndpoints: none (no instance is running and healthy)");
+        return text;
+    }
+    let mut table = format::table(&["ENDPOINT", "NODE", "VERSION", "TARGET", "ADDRESS"], colour);
+    for endpoint in &e.endpoints {
+        for a in &endpoint.addresses {
+            table.add_row(vec![
+                endpoint.task.short(),
+                endpoint.node.short(),
+                endpoint.version.to_string(),
+                a.target.to_string(),
+                format!("{}:{}", a.host, a.port),
+            ]);
+        }
+    }
+    text.push_str("\nEndpoints:\n");
+    text.push_str(&format::render(&table));
     text
 }
 

@@ -23,9 +23,9 @@ use cube_core::{DeploymentId, NodeId, TaskId};
 use crate::ErrorBody;
 use crate::events::{Event, IndexBounds, StreamLine};
 use crate::types::{
-    DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, NodeInfo,
-    NodeStats, RegisterRequest, RevertRequest, ScaleRequest, ServicePlanView, ServiceView,
-    TaskSubmission, TaskView,
+    DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, IngressFeed,
+    NodeInfo, NodeStats, RegisterRequest, RevertRequest, ScaleRequest, ServicePlanView,
+    ServiceView, TaskSubmission, TaskView,
 };
 
 /// Builds the schema of a type, registering the named types it refers to.
@@ -287,6 +287,19 @@ const EVENTS_QUERY: &[Param] = &[
         "topic",
         "Only these topics (repeat it; absent: every topic).",
         schema_of::<Vec<TopicParam>>,
+    ),
+];
+const FEED_QUERY: &[Param] = &[
+    optional(
+        "index",
+        "The index this node's ingress has applied: answer once the endpoints changed after \
+         it (absent: at once).",
+        schema_of::<u64>,
+    ),
+    optional(
+        "wait",
+        "How long to wait for a change (default 5m, at most 10m).",
+        schema_of::<cube_core::schema::DurationText>,
     ),
 ];
 const SERVICE_PUT_QUERY: &[Param] = &[optional(
@@ -615,6 +628,19 @@ pub mod manager {
             "/v1/nodes/{id}/heartbeat",
             "workers",
             "A worker's periodic report: its stats and its tasks' changes",
+        )
+    };
+    /// `GET /v1/nodes/{id}/endpoints`
+    pub const NODE_ENDPOINTS: Operation = Operation {
+        path_params: NODE_UUID,
+        query: FEED_QUERY,
+        replies: &[ok(Content::Json(schema_of::<IngressFeed>)), BAD_INPUT, NOT_FOUND],
+        ..op(
+            "ingressFeed",
+            Method::Get,
+            "/v1/nodes/{id}/endpoints",
+            "workers",
+            "A node's ingress: every published service's endpoints, once newer than index",
         )
     };
     /// `GET /v1/events`

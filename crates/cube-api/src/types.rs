@@ -281,6 +281,17 @@ pub struct RegisterRequest {
     pub tasks: Vec<TaskView>,
 }
 
+/// `GET /v1/nodes/{id}/endpoints`: what a node's ingress forwards, as of `index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct IngressFeed {
+    /// The event index of the newest endpoint change this reflects. Asking again with
+    /// `?index=` this answers once something newer exists, and tells the manager this node's
+    /// ingress has applied it.
+    pub index: u64,
+    /// Every service that publishes ports, with its endpoints.
+    pub services: Vec<cube_core::endpoints::ServiceEndpoints>,
+}
+
 /// Answer to a registration or heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeartbeatResponse {

@@ -593,6 +593,22 @@ impl Client {
         self.call(Method::GET, &format!("/v1/services/{name}"), None::<&()>).await.map(|(_, v)| v)
     }
 
+    /// `GET /v1/nodes/{id}/endpoints`: what `node`'s ingress forwards, once the endpoints
+    /// changed after `applied` (which tells the manager this node applied it) or `wait`
+    /// passed. The client's timeout must be longer than `wait`.
+    pub async fn ingress_feed(
+        &self,
+        node: cube_core::NodeId,
+        applied: Option<u64>,
+        wait: Duration,
+    ) -> Result<cube_api::types::IngressFeed, ClientError> {
+        let mut path = format!("/v1/nodes/{node}/endpoints?wait={}ms", wait.as_millis());
+        if let Some(index) = applied {
+            path.push_str(&format!("&index={index}"));
+        }
+        self.call(Method::GET, &path, None::<&()>).await.map(|(_, v)| v)
+    }
+
     /// `GET /v1/services/{name}/endpoints`: the instances its published ports reach.
     pub async fn service_endpoints(
         &self,

@@ -12,9 +12,9 @@ use axum::routing::get;
 use cube_api::events::TopicFilter;
 use cube_api::openapi::{self, Api, manager as m};
 use cube_api::types::{
-    DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, LogsQuery,
-    NodeInfo, RegisterRequest, RevertRequest, ScaleRequest, ServicePlanView, ServiceQuery,
-    ServiceView, TaskFilter, TaskSubmission, TaskView,
+    DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, IngressFeed,
+    LogsQuery, NodeInfo, RegisterRequest, RevertRequest, ScaleRequest, ServicePlanView,
+    ServiceQuery, ServiceView, TaskFilter, TaskSubmission, TaskView,
 };
 use cube_api::{ApiError, ErrorCode};
 use cube_core::deployment::Deployment;
@@ -68,6 +68,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(&m::DRAIN_NODE, drain_node)
         .route(&m::NODE_ELIGIBILITY, node_eligibility)
         .route_limited(&m::HEARTBEAT, heartbeat, NODE_BODY_LIMIT)
+        .route(&m::NODE_ENDPOINTS, ingress_feed)
         .route(&m::EVENTS, events)
         .route(&openapi::METRICS, metrics)
         .finish(Api::Manager)
@@ -103,14 +104,17 @@ async fn with_index(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // The event stream, logs and the ingress feed take `index` in a sense of their own.
+    let path = req.uri().path();
     let blocking = req.method() == axum::http::Method::GET
-        && req.uri().path() != "/v1/events"
-        && !req.uri().path().ends_with("/logs");
+        && path != "/v1/events"
+        && !path.ends_with("/logs")
+        && !(path.starts_with("/v1/nodes/") && path.ends_with("/endpoints"));
     if blocking && let Some(query) = req.uri().query() {
         match blocking_query(query) {
             Ok(Some((index, wait))) => {
                 let jitter = wait.mul_f64(fastrand::f64() / 16.0);
-                m.events.wait_past(index, wait + jitter).await;
+                m.wait_past(index, wait + jitter).await;
             }
             Ok(None) => {}
             Err(e) => return HttpError(e).into_response(),
@@ -447,6 +451,36 @@ async fn heartbeat(
     let id: NodeId = parse_id(&id)?;
     let req: HeartbeatRequest = parse_json(&body)?;
     Ok(axum::Json(m.heartbeat(id, req).await?))
+}
+
+/// `GET /v1/nodes/{id}/endpoints?index=N&wait=D`: the node's ingress feed. Its own blocking
+/// query: it waits for an endpoint change after `N` (not for any change), and `N` is also the
+/// node's acknowledgement of what its ingress applied.
+async fn ingress_feed(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<axum::Json<IngressFeed>, HttpError> {
+    let node: NodeId = parse_id(&id)?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| {
+        ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}"))
+    })?;
+    let (mut index, mut wait) = (None, DEFAULT_WAIT);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "index" => index = Some(parse_index(&v)?),
+            "wait" => wait = parse_wait(&v)?,
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("unknown parameter {other:?}: expected index and wait"),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(axum::Json(m.ingress_feed(node, index, wait).await?))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {

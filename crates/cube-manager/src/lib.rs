@@ -28,7 +28,8 @@ use cube_api::types::{
     FieldChange, InstanceCounts, PlannedInstance, ServicePlanView, ServiceView, VersionCounts,
 };
 use cube_api::types::{
-    HeartbeatRequest, HeartbeatResponse, NodeInfo, RegisterRequest, TaskFilter, TaskView,
+    HeartbeatRequest, HeartbeatResponse, IngressFeed, NodeInfo, RegisterRequest, TaskFilter,
+    TaskView,
 };
 use cube_core::deployment::Deployment;
 use cube_core::service::{Service, ServiceSpec, Version};
@@ -194,6 +195,8 @@ impl Manager {
         let (task_count, node_count) = (tasks.len(), nodes.len());
         state.load(tasks, nodes, clock.instant());
         state.load_services(services, deployments);
+        // A node's ingress that applied endpoints before the restart is answered again.
+        state.set_endpoints_index(events.current());
         if task_count + node_count > 0 {
             tracing::info!(
                 tasks = task_count,
@@ -315,6 +318,7 @@ impl Manager {
         for (name, endpoints) in state.refresh_endpoints(effects, false) {
             let object = EventObject::Endpoints(endpoints.map(Box::new));
             changes.push(events::Change { kind: EventType::EndpointsUpdated, key: name, object });
+            state.set_endpoints_index(first + changes.len() as u64 - 1);
         }
         let index = self.events.stage(changes, now, by, &mut batch)?;
         Ok(Staged::commit(self.store.as_ref(), batch, index))
@@ -535,6 +539,56 @@ impl Manager {
         let state = self.lock();
         let entry = state.service(name)?;
         Some(view(&state, entry, self.clock.now()))
+    }
+
+    /// What `node`'s ingress forwards, once the endpoints changed after `applied` (the index
+    /// it has applied, which the manager records) or `wait` has passed. Only durable changes
+    /// are answered.
+    pub(crate) async fn ingress_feed(
+        &self,
+        node: NodeId,
+        applied: Option<u64>,
+        wait: Duration,
+    ) -> Result<IngressFeed, ManagerError> {
+        {
+            let mut state = self.lock();
+            if state.node(node).is_none() {
+                return Err(ManagerError::NodeNotFound(node.to_string()));
+            }
+            if let Some(applied) = applied {
+                state.ingress_applied(node, applied);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let durable = self.events.current();
+            {
+                let state = self.lock();
+                let index = state.endpoints_index();
+                let newer = applied.is_none_or(|a| index > a);
+                if (newer && index <= durable) || tokio::time::Instant::now() >= deadline {
+                    return Ok(IngressFeed { index, services: state.all_endpoints() });
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !self.wait_past(durable, left).await && self.shutdown.is_cancelled() {
+                // Answer what there is: a graceful stop waits for every open request.
+                let state = self.lock();
+                return Ok(IngressFeed {
+                    index: state.endpoints_index(),
+                    services: state.all_endpoints(),
+                });
+            }
+        }
+    }
+
+    /// Waits until something newer than `index` is durable (true), `timeout` passes or the
+    /// manager is stopping (false): a blocking request must not hold up a graceful stop.
+    pub(crate) async fn wait_past(&self, index: u64, timeout: Duration) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => false,
+            newer = self.events.wait_past(index, timeout) => newer,
+        }
     }
 
     /// A service's endpoints.

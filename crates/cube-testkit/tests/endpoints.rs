@@ -89,6 +89,35 @@ async fn healthy_instances_are_endpoints_until_they_are_asked_to_stop() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_nodes_feed_answers_at_once_then_only_when_endpoints_change() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client();
+    let node = cluster.drive(client.nodes()).await.unwrap()[0].id;
+    // Shorter than the test kit client's timeout.
+    let wait = Duration::from_secs(2);
+    let first = cluster.drive(client.ingress_feed(node, None, wait)).await.unwrap();
+    assert!(first.services.is_empty());
+    cluster.drive(client.put_service(&web("web", 1, 8080, json!({})), None)).await.unwrap();
+    // Asked with what it applied, the node hears of the change (published, then running).
+    let mut applied = first.index;
+    let feed = loop {
+        let feed = cluster.drive(client.ingress_feed(node, Some(applied), wait)).await.unwrap();
+        // Answered once something changed, or the wait passed (the same index).
+        assert!(feed.index >= applied);
+        applied = feed.index;
+        if feed.services.first().is_some_and(|s| s.endpoints.len() == 1) {
+            break feed;
+        }
+    };
+    assert_eq!(feed.services[0].ports[0].publish, 8080);
+    // Nothing changes: the poll waits out its wait and answers the same index.
+    let before = tokio::time::Instant::now();
+    let idle = cluster.drive(client.ingress_feed(node, Some(applied), wait)).await.unwrap();
+    assert_eq!(idle.index, applied);
+    assert!(before.elapsed() >= wait, "it waited");
+}
+
+#[tokio::test(start_paused = true)]
 async fn two_services_cannot_publish_one_port() {
     let cluster = Cluster::start(1).await;
     let client = cluster.client();

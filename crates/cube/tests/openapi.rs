@@ -334,6 +334,9 @@ async fn manager_tour(c: &Contract, w: &TestWorker) {
         Some(json!({"eligible": true})),
     )
     .await;
+    let (status, feed) =
+        c.call(M::GET, "/v1/nodes/{id}/endpoints", &format!("{node_path}/endpoints"), None).await;
+    assert_eq!(status, 200, "{feed}");
     let (status, _) =
         c.call(M::POST, "/v1/nodes/{id}/heartbeat", &format!("{node_path}/heartbeat"), None).await;
     assert_eq!(status, 400, "a heartbeat without a body");

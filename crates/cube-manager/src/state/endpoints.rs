@@ -21,6 +21,28 @@ impl State {
         }))
     }
 
+    /// The event index of the newest endpoint change (at start-up: the index the state was
+    /// loaded at).
+    pub fn endpoints_index(&self) -> u64 {
+        self.endpoints_index
+    }
+
+    /// The change staged at `index` changed endpoints.
+    pub fn set_endpoints_index(&mut self, index: u64) {
+        self.endpoints_index = self.endpoints_index.max(index);
+    }
+
+    /// Every published service's endpoints, by name.
+    pub fn all_endpoints(&self) -> Vec<ServiceEndpoints> {
+        self.endpoints.values().cloned().collect()
+    }
+
+    /// `node`'s ingress has applied the endpoints as of `index`.
+    pub fn ingress_applied(&mut self, node: NodeId, index: u64) {
+        let acked = self.ingress_acks.entry(node).or_default();
+        *acked = (*acked).max(index);
+    }
+
     /// The service publishing `port`, other than `except`.
     pub fn publisher_of(&self, port: u16, except: &str) -> Option<&str> {
         self.services

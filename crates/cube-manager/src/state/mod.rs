@@ -173,6 +173,11 @@ pub struct State {
     /// The endpoints of each service that publishes ports (written only by
     /// `refresh_endpoints`).
     endpoints: BTreeMap<String, cube_core::endpoints::ServiceEndpoints>,
+    /// The event index of the newest endpoint change (written only by `set_endpoints_index`).
+    endpoints_index: u64,
+    /// The endpoint index each node's ingress has applied (written only by
+    /// `ingress_applied`, from the node's own requests).
+    ingress_acks: BTreeMap<NodeId, u64>,
 }
 
 impl State {
@@ -193,6 +198,8 @@ impl State {
             due: BTreeSet::new(),
             draining: BTreeSet::new(),
             endpoints: BTreeMap::new(),
+            endpoints_index: 0,
+            ingress_acks: BTreeMap::new(),
         }
     }
 

@@ -57,6 +57,21 @@ pub struct ServiceEndpoints {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// One published port as a node's ingress serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct IngressListener {
+    /// The published port.
+    pub port: u16,
+    /// The service publishing it.
+    pub service: String,
+    /// The address it listens on (`host:port`).
+    pub address: String,
+    /// Why it cannot listen (the port is taken, or privileged without the rights); `None`
+    /// while it listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The endpoint `task` is, if it is one: `ports` are the service's published ports and `node`
 /// the record of the node it runs on.
 pub fn endpoint(task: &Task, node: Option<&Node>, ports: &[ServicePort]) -> Option<Endpoint> {

@@ -42,7 +42,11 @@ fn crates_depend_only_the_documented_way() {
     expect("cube-rt", &[]);
     expect("cube-api", &["cube-core"]);
     expect("cube-http", &["cube-api", "cube-core"]);
-    expect("cube-worker", &["cube-api", "cube-core", "cube-http", "cube-rt", "cube-store"]);
+    expect("cube-ingress", &["cube-core"]);
+    expect(
+        "cube-worker",
+        &["cube-api", "cube-core", "cube-http", "cube-ingress", "cube-rt", "cube-store"],
+    );
     expect("cube-manager", &["cube-api", "cube-core", "cube-http", "cube-rt", "cube-store"]);
     for (krate, deps) in &graph {
         if krate != "cube-bench" && krate != "cube-testkit" {

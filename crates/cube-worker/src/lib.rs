@@ -6,6 +6,7 @@
 //!   `health`: the probes, reporting changes to the runner.
 //! - `driver`: the `Driver` trait and the docker, process and (tests only) fake drivers.
 //! - `reporter`: registration and heartbeats; `host`: host figures; `api` and `logs`: HTTP.
+//! - `ingress`: keeps the node's ingress (`cube_ingress`) on the manager's endpoints.
 //!
 //! [`start`] wires them together on a [`Platform`]; the `cube worker` command calls it.
 //! Imports point one way: agent → runner → health → driver, all of them → table.
@@ -17,6 +18,7 @@ mod error;
 mod exec;
 mod health;
 mod host;
+mod ingress;
 mod logs;
 mod metrics;
 mod reporter;
@@ -68,6 +70,9 @@ pub struct WorkerConfig {
     pub gc_after: Option<Duration>,
     /// Also serve `GET /metrics` here, without the token (off by default).
     pub metrics_listen: Option<SocketAddr>,
+    /// The address the ingress listens on for published service ports [default: the API's
+    /// listen address, the one already chosen to expose this node].
+    pub ingress_ip: Option<std::net::IpAddr>,
     /// Token and TLS of this API and of the calls to the manager.
     pub security: cube_http::Security,
 }
@@ -87,6 +92,7 @@ impl WorkerConfig {
             gc_after: Some(Duration::from_secs(24 * 3600)),
             security: cube_http::Security::default(),
             metrics_listen: None,
+            ingress_ip: None,
         }
     }
 }
@@ -149,6 +155,8 @@ pub struct RunningWorker {
     drivers: Arc<Drivers>,
     server: Server,
     metrics_server: Option<Server>,
+    /// The ingress, with a manager.
+    ingress: Option<cube_ingress::Ingress>,
     /// The reporter, the GC loop and the host sampler.
     background: TaskTracker,
 }
@@ -180,6 +188,9 @@ impl RunningWorker {
         self.agent.wait_runners().await;
         self.background.close();
         self.background.wait().await;
+        if let Some(ingress) = self.ingress {
+            ingress.wait().await;
+        }
         self.drivers.shutdown().await;
         Ok(served?)
     }
@@ -278,6 +289,7 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    let mut ingress_handle = None;
     if let Some(manager) = config.manager.clone() {
         let snapshot = host.borrow().clone();
         let capacity = Resources {
@@ -296,10 +308,31 @@ pub async fn start(
             drivers: agent.drivers(),
             security: config.security.clone(),
         };
+        let ip = config.ingress_ip.unwrap_or(addr.ip());
+        let ingress = cube_ingress::Ingress::new(node_id, ip, shutdown.clone());
+        match membership.security.client(&membership.manager, ingress::FEED_TIMEOUT) {
+            Ok(client) => {
+                background.spawn(ingress::follow(
+                    ingress.clone(),
+                    client,
+                    node_id,
+                    shutdown.clone(),
+                ));
+                ingress_handle = Some(ingress);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot build the manager client; no ingress"),
+        }
         background.spawn(disconnect_loop(Arc::clone(&agent), shutdown.clone()));
         background.spawn(reporter::run(Arc::clone(&agent), membership, host, shutdown));
     }
-    Ok(RunningWorker { agent, drivers, server, metrics_server, background })
+    Ok(RunningWorker {
+        agent,
+        drivers,
+        server,
+        metrics_server,
+        ingress: ingress_handle,
+        background,
+    })
 }
 
 /// How often the worker looks for tasks to stop because the manager is out of reach.

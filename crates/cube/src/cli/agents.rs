@@ -113,6 +113,11 @@ pub struct WorkerArgs {
     /// Where task state lives: redb (durable, in the data directory) or memory (lost on exit).
     #[arg(long, env = "CUBE_WORKER_STORE", default_value = "redb")]
     pub store: StoreKind,
+    /// Address the ingress listens on for services' published ports [default: the
+    /// --listen address]. Published ports are meant for clients, so this is often the node's
+    /// public address while the API stays on a private one.
+    #[arg(long, env = "CUBE_WORKER_INGRESS_ADDR")]
+    pub ingress_addr: Option<std::net::IpAddr>,
     /// Finished tasks' records and logs are deleted this long after they finished (e.g. 24h,
     /// 30m), or `never`. With a manager, only once it has the task's final state.
     #[arg(long, env = "CUBE_WORKER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
@@ -286,6 +291,7 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> a
         gc_after: args.gc_after.0,
         security: security.clone(),
         metrics_listen: args.exposure.metrics_listen,
+        ingress_ip: args.ingress_addr,
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, platform, store, shutdown).await?;

@@ -332,6 +332,9 @@ pub struct HeartbeatRequest {
     /// only: the manager checks them against its own records, which costs a lookup per task).
     #[serde(default)]
     pub active: Option<Vec<ActiveTask>>,
+    /// The node's ingress (periodic beats of a worker joined to a manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<cube_core::endpoints::IngressReport>,
 }
 
 /// A task that is not finished on a worker.

@@ -276,7 +276,7 @@ async fn heartbeat_loop(
             (reports, active)
         };
         let stats = periodic.then(|| node.stats());
-        let request = HeartbeatRequest { stats, tasks: reports, active };
+        let request = HeartbeatRequest { stats, tasks: reports, active, ingress: None };
         let response = tokio::select! {
             r = client.heartbeat(node.id, &request) => r,
             () = shutdown.cancelled() => return,

@@ -72,6 +72,18 @@ pub struct IngressListener {
     pub error: Option<String>,
 }
 
+/// What a node's ingress says of itself in its periodic heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct IngressReport {
+    /// Its listeners, one per published port.
+    #[serde(default)]
+    pub listeners: Vec<IngressListener>,
+    /// Connections open through it, per instance (instances with none left out): the manager
+    /// stops an instance that left the endpoints once no node has any open to it.
+    #[serde(default)]
+    pub open: BTreeMap<TaskId, u32>,
+}
+
 /// The endpoint `task` is, if it is one: `ports` are the service's published ports and `node`
 /// the record of the node it runs on.
 pub fn endpoint(task: &Task, node: Option<&Node>, ports: &[ServicePort]) -> Option<Endpoint> {

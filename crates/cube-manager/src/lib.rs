@@ -314,11 +314,17 @@ impl Manager {
                 });
             }
         }
-        // Last: an instance leaves or joins the endpoints after the change that made it.
-        for (name, endpoints) in state.refresh_endpoints(effects, false) {
+        // Last: an instance leaves or joins the endpoints after the change that made it; one
+        // that left is stopped only once the ingresses let go of it.
+        let refreshed = state.refresh_endpoints(effects, false);
+        for (name, endpoints) in refreshed.changed {
             let object = EventObject::Endpoints(endpoints.map(Box::new));
             changes.push(events::Change { kind: EventType::EndpointsUpdated, key: name, object });
             state.set_endpoints_index(first + changes.len() as u64 - 1);
+        }
+        if !refreshed.left.is_empty() {
+            let index = state.endpoints_index();
+            state.hold_stops(&refreshed.left, index, self.clock.instant(), effects);
         }
         let index = self.events.stage(changes, now, by, &mut batch)?;
         Ok(Staged::commit(self.store.as_ref(), batch, index))
@@ -784,6 +790,7 @@ impl Manager {
                     .map(|a| ActiveCopy { id: a.id, generation: a.generation })
                     .collect()
             }),
+            ingress: req.ingress,
         };
         let stop = self
             .change(Actor::Node { node }, |s, e| {
@@ -972,6 +979,19 @@ impl Manager {
     }
 
     /// Marks silent nodes down and moves their tasks, until shutdown.
+    /// Sends the held stops of instances the ingresses have let go of
+    /// (`State::release_leaving`). No record changes: their stop was committed already.
+    async fn leaving_loop(self: Arc<Self>) {
+        let mut ticker = Ticker::new(LEAVING_CHECK, self.shutdown.clone());
+        while ticker.tick().await {
+            let stops = self.lock().release_leaving(self.clock.instant());
+            for s in stops {
+                tracing::debug!(task = %s.task, "every ingress let go of it: stopping");
+                self.tracker.spawn(Arc::clone(&self).send_stop(s));
+            }
+        }
+    }
+
     async fn liveness_loop(self: Arc<Self>) {
         let period = (self.config.node_ttl / 10).max(Duration::from_millis(50));
         let mut ticker = Ticker::new(period, self.shutdown.clone());
@@ -1168,6 +1188,10 @@ fn view(state: &State, entry: &state::ServiceEntry, now: jiff::Timestamp) -> Ser
     ServiceView::new(&entry.service, instances, deployment)
 }
 
+/// How often held stops are looked at: a leaving instance is stopped at most this long after
+/// the last ingress let go of it.
+const LEAVING_CHECK: Duration = Duration::from_millis(100);
+
 /// A refused service request as the manager's error.
 fn refusal(r: Refusal, name: &str) -> ManagerError {
     match r {
@@ -1233,6 +1257,7 @@ pub async fn start(
     };
     manager.tracker.spawn(Arc::clone(&manager).placement_loop());
     manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
+    manager.tracker.spawn(Arc::clone(&manager).leaving_loop());
     manager.tracker.spawn(Arc::clone(&manager).services_loop());
     manager.tracker.spawn(Arc::clone(&manager).history_loop());
     if let Some(retain) = config.gc_after {

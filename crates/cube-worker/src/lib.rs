@@ -297,6 +297,8 @@ pub async fn start(
             memory: config.capacity.memory.unwrap_or(Bytes(snapshot.memory.total_bytes)),
             disk: config.capacity.disk.unwrap_or(Bytes(snapshot.disk.total_bytes)),
         };
+        let ip = config.ingress_ip.unwrap_or(addr.ip());
+        let ingress = cube_ingress::Ingress::new(node_id, ip, shutdown.clone());
         let membership = reporter::Membership {
             manager,
             advertise: config
@@ -307,9 +309,8 @@ pub async fn start(
             capacity,
             drivers: agent.drivers(),
             security: config.security.clone(),
+            ingress: Some(ingress.clone()),
         };
-        let ip = config.ingress_ip.unwrap_or(addr.ip());
-        let ingress = cube_ingress::Ingress::new(node_id, ip, shutdown.clone());
         match membership.security.client(&membership.manager, ingress::FEED_TIMEOUT) {
             Ok(client) => {
                 background.spawn(ingress::follow(

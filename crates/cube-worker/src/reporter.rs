@@ -39,6 +39,8 @@ pub(crate) struct Membership {
     pub drivers: Vec<DriverKind>,
     /// Token and CA for the calls to the manager.
     pub security: cube_http::Security,
+    /// The node's ingress, reported in periodic heartbeats.
+    pub ingress: Option<cube_ingress::Ingress>,
 }
 
 /// First and longest wait between registration attempts (jittered, see [`Backoff`]).
@@ -72,7 +74,8 @@ pub(crate) async fn run(
             "registered with the manager"
         );
         stop_all(&agent, &response.stop).await;
-        if !heartbeat_loop(&agent, &client, &host, response.interval(), &shutdown).await {
+        let ingress = membership.ingress.as_ref();
+        if !heartbeat_loop(&agent, &client, &host, ingress, response.interval(), &shutdown).await {
             return;
         }
         tracing::warn!("the manager asked this node to register again");
@@ -129,6 +132,7 @@ async fn heartbeat_loop(
     agent: &Agent,
     client: &Client,
     host: &watch::Receiver<HostSnapshot>,
+    ingress: Option<&cube_ingress::Ingress>,
     interval: Duration,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -159,6 +163,14 @@ async fn heartbeat_loop(
                     .into_iter()
                     .map(|(id, generation)| ActiveTask { id, generation })
                     .collect()
+            }),
+            ingress: ingress.filter(|_| periodic).map(|i| cube_core::endpoints::IngressReport {
+                listeners: i.listeners(),
+                open: i
+                    .open_connections()
+                    .into_iter()
+                    .map(|(task, n)| (task, u32::try_from(n).unwrap_or(u32::MAX)))
+                    .collect(),
             }),
         };
         match client.heartbeat(agent.node_id(), &request).await {

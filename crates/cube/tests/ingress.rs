@@ -16,14 +16,19 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
 }
 
-/// `count` busybox httpd instances, one per node, each answering `/` with its container's
-/// host name, published on `publish`.
+/// busybox httpd answering `/` with the container's host name at once, and `/cgi-bin/slow`
+/// with it after 200 ms (so a rollout always finds requests in flight).
+const SERVE: &str = "mkdir -p /w/cgi-bin && hostname > /w/index.html && \
+    printf '#!/bin/sh\\nsleep 0.2\\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\n\"\\nhostname\\n' > /w/cgi-bin/slow && \
+    chmod +x /w/cgi-bin/slow && exec httpd -f -p 80 -h /w";
+
+/// `count` busybox httpd instances (`SERVE`), one per node, published on `publish`.
 fn web(count: u32, publish: u16, mode: &str) -> ServiceSpec {
     serde_json::from_value(json!({
         "name": "web", "count": count, "distinct_nodes": true,
         "task": {"name": "web", "driver": "docker", "image": TEST_IMAGE,
                  "command": "sh",
-                 "args": ["-c", "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w"],
+                 "args": ["-c", SERVE],
                  "stop_grace": "1s", "ports": [{"container": 80}],
                  "health": {"type": "http", "port": 80, "path": "/", "interval": "300ms",
                             "timeout": "1s", "failure_threshold": 2}},
@@ -91,4 +96,88 @@ async fn a_published_port_answers_on_every_node_and_spreads_over_the_instances()
         assert_eq!(seen.values().sum::<u32>(), 100);
     }
     eprintln!("answers by node: {answers:?}");
+}
+
+/// `clients` loops, each sending requests on a new connection to the nodes in turn until
+/// `stop`; the number of requests sent and the failures (connection errors, resets, 5xx).
+async fn load(
+    urls: Vec<String>,
+    clients: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> (u64, Vec<String>) {
+    let mut loops = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (urls, stop) = (urls.clone(), stop.clone());
+        loops.spawn(async move {
+            let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            let (mut sent, mut failed) = (0u64, Vec::new());
+            let mut i = c;
+            while !stop.is_cancelled() {
+                let url = &urls[i % urls.len()];
+                i += 1;
+                sent += 1;
+                if let Err(e) = get(&http, url).await {
+                    failed.push(format!("{url}: {e:?}"));
+                }
+            }
+            (sent, failed)
+        });
+    }
+    let mut total = (0, Vec::new());
+    while let Some(r) = loops.join_next().await {
+        let (sent, failed) = r.unwrap();
+        total.0 += sent;
+        total.1.extend(failed);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_under_load_fails_no_request() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let (m, _workers) = cluster().await;
+    let publish = free_port();
+    let mut spec = web(3, publish, "tcp");
+    spec.distinct_nodes = false;
+    m.client.put_service(&spec, None).await.unwrap();
+    let urls: Vec<String> = (1..=3).map(|i| format!("http://127.0.0.{i}:{publish}/")).collect();
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(60), "3 endpoints, every node answering", || async {
+        let e = m.client.service_endpoints("web").await.ok()?;
+        if e.endpoints.len() != 3 {
+            return None;
+        }
+        for url in &urls {
+            get(&http, url).await.ok()?;
+        }
+        Some(())
+    })
+    .await;
+
+    let slow: Vec<String> = urls.iter().map(|u| format!("{u}cgi-bin/slow")).collect();
+    assert_eq!(get(&http, &slow[0]).await.unwrap().len(), 12, "a container's host name");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn(load(slow, 32, stop.clone()));
+    spec.task.env.insert("VERSION".into(), "2".into());
+    let (view, _) = m.client.put_service(&spec, None).await.unwrap();
+    assert_eq!(view.version, 2);
+    wait_until(Duration::from_secs(120), "the rollout done", || async {
+        let s = m.client.service("web").await.ok()?;
+        let d = s.deployment?;
+        (d.status != cube_core::deployment::DeploymentStatus::Running).then_some(d)
+    })
+    .await;
+    stop.cancel();
+    let (sent, failed) = traffic.await.unwrap();
+    eprintln!("rolling update under load: {sent} requests, {} failed", failed.len());
+    assert!(sent > 100, "the load ran throughout: {sent}");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
 }

@@ -108,6 +108,9 @@ impl State {
         for r in &req.reports {
             self.sync_report(node, r, now, effects);
         }
+        if let Some(report) = &req.ingress {
+            self.ingress_reported(node, report.clone(), mono);
+        }
         Some(req.active.as_deref().map(|a| self.fence(node, a)).unwrap_or_default())
     }
 
@@ -121,7 +124,7 @@ impl State {
                 Some(t) => {
                     t.node != Some(node)
                         || t.generation != a.generation
-                        || t.desired == DesiredState::Stopped
+                        || (t.desired == DesiredState::Stopped && !self.is_leaving(a.id))
                         || t.state.is_terminal()
                 }
             })

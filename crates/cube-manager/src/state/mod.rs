@@ -178,6 +178,12 @@ pub struct State {
     /// The endpoint index each node's ingress has applied (written only by
     /// `ingress_applied`, from the node's own requests).
     ingress_acks: BTreeMap<NodeId, u64>,
+    /// What each node's ingress last reported, and when (written only by
+    /// `ingress_reported`, from the node's heartbeats).
+    ingress_reports: BTreeMap<NodeId, (cube_core::endpoints::IngressReport, Instant)>,
+    /// Instances whose stop waits for the ingresses (written only by `hold_stops` and
+    /// `release_leaving`).
+    leaving: BTreeMap<TaskId, endpoints::Leaving>,
 }
 
 impl State {
@@ -200,6 +206,8 @@ impl State {
             endpoints: BTreeMap::new(),
             endpoints_index: 0,
             ingress_acks: BTreeMap::new(),
+            ingress_reports: BTreeMap::new(),
+            leaving: BTreeMap::new(),
         }
     }
 

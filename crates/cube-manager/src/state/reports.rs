@@ -52,6 +52,8 @@ pub struct Beat {
     pub reports: Vec<Report>,
     /// Every unfinished copy on the worker (periodic beats only), to fence against.
     pub active: Option<Vec<ActiveCopy>>,
+    /// The node's ingress (periodic beats only).
+    pub ingress: Option<cube_core::endpoints::IngressReport>,
 }
 
 impl State {

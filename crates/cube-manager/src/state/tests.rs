@@ -300,7 +300,7 @@ fn silent_nodes_go_down_and_their_tasks_move() {
     s.stop(stopped, at(2), &mut Effects::default());
     // w2 keeps heartbeating, w1 falls silent.
     let later = mono + Duration::from_secs(6);
-    let hb = Beat { stats: Some(stats()), reports: vec![], active: Some(vec![]) };
+    let hb = Beat { stats: Some(stats()), reports: vec![], active: Some(vec![]), ingress: None };
     s.heartbeat(w2, &hb, at(6), later, &mut Effects::default()).unwrap();
     let mut e = Effects::default();
     let down = s.expire_nodes(Duration::from_secs(5), at(6), later, &mut e);
@@ -328,7 +328,7 @@ fn a_returning_node_is_told_to_stop_copies_that_moved() {
     assert_eq!(s.task(id).unwrap().generation, 2);
     // w1 comes back still running generation 1.
     let active = [ActiveCopy { id, generation: 1 }];
-    let hb = Beat { stats: None, reports: vec![], active: Some(active.to_vec()) };
+    let hb = Beat { stats: None, reports: vec![], active: Some(active.to_vec()), ingress: None };
     let stop = s.heartbeat(w1, &hb, at(8), later, &mut Effects::default()).unwrap();
     assert_eq!(stop, vec![id]);
     assert_eq!(s.node(w1).unwrap().node.state, NodeState::Ready);
@@ -382,7 +382,7 @@ fn the_node_index_always_matches_a_scan_of_the_tasks() {
     s.stop_unknown_on_node(first, placed, at(3), &mut Effects::default());
     check(&s);
     let w2 = NodeId::from_uuid(Uuid::from_u128(2));
-    let hb = Beat { stats: Some(stats()), reports: vec![], active: Some(vec![]) };
+    let hb = Beat { stats: Some(stats()), reports: vec![], active: Some(vec![]), ingress: None };
     let later = mono + Duration::from_secs(6);
     s.heartbeat(w2, &hb, at(6), later, &mut Effects::default()).unwrap();
     s.expire_nodes(Duration::from_secs(5), at(6), later, &mut Effects::default());
@@ -390,4 +390,46 @@ fn the_node_index_always_matches_a_scan_of_the_tasks() {
     s.place_pending(at(7), &mut Effects::default());
     check(&s);
     assert!(s.usage(NodeId::from_uuid(Uuid::from_u128(1))).tasks.is_empty());
+}
+
+#[test]
+fn a_leaving_instance_is_stopped_once_every_ingress_let_go_of_it_or_its_time_is_up() {
+    use cube_core::endpoints::IngressReport;
+    let (n1, n2) = (node(1, "a", 1024), node(2, "b", 1024));
+    let (mut s, mono) = cluster(&[n1.clone(), n2.clone()]);
+    let mut t = task(10, 1);
+    t.state = TaskState::Running;
+    t.desired = DesiredState::Stopped;
+    t.node = Some(n1.id);
+    s.load(vec![t.clone()], vec![], mono);
+    let stop = StopCall { task: t.id, node: n1.id };
+    let left = BTreeSet::from([t.id]);
+
+    // Held: the stop leaves the effects, and fencing does not stop it behind our back.
+    let mut effects = Effects { stop: vec![stop.clone()], ..Effects::default() };
+    s.hold_stops(&left, 7, mono, &mut effects);
+    assert!(effects.stop.is_empty());
+    assert!(s.is_leaving(t.id));
+    assert!(s.release_leaving(mono).is_empty(), "no node applied index 7 yet");
+
+    // One node applied it, the other not yet: still held.
+    s.ingress_applied(n1.id, 7);
+    assert!(s.release_leaving(mono + Duration::from_secs(1)).is_empty());
+    // Both applied it; a report made after that still shows a connection open to it.
+    s.ingress_applied(n2.id, 8);
+    assert!(s.release_leaving(mono + Duration::from_secs(2)).is_empty());
+    let open = IngressReport { open: [(t.id, 1)].into(), ..IngressReport::default() };
+    s.ingress_reported(n1.id, open, mono + Duration::from_secs(3));
+    s.ingress_reported(n2.id, IngressReport::default(), mono + Duration::from_secs(3));
+    assert!(s.release_leaving(mono + Duration::from_secs(3)).is_empty(), "a connection is open");
+    // The connection ended: released.
+    s.ingress_reported(n1.id, IngressReport::default(), mono + Duration::from_secs(4));
+    assert_eq!(s.release_leaving(mono + Duration::from_secs(4)), vec![stop.clone()]);
+    assert!(!s.is_leaving(t.id));
+
+    // A node that never applies the change holds the stop for drain_timeout (10 s) at most.
+    let mut effects = Effects { stop: vec![stop.clone()], ..Effects::default() };
+    s.hold_stops(&left, 9, mono + Duration::from_secs(5), &mut effects);
+    assert!(s.release_leaving(mono + Duration::from_secs(14)).is_empty());
+    assert_eq!(s.release_leaving(mono + Duration::from_secs(15)), vec![stop]);
 }

@@ -383,6 +383,10 @@ pub struct NodeInfo {
     /// Its drain, in progress or done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Drain>,
+    /// Its ingress's listeners, one per published port, as its last heartbeat reported them
+    /// (a listener with an `error` cannot serve its port on this node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<cube_core::endpoints::IngressListener>,
 }
 
 fn yes() -> bool {
@@ -431,6 +435,7 @@ impl NodeInfo {
             task_count,
             eligible: node.eligible,
             drain: node.drain.clone(),
+            ingress: Vec::new(),
         }
     }
 }

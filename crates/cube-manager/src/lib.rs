@@ -305,7 +305,8 @@ impl Manager {
             if let Some(n) = state.node(*id) {
                 batch.put(Table::Nodes, id.to_string(), &n.node)?;
                 let u = state.usage(*id);
-                let info = NodeInfo::new(&n.node, n.stats.clone(), u.reserved, u.count);
+                let mut info = NodeInfo::new(&n.node, n.stats.clone(), u.reserved, u.count);
+                info.ingress = state.ingress_listeners(*id);
                 let object = EventObject::Node(Some(Box::new(info)));
                 changes.push(events::Change {
                     kind: events::node_type(&n.node),
@@ -673,7 +674,9 @@ impl Manager {
             .nodes()
             .map(|n| {
                 let u = state.usage(n.node.id);
-                NodeInfo::new(&n.node, n.stats.clone(), u.reserved, u.count)
+                let mut info = NodeInfo::new(&n.node, n.stats.clone(), u.reserved, u.count);
+                info.ingress = state.ingress_listeners(n.node.id);
+                info
             })
             .collect()
     }

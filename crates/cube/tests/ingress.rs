@@ -2,6 +2,7 @@
 //! published port answers on every node and spreads over the instances.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod cli_support;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -180,4 +181,48 @@ async fn a_rolling_update_under_load_fails_no_request() {
         failed.len(),
         &failed[..failed.len().min(10)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_on_one_node_is_reported_there_and_the_others_serve() {
+    // No instance is needed: a published port is listened on as soon as it is published.
+    let (m, _workers) = cluster().await;
+    let taken = std::net::TcpListener::bind(("127.0.0.2", 0)).unwrap();
+    let publish = taken.local_addr().unwrap().port();
+    m.client.put_service(&web(0, publish, "tcp"), None).await.unwrap();
+    let nodes =
+        wait_until(Duration::from_secs(20), "every node reporting its listener", || async {
+            let nodes = m.client.nodes().await.ok()?;
+            nodes.iter().all(|n| n.ingress.len() == 1).then_some(nodes)
+        })
+        .await;
+    for n in &nodes {
+        let l = &n.ingress[0];
+        assert_eq!((l.port, l.service.as_str()), (publish, "web"));
+        match n.name.as_str() {
+            "w2" => assert_eq!(l.error.as_deref(), Some("the port is already in use on this node")),
+            _ => {
+                assert_eq!(l.error, None, "{n:?}");
+                std::net::TcpStream::connect(&l.address).unwrap();
+            }
+        }
+    }
+    let url = m.url.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        cli_support::cube(&["--addr", &url, "service", "status", "web"], &[]).success()
+    })
+    .await
+    .unwrap();
+    let expected = format!(
+        "node w2 does not serve :{publish} (127.0.0.2:{publish}): the port is already in use"
+    );
+    assert!(status.stdout.contains(&expected), "{}", status.stdout);
+    let url = m.url.clone();
+    let node = tokio::task::spawn_blocking(move || {
+        cli_support::cube(&["--addr", &url, "node", "w2"], &[]).success()
+    })
+    .await
+    .unwrap();
+    assert!(node.stdout.contains("NOT LISTENING: the port is already in use"), "{}", node.stdout);
+    drop(taken);
 }

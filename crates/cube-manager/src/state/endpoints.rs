@@ -73,6 +73,11 @@ impl State {
         self.ingress_reports.insert(node, (report, at));
     }
 
+    /// `node`'s ingress listeners, as its last report gave them.
+    pub fn ingress_listeners(&self, node: NodeId) -> Vec<cube_core::endpoints::IngressListener> {
+        self.ingress_reports.get(&node).map(|(r, _)| r.listeners.clone()).unwrap_or_default()
+    }
+
     /// Whether `task`'s stop is held until the ingresses let go of it.
     pub fn is_leaving(&self, task: TaskId) -> bool {
         self.leaving.contains_key(&task)

@@ -202,6 +202,13 @@ fn node_detail(n: &NodeInfo, tasks: &[TaskView], now: Timestamp, colour: bool) -
         reserved(bytes(n.reserved.memory), bytes(n.capacity.memory), bytes(n.free.memory)),
     );
     d.row("Disk", reserved(bytes(n.reserved.disk), bytes(n.capacity.disk), bytes(n.free.disk)));
+    for l in &n.ingress {
+        let status = match &l.error {
+            None => format!("{} -> service {}", l.address, l.service),
+            Some(why) => format!("{} -> service {}: NOT LISTENING: {why}", l.address, l.service),
+        };
+        d.row(&format!("Ingress :{}", l.port), status);
+    }
     let mut out = d.render();
     out.push_str("\n\nStats:\n");
     out.push_str(&format::indent(&match &n.stats {

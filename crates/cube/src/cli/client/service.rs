@@ -252,6 +252,8 @@ pub(super) async fn service(
                         let e = client.service_endpoints(&name).await.map_err(|e| api.error(&e))?;
                         text.push_str("\n\n");
                         text.push_str(&endpoints(&e, format::colour_stdout()));
+                        let nodes = client.nodes().await.map_err(|e| api.error(&e))?;
+                        text.push_str(&not_listening(&name, &nodes));
                     }
                     format::emit(&text)?
                 }
@@ -383,6 +385,22 @@ fn detail(v: &ServiceView, now: Timestamp) -> String {
     if let Some(dep) = &v.deployment {
         text.push_str("\n\nDeployment:\n");
         text.push_str(&format::indent(&deployment_detail(dep, now)));
+    }
+    text
+}
+
+/// The nodes whose ingress cannot serve one of `service`'s ports, and why.
+fn not_listening(service: &str, nodes: &[cube_api::types::NodeInfo]) -> String {
+    let mut text = String::new();
+    for n in nodes {
+        for l in n.ingress.iter().filter(|l| l.service == service) {
+            if let Some(why) = &l.error {
+                text.push_str(&format!(
+                    "\nnode {} does not serve :{} ({}): {why}",
+                    n.name, l.port, l.address
+                ));
+            }
+        }
     }
     text
 }

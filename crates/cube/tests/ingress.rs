@@ -226,3 +226,96 @@ async fn a_port_taken_on_one_node_is_reported_there_and_the_others_serve() {
     assert!(node.stdout.contains("NOT LISTENING: the port is already in use"), "{}", node.stdout);
     drop(taken);
 }
+
+/// A 3-instance service published over the 3 workers, answering on every node; the slow
+/// URLs of each node.
+async fn serving(m: &TestManager, spread: bool) -> (ServiceSpec, Vec<String>) {
+    let publish = free_port();
+    let mut spec = web(3, publish, "tcp");
+    spec.distinct_nodes = spread;
+    m.client.put_service(&spec, None).await.unwrap();
+    let urls: Vec<String> = (1..=3).map(|i| format!("http://127.0.0.{i}:{publish}/")).collect();
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(60), "3 endpoints, every node answering", || async {
+        let e = m.client.service_endpoints("web").await.ok()?;
+        if e.endpoints.len() != 3 {
+            return None;
+        }
+        for url in &urls {
+            get(&http, url).await.ok()?;
+        }
+        Some(())
+    })
+    .await;
+    (spec, urls.iter().map(|u| format!("{u}cgi-bin/slow")).collect())
+}
+
+/// Waits until the service has `n` endpoints and no instance is leaving or stopping.
+async fn settled(m: &TestManager, n: usize) {
+    wait_until(Duration::from_secs(60), &format!("{n} instances, nothing stopping"), || async {
+        let e = m.client.service_endpoints("web").await.ok()?;
+        let tasks = m.client.tasks().await.ok()?;
+        let live = tasks
+            .iter()
+            .filter(|t| t.instance.as_ref().is_some_and(|i| i.service == "web"))
+            .filter(|t| !t.state.is_terminal())
+            .count();
+        (e.endpoints.len() == n && live == n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_down_and_up_again_under_load_fails_no_request() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let (m, _workers) = cluster().await;
+    let (_, slow) = serving(&m, false).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn(load(slow, 32, stop.clone()));
+    m.client.scale("web", 1).await.unwrap();
+    settled(&m, 1).await;
+    m.client.scale("web", 3).await.unwrap();
+    settled(&m, 3).await;
+    stop.cancel();
+    let (sent, failed) = traffic.await.unwrap();
+    eprintln!("scale 3 -> 1 -> 3 under load: {sent} requests, {} failed", failed.len());
+    assert!(sent > 100, "the load ran throughout: {sent}");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_under_load_fails_no_request() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let (m, workers) = cluster().await;
+    let (_, slow) = serving(&m, false).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn(load(slow, 32, stop.clone()));
+    m.client.drain(&workers[0].node_id, None).await.unwrap();
+    wait_until(Duration::from_secs(60), "the node drained", || async {
+        let node = m.client.node(&workers[0].node_id).await.ok()?;
+        node.drain?.drained_at
+    })
+    .await;
+    settled(&m, 3).await;
+    stop.cancel();
+    let (sent, failed) = traffic.await.unwrap();
+    eprintln!("drain under load: {sent} requests, {} failed", failed.len());
+    assert!(sent > 100, "the load ran throughout: {sent}");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+}

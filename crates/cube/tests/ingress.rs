@@ -106,9 +106,19 @@ async fn load(
     clients: usize,
     stop: tokio_util::sync::CancellationToken,
 ) -> (u64, Vec<String>) {
+    load_counting(urls, clients, stop, Default::default()).await
+}
+
+/// [`load`], counting answered requests in `answered` as they come.
+async fn load_counting(
+    urls: Vec<String>,
+    clients: usize,
+    stop: tokio_util::sync::CancellationToken,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> (u64, Vec<String>) {
     let mut loops = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let (urls, stop) = (urls.clone(), stop.clone());
+        let (urls, stop, answered) = (urls.clone(), stop.clone(), answered.clone());
         loops.spawn(async move {
             let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
             let (mut sent, mut failed) = (0u64, Vec::new());
@@ -117,8 +127,11 @@ async fn load(
                 let url = &urls[i % urls.len()];
                 i += 1;
                 sent += 1;
-                if let Err(e) = get(&http, url).await {
-                    failed.push(format!("{url}: {e:?}"));
+                match get(&http, url).await {
+                    Ok(_) => {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => failed.push(format!("{url}: {e:?}")),
                 }
             }
             (sent, failed)
@@ -315,6 +328,56 @@ async fn draining_a_node_under_load_fails_no_request() {
     assert!(
         failed.is_empty(),
         "{} of {sent} failed: {:#?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_under_load_costs_at_most_the_requests_in_flight_on_it() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let (m, workers) = cluster().await;
+    let (_, slow) = serving(&m, false).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let clients = 32;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let traffic = tokio::spawn(load_counting(slow, clients, stop.clone(), answered.clone()));
+    // Once every client has been answered a few times, SIGKILL one instance.
+    wait_until(Duration::from_secs(30), "the load running", || async {
+        let n = answered.load(std::sync::atomic::Ordering::Relaxed);
+        (n >= 3 * clients as u64).then_some(())
+    })
+    .await;
+    let victim = m.client.service_endpoints("web").await.unwrap().endpoints[0].clone();
+    let worker = workers.iter().find(|w| w.node_id == victim.node.to_string()).unwrap();
+    let container = worker.containers(Some(&victim.task.to_string())).pop().unwrap();
+    let killed = std::process::Command::new("docker")
+        .args(["kill", "--signal", "KILL", &container])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    // Its check fails, it leaves the endpoints, and a replacement takes its place.
+    wait_until(Duration::from_secs(60), "the killed instance out of the endpoints", || async {
+        let e = m.client.service_endpoints("web").await.ok()?;
+        e.endpoints.iter().all(|e| e.task != victim.task).then_some(())
+    })
+    .await;
+    settled(&m, 3).await;
+    stop.cancel();
+    let (sent, failed) = traffic.await.unwrap();
+    eprintln!(
+        "SIGKILL of an instance under load: {sent} requests, {} failed (those in flight on it)",
+        failed.len()
+    );
+    assert!(sent > 100, "the load ran throughout: {sent}");
+    // Each client has one request in flight at a time, so at most `clients` were on the
+    // killed instance; a connect to it after the kill is refused and retried elsewhere.
+    assert!(
+        failed.len() <= clients,
+        "{} of {sent} failed, more than were in flight: {:#?}",
         failed.len(),
         &failed[..failed.len().min(10)]
     );

@@ -113,20 +113,17 @@ pub fn endpoint(task: &Task, node: Option<&Node>, ports: &[ServicePort]) -> Opti
     (!addresses.is_empty()).then_some(Endpoint { task: task.id, node: node.id, version, addresses })
 }
 
-/// The endpoints of a service whose instances are `tasks`, with `nodes` by id.
-pub fn service_endpoints<'a>(
+/// The endpoints of a service whose instances are `tasks`; `node` looks a node up by id.
+pub fn service_endpoints<'a, 'n>(
     service: &str,
     ports: &[ServicePort],
     tasks: impl IntoIterator<Item = &'a Task>,
-    nodes: &BTreeMap<NodeId, &Node>,
+    node: impl Fn(NodeId) -> Option<&'n Node>,
 ) -> ServiceEndpoints {
     let mut endpoints: Vec<Endpoint> = if ports.is_empty() {
         Vec::new()
     } else {
-        tasks
-            .into_iter()
-            .filter_map(|t| endpoint(t, t.node.and_then(|n| nodes.get(&n).copied()), ports))
-            .collect()
+        tasks.into_iter().filter_map(|t| endpoint(t, t.node.and_then(&node), ports)).collect()
     };
     endpoints.sort_by_key(|e| e.task);
     ServiceEndpoints { service: service.to_owned(), ports: ports.to_vec(), endpoints }
@@ -195,7 +192,7 @@ mod tests {
         let mut starting = instance(13, 1, 32003);
         starting.state = TaskState::Scheduled;
         let tasks = [instance(11, 1, 32001), stopping, starting, instance(14, 2, 32004)];
-        let e = service_endpoints("web", PORTS, &tasks, &nodes);
+        let e = service_endpoints("web", PORTS, &tasks, |n| nodes.get(&n).copied());
         assert_eq!(e.endpoints.len(), 1, "{e:?}");
         let only = &e.endpoints[0];
         assert_eq!(only.task, tasks[0].id);
@@ -204,7 +201,9 @@ mod tests {
             only.address(80),
             Some(&EndpointAddress { target: 80, host: "10.0.0.1".into(), port: 32001 })
         );
-        assert!(service_endpoints("web", &[], &tasks, &nodes).endpoints.is_empty());
+        assert!(
+            service_endpoints("web", &[], &tasks, |n| nodes.get(&n).copied()).endpoints.is_empty()
+        );
     }
 
     #[test]
@@ -216,7 +215,7 @@ mod tests {
             Some(serde_json::from_value(serde_json::json!({"type": "tcp", "port": 80})).unwrap());
         for (healthy, is_endpoint) in [(None, false), (Some(false), false), (Some(true), true)] {
             t.healthy = healthy;
-            let e = service_endpoints("web", PORTS, [&t], &nodes);
+            let e = service_endpoints("web", PORTS, [&t], |n| nodes.get(&n).copied());
             assert_eq!(e.endpoints.len() == 1, is_endpoint, "healthy {healthy:?}");
         }
     }

@@ -153,40 +153,31 @@ async fn a_rolling_update_under_load_fails_no_request() {
     }
     let _serial = docker_lock().await;
     let (m, _workers) = cluster().await;
-    let publish = free_port();
-    let mut spec = web(3, publish, "tcp");
-    spec.distinct_nodes = false;
-    m.client.put_service(&spec, None).await.unwrap();
-    let urls: Vec<String> = (1..=3).map(|i| format!("http://127.0.0.{i}:{publish}/")).collect();
-    let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(60), "3 endpoints, every node answering", || async {
-        let e = m.client.service_endpoints("web").await.ok()?;
-        if e.endpoints.len() != 3 {
-            return None;
-        }
-        for url in &urls {
-            get(&http, url).await.ok()?;
-        }
-        Some(())
-    })
-    .await;
-
-    let slow: Vec<String> = urls.iter().map(|u| format!("{u}cgi-bin/slow")).collect();
-    assert_eq!(get(&http, &slow[0]).await.unwrap().len(), 12, "a container's host name");
+    let (mut spec, slow) = serving(&m, false).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let traffic = tokio::spawn(load(slow, 32, stop.clone()));
     spec.task.env.insert("VERSION".into(), "2".into());
     let (view, _) = m.client.put_service(&spec, None).await.unwrap();
     assert_eq!(view.version, 2);
-    wait_until(Duration::from_secs(120), "the rollout done", || async {
+    let done = wait_until(Duration::from_secs(120), "the rollout done", || async {
         let s = m.client.service("web").await.ok()?;
         let d = s.deployment?;
         (d.status != cube_core::deployment::DeploymentStatus::Running).then_some(d)
     })
     .await;
+    assert_eq!(done.status, cube_core::deployment::DeploymentStatus::Successful, "{done:?}");
+    no_failures("rolling update under load", stop, traffic).await;
+}
+
+/// Stops the load and checks that it ran throughout and that no request failed.
+async fn no_failures(
+    what: &str,
+    stop: tokio_util::sync::CancellationToken,
+    traffic: tokio::task::JoinHandle<(u64, Vec<String>)>,
+) {
     stop.cancel();
     let (sent, failed) = traffic.await.unwrap();
-    eprintln!("rolling update under load: {sent} requests, {} failed", failed.len());
+    eprintln!("{what}: {sent} requests, {} failed", failed.len());
     assert!(sent > 100, "the load ran throughout: {sent}");
     assert!(
         failed.is_empty(),
@@ -260,7 +251,9 @@ async fn serving(m: &TestManager, spread: bool) -> (ServiceSpec, Vec<String>) {
         Some(())
     })
     .await;
-    (spec, urls.iter().map(|u| format!("{u}cgi-bin/slow")).collect())
+    let slow: Vec<String> = urls.iter().map(|u| format!("{u}cgi-bin/slow")).collect();
+    assert_eq!(get(&http, &slow[0]).await.unwrap().len(), 12, "a container's host name");
+    (spec, slow)
 }
 
 /// Waits until the service has `n` endpoints and no instance is leaving or stopping.
@@ -292,16 +285,7 @@ async fn scaling_down_and_up_again_under_load_fails_no_request() {
     settled(&m, 1).await;
     m.client.scale("web", 3).await.unwrap();
     settled(&m, 3).await;
-    stop.cancel();
-    let (sent, failed) = traffic.await.unwrap();
-    eprintln!("scale 3 -> 1 -> 3 under load: {sent} requests, {} failed", failed.len());
-    assert!(sent > 100, "the load ran throughout: {sent}");
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {:#?}",
-        failed.len(),
-        &failed[..failed.len().min(10)]
-    );
+    no_failures("scale 3 -> 1 -> 3 under load", stop, traffic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,16 +305,7 @@ async fn draining_a_node_under_load_fails_no_request() {
     })
     .await;
     settled(&m, 3).await;
-    stop.cancel();
-    let (sent, failed) = traffic.await.unwrap();
-    eprintln!("drain under load: {sent} requests, {} failed", failed.len());
-    assert!(sent > 100, "the load ran throughout: {sent}");
-    assert!(
-        failed.is_empty(),
-        "{} of {sent} failed: {:#?}",
-        failed.len(),
-        &failed[..failed.len().min(10)]
-    );
+    no_failures("drain under load", stop, traffic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,12 +11,12 @@
 //! ([`State::release_leaving`]). A node that does not apply the change within
 //! `drain_timeout` does not hold it longer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use cube_core::endpoints::{IngressReport, ServiceEndpoints, service_endpoints};
 use cube_core::node::NodeState;
-use cube_core::{DesiredState, Node, NodeId, TaskId};
+use cube_core::{DesiredState, NodeId, TaskId};
 
 use super::{Effects, State, StopCall};
 
@@ -195,14 +195,13 @@ impl State {
                 touched.insert(of.service.clone());
             }
         }
-        let nodes: BTreeMap<NodeId, &Node> =
-            self.nodes.iter().map(|(id, e)| (*id, &e.node)).collect();
+        let node = |id: NodeId| self.nodes.get(&id).map(|e| &e.node);
         let mut refreshed = Refreshed::default();
         for name in touched {
             let new = self.services.get(&name).filter(|e| !e.service.spec.ports.is_empty()).map(
                 |entry| {
                     let tasks = entry.instances.iter().filter_map(|id| self.tasks.get(id));
-                    service_endpoints(&name, &entry.service.spec.ports, tasks.map(|t| &**t), &nodes)
+                    service_endpoints(&name, &entry.service.spec.ports, tasks.map(|t| &**t), node)
                 },
             );
             if new.as_ref() == self.endpoints.get(&name) {

@@ -2,17 +2,21 @@
 //! connection to a healthy instance of its service, anywhere in the cluster (its own node's
 //! first; otherwise the one with the fewest open connections).
 //!
-//! - `balance`: which instance a connection goes to (pure).
+//! - `balance`: which instance a connection or request goes to (pure).
 //! - [`Ingress`]: the listeners, kept in step with the manager's endpoints by
-//!   [`Ingress::apply`], and the forwarding of connections.
+//!   [`Ingress::apply`].
+//! - `tcp`: layer 4, a connection to one instance, whatever the protocol.
+//! - `http_proxy`: layer 7, each request of a kept-alive connection to an instance of its own.
 //!
 //! A connect that fails before a byte was forwarded is retried on another instance, so an
-//! instance that died costs no connection that had not reached it. An instance removed from
-//! the endpoints gets no new connection from the moment the change is applied; its open
-//! connections go on until they end ([`Ingress::open_connections`] counts them, so the manager
-//! can wait for them before it stops the instance).
+//! instance that died costs no connection (or request) that had not reached it. An instance
+//! removed from the endpoints gets nothing new from the moment the change is applied; what it
+//! has open goes on until it ends ([`Ingress::open_connections`] counts it, so the manager can
+//! wait for it before it stops the instance).
 
 mod balance;
+mod http_proxy;
+mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -21,8 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use cube_core::endpoints::{IngressListener, ServiceEndpoints};
+use cube_core::service::IngressMode;
 use cube_core::{NodeId, TaskId};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,6 +61,8 @@ struct Inner {
     turn: AtomicUsize,
     /// Instances whose last connect failed, and when.
     refused: Mutex<HashMap<TaskId, tokio::time::Instant>>,
+    /// The pooled client of `http` routes.
+    upstream: http_proxy::Upstream,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -79,6 +86,7 @@ impl Ingress {
                 load: Mutex::new(HashMap::new()),
                 turn: AtomicUsize::new(0),
                 refused: Mutex::new(HashMap::new()),
+                upstream: http_proxy::upstream(),
                 tracker: TaskTracker::new(),
                 shutdown,
             }),
@@ -139,7 +147,7 @@ impl Ingress {
         self.inner.listeners().values().map(|l| l.status.clone()).collect()
     }
 
-    /// Connections open to each instance through this ingress.
+    /// Connections (`tcp`) and requests (`http`) open to each instance through this ingress.
     pub fn open_connections(&self) -> HashMap<TaskId, usize> {
         self.inner.load().clone()
     }
@@ -176,6 +184,54 @@ impl Inner {
     fn route(&self, port: u16) -> Option<Route> {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).get(&port).cloned()
     }
+
+    /// The instance of `port`'s service the next connection or request goes to: not one in
+    /// `tried`, and not one that refused a connect lately unless nothing else is left.
+    fn choose(&self, port: u16, tried: &[TaskId]) -> Option<Backend> {
+        let route = self.route(port)?;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let cooling = self.cooling();
+        let load = self.load();
+        let load = |t| load.get(&t).copied().unwrap_or(0);
+        let avoid: Vec<TaskId> = tried.iter().chain(&cooling).copied().collect();
+        pick(&route, self.node, load, &avoid, turn)
+            .or_else(|| pick(&route, self.node, load, tried, turn))
+            .cloned()
+    }
+
+    /// Notes that `task` refused a connect (or answered one).
+    fn connected(&self, task: TaskId, ok: bool) {
+        if ok {
+            self.refused().remove(&task);
+        } else {
+            self.refused().insert(task, tokio::time::Instant::now());
+        }
+    }
+}
+
+/// One connection or request open to an instance, counted while it lives.
+struct Open {
+    inner: Arc<Inner>,
+    task: TaskId,
+}
+
+impl Open {
+    fn new(inner: &Arc<Inner>, task: TaskId) -> Self {
+        *inner.load().entry(task).or_default() += 1;
+        Self { inner: Arc::clone(inner), task }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut load = self.inner.load();
+        if let Some(n) = load.get_mut(&self.task) {
+            *n -= 1;
+            if *n == 0 {
+                load.remove(&self.task);
+            }
+        }
+    }
 }
 
 /// Why a port cannot be listened on, in words.
@@ -197,8 +253,18 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, port: u16, stop: 
         };
         match accepted {
             Ok((client, peer)) => {
+                // The mode is the route's when the connection arrives; it keeps it.
+                let Some(route) = inner.route(port) else { continue };
                 let inner2 = Arc::clone(&inner);
-                inner.tracker.spawn(forward(inner2, client, peer, port));
+                match route.mode {
+                    IngressMode::Tcp => {
+                        inner.tracker.spawn(tcp::forward(inner2, client, peer, port));
+                    }
+                    IngressMode::Http => {
+                        let stop = stop.clone();
+                        inner.tracker.spawn(http_proxy::serve(inner2, client, peer, port, stop));
+                    }
+                }
             }
             Err(e) => {
                 // Out of descriptors, most likely: wait a little rather than spin.
@@ -206,74 +272,5 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener, port: u16, stop: 
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// One open connection to an instance, counted while it lives.
-struct Open<'a> {
-    inner: &'a Inner,
-    task: TaskId,
-}
-
-impl<'a> Open<'a> {
-    fn new(inner: &'a Inner, task: TaskId) -> Self {
-        *inner.load().entry(task).or_default() += 1;
-        Self { inner, task }
-    }
-}
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        let mut load = self.inner.load();
-        if let Some(n) = load.get_mut(&self.task) {
-            *n -= 1;
-            if *n == 0 {
-                load.remove(&self.task);
-            }
-        }
-    }
-}
-
-/// Forwards one client connection (layer 4): to a chosen instance, trying another when a
-/// connect fails, then bytes both ways until either side closes.
-async fn forward(inner: Arc<Inner>, mut client: TcpStream, peer: SocketAddr, port: u16) {
-    let mut tried = Vec::new();
-    for _ in 0..ATTEMPTS {
-        let Some(route) = inner.route(port) else { return };
-        let turn = inner.turn.fetch_add(1, Ordering::Relaxed);
-        let backend = {
-            let cooling = inner.cooling();
-            let load = inner.load();
-            let load = |t| load.get(&t).copied().unwrap_or(0);
-            let avoid: Vec<TaskId> = tried.iter().chain(&cooling).copied().collect();
-            pick(&route, inner.node, load, &avoid, turn)
-                .or_else(|| pick(&route, inner.node, load, &tried, turn))
-                .cloned()
-        };
-        let Some(backend) = backend else {
-            tracing::debug!(port, %peer, "no instance to forward to");
-            return;
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&backend.addr)).await {
-            Ok(Ok(mut upstream)) => {
-                inner.refused().remove(&backend.task);
-                let _open = Open::new(&inner, backend.task);
-                let _ = client.set_nodelay(true);
-                let _ = upstream.set_nodelay(true);
-                tokio::select! {
-                    () = inner.shutdown.cancelled() => {}
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                }
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(port, task = %backend.task, addr = %backend.addr, error = %e, "connect refused; trying another instance");
-            }
-            Err(_) => {
-                tracing::debug!(port, task = %backend.task, addr = %backend.addr, "connect timed out; trying another instance");
-            }
-        }
-        inner.refused().insert(backend.task, tokio::time::Instant::now());
-        tried.push(backend.task);
     }
 }

@@ -106,21 +106,32 @@ async fn load(
     clients: usize,
     stop: tokio_util::sync::CancellationToken,
 ) -> (u64, Vec<String>) {
-    load_counting(urls, clients, stop, Default::default()).await
+    load_counting(urls, clients, stop, Default::default(), false).await
 }
 
-/// [`load`], counting answered requests in `answered` as they come.
+/// [`load`], each client keeping its connections to the nodes alive between requests.
+async fn load_kept_alive(
+    urls: Vec<String>,
+    clients: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> (u64, Vec<String>) {
+    load_counting(urls, clients, stop, Default::default(), true).await
+}
+
+/// [`load`] (or [`load_kept_alive`]), counting answered requests in `answered` as they come.
 async fn load_counting(
     urls: Vec<String>,
     clients: usize,
     stop: tokio_util::sync::CancellationToken,
     answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    kept_alive: bool,
 ) -> (u64, Vec<String>) {
     let mut loops = tokio::task::JoinSet::new();
     for c in 0..clients {
         let (urls, stop, answered) = (urls.clone(), stop.clone(), answered.clone());
         loops.spawn(async move {
-            let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            let idle = if kept_alive { usize::MAX } else { 0 };
+            let http = reqwest::Client::builder().pool_max_idle_per_host(idle).build().unwrap();
             let (mut sent, mut failed) = (0u64, Vec::new());
             let mut i = c;
             while !stop.is_cancelled() {
@@ -153,9 +164,33 @@ async fn a_rolling_update_under_load_fails_no_request() {
     }
     let _serial = docker_lock().await;
     let (m, _workers) = cluster().await;
-    let (mut spec, slow) = serving(&m, false).await;
+    let (spec, slow) = serving(&m, false, "tcp").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let traffic = tokio::spawn(load(slow, 32, stop.clone()));
+    roll(&m, spec).await;
+    no_failures("rolling update under load (tcp)", stop, traffic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_under_kept_alive_http_load_fails_no_request() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let (m, _workers) = cluster().await;
+    let (spec, slow) = serving(&m, false, "http").await;
+    // The ingress, not the instance, keeps connections alive: busybox closes each one.
+    let http = reqwest::Client::new();
+    let answer = http.get(&slow[0]).send().await.unwrap();
+    assert!(answer.headers().get("connection").is_none(), "{:?}", answer.headers());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let traffic = tokio::spawn(load_kept_alive(slow, 32, stop.clone()));
+    roll(&m, spec).await;
+    no_failures("rolling update under kept-alive load (http)", stop, traffic).await;
+}
+
+/// Rolls the service out to a second version and waits for the rollout to succeed.
+async fn roll(m: &TestManager, mut spec: ServiceSpec) {
     spec.task.env.insert("VERSION".into(), "2".into());
     let (view, _) = m.client.put_service(&spec, None).await.unwrap();
     assert_eq!(view.version, 2);
@@ -166,7 +201,6 @@ async fn a_rolling_update_under_load_fails_no_request() {
     })
     .await;
     assert_eq!(done.status, cube_core::deployment::DeploymentStatus::Successful, "{done:?}");
-    no_failures("rolling update under load", stop, traffic).await;
 }
 
 /// Stops the load and checks that it ran throughout and that no request failed.
@@ -233,9 +267,9 @@ async fn a_port_taken_on_one_node_is_reported_there_and_the_others_serve() {
 
 /// A 3-instance service published over the 3 workers, answering on every node; the slow
 /// URLs of each node.
-async fn serving(m: &TestManager, spread: bool) -> (ServiceSpec, Vec<String>) {
+async fn serving(m: &TestManager, spread: bool, mode: &str) -> (ServiceSpec, Vec<String>) {
     let publish = free_port();
-    let mut spec = web(3, publish, "tcp");
+    let mut spec = web(3, publish, mode);
     spec.distinct_nodes = spread;
     m.client.put_service(&spec, None).await.unwrap();
     let urls: Vec<String> = (1..=3).map(|i| format!("http://127.0.0.{i}:{publish}/")).collect();
@@ -278,7 +312,7 @@ async fn scaling_down_and_up_again_under_load_fails_no_request() {
     }
     let _serial = docker_lock().await;
     let (m, _workers) = cluster().await;
-    let (_, slow) = serving(&m, false).await;
+    let (_, slow) = serving(&m, false, "tcp").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let traffic = tokio::spawn(load(slow, 32, stop.clone()));
     m.client.scale("web", 1).await.unwrap();
@@ -295,7 +329,7 @@ async fn draining_a_node_under_load_fails_no_request() {
     }
     let _serial = docker_lock().await;
     let (m, workers) = cluster().await;
-    let (_, slow) = serving(&m, false).await;
+    let (_, slow) = serving(&m, false, "tcp").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let traffic = tokio::spawn(load(slow, 32, stop.clone()));
     m.client.drain(&workers[0].node_id, None).await.unwrap();
@@ -315,11 +349,11 @@ async fn an_instance_killed_under_load_costs_at_most_the_requests_in_flight_on_i
     }
     let _serial = docker_lock().await;
     let (m, workers) = cluster().await;
-    let (_, slow) = serving(&m, false).await;
+    let (_, slow) = serving(&m, false, "tcp").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let clients = 32;
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let traffic = tokio::spawn(load_counting(slow, clients, stop.clone(), answered.clone()));
+    let traffic = tokio::spawn(load_counting(slow, clients, stop.clone(), answered.clone(), false));
     // Once every client has been answered a few times, SIGKILL one instance.
     wait_until(Duration::from_secs(30), "the load running", || async {
         let n = answered.load(std::sync::atomic::Ordering::Relaxed);

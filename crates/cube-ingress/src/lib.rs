@@ -27,7 +27,7 @@ use std::time::Duration;
 use cube_core::endpoints::{IngressListener, ServiceEndpoints};
 use cube_core::service::IngressMode;
 use cube_core::{NodeId, TaskId};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,6 +53,9 @@ struct Inner {
     node: NodeId,
     /// The address the listeners bind.
     ip: IpAddr,
+    /// A second address each port is listened on, for the node's own containers (their
+    /// bridge's gateway), shared with the other ingresses of this host.
+    containers: Option<IpAddr>,
     routes: RwLock<Arc<BTreeMap<u16, Route>>>,
     listeners: Mutex<BTreeMap<u16, Listening>>,
     /// Open connections per instance.
@@ -77,10 +80,23 @@ struct Listening {
 impl Ingress {
     /// An ingress of `node` listening on `ip`; everything stops when `shutdown` is cancelled.
     pub fn new(node: NodeId, ip: IpAddr, shutdown: CancellationToken) -> Self {
+        Self::with_container_address(node, ip, None, shutdown)
+    }
+
+    /// [`Ingress::new`], also listening on `containers` (where the node's containers reach
+    /// it) unless that is `None` or covered by `ip` already.
+    pub fn with_container_address(
+        node: NodeId,
+        ip: IpAddr,
+        containers: Option<IpAddr>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let containers = containers.filter(|c| *c != ip && !ip.is_unspecified());
         Self {
             inner: Arc::new(Inner {
                 node,
                 ip,
+                containers,
                 routes: RwLock::new(Arc::new(BTreeMap::new())),
                 listeners: Mutex::new(BTreeMap::new()),
                 load: Mutex::new(HashMap::new()),
@@ -129,6 +145,9 @@ impl Ingress {
                     let inner = Arc::clone(&self.inner);
                     self.inner.tracker.spawn(accept_loop(inner, listener, *port, stop.clone()));
                     tracing::info!(port, service = %route.service, %addr, "ingress listening");
+                    if let Some(ip) = self.inner.containers {
+                        self.listen_for_containers(SocketAddr::new(ip, *port), &stop);
+                    }
                     Some(stop)
                 }
                 Err(e) => {
@@ -139,6 +158,30 @@ impl Ingress {
                 }
             };
             listeners.insert(*port, Listening { status, stop });
+        }
+    }
+
+    /// Listens on `addr` for the node's containers too, until `stop`. Every ingress of this
+    /// host listens on the same gateway address, so the socket is shared (`SO_REUSEPORT`):
+    /// any of them forwards alike. A failure is logged: the node still serves the port.
+    fn listen_for_containers(&self, addr: SocketAddr, stop: &CancellationToken) {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
+        let bound = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.set_reuseport(true)?;
+            s.bind(addr)?;
+            s.listen(1024)
+        });
+        match bound {
+            Ok(listener) => {
+                let inner = Arc::clone(&self.inner);
+                let port = addr.port();
+                self.inner.tracker.spawn(accept_loop(inner, listener, port, stop.clone()));
+                tracing::debug!(%addr, "ingress listening for containers");
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %bind_error(&e), "containers cannot reach this published port");
+            }
         }
     }
 

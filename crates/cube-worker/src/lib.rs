@@ -211,9 +211,12 @@ pub async fn start(
     })?;
     let node_id = load_or_create_node_id(&config.data_dir).await?;
     let metrics = Arc::new(metrics::Metrics::new());
+    // A worker joined to a manager runs an ingress, on this address.
+    let ingress_ip =
+        config.manager.is_some().then(|| config.ingress_ip.unwrap_or(config.listen.ip()));
     let drivers = Arc::new(match platform.drivers {
         DriverChoice::Host { pull_timeout } => {
-            Drivers::host(pull_timeout, metrics.pulls.clone()).await
+            Drivers::host(pull_timeout, metrics.pulls.clone(), ingress_ip).await
         }
         #[cfg(any(test, feature = "fake-driver"))]
         DriverChoice::Fake(fake) => Drivers::fake(fake),
@@ -297,8 +300,13 @@ pub async fn start(
             memory: config.capacity.memory.unwrap_or(Bytes(snapshot.memory.total_bytes)),
             disk: config.capacity.disk.unwrap_or(Bytes(snapshot.disk.total_bytes)),
         };
-        let ip = config.ingress_ip.unwrap_or(addr.ip());
-        let ingress = cube_ingress::Ingress::new(node_id, ip, shutdown.clone());
+        let ip = ingress_ip.unwrap_or(addr.ip());
+        let ingress = cube_ingress::Ingress::with_container_address(
+            node_id,
+            ip,
+            drivers.container_ingress(),
+            shutdown.clone(),
+        );
         let membership = reporter::Membership {
             manager,
             advertise: config

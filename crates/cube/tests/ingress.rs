@@ -391,3 +391,68 @@ async fn an_instance_killed_under_load_costs_at_most_the_requests_in_flight_on_i
         &failed[..failed.len().min(10)]
     );
 }
+
+/// The whole output of a task that ran to its end (its state `Completed`).
+async fn output_of(m: &TestManager, spec: serde_json::Value) -> String {
+    use futures_util::StreamExt;
+    let spec = serde_json::from_value(spec).unwrap();
+    let id = m.client.submit(None, &spec).await.unwrap().task.id;
+    let state = wait_until(Duration::from_secs(60), "the task finished", || async {
+        let t = m.client.task(id).await.ok()?;
+        t.state.is_terminal().then_some(t.state)
+    })
+    .await;
+    let mut stream = m.client.logs(id, false, None).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(state, cube_core::TaskState::Completed, "{out}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_and_a_container_reach_a_service_through_their_nodes_ingress() {
+    if !docker_ready() {
+        return;
+    }
+    let _serial = docker_lock().await;
+    let (m, _workers) = cluster().await;
+    let (spec, _) = serving(&m, false, "http").await;
+    let publish = spec.ports[0].publish;
+    let hostnames: BTreeSet<String> = {
+        let tasks = m.client.tasks().await.unwrap();
+        let running = tasks.iter().filter(|t| t.state == cube_core::TaskState::Running);
+        running
+            .filter_map(|t| match t.handle.as_ref()? {
+                cube_core::DriverHandle::Container { id } => Some(id[..12].to_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    // A process shares its node's network: `CUBE_INGRESS_HOST` is the ingress's address.
+    let process = output_of(&m, json!({
+        "name": "ask-process", "driver": "process", "command": "bash",
+        "args": ["-c", format!("exec 3<>/dev/tcp/$CUBE_INGRESS_HOST/{publish} && \
+                                printf 'GET / HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' >&3 && cat <&3")],
+    }))
+    .await;
+    assert!(process.starts_with("HTTP/1.0 200 OK\r\n"), "{process}");
+    // A container reaches it at `cube.internal` (its bridge's gateway, where every ingress of
+    // the host listens too), also named by `CUBE_INGRESS_HOST`.
+    let container = output_of(
+        &m,
+        json!({
+            "name": "ask-container", "driver": "docker", "image": TEST_IMAGE, "command": "sh",
+            "args": ["-c", format!("wget -qO- http://cube.internal:{publish}/ && \
+                                    wget -qO- http://$CUBE_INGRESS_HOST:{publish}/")],
+        }),
+    )
+    .await;
+    let answers: Vec<&str> = process.lines().last().into_iter().chain(container.lines()).collect();
+    assert_eq!(answers.len(), 3, "{process}\n{container}");
+    for answer in answers {
+        assert!(hostnames.contains(answer.trim()), "{answer:?} is one of {hostnames:?}");
+    }
+}

@@ -12,6 +12,7 @@
 //! container's copying resumes where it stopped ([`super::output::Cursor`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, ExecConfig,
-    HostConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, IpamConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -67,7 +68,13 @@ pub(crate) struct DockerDriver {
     /// much of this work internally anyway, and Docker 20.10 has been seen to deadlock when
     /// dozens of containers die at once; a queue here costs little and spares the engine.
     mutations: Arc<Semaphore>,
+    /// The default bridge's gateway, where containers reach this node's ingress (as
+    /// `cube.internal`); `None` when the node runs no ingress or the bridge has no IPv4 one.
+    gateway: Option<IpAddr>,
 }
+
+/// The name containers reach their node's ingress at.
+pub(crate) const INGRESS_HOST_NAME: &str = "cube.internal";
 
 /// Concurrent container mutations allowed per worker.
 const MAX_CONCURRENT_MUTATIONS: usize = 8;
@@ -79,17 +86,37 @@ impl DockerDriver {
         pull_timeout: Duration,
         background: Background,
         pulls: crate::metrics::Pulls,
+        ingress: bool,
     ) -> Result<Self, EngineError> {
         let docker = Docker::connect_with_defaults().map_err(EngineError)?;
         let docker = docker.negotiate_version().await.map_err(EngineError)?;
         docker.ping().await.map_err(EngineError)?;
+        let gateway = if ingress {
+            match docker.inspect_network("bridge", None).await {
+                Ok(bridge) => {
+                    bridge_gateway(bridge.ipam.and_then(|i| i.config).unwrap_or_default())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), "cannot inspect the default bridge; containers cannot reach the ingress");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Self {
             docker,
             pull_timeout,
             background,
             mutations: Arc::new(Semaphore::new(MAX_CONCURRENT_MUTATIONS)),
             pulls,
+            gateway,
         })
+    }
+
+    /// Where containers reach this node's ingress, if they can.
+    pub(crate) fn gateway(&self) -> Option<IpAddr> {
+        self.gateway
     }
 
     /// Containers labelled for `node` (running or not).
@@ -159,7 +186,7 @@ impl DockerDriver {
         }
     }
 
-    fn create_body(req: &StartRequest) -> ContainerCreateBody {
+    fn create_body(req: &StartRequest, gateway: Option<IpAddr>) -> ContainerCreateBody {
         let spec = &req.spec;
         let cmd = match (&spec.command, spec.args.is_empty()) {
             (Some(_), _) => Some(spec.argv()),
@@ -174,6 +201,10 @@ impl DockerDriver {
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("CUBE_TASK_ID={}", req.task_id));
         env.push(format!("CUBE_TASK_NAME={}", req.name));
+        let extra_hosts = gateway.map(|ip| {
+            env.push(format!("CUBE_INGRESS_HOST={ip}"));
+            vec![format!("{INGRESS_HOST_NAME}:{ip}")]
+        });
         let exposed: Vec<String> =
             spec.ports.iter().map(|p| port_key(p.container, p.protocol)).collect();
         let bindings: PortMap = spec
@@ -201,6 +232,7 @@ impl DockerDriver {
                 memory: (memory > 0).then_some(memory),
                 nano_cpus: (nano_cpus > 0).then_some(nano_cpus),
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
+                extra_hosts,
                 init: Some(true),
                 // Cube restarts tasks itself; an engine restart would race with it.
                 restart_policy: Some(RestartPolicy {
@@ -216,7 +248,7 @@ impl DockerDriver {
     async fn create(&self, req: &StartRequest) -> Result<String, DriverError> {
         let name = format!("cube-{}-{}", req.name, req.task_id.short());
         let options = CreateContainerOptions { name: Some(name.clone()), ..Default::default() };
-        let body = Self::create_body(req);
+        let body = Self::create_body(req, self.gateway);
         match self.docker.create_container(Some(options.clone()), body.clone()).await {
             Ok(r) => Ok(r.id),
             Err(BollardError::DockerResponseServerError { status_code: 409, .. }) => {
@@ -677,6 +709,20 @@ fn engine(operation: &'static str) -> impl FnOnce(BollardError) -> DriverError {
     }
 }
 
+/// A bridge network's IPv4 gateway: the one its IPAM names, else the first address of its
+/// subnet (what the engine gives the bridge when none is named, as on the default bridge).
+fn bridge_gateway(configs: Vec<IpamConfig>) -> Option<IpAddr> {
+    configs.into_iter().find_map(|c| {
+        if let Some(ip) = c.gateway.as_deref().and_then(|g| g.parse::<Ipv4Addr>().ok()) {
+            return Some(IpAddr::V4(ip));
+        }
+        let (network, bits) = c.subnet.as_deref()?.split_once('/')?;
+        let (network, bits): (Ipv4Addr, u32) = (network.parse().ok()?, bits.parse().ok()?);
+        // A /31 or /32 has no room for a gateway of its own.
+        (bits <= 30).then(|| IpAddr::V4(Ipv4Addr::from(u32::from(network) + 1)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,6 +730,28 @@ mod tests {
 
     fn binding(ip: &str, port: &str) -> PortBinding {
         PortBinding { host_ip: Some(ip.into()), host_port: Some(port.into()) }
+    }
+
+    #[test]
+    fn the_bridge_gateway_is_named_or_the_first_address_of_the_subnet() {
+        let config = |subnet: &str, gateway: Option<&str>| IpamConfig {
+            subnet: Some(subnet.into()),
+            gateway: gateway.map(Into::into),
+            ..Default::default()
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(bridge_gateway(vec![config("172.17.0.0/16", None)]), ip("172.17.0.1"));
+        assert_eq!(
+            bridge_gateway(vec![config("10.9.0.0/24", Some("10.9.0.254"))]),
+            ip("10.9.0.254")
+        );
+        // IPv6 first, then IPv4: the IPv4 one (the ingress's listeners are IPv4 here).
+        assert_eq!(
+            bridge_gateway(vec![config("fd00::/64", None), config("172.18.0.0/16", None)]),
+            ip("172.18.0.1")
+        );
+        assert_eq!(bridge_gateway(vec![config("10.0.0.7/32", None)]), None);
+        assert_eq!(bridge_gateway(vec![]), None);
     }
 
     #[test]

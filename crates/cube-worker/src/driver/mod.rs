@@ -19,6 +19,7 @@ pub(crate) mod process;
 pub(crate) mod session;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -380,11 +381,21 @@ pub(crate) struct Drivers {
 
 impl Drivers {
     /// This host's drivers: docker when an engine answers (a pull may take `pull_timeout`),
-    /// and processes.
-    pub(crate) async fn host(pull_timeout: Duration, pulls: crate::metrics::Pulls) -> Self {
+    /// and processes. With `ingress` (the address of the node's ingress), tasks are told where
+    /// it is: processes at that address, containers at their bridge's gateway.
+    pub(crate) async fn host(
+        pull_timeout: Duration,
+        pulls: crate::metrics::Pulls,
+        ingress: Option<IpAddr>,
+    ) -> Self {
         let background = Background::default();
-        let connected =
-            docker::DockerDriver::connect(pull_timeout, background.clone(), pulls).await;
+        let connected = docker::DockerDriver::connect(
+            pull_timeout,
+            background.clone(),
+            pulls,
+            ingress.is_some(),
+        )
+        .await;
         let docker = match connected {
             Ok(d) => {
                 tracing::info!("docker driver ready");
@@ -396,8 +407,17 @@ impl Drivers {
                 DockerSlot::Unavailable(Arc::new(e))
             }
         };
-        let process = process::ProcessDriver::new(background.clone());
+        let process = process::ProcessDriver::new(background.clone(), ingress);
         Self { set: Set::Host { docker, process }, background }
+    }
+
+    /// The address containers reach the node's ingress at (their bridge's gateway), which the
+    /// ingress listens on too; `None` without docker or without an ingress.
+    pub(crate) fn container_ingress(&self) -> Option<IpAddr> {
+        match &self.set {
+            Set::Host { docker: DockerSlot::Ready(d), .. } => d.gateway(),
+            _ => None,
+        }
     }
 
     /// Scripted workloads in place of every driver.

@@ -9,11 +9,12 @@
 //! filesystem and network, and its CPU and memory are neither limited nor accounted for beyond
 //! what the scheduler reserved on paper. Use the docker driver for anything untrusted.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cube_core::{DriverHandle, DriverKind, TaskSpec};
+use cube_core::{DriverHandle, DriverKind, TaskId, TaskSpec};
 use rustix::process::{Pid, PidfdFlags, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
@@ -31,15 +32,33 @@ use super::{
 pub(crate) struct ProcessDriver {
     /// Exit watchers run here.
     background: Background,
+    /// Where processes reach this node's ingress (`CUBE_INGRESS_HOST`), if it runs one.
+    ingress: Option<IpAddr>,
 }
 
 /// After SIGKILL a process dies at once unless stuck in the kernel; do not wait forever.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 impl ProcessDriver {
-    /// A process driver whose exit watchers run in `background`.
-    pub(crate) fn new(background: Background) -> Self {
-        Self { background }
+    /// A process driver whose exit watchers run in `background`; its tasks reach the node's
+    /// ingress at `ingress` (an ingress on every address is reached on loopback).
+    pub(crate) fn new(background: Background, ingress: Option<IpAddr>) -> Self {
+        let ingress = ingress.map(|ip| match ip {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        });
+        Self { background, ingress }
+    }
+
+    /// The variables the driver gives every task, besides the task's own.
+    fn cube_env(&self, task_id: TaskId, name: &str) -> Vec<(&'static str, String)> {
+        let mut env =
+            vec![("CUBE_TASK_ID", task_id.to_string()), ("CUBE_TASK_NAME", name.to_owned())];
+        if let Some(ip) = self.ingress {
+            env.push(("CUBE_INGRESS_HOST", ip.to_string()));
+        }
+        env
     }
 }
 
@@ -59,8 +78,7 @@ impl Driver for ProcessDriver {
         command
             .args(&req.spec.args)
             .envs(&req.spec.env)
-            .env("CUBE_TASK_ID", req.task_id.to_string())
-            .env("CUBE_TASK_NAME", &req.name)
+            .envs(self.cube_env(req.task_id, &req.name))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -204,13 +222,13 @@ impl Driver for ProcessDriver {
             what: "a command to run",
         })?;
         process_pid(handle)?;
-        // The task's own variables, and the two the driver gives every task.
-        let task_id = req.task_id.to_string();
+        // The task's own variables, and those the driver gives every task.
+        let cube_env = self.cube_env(req.task_id, &req.name);
         let env: Vec<(&str, &str)> = spec
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain([("CUBE_TASK_ID", task_id.as_str()), ("CUBE_TASK_NAME", req.name.as_str())])
+            .chain(cube_env.iter().map(|(k, v)| (*k, v.as_str())))
             .collect();
         let spawn_error = |source| DriverError::Spawn { program: program.clone(), source };
         if req.tty {

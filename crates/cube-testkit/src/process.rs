@@ -3,7 +3,7 @@
 //! even when the test or benchmark failed.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -77,7 +77,7 @@ pub struct CubeProcess {
     child: Child,
     /// The address it printed: `http://127.0.0.1:PORT` (or `https://`).
     pub url: String,
-    /// Its stderr (its logs).
+    /// Its stderr (its logs) and, line by line, its stdout.
     pub log: PathBuf,
     /// When its spawn began and when it printed its `listening on` line.
     pub started: (Instant, Instant),
@@ -107,12 +107,17 @@ impl CubeProcess {
             .spawn()
             .map_err(|source| SpawnError::Run { bin: spec.bin.clone(), source })?;
         let (tx, rx) = mpsc::channel();
+        // The command's own output goes to the log too, among its log lines.
+        let mut copy = std::fs::OpenOptions::new().append(true).open(&spec.log).ok();
         if let Some(stdout) = child.stdout.take() {
             std::thread::spawn(move || {
                 // Keep reading until the process exits, so it never blocks on a full pipe.
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     if let Some(url) = line.split("listening on ").nth(1) {
                         let _ = tx.send((url.trim().to_owned(), Instant::now()));
+                    }
+                    if let Some(log) = copy.as_mut() {
+                        let _ = writeln!(log, "{line}");
                     }
                 }
             });

@@ -197,7 +197,8 @@ async fn roll(m: &TestManager, mut spec: ServiceSpec) {
     let done = wait_until(Duration::from_secs(120), "the rollout done", || async {
         let s = m.client.service("web").await.ok()?;
         let d = s.deployment?;
-        (d.status != cube_core::deployment::DeploymentStatus::Running).then_some(d)
+        (d.version == 2 && d.status != cube_core::deployment::DeploymentStatus::Running)
+            .then_some(d)
     })
     .await;
     assert_eq!(done.status, cube_core::deployment::DeploymentStatus::Successful, "{done:?}");

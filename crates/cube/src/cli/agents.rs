@@ -24,10 +24,13 @@ pub struct DevArgs {
     /// Placement strategy: round-robin, epvm, binpack or spread.
     #[arg(long, env = "CUBE_SCHEDULER", default_value = "spread")]
     pub scheduler: cube_core::SchedulerKind,
-    /// Also submit a demo task once the cluster is up (a web server in a container when Docker
-    /// is available, a chatty shell loop otherwise).
+    /// Also deploy a demo once the cluster is up: with Docker, a 3-instance web service
+    /// published on --demo-port (examples/demo-service.toml); without it, a chatty shell loop.
     #[arg(long)]
     pub demo: bool,
+    /// The port the demo service is published on, on loopback.
+    #[arg(long, env = "CUBE_DEMO_PORT", default_value_t = 8080, requires = "demo")]
+    pub demo_port: u16,
     /// Finished tasks are forgotten, with their logs, this long after they finished (e.g. 24h,
     /// 30m), or `never`.
     #[arg(long, env = "CUBE_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
@@ -384,7 +387,20 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
         if docker { "web.toml" } else { "process.toml" }
     ));
     if args.demo {
-        demo(&manager.manager, docker).await;
+        let demo = async {
+            if docker {
+                match security.client(&manager_url, Duration::from_secs(10)) {
+                    Ok(client) => demo_service(&client, args.demo_port).await,
+                    Err(e) => say(&format!("cannot deploy the demo: {e}")),
+                }
+            } else {
+                demo_task(&manager.manager).await;
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = demo => {}
+        }
     }
     let (m, w) = tokio::join!(manager.wait(), worker.wait());
     m?;
@@ -393,23 +409,69 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
     Ok(())
 }
 
-/// Submits the demo task and reports where it runs.
-async fn demo(manager: &Arc<cube_manager::Manager>, docker: bool) {
-    let spec = if docker {
-        serde_json::json!({
-            "name": "demo-web", "driver": "docker", "image": "cube-test/busybox:latest",
-            "command": "httpd", "args": ["-f", "-v", "-p", "80", "-h", "/www"],
-            "ports": [{"container": 80}],
-            "health": {"type": "http", "port": 80, "path": "/", "interval": "5s"},
-            "restart": {"mode": "on-failure"}
-        })
-    } else {
-        serde_json::json!({
-            "name": "demo-loop", "driver": "process", "command": "sh",
-            "args": ["-c", "while true; do echo \"hello from cube at $(date)\"; sleep 1; done"],
-            "restart": {"mode": "on-failure"}
-        })
+/// The demo service, as the README's tour updates it.
+const DEMO_SERVICE: &str = include_str!("../../../../examples/demo-service.toml");
+
+/// How long the demo waits for its instances before it leaves them to come up on their own.
+const DEMO_WAIT: Duration = Duration::from_secs(60);
+
+/// Deploys the demo service (unless a service of its name exists: a restarted `cube dev`
+/// keeps what the user made of it) and says where it answers once its instances do.
+async fn demo_service(client: &cube_http::client::Client, port: u16) {
+    let mut spec: cube_core::service::ServiceSpec = match toml::from_str(DEMO_SERVICE) {
+        Ok(spec) => spec,
+        Err(e) => return tracing::error!(error = %e, "the demo service file is invalid"),
     };
+    let name = spec.name.clone();
+    let url = format!("http://127.0.0.1:{port}/");
+    match client.service(&name).await {
+        Ok(existing) => {
+            let published = existing.spec.ports.first().map(|p| p.publish);
+            let url = published.map(|p| format!("http://127.0.0.1:{p}/")).unwrap_or_default();
+            return say(&format!("demo service {name} is deployed already: {url}"));
+        }
+        Err(e) if e.code() == Some(cube_api::ErrorCode::NotFound) => {}
+        Err(e) => return say(&format!("cannot deploy the demo service: {e}")),
+    }
+    if let Some(p) = spec.ports.first_mut() {
+        p.publish = port;
+    }
+    if let Err(e) = client.put_service(&spec, None).await {
+        return say(&format!("cannot deploy the demo service: {e}"));
+    }
+    say(&format!("demo service {name}: {} instances starting, published on {url} ...", spec.count));
+    let deadline = tokio::time::Instant::now() + DEMO_WAIT;
+    let mut shown = usize::MAX;
+    while tokio::time::Instant::now() < deadline {
+        let nodes = client.nodes().await.unwrap_or_default();
+        let refused = nodes.iter().flat_map(|n| &n.ingress).find(|l| l.port == port);
+        if let Some(why) = refused.and_then(|l| l.error.as_deref()) {
+            return say(&format!("demo service {name}: cannot listen on {url}: {why}"));
+        }
+        let ready = client.service_endpoints(&name).await.map(|e| e.endpoints.len()).unwrap_or(0);
+        if ready >= spec.count as usize {
+            return say(&format!(
+                "demo service {name} answers at {url} ({ready} instances); try:\n  \
+                 while sleep 0.2; do curl -s {url}; done\n  \
+                 sed 's/VERSION = \"1\"/VERSION = \"2\"/' examples/demo-service.toml | cube deploy - --wait"
+            ));
+        }
+        if ready != shown {
+            say(&format!("demo service {name}: {ready} of {} instances healthy", spec.count));
+            shown = ready;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    say(&format!("demo service {name}: still starting; `cube service status {name}` says why"));
+}
+
+/// Without Docker: a process task that prints a line a second, and where it runs.
+async fn demo_task(manager: &Arc<cube_manager::Manager>) {
+    let spec = serde_json::json!({
+        "name": "demo-loop", "driver": "process", "command": "sh",
+        "args": ["-c", "while true; do echo \"hello from cube at $(date)\"; sleep 1; done"],
+        "restart": {"mode": "on-failure"}
+    });
     let spec: cube_core::TaskSpec = match serde_json::from_value(spec) {
         Ok(s) => s,
         Err(e) => return tracing::error!(error = %e, "demo spec is invalid"),
@@ -424,12 +486,7 @@ async fn demo(manager: &Arc<cube_manager::Manager>, docker: bool) {
         if let Some(task) = manager.task(id) {
             match task.state {
                 cube_core::TaskState::Running => {
-                    let url = task
-                        .host_ports
-                        .first()
-                        .map(|p| format!(" at http://127.0.0.1:{}/", p.host_port));
-                    say(&format!("demo task {id} is running{}", url.unwrap_or_default()));
-                    return;
+                    return say(&format!("demo task {id} is running: cube logs {} -f", id.short()));
                 }
                 cube_core::TaskState::Failed => {
                     say(&format!("demo task {id} failed: {}", task.reason.unwrap_or_default()));

@@ -71,6 +71,13 @@ step restart "$BENCH" restart --data-dir "$OUT/store" --json "$OUT/restart.json"
 step sim-nodes "$BENCH" sim-nodes --nodes 1000,5000 --tasks 10000 --json "$OUT/sim-nodes.json"
 step rollout "$BENCH" rollout --replicas 10 --runs 3 --json "$OUT/rollout.json"
 if $docker_ok; then
+  # The ingress's peer: nginx from Debian (its stream module for the L4 proxy).
+  if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+    (apt-get install -y nginx libnginx-mod-stream || { apt-get update && apt-get install -y nginx libnginx-mod-stream; }) >/dev/null
+  fi
+  step ingress "$BENCH" ingress --json "$OUT/ingress.json"
+fi
+if $docker_ok; then
   step observe "$BENCH" observe --json "$OUT/observe.json"
 else
   step observe "$BENCH" observe --skip-docker --json "$OUT/observe.json"

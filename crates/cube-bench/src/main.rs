@@ -9,6 +9,7 @@
 //! `scripts/bench.sh` runs the whole suite; see `BENCHMARKS.md`.
 
 mod failover;
+mod ingress;
 mod lab;
 mod latency;
 mod load;
@@ -64,6 +65,9 @@ enum Command {
     Rollout(rollout::RolloutArgs),
     /// Event delivery latency, idle subscribers' memory, a scrape with 10k tasks, exec times.
     Observe(observe::ObserveArgs),
+    /// Requests through Cube's ingress in each mode beside the host port and nginx (L4, L7),
+    /// and memory per idle connection.
+    Ingress(ingress::IngressArgs),
     /// Simulated nodes (a benchmark tool, like kwok): thousands of nodes that accept tasks
     /// without running them. Benchmarks a manager of its own, or serves `--manager URL`.
     SimNodes(scale::SimNodesArgs),
@@ -138,6 +142,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Restart(a) => restart::run(&lab, a).await,
         Command::Rollout(a) => rollout::run(&lab, a).await,
         Command::Observe(a) => observe::run(&lab, a).await,
+        Command::Ingress(a) => ingress::run(&lab, a).await,
         Command::SimNodes(a) => scale::sim_nodes(&lab, a).await,
         Command::ScaleUp(a) => scale::scale_up(&lab, a).await,
         Command::Report(_) => unreachable_report(),

@@ -80,9 +80,14 @@ async fn connections_spread_over_instances_and_skip_a_dead_one() {
     assert_eq!(seen.len(), 2, "both live instances answered, every connection did: {seen:?}");
     assert!(seen.values().all(|n| *n >= 10), "spread: {seen:?}");
     // Each forwarding task ends just after its client saw the answer.
+    nothing_open(&ingress, "closed connections are not counted").await;
+}
+
+/// Waits (5 s at most) until the ingress counts nothing open to any instance.
+async fn nothing_open(ingress: &Ingress, why: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !ingress.open_connections().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "closed connections are not counted");
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
         tokio::task::yield_now().await;
     }
 }
@@ -188,11 +193,7 @@ async fn http_mode_balances_each_request_of_a_kept_alive_connection() {
     // One client connection, every request on it answered, by both live instances in turn.
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen.values().all(|n| *n >= 8), "spread: {seen:?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !ingress.open_connections().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "answered requests are not counted");
-        tokio::task::yield_now().await;
-    }
+    nothing_open(&ingress, "answered requests are not counted").await;
 }
 
 #[tokio::test]

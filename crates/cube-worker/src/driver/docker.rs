@@ -74,7 +74,7 @@ pub(crate) struct DockerDriver {
 }
 
 /// The name containers reach their node's ingress at.
-pub(crate) const INGRESS_HOST_NAME: &str = "cube.internal";
+const INGRESS_HOST_NAME: &str = "cube.internal";
 
 /// Concurrent container mutations allowed per worker.
 const MAX_CONCURRENT_MUTATIONS: usize = 8;

@@ -94,16 +94,27 @@ async fn the_demo_service_answers_on_its_port_and_keeps_answering_through_an_upd
     })
     .await;
     assert_eq!(done.status, cube_core::deployment::DeploymentStatus::Successful, "{done:?}");
+    // The deployment succeeds once every new instance is healthy; the last old one may still
+    // be draining then, and answers until its stop (which follows every ingress leaving it).
+    wait_until(Duration::from_secs(60), "the old instances stopped", || async {
+        let tasks = client.tasks().await.ok()?;
+        let old =
+            |t: &&cube_api::types::TaskView| t.instance.as_ref().is_some_and(|i| i.version == 1);
+        tasks.iter().filter(|t| old(t)).all(|t| t.state.is_terminal()).then_some(())
+    })
+    .await;
     stop.cancel();
-    let answers: Vec<Result<String, String>> =
-        load.join_all().await.into_iter().flatten().collect();
-    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    eprintln!("demo update: {} requests, {} failed", answers.len(), failed.len());
+    let answers: Vec<Vec<Result<String, String>>> = load.join_all().await;
+    let failed: Vec<&String> = answers.iter().flatten().filter_map(|a| a.as_ref().err()).collect();
+    let sent: usize = answers.iter().map(Vec::len).sum();
+    eprintln!("demo update: {sent} requests, {} failed", failed.len());
     assert!(failed.is_empty(), "{failed:?}");
-    let first = answers.first().unwrap().as_ref().unwrap();
-    let last = answers.last().unwrap().as_ref().unwrap();
-    assert!(first.starts_with("hello from cube: version 1, instance "), "{first}");
-    assert!(last.starts_with("hello from cube: version 2, instance "), "{last}");
+    for client_answers in &answers {
+        let first = client_answers.first().unwrap().as_ref().unwrap();
+        let last = client_answers.last().unwrap().as_ref().unwrap();
+        assert!(first.starts_with("hello from cube: version 1, instance "), "{first}");
+        assert!(last.starts_with("hello from cube: version 2, instance "), "{last}");
+    }
 
     // A restart keeps what the user made of the demo.
     assert!(dev.terminate().success(), "{}", dev.logs());

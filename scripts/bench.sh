@@ -75,6 +75,8 @@ if $docker_ok; then
   if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
     (apt-get install -y nginx libnginx-mod-stream || { apt-get update && apt-get install -y nginx libnginx-mod-stream; }) >/dev/null
   fi
+  # ...and the backend that keeps connections alive, built from that package.
+  step nginx-image scripts/build-nginx-image.sh
   step ingress "$BENCH" ingress --json "$OUT/ingress.json"
 fi
 if $docker_ok; then

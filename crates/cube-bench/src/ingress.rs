@@ -1,18 +1,21 @@
 //! `cube-bench ingress`: requests per second and latency of a small HTTP answer, with the same
 //! load (`--clients` loops, each sending the next request when the last was answered) along
-//! every path to one busybox httpd container: straight to its host port (the floor), through
-//! Cube's ingress in `tcp` and `http` mode, and through nginx (Debian's package, started here)
-//! as the equivalent L4 (`stream`) and L7 (`proxy_pass`) proxy. Then the worker's memory per
-//! idle client connection on an `http` port.
+//! every path to one instance: straight to its host port (the floor), through Cube's ingress in
+//! `tcp` and `http` mode, and through nginx (Debian's package, started here) as the equivalent
+//! L4 (`stream`) and L7 (`proxy_pass`) proxy. Then the worker's memory per idle client
+//! connection on an `http` port.
 //!
-//! busybox httpd closes every connection after its answer, so each request is a new connection
-//! to the instance on every path; the clients keep theirs alive wherever the proxy does.
+//! Two backends, one after the other: busybox httpd, which closes every connection after its
+//! answer (so each request is a new connection to the instance on every path, and the
+//! backend's accept queue dominates the tail), and nginx inside a container
+//! (`scripts/build-nginx-image.sh`), which keeps them alive, so what a path adds to the floor
+//! is the proxy's own cost.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use cube_core::service::ServiceSpec;
 use serde_json::json;
 use tokio::process::Command;
@@ -21,6 +24,9 @@ use crate::lab::Lab;
 use crate::latency::IMAGE;
 use crate::load::wait_for;
 use crate::out::{Summary, say};
+
+/// The image `scripts/build-nginx-image.sh` builds.
+const NGINX_IMAGE: &str = "cube-test/nginx:latest";
 
 /// Options of `cube-bench ingress`.
 #[derive(Debug, Args)]
@@ -34,19 +40,50 @@ pub struct IngressArgs {
     /// Idle client connections opened to measure their memory.
     #[arg(long, default_value_t = 1000)]
     pub idle: usize,
+    /// The backends measured, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "busybox,nginx")]
+    pub backends: Vec<Backend>,
+}
+
+/// What answers behind every path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// busybox httpd from the test image: a connection per request.
+    Busybox,
+    /// nginx in a container (`scripts/build-nginx-image.sh`): kept-alive connections.
+    Nginx,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Busybox => "busybox",
+            Backend::Nginx => "nginx",
+        }
+    }
+
+    fn task(self, name: &str) -> serde_json::Value {
+        let health = json!({"type": "http", "port": 80, "path": "/", "interval": "1s"});
+        match self {
+            Backend::Busybox => json!({
+                "name": name, "driver": "docker", "image": IMAGE, "command": "httpd",
+                "args": ["-f", "-p", "80", "-h", "/www"], "stop_grace": "1s",
+                "ports": [{"container": 80}], "health": health}),
+            Backend::Nginx => json!({
+                "name": name, "driver": "docker", "image": NGINX_IMAGE, "stop_grace": "1s",
+                "ports": [{"container": 80}], "health": health}),
+        }
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn service(name: &str, publish: u16, mode: &str) -> anyhow::Result<ServiceSpec> {
+fn service(backend: Backend, mode: &str, publish: u16) -> anyhow::Result<ServiceSpec> {
+    let name = format!("bench-{}-{mode}", backend.name());
     Ok(serde_json::from_value(json!({
-        "name": name, "count": 1,
-        "task": {"name": name, "driver": "docker", "image": IMAGE, "command": "httpd",
-                 "args": ["-f", "-p", "80", "-h", "/www"], "stop_grace": "1s",
-                 "ports": [{"container": 80}],
-                 "health": {"type": "http", "port": 80, "path": "/", "interval": "1s"}},
+        "name": name, "count": 1, "task": backend.task(&name),
         "ports": [{"target": 80, "publish": publish, "mode": mode}],
     }))?)
 }
@@ -54,27 +91,65 @@ fn service(name: &str, publish: u16, mode: &str) -> anyhow::Result<ServiceSpec> 
 /// Runs the benchmark; returns the JSON results.
 pub async fn run(lab: &Lab, args: &IngressArgs) -> anyhow::Result<serde_json::Value> {
     say(&format!(
-        "ingress: {} clients for {:?} per path, one busybox httpd instance",
-        args.clients, args.duration
+        "ingress: {} clients for {:?} per path, one instance, backends {:?}",
+        args.clients, args.duration, args.backends
     ));
     let manager = lab.manager("manager", &[]).await?;
     let worker = lab.worker(&manager, "w1", &[]).await?;
     let client = manager.client.clone();
-    let (tcp_port, http_port) = (free_port()?, free_port()?);
-    client.put_service(&service("bench-tcp", tcp_port, "tcp")?, None).await?;
-    client.put_service(&service("bench-http", http_port, "http")?, None).await?;
-    let host_port =
-        wait_for(Duration::from_secs(60), Duration::from_millis(50), "instances", || {
+    let mut backends = Vec::new();
+    let mut idle = serde_json::Value::Null;
+    for (i, &backend) in args.backends.iter().enumerate() {
+        let (paths, http_port) = measure(lab, &client, backend, args).await?;
+        // Idle connections once, on the first backend's http port, before it is removed.
+        if i == 0 {
+            idle = idle_memory(&worker, http_port, args.idle).await?;
+        }
+        backends.push(json!({"backend": backend.name(), "paths": paths}));
+        for mode in ["tcp", "http"] {
+            client.remove_service(&format!("bench-{}-{mode}", backend.name())).await?;
+        }
+        wait_for(Duration::from_secs(60), Duration::from_millis(100), "instances gone", || {
             let client = client.clone();
             async move {
-                let tcp = client.service_endpoints("bench-tcp").await.ok()?;
-                let http = client.service_endpoints("bench-http").await.ok()?;
+                let tasks = client.tasks().await.ok()?;
+                tasks.iter().all(|t| t.state.is_terminal()).then_some(())
+            }
+        })
+        .await?;
+    }
+    drop(worker);
+    Ok(json!({
+        "bench": "ingress", "clients": args.clients, "duration_s": args.duration.as_secs_f64(),
+        "backends": backends, "idle": idle,
+    }))
+}
+
+/// The five paths to one instance of `backend`: their results, and the `http` mode's port.
+async fn measure(
+    lab: &Lab,
+    client: &cube_http::client::Client,
+    backend: Backend,
+    args: &IngressArgs,
+) -> anyhow::Result<(Vec<serde_json::Value>, u16)> {
+    say(&format!("  backend {}", backend.name()));
+    let (tcp_port, http_port) = (free_port()?, free_port()?);
+    client.put_service(&service(backend, "tcp", tcp_port)?, None).await?;
+    client.put_service(&service(backend, "http", http_port)?, None).await?;
+    let (tcp_name, http_name) =
+        (format!("bench-{}-tcp", backend.name()), format!("bench-{}-http", backend.name()));
+    let host_port =
+        wait_for(Duration::from_secs(60), Duration::from_millis(50), "instances", || {
+            let (client, tcp_name, http_name) = (client.clone(), &tcp_name, &http_name);
+            async move {
+                let tcp = client.service_endpoints(tcp_name).await.ok()?;
+                let http = client.service_endpoints(http_name).await.ok()?;
                 http.endpoints.first()?;
                 Some(tcp.endpoints.first()?.addresses.first()?.port)
             }
         })
         .await?;
-    let nginx = Nginx::start(lab.path(), host_port).await?;
+    let nginx = Nginx::start(&lab.path().join(backend.name()), host_port).await?;
 
     let paths = [
         ("floor", "straight to the container's host port", host_port),
@@ -89,45 +164,38 @@ pub async fn run(lab: &Lab, args: &IngressArgs) -> anyhow::Result<serde_json::Va
         // A short warm-up, then the measured run.
         load(&url, args.clients, Duration::from_secs(1)).await?;
         let (rps, summary, failed) = load(&url, args.clients, args.duration).await?;
-        say(&format!("  {what}: {rps:.0} req/s, {} ({failed} failed)", summary.line()));
+        say(&format!("    {what}: {rps:.0} req/s, {} ({failed} failed)", summary.line()));
         results.push(json!({"path": name, "what": what, "rps": rps, "latency": summary,
                             "failed": failed}));
     }
     drop(nginx);
+    Ok((results, http_port))
+}
 
-    // Idle client connections on the http port: the worker's memory before and after.
+/// The worker's resident memory before and after `count` idle client connections to `port`.
+async fn idle_memory(
+    worker: &crate::lab::Worker,
+    port: u16,
+    count: usize,
+) -> anyhow::Result<serde_json::Value> {
     let before = worker.process.rss_bytes()?;
-    let mut idle = Vec::with_capacity(args.idle);
-    for _ in 0..args.idle {
-        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", http_port)).await?);
+    let mut idle = Vec::with_capacity(count);
+    for _ in 0..count {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
     }
     // Give the ingress time to accept and set up every one of them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = worker.process.rss_bytes()?;
     drop(idle);
-    let per_connection = after.saturating_sub(before) as f64 / args.idle as f64;
+    let per_connection = after.saturating_sub(before) as f64 / count.max(1) as f64;
     say(&format!(
-        "  {} idle connections: worker RSS {} -> {} KiB, {:.1} KiB each",
-        args.idle,
+        "  {count} idle connections: worker RSS {} -> {} KiB, {:.1} KiB each",
         before / 1024,
         after / 1024,
         per_connection / 1024.0
     ));
-
-    for name in ["bench-tcp", "bench-http"] {
-        client.remove_service(name).await?;
-    }
-    wait_for(Duration::from_secs(60), Duration::from_millis(100), "instances stopped", || async {
-        let tasks = client.tasks().await.ok()?;
-        tasks.iter().all(|t| t.state.is_terminal()).then_some(())
-    })
-    .await?;
-    drop(worker);
-    Ok(json!({
-        "bench": "ingress", "clients": args.clients, "duration_s": args.duration.as_secs_f64(),
-        "paths": results, "idle_connections": args.idle, "rss_before": before,
-        "rss_after": after, "bytes_per_idle_connection": per_connection,
-    }))
+    Ok(json!({"connections": count, "rss_before": before, "rss_after": after,
+              "bytes_per_connection": per_connection}))
 }
 
 /// `clients` loops sending GETs to `url` for `duration`: requests per second, the latencies
@@ -192,8 +260,11 @@ impl Nginx {
                  stream {{ server {{ listen 127.0.0.1:{l4}; proxy_pass 127.0.0.1:{upstream}; }} }}\n\
                  http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
                    fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                   keepalive_requests 1000000;\n\
+                   upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
                    server {{ listen 127.0.0.1:{l7}; location / {{\n\
-                     proxy_pass http://127.0.0.1:{upstream};\n\
+                     proxy_pass http://backend; proxy_http_version 1.1;\n\
+                     proxy_set_header Connection \"\";\n\
                      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }} }}\n",
                 d = dir.display()
             ),

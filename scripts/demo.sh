@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/ensure-protoc.sh
 cargo build --release --locked --bin cube
 if docker info >/dev/null 2>&1; then
   scripts/build-test-image.sh

@@ -97,6 +97,17 @@ pub enum StoreError {
         /// Most writes the backend commits atomically.
         limit: usize,
     },
+    /// A store on other machines (etcd) could not be reached or did not answer in time; the
+    /// batch may or may not have been applied. Shared, because one failed transaction fails
+    /// every batch it carried.
+    #[error("store unavailable: {operation}")]
+    Unavailable {
+        /// What was being done, e.g. `cannot commit`.
+        operation: &'static str,
+        /// Why.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// The store was closed (its writer stopped) before the batch committed.
     #[error("store is closed")]
     Closed,

@@ -7,9 +7,12 @@
 //! - [`process`]: real `cube` processes on OS-chosen loopback ports, killed and cleaned up
 //!   after (containers, process tasks) even when the test failed: the proof that the runtime
 //!   works, for the multi-process tests and `cube-bench`.
+//! - [`etcd`]: real etcd clusters (Debian's `etcd-server`) of one or more members on OS-chosen
+//!   loopback ports, for the tests of highly available managers.
 //! - [`wait`]: waiting on conditions with a deadline, never sleeping as synchronisation.
 
 pub mod cluster;
+pub mod etcd;
 pub mod process;
 pub mod wait;
 

@@ -39,6 +39,7 @@ fn crates_depend_only_the_documented_way() {
     };
     expect("cube-core", &[]);
     expect("cube-store", &[]);
+    expect("cube-etcd", &["cube-store"]);
     expect("cube-rt", &[]);
     expect("cube-api", &["cube-core"]);
     expect("cube-http", &["cube-api", "cube-core"]);

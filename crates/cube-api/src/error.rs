@@ -30,6 +30,12 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// A dependency (the container engine, the store) is unavailable; retry later (503).
     Unavailable,
+    /// Highly available managers have no leader now (a failover, or etcd unreachable); retry
+    /// after the `Retry-After` the answer carries (503).
+    NoLeader,
+    /// A worker refused a command from a manager whose leadership ended: it has seen a newer
+    /// leader's epoch (409).
+    StaleLeader,
     /// A bug or an unexpected failure on the server (500).
     Internal,
 }
@@ -43,9 +49,9 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Gone => 410,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::StaleLeader => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::NoLeader => 503,
             ErrorCode::Internal => 500,
         }
     }

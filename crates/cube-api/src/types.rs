@@ -304,6 +304,10 @@ pub struct HeartbeatResponse {
     /// The manager does not know this node (it lost its state): register again.
     #[serde(default)]
     pub register: bool,
+    /// The answering leader's epoch, with highly available managers: the worker keeps the
+    /// highest it has seen and refuses commands of lower ones (absent with one manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 impl HeartbeatResponse {

@@ -5,6 +5,8 @@
 //! error's types, never from its text; when the server answered with the error envelope they
 //! carry its [`ApiError`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cube_api::events::StreamLine;
@@ -230,13 +232,66 @@ struct SubmitBody<'a> {
 /// A client for one Cube server (worker or manager).
 #[derive(Clone, Debug)]
 pub struct Client {
-    base: String,
+    bases: Arc<Bases>,
     http: reqwest::Client,
     /// For streams (followed logs): no overall timeout, only a connect timeout.
     streaming: reqwest::Client,
     /// Sent as `Authorization: Bearer` on every request when set.
     token: Option<Token>,
+    /// Sent as `X-Cube-Epoch` on every request when set: the leader's epoch, on a highly
+    /// available manager's calls to workers.
+    epoch: Option<u64>,
 }
+
+/// The servers a client may talk to (several highly available managers: any of them answers,
+/// and passes writes to the leader), and the one it talks to now.
+#[derive(Debug)]
+struct Bases {
+    list: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl Bases {
+    fn new(spec: &str) -> Self {
+        let list: Vec<String> = spec
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        let list = if list.is_empty() { vec![String::new()] } else { list };
+        Self { list, current: AtomicUsize::new(0) }
+    }
+
+    fn current(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.list.len();
+        &self.list[i]
+    }
+
+    /// Moves on from `failed` to the next one (unless another call did already).
+    fn next_after(&self, failed: &str) {
+        let i = self.current.load(Ordering::Relaxed) % self.list.len();
+        if self.list[i] == failed {
+            let _ = self.current.compare_exchange(
+                i,
+                (i + 1) % self.list.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Talks to `leader` from now on, if it is one of the list (the leader answers without a
+    /// hop).
+    fn prefer(&self, leader: &str) {
+        let leader = leader.trim_end_matches('/');
+        if let Some(i) = self.list.iter().position(|b| b == leader) {
+            self.current.store(i, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The header carrying a leader's epoch on its calls to workers.
+pub const EPOCH_HEADER: &str = "x-cube-epoch";
 
 /// A stream of raw log bytes.
 pub type LogStream =
@@ -262,6 +317,9 @@ pub struct Submitted {
 
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.1:5556`), with a per-request `timeout`.
+    /// `base` may list several servers separated by commas (highly available managers): a
+    /// request that cannot connect to one is tried on the next, and answers naming the leader
+    /// (`X-Cube-Leader`) make it the one asked first.
     pub fn new(base: impl Into<String>, timeout: Duration) -> Result<Self, ClientError> {
         Self::with_tls(base, timeout, None)
     }
@@ -273,7 +331,7 @@ impl Client {
         timeout: Duration,
         tls: Option<&ClientTls>,
     ) -> Result<Self, ClientError> {
-        let base = base.into().trim_end_matches('/').to_owned();
+        let bases = Arc::new(Bases::new(&base.into()));
         let connect = timeout.min(Duration::from_secs(3));
         let builder = || {
             let builder = crate::tls::http_client_builder().connect_timeout(connect);
@@ -284,7 +342,7 @@ impl Client {
         };
         let http = builder().timeout(timeout).build().map_err(ClientError::Build)?;
         let streaming = builder().build().map_err(ClientError::Build)?;
-        Ok(Self { base, http, streaming, token: None })
+        Ok(Self { bases, http, streaming, token: None, epoch: None })
     }
 
     /// This client, sending `token` with every request (none if `None`).
@@ -293,9 +351,34 @@ impl Client {
         self
     }
 
+    /// Sends a request received from someone else on to this client's base (a follower
+    /// manager passing a write to its leader): the method, path with query, headers and body
+    /// as they came, without this client's own token; no overall timeout, so long polls pass.
+    pub async fn forward(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: reqwest::header::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{}", self.base(), path_and_query);
+        let request = self.streaming.request(method, &url).headers(headers).body(body);
+        request.send().await.map_err(|e| ClientError::unreachable(&url, e))
+    }
+
+    /// The same client, sending `epoch` as `X-Cube-Epoch` on every request.
+    pub fn with_epoch(mut self, epoch: Option<u64>) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
     fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
+        let request = match &self.token {
             Some(t) => request.bearer_auth(t.secret()),
+            None => request,
+        };
+        match self.epoch {
+            Some(epoch) => request.header(EPOCH_HEADER, epoch),
             None => request,
         }
     }
@@ -309,7 +392,7 @@ impl Client {
         tail: Option<usize>,
     ) -> Result<LogStream, ClientError> {
         use futures_util::StreamExt;
-        let url = format!("{}/v1/tasks/{id}/logs", self.base);
+        let url = format!("{}/v1/tasks/{id}/logs", self.base());
         let query = LogsQuery { follow, tail };
         let response = self.open_stream(&url, &query).await?;
         Ok(Box::pin(
@@ -328,7 +411,7 @@ impl Client {
         topics: &[String],
     ) -> Result<EventStream, ClientError> {
         use futures_util::StreamExt;
-        let url = format!("{}/v1/events", self.base);
+        let url = format!("{}/v1/events", self.base());
         let mut query: Vec<(&str, String)> = topics.iter().map(|t| ("topic", t.clone())).collect();
         if let Some(index) = index {
             query.push(("index", index.to_string()));
@@ -366,7 +449,7 @@ impl Client {
     /// (404, 409, ...) is decoded like any other.
     pub async fn websocket(&self, path_and_query: &str) -> Result<WebSocket, ClientError> {
         use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
-        let url = format!("{}{path_and_query}", self.base);
+        let url = format!("{}{path_and_query}", self.base());
         let key = generate_key();
         let response = self
             .authorize(self.streaming.get(&url))
@@ -423,16 +506,17 @@ impl Client {
     /// manager talking to thousands of workers must not hold a pool per worker).
     pub fn with_base(&self, base: impl Into<String>) -> Self {
         Self {
-            base: base.into().trim_end_matches('/').to_owned(),
+            bases: Arc::new(Bases::new(&base.into())),
             http: self.http.clone(),
             streaming: self.streaming.clone(),
             token: self.token.clone(),
+            epoch: self.epoch,
         }
     }
 
-    /// The base URL.
+    /// The base URL asked now.
     pub fn base(&self) -> &str {
-        &self.base
+        self.bases.current()
     }
 
     /// `GET /v1/health`.
@@ -473,7 +557,7 @@ impl Client {
         &self,
         filter: &TaskFilter,
     ) -> Result<(Vec<TaskView>, Option<u64>), ClientError> {
-        let url = format!("{}/v1/tasks", self.base);
+        let url = format!("{}/v1/tasks", self.base());
         let request = self.authorize(self.http.get(&url).query(filter));
         self.send_indexed(url, request).await.map(|(_, v, index)| (v, index))
     }
@@ -671,12 +755,7 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<(StatusCode, T), ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut request = self.authorize(self.http.request(method, &url));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        self.send(url, request).await
+        self.call_indexed(method, path, body).await.map(|(status, value, _)| (status, value))
     }
 
     /// [`Client::call`], with the answer's `X-Cube-Index` (the manager's index before it acted).
@@ -686,30 +765,42 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<(StatusCode, T, Option<u64>), ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut request = self.authorize(self.http.request(method, &url));
-        if let Some(body) = body {
-            request = request.json(body);
+        let mut tries = self.bases.list.len();
+        loop {
+            let base = self.base().to_owned();
+            let url = format!("{base}{path}");
+            let mut request = self.authorize(self.http.request(method.clone(), &url));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            match self.send_indexed(url, request).await {
+                // Nothing reached that server: the next one may answer.
+                Err(ClientError::Unreachable {
+                    kind: Unreachable::Refused | Unreachable::Connect | Unreachable::Dns,
+                    ..
+                }) if tries > 1 => {
+                    tries -= 1;
+                    self.bases.next_after(&base);
+                }
+                answer => return answer,
+            }
         }
-        self.send_indexed(url, request).await
     }
 
-    /// Sends `request` to `url` and decodes a 2xx answer as `T`.
-    async fn send<T: DeserializeOwned>(
-        &self,
-        url: String,
-        request: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, T), ClientError> {
-        self.send_indexed(url, request).await.map(|(status, value, _)| (status, value))
-    }
-
-    /// [`Client::send`], with the answer's `X-Cube-Index`.
+    /// Sends `request` to `url` and decodes a 2xx answer as `T`, with the answer's
+    /// `X-Cube-Index`.
     async fn send_indexed<T: DeserializeOwned>(
         &self,
         url: String,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, T, Option<u64>), ClientError> {
         let response = request.send().await.map_err(|e| ClientError::unreachable(&url, e))?;
+        if self.bases.list.len() > 1
+            && let Some(leader) = response.headers().get("x-cube-leader")
+            && let Ok(leader) = leader.to_str()
+        {
+            self.bases.prefer(leader);
+        }
         let status = response.status();
         let index = response
             .headers()

@@ -43,7 +43,10 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(ErrorBody { error: self.0 })).into_response()
+        // Without a leader, a second is about what an election takes.
+        let retry = (self.0.code == ErrorCode::NoLeader)
+            .then_some([(axum::http::header::RETRY_AFTER, "1")]);
+        (status, retry, axum::Json(ErrorBody { error: self.0 })).into_response()
     }
 }
 

@@ -73,6 +73,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(&openapi::METRICS, metrics)
         .finish(Api::Manager)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::ha::route))
         .with_state(manager);
     cube_http::server::finish_router(routes, token, Some(http_metrics))
 }

@@ -84,6 +84,12 @@ pub enum ManagerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// etcd refused or could not be reached (a highly available manager).
+    #[error(transparent)]
+    Etcd(cube_etcd::EtcdError),
+    /// Only the leader does that, and this manager does not lead now.
+    #[error("this manager does not lead now")]
+    NoLeader,
     /// The client for calls to workers could not be built (bad TLS settings).
     #[error("cannot set up calls to workers")]
     Client(#[source] ClientError),
@@ -138,6 +144,10 @@ impl From<ManagerError> for ApiError {
                 ApiError::new(ErrorCode::Unavailable, Chain(&e).to_string())
             }
             ManagerError::Remote(error) => error,
+            ManagerError::Store(StoreError::Fenced) | ManagerError::NoLeader => {
+                ApiError::new(ErrorCode::NoLeader, format!("{e}; retry"))
+            }
+            ManagerError::Etcd(_) => ApiError::new(ErrorCode::Unavailable, Chain(&e).to_string()),
             ManagerError::Store(_) => {
                 let message = Chain(&e).to_string();
                 tracing::error!(error = %message, "store failure while serving a request");

@@ -216,6 +216,52 @@ impl EventLog {
         Ok(Some(index))
     }
 
+    /// An event another manager committed, as a follower's feed brings it (already durable):
+    /// kept in memory and shown to readers at once. Events arrive in index order; one already
+    /// held is ignored.
+    pub(crate) fn replicate(&self, line: Vec<u8>) -> Result<(), StoreError> {
+        let head: Head = serde_json::from_slice(&line).map_err(|source| StoreError::Codec {
+            table: Table::Events.name(),
+            key: "replicated".into(),
+            source,
+        })?;
+        {
+            let mut inner = self.lock();
+            if head.index <= inner.last {
+                return Ok(());
+            }
+            inner.last = head.index;
+            if inner.ring.len() >= inner.ring_len {
+                inner.ring.pop_front();
+            }
+            inner.ring.push_back(Entry {
+                index: head.index,
+                topic: head.topic,
+                key: head.key.into(),
+                line: Bytes::from(line),
+            });
+        }
+        self.published(head.index);
+        Ok(())
+    }
+
+    /// Another manager pruned the history up to the event stored under `key`.
+    pub(crate) fn replicate_pruned(&self, key: &str) {
+        if let Ok(index) = key.parse::<u64>() {
+            let mut inner = self.lock();
+            inner.oldest = inner.oldest.max(index + 1);
+        }
+    }
+
+    /// Takes everything `fresh` holds (a follower that reloaded a snapshot). Readers continue
+    /// from their cursors.
+    pub(crate) fn reset(&self, fresh: EventLog) {
+        let inner = fresh.inner.into_inner().unwrap_or_else(|e| e.into_inner());
+        let last = inner.last;
+        *self.lock() = inner;
+        self.published(last);
+    }
+
     /// The index the next change will get.
     pub(crate) fn next_index(&self) -> u64 {
         self.lock().last + 1

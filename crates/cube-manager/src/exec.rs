@@ -34,6 +34,9 @@ impl Manager {
         id: TaskId,
         query: ExecQuery,
     ) -> Result<Connected, ManagerError> {
+        if !self.may_command() {
+            return Err(ManagerError::NoLeader);
+        }
         let (node, address) = {
             let state = self.lock();
             let task = state.task(id).ok_or(ManagerError::TaskNotFound(id))?;

@@ -13,10 +13,12 @@ mod api;
 mod error;
 mod events;
 mod exec;
+mod ha;
 mod metrics;
 mod state;
 
 pub use error::ManagerError;
+pub use ha::{HaConfig, ReplicatedManager, start_replicated};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -128,6 +130,14 @@ pub struct Manager {
     services_kick: Notify,
     /// One connection pool for every worker; per-worker clients are cheap views of it.
     http: Client,
+    /// What this manager may do: act alone, act as the elected leader, or follow (written
+    /// only by `ha` at role changes).
+    role: Mutex<ha::Role>,
+    /// A follower's copy may be behind: its feed from etcd is broken (written only by `ha`).
+    stale: std::sync::atomic::AtomicBool,
+    /// Cancelled when a commit was refused or failed in a way that means the leadership may
+    /// be gone (`Fenced`, `Unavailable`): the leader stops acting and follows.
+    fenced: CancellationToken,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -169,43 +179,21 @@ impl Manager {
         clock: Clock,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, ManagerError> {
-        let started = std::time::Instant::now();
-        let tasks: Vec<Task> = cube_store::load_json(store.as_ref(), Table::Tasks)?
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect();
-        let nodes: Vec<Node> = cube_store::load_json(store.as_ref(), Table::Nodes)?
-            .into_iter()
-            .map(|(_, n)| n)
-            .collect();
-        let services: Vec<Service> = cube_store::load_json(store.as_ref(), Table::Services)?
-            .into_iter()
-            .map(|(_, s)| s)
-            .collect();
-        let deployments: Vec<Deployment> =
-            cube_store::load_json(store.as_ref(), Table::Deployments)?
-                .into_iter()
-                .map(|(_, d)| d)
-                .collect();
+        let source = Arc::clone(&store);
+        Self::with_role(config, source.as_ref(), store, clock, shutdown, ha::Role::Single)
+    }
 
-        let floor = services.iter().map(|s| s.modify_index).max().unwrap_or(0);
-        let events = events::EventLog::load(store.as_ref(), config.history, floor)?;
-        let decoded = started.elapsed();
-        let mut state = State::new(Scheduler::new(config.scheduler));
-        let (task_count, node_count) = (tasks.len(), nodes.len());
-        state.load(tasks, nodes, clock.instant());
-        state.load_services(services, deployments);
-        // A node's ingress that applied endpoints before the restart is answered again.
-        state.set_endpoints_index(events.current());
-        if task_count + node_count > 0 {
-            tracing::info!(
-                tasks = task_count,
-                nodes = node_count,
-                decode_ms = decoded.as_millis() as u64,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "state loaded"
-            );
-        }
+    /// A manager in `role` with the records `source` holds (the store itself, or a snapshot
+    /// of it), writing to `store`. Reads the source: call from a blocking context.
+    pub(crate) fn with_role(
+        config: ManagerConfig,
+        source: &dyn Store,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        shutdown: CancellationToken,
+        role: ha::Role,
+    ) -> Result<Arc<Self>, ManagerError> {
+        let (state, events) = load_state(&config, source, &clock)?;
         let http = config
             .security
             .client("http://worker.invalid", config.worker_timeout)
@@ -221,6 +209,9 @@ impl Manager {
             kick: Notify::new(),
             services_kick: Notify::new(),
             http,
+            role: Mutex::new(role),
+            stale: std::sync::atomic::AtomicBool::new(false),
+            fenced: CancellationToken::new(),
             tracker: TaskTracker::new(),
             shutdown,
         }))
@@ -371,7 +362,16 @@ impl Manager {
 
     /// Waits for a staged batch to be durable, then lets its events out.
     async fn committed(&self, staged: Staged) -> Result<(), ManagerError> {
-        staged.commit.await?;
+        if let Err(e) = staged.commit.await {
+            if matches!(
+                e,
+                cube_store::StoreError::Fenced | cube_store::StoreError::Unavailable { .. }
+            ) {
+                // Memory is now ahead of the store: only a fresh copy may act again.
+                self.fenced.cancel();
+            }
+            return Err(e.into());
+        }
         if staged.writes > 0 {
             self.metrics.commit.observe(staged.began.elapsed().as_secs_f64());
             self.metrics.batch.observe(staged.writes as f64);
@@ -812,11 +812,25 @@ impl Manager {
                 .unwrap_or(u64::MAX),
             stop,
             register,
+            epoch: self.role().epoch(),
         }
     }
 
+    /// A client for the worker at `address`, carrying this leader's epoch.
     fn client(&self, address: &str) -> Client {
-        self.http.with_base(address)
+        self.http.with_base(address).with_epoch(self.role().epoch())
+    }
+
+    /// What this manager may do now.
+    pub(crate) fn role(&self) -> ha::Role {
+        self.role.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether this manager may send commands to workers now: always alone; as a leader only
+    /// while its term holds by its own clock (so a leader that was paused sends nothing
+    /// before it notices it may have been replaced); never as a follower.
+    fn may_command(&self) -> bool {
+        self.role().acting()
     }
 
     /// Sends a placed task to its node, retrying with backoff; gives the task back to the
@@ -833,6 +847,10 @@ impl Manager {
         let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
         let mut last_error = String::from("no attempt made");
         for attempt in 1..=CALL_ATTEMPTS {
+            if !self.may_command() {
+                // No longer the leader: the next one sends it (its records say where).
+                return;
+            }
             let target = self.lock().current_dispatch(&d);
             let Some((address, spec)) = target else {
                 // Things moved on (stopped, node lost, placed again): nothing to send.
@@ -906,6 +924,9 @@ impl Manager {
     async fn send_stop_inner(self: Arc<Self>, s: StopCall) {
         let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
         for attempt in 1..=CALL_ATTEMPTS {
+            if !self.may_command() {
+                return;
+            }
             let address = self.lock().node(s.node).map(|n| n.node.address.clone());
             let Some(client) = address.map(|a| self.client(&a)) else { return };
             match client.stop(s.task).await {
@@ -1121,6 +1142,21 @@ impl Manager {
         Ok(doomed.len())
     }
 
+    /// Starts acting: the loops that place, watch liveness, plan services and collect
+    /// garbage (until this manager's shutdown), and the work a previous run or leader left
+    /// unfinished.
+    fn act(self: &Arc<Self>) {
+        self.tracker.spawn(Arc::clone(self).placement_loop());
+        self.tracker.spawn(Arc::clone(self).liveness_loop());
+        self.tracker.spawn(Arc::clone(self).leaving_loop());
+        self.tracker.spawn(Arc::clone(self).services_loop());
+        self.tracker.spawn(Arc::clone(self).history_loop());
+        if let Some(retain) = self.config.gc_after {
+            self.tracker.spawn(Arc::clone(self).gc_loop(retain));
+        }
+        self.resume();
+    }
+
     /// Resumes work a previous run left unfinished: placements not yet confirmed by their node
     /// are sent again, stops not yet confirmed are sent again, and pending tasks are placed.
     fn resume(self: &Arc<Self>) {
@@ -1149,6 +1185,46 @@ impl Manager {
         }
         self.kick.notify_one();
     }
+}
+
+/// The state and event history `source` holds. Reads the source: call from a blocking
+/// context.
+fn load_state(
+    config: &ManagerConfig,
+    source: &dyn Store,
+    clock: &Clock,
+) -> Result<(State, events::EventLog), ManagerError> {
+    let started = std::time::Instant::now();
+    let tasks: Vec<Task> =
+        cube_store::load_json(source, Table::Tasks)?.into_iter().map(|(_, t)| t).collect();
+    let nodes: Vec<Node> =
+        cube_store::load_json(source, Table::Nodes)?.into_iter().map(|(_, n)| n).collect();
+    let services: Vec<Service> =
+        cube_store::load_json(source, Table::Services)?.into_iter().map(|(_, s)| s).collect();
+    let deployments: Vec<Deployment> =
+        cube_store::load_json(source, Table::Deployments)?.into_iter().map(|(_, d)| d).collect();
+
+    let floor = services.iter().map(|s| s.modify_index).max().unwrap_or(0);
+    let events = events::EventLog::load(source, config.history, floor)?;
+    let decoded = started.elapsed();
+    let mut state = State::new(Scheduler::new(config.scheduler));
+    let (task_count, node_count) = (tasks.len(), nodes.len());
+    // Every node gets a full TTL from now to heartbeat again: after a restart or a failover,
+    // nobody is called down for the time the manager was away.
+    state.load(tasks, nodes, clock.instant());
+    state.load_services(services, deployments);
+    // A node's ingress that applied endpoints before the restart is answered again.
+    state.set_endpoints_index(events.current());
+    if task_count + node_count > 0 {
+        tracing::info!(
+            tasks = task_count,
+            nodes = node_count,
+            decode_ms = decoded.as_millis() as u64,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state loaded"
+        );
+    }
+    Ok((state, events))
 }
 
 async fn sleep_or_forever(wait: Option<Duration>) {
@@ -1258,15 +1334,7 @@ pub async fn start(
         Some(at) => Some(Listener::bind(at).await?),
         None => None,
     };
-    manager.tracker.spawn(Arc::clone(&manager).placement_loop());
-    manager.tracker.spawn(Arc::clone(&manager).liveness_loop());
-    manager.tracker.spawn(Arc::clone(&manager).leaving_loop());
-    manager.tracker.spawn(Arc::clone(&manager).services_loop());
-    manager.tracker.spawn(Arc::clone(&manager).history_loop());
-    if let Some(retain) = config.gc_after {
-        manager.tracker.spawn(Arc::clone(&manager).gc_loop(retain));
-    }
-    manager.resume();
+    manager.act();
     let router = api::router(Arc::clone(&manager));
     let server = listener.spawn(router, shutdown.clone(), config.security.tls.clone());
     let metrics_addr = metrics_listener.as_ref().map(Listener::addr);

@@ -8,6 +8,7 @@ use std::time::Duration;
 /// that lost their manager at the same instant must not retry in lockstep once it is back.
 #[derive(Clone, Debug)]
 pub struct Backoff {
+    first: Duration,
     max: Duration,
     /// The next delay before jitter.
     next: Duration,
@@ -26,7 +27,12 @@ impl Backoff {
     }
 
     fn with_rng(first: Duration, max: Duration, rng: fastrand::Rng) -> Self {
-        Self { max, next: first.min(max), rng }
+        Self { first: first.min(max), max, next: first.min(max), rng }
+    }
+
+    /// Starts again from the first delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.first;
     }
 
     /// The delay before the next attempt.
@@ -42,6 +48,16 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reset_starts_again_from_the_first_delay() {
+        let mut b = Backoff::seeded(Duration::from_millis(100), Duration::from_secs(2), 3);
+        for _ in 0..5 {
+            b.next_delay();
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
 
     #[test]
     fn delays_double_to_the_cap_within_their_upper_half() {

@@ -30,6 +30,8 @@ pub(crate) struct ApiState {
     pub token: Option<cube_http::auth::Token>,
     /// What the worker measured.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The highest leader epoch seen: commands of older leaders are refused.
+    pub epochs: Arc<crate::epoch::Epochs>,
 }
 
 /// The router for `/v1/...`.
@@ -47,14 +49,39 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route(&w::EXEC, exec_task)
         .route(&openapi::METRICS, metrics)
         .finish(Api::Worker)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.epochs), admit_epoch))
         .with_state(state);
     cube_http::server::finish_router(routes, token, Some(http_metrics))
+}
+
+/// A request carrying a leader's epoch (`X-Cube-Epoch`) is served only if no newer leader's
+/// epoch was seen; a newer one is recorded first. Requests without one (a single manager, a
+/// user) pass.
+async fn admit_epoch(
+    axum::extract::State(epochs): axum::extract::State<Arc<crate::epoch::Epochs>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let epoch = req
+        .headers()
+        .get(cube_http::client::EPOCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(epoch) = epoch
+        && let Err(e) = epochs.admit(epoch).await
+    {
+        tracing::warn!(error = %e, path = %req.uri().path(), "refused a command of a replaced leader");
+        return HttpError(e.into()).into_response();
+    }
+    next.run(req).await
 }
 
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> Self {
         match &e {
             WorkerError::NotFound(id) => ApiError::not_found("task", id),
+            WorkerError::StaleLeader { .. } => ApiError::new(ErrorCode::StaleLeader, e.to_string()),
             WorkerError::Conflict(_)
             | WorkerError::Stale { .. }
             | WorkerError::Busy { .. }

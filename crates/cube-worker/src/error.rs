@@ -17,6 +17,16 @@ pub enum WorkerError {
     /// The id is taken by a task with a different spec.
     #[error("task {0} already exists with a different spec")]
     Conflict(TaskId),
+    /// A command of a leader whose term ended: a newer leader's epoch was seen.
+    #[error(
+        "epoch {epoch} is older than epoch {seen} this node has seen: a newer leader took over"
+    )]
+    StaleLeader {
+        /// The command's epoch.
+        epoch: u64,
+        /// The highest seen.
+        seen: u64,
+    },
     /// A placement older than the one this node runs.
     #[error("task {id}: generation {generation} is older than the current {current}")]
     Stale {

@@ -14,6 +14,7 @@
 mod agent;
 mod api;
 mod driver;
+mod epoch;
 mod error;
 mod exec;
 mod health;
@@ -238,6 +239,13 @@ pub async fn start(
         .map(|(_, t)| t)
         .collect()
     };
+    let epochs = {
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || epoch::Epochs::load(store)).await.map_err(
+            |source| WorkerError::Panicked { what: "loading the leader epoch", source },
+        )??
+    };
+    let epochs = Arc::new(epochs);
     let ctx = Arc::new(runner::Context {
         node_id,
         drivers: Arc::clone(&drivers),
@@ -273,6 +281,7 @@ pub async fn start(
         host: host.clone(),
         token: config.security.token.clone(),
         metrics: Arc::clone(&metrics),
+        epochs: Arc::clone(&epochs),
     });
     let server = listener.spawn(router, shutdown.clone(), config.security.tls.clone());
     let metrics_server = metrics_listener.map(|l| {
@@ -318,6 +327,7 @@ pub async fn start(
             drivers: agent.drivers(),
             security: config.security.clone(),
             ingress: Some(ingress.clone()),
+            epochs,
         };
         match membership.security.client(&membership.manager, ingress::FEED_TIMEOUT) {
             Ok(client) => {

@@ -41,6 +41,8 @@ pub(crate) struct Membership {
     pub security: cube_http::Security,
     /// The node's ingress, reported in periodic heartbeats.
     pub ingress: Option<cube_ingress::Ingress>,
+    /// The highest leader epoch seen.
+    pub epochs: Arc<crate::epoch::Epochs>,
 }
 
 /// First and longest wait between registration attempts (jittered, see [`Backoff`]).
@@ -73,9 +75,13 @@ pub(crate) async fn run(
             node = %agent.node_id(),
             "registered with the manager"
         );
-        stop_all(&agent, &response.stop).await;
+        if admitted(&membership.epochs, response.epoch).await {
+            stop_all(&agent, &response.stop).await;
+        }
         let ingress = membership.ingress.as_ref();
-        if !heartbeat_loop(&agent, &client, &host, ingress, response.interval(), &shutdown).await {
+        let epochs = &membership.epochs;
+        let interval = response.interval();
+        if !heartbeat_loop(&agent, &client, &host, ingress, epochs, interval, &shutdown).await {
             return;
         }
         tracing::warn!("the manager asked this node to register again");
@@ -128,11 +134,25 @@ async fn register(
 }
 
 /// Heartbeats until shutdown (`false`) or until the manager asks to register again (`true`).
+/// Whether an answer of the manager with `epoch` may be acted on: not if a newer leader was
+/// seen (the answer came from a replaced one); a newer epoch is recorded.
+async fn admitted(epochs: &crate::epoch::Epochs, epoch: Option<u64>) -> bool {
+    let Some(epoch) = epoch else { return true };
+    match epochs.admit(epoch).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %Chain(&e), "ignoring the stops of a replaced leader's answer");
+            false
+        }
+    }
+}
+
 async fn heartbeat_loop(
     agent: &Agent,
     client: &Client,
     host: &watch::Receiver<HostSnapshot>,
     ingress: Option<&cube_ingress::Ingress>,
+    epochs: &crate::epoch::Epochs,
     interval: Duration,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -185,7 +205,9 @@ async fn heartbeat_loop(
                     return true;
                 }
                 ticker.reset(response.interval());
-                stop_all(agent, &response.stop).await;
+                if admitted(epochs, response.epoch).await {
+                    stop_all(agent, &response.stop).await;
+                }
             }
             Err(e) => {
                 agent.table().mark_dirty(ids);

@@ -32,9 +32,12 @@ impl State {
     /// Updates `pending`, usage and the node index after task `id` changed; `before` is what it
     /// held until then (nothing for a task just added).
     pub(super) fn account(&mut self, id: TaskId, before: Option<Hold>) {
-        let Some(task) = self.tasks.get(&id) else { return };
-        let after = hold(task);
-        let waiting = task.state == TaskState::Pending && task.desired == DesiredState::Running;
+        // A task just removed (a follower applying a delete) holds nothing and waits for
+        // nothing.
+        let task = self.tasks.get(&id);
+        let after = task.and_then(|t| hold(t));
+        let waiting = task
+            .is_some_and(|t| t.state == TaskState::Pending && t.desired == DesiredState::Running);
         if waiting {
             if self.pending.insert(id) {
                 self.fresh.insert(id);
@@ -81,7 +84,7 @@ pub(super) struct Hold {
     ports: Vec<(u16, Protocol)>,
 }
 
-fn hold(t: &Task) -> Option<Hold> {
+pub(super) fn hold(t: &Task) -> Option<Hold> {
     if !t.state.is_active_on_node() {
         return None;
     }

@@ -15,7 +15,9 @@
 //! - `services`: services, their deployments, and the rollout planner applied to them;
 //! - `drain`: draining nodes and their eligibility;
 //! - `endpoints`: each published service's endpoints, recomputed after every change;
-//! - `plan`: dry runs of service updates.
+//! - `plan`: dry runs of service updates;
+//! - `replica`: a follower's copy of the records another manager wrote, kept in step with
+//!   its derived indexes.
 //!
 //! **Invariant:** tasks are only changed through [`State::modify`] (the one exception, an
 //! unplaceable task's derived reason, touches neither the queue nor the usage).
@@ -27,6 +29,7 @@ mod gc;
 mod membership;
 mod placement;
 mod plan;
+mod replica;
 mod reports;
 mod services;
 #[cfg(test)]

@@ -64,16 +64,90 @@ pub struct ManagerArgs {
     /// Directory for the manager's state.
     #[arg(long, env = "CUBE_MANAGER_DATA_DIR", default_value = ".cube/manager")]
     pub data_dir: PathBuf,
-    /// Where state lives: redb (durable, in the data directory) or memory (lost on exit).
+    /// Where state lives: redb (durable, in the data directory; one manager), memory (lost on
+    /// exit), or etcd (several managers, one elected leader; see --etcd and docs/ha.md).
     #[arg(long, env = "CUBE_MANAGER_STORE", default_value = "redb")]
-    pub store: StoreKind,
+    pub store: ManagerStore,
     /// Finished tasks are forgotten this long after they finished (e.g. 24h, 30m), or `never`.
     /// Workers delete their logs on their own schedule (`cube worker --gc-after`).
     #[arg(long, env = "CUBE_MANAGER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
+    /// With `--store etcd`: where etcd is and how to reach it.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// How the API is exposed: TLS, and whether it may go unauthenticated.
     #[command(flatten)]
     pub exposure: ExposureArgs,
+}
+
+/// Where a manager keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManagerStore {
+    /// Durable: a redb file in the data directory; survives crashes and restarts.
+    Redb,
+    /// In memory: for tests and throwaway runs; everything is lost on exit.
+    Memory,
+    /// etcd: the only source of truth of several managers, one of which leads.
+    Etcd,
+}
+
+/// Options of a manager on etcd (`--store etcd`).
+#[derive(Debug, Args)]
+pub struct EtcdArgs {
+    /// etcd's client URLs, comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
+    #[arg(long = "etcd", env = "CUBE_ETCD", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// Where this cluster's keys live in etcd.
+    #[arg(long, env = "CUBE_ETCD_PREFIX", default_value = "/cube")]
+    pub etcd_prefix: String,
+    /// This cluster's name: a manager refuses a prefix holding another cluster's data.
+    #[arg(long, env = "CUBE_ETCD_CLUSTER", default_value = "cube")]
+    pub etcd_cluster: String,
+    /// The CA certificate (PEM) that signed etcd's certificates, for https:// endpoints.
+    #[arg(long, env = "CUBE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// This manager's client certificate (PEM), when etcd asks for one.
+    #[arg(long, env = "CUBE_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key (PEM) of --etcd-cert.
+    #[arg(long, env = "CUBE_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd's user, when its authentication is on (the password in CUBE_ETCD_PASSWORD).
+    #[arg(long, env = "CUBE_ETCD_USER", requires = "etcd_password")]
+    pub etcd_user: Option<String>,
+    /// The password of --etcd-user (prefer the environment variable).
+    #[arg(long, env = "CUBE_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// The URL other managers and clients reach this one at (default: the listen address).
+    #[arg(long, env = "CUBE_MANAGER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The leader's lease: a leader that could not renew it for 60% of this stops acting;
+    /// another is elected once it expired (2s at least).
+    #[arg(long, env = "CUBE_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+impl EtcdArgs {
+    fn config(&self) -> anyhow::Result<cube_etcd::EtcdConfig> {
+        if self.endpoints.is_empty() {
+            anyhow::bail!("--store etcd needs --etcd URL[,URL...] (etcd's client URLs)");
+        }
+        if self.lease_ttl < Duration::from_secs(2) {
+            anyhow::bail!("--lease-ttl must be 2s or more (etcd's shortest lease)");
+        }
+        let mut config = cube_etcd::EtcdConfig::new(self.endpoints.clone());
+        config.prefix = self.etcd_prefix.trim_end_matches('/').to_owned();
+        config.cluster = self.etcd_cluster.clone();
+        config.user = self.etcd_user.clone().zip(self.etcd_password.clone());
+        if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+            config.tls = Some(cube_etcd::TlsFiles {
+                ca: self.etcd_ca.clone(),
+                identity: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+                domain: None,
+            });
+        }
+        Ok(config)
+    }
 }
 
 /// Options of `cube worker`.
@@ -323,7 +397,28 @@ pub(crate) async fn manager(
         history: cube_manager::History::default(),
         metrics_listen: args.exposure.metrics_listen,
     };
-    let store = open_store(args.store, &args.data_dir, "manager.redb").await?;
+    let kind = match args.store {
+        ManagerStore::Redb => StoreKind::Redb,
+        ManagerStore::Memory => StoreKind::Memory,
+        ManagerStore::Etcd => {
+            let ha = cube_manager::HaConfig {
+                etcd: args.etcd.config()?,
+                advertise: args.etcd.advertise.clone(),
+                ttl: args.etcd.lease_ttl,
+            };
+            let clock = cube_rt::Clock::system();
+            let running = cube_manager::start_replicated(config, ha, clock, shutdown).await?;
+            announce(&format!(
+                "cube manager listening on {}://{} (on etcd)",
+                security.scheme(),
+                running.addr
+            ));
+            running.wait().await?;
+            tracing::info!("manager stopped");
+            return Ok(());
+        }
+    };
+    let store = open_store(kind, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, cube_rt::Clock::system(), shutdown).await?;
     announce(&format!("cube manager listening on {}://{}", security.scheme(), running.addr));
     running.wait().await?;

@@ -235,6 +235,15 @@ pub struct HealthView {
     pub name: String,
     /// Cube version.
     pub version: String,
+    /// Highly available managers only: whether this one leads now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leading: Option<bool>,
+    /// Highly available managers only: where the leader answers, when one is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Highly available managers only: the leader's epoch, when this one leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// Query of `GET /v1/tasks/{id}/logs`.

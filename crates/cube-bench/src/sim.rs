@@ -381,6 +381,9 @@ async fn health(
         node_id: Some(node.id),
         name: node.name.clone(),
         version: format!("{} (simulated)", env!("CARGO_PKG_VERSION")),
+        leading: None,
+        leader: None,
+        epoch: None,
     }))
 }
 

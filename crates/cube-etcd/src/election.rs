@@ -67,9 +67,13 @@ impl Candidate {
     pub async fn campaign(&self, cancel: &CancellationToken) -> Result<Term, EtcdError> {
         let etcd = &self.etcd;
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(5).max(2);
-        let mut leases = etcd.client.lease_client();
-        let lease = etcd.timed("grant a lease", leases.grant(ttl, None)).await?.id();
-        let renewed = Arc::new(Mutex::new(Instant::now()));
+        // The lease runs from when etcd granted it: count from before the request.
+        let asked = Instant::now();
+        let lease = etcd
+            .call("grant a lease", |c| async move { c.lease_client().grant(ttl, None).await })
+            .await?
+            .id();
+        let renewed = Arc::new(Mutex::new(asked));
         let ended = CancellationToken::new();
         // The lease must stay alive while the campaign waits, and after it.
         let keeper = keep_alive(
@@ -82,10 +86,17 @@ impl Candidate {
         );
         let keeper = tokio::spawn(keeper);
         let value = serde_json::to_vec(&self.info).unwrap_or_default();
-        let mut election = etcd.client.election_client();
+        // Waits as long as another leads: no timeout; a member that goes away fails it.
+        let (member, client) = etcd.current();
+        let mut election = client.election_client();
         let campaign = election.campaign(etcd.election(), value, lease);
         let outcome = tokio::select! {
-            r = campaign => r.map_err(|source| EtcdError::Request { operation: "campaign", source }),
+            r = campaign => r.map_err(|source| {
+                if crate::unreachable(&source) {
+                    etcd.failed(member);
+                }
+                EtcdError::Request { operation: "campaign", source }
+            }),
             () = ended.cancelled() => Err(EtcdError::LeadershipLost { reason: "the lease ran out while campaigning" }),
             () = cancel.cancelled() => Err(EtcdError::LeadershipLost { reason: "stopped" }),
         };
@@ -145,9 +156,12 @@ impl Term {
     /// as etcd deletes the key, without waiting for the lease.
     pub async fn resign(self) {
         self.ended.cancel();
-        let mut election = self.etcd.client.election_client();
-        let resign = election.resign(Some(ResignOptions::new().with_leader(self.leader.clone())));
-        if let Err(e) = self.etcd.timed("resign", resign).await {
+        let leader = self.leader.clone();
+        let resign = self.etcd.call("resign", |c| {
+            let options = ResignOptions::new().with_leader(leader.clone());
+            async move { c.election_client().resign(Some(options)).await }
+        });
+        if let Err(e) = resign.await {
             tracing::warn!(error = %e, "cannot resign; the lease will expire instead");
         }
         revoke(&self.etcd, self.lease).await;
@@ -178,8 +192,9 @@ impl Validity {
 }
 
 async fn revoke(etcd: &Etcd, lease: i64) {
-    let mut leases = etcd.client.lease_client();
-    if let Err(e) = etcd.timed("revoke the lease", leases.revoke(lease)).await {
+    let revoked =
+        etcd.call("revoke the lease", |c| async move { c.lease_client().revoke(lease).await });
+    if let Err(e) = revoked.await {
         tracing::debug!(error = %e, "cannot revoke the lease; it will expire");
     }
 }
@@ -194,8 +209,8 @@ async fn keep_alive(
     renewed: Arc<Mutex<Instant>>,
     ended: CancellationToken,
 ) {
-    let mut leases = etcd.client.lease_client();
     let mut channel = None;
+    let mut member = 0;
     let mut tick = tokio::time::interval(renew);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -210,10 +225,14 @@ async fn keep_alive(
             return;
         }
         if channel.is_none() {
+            let (i, client) = etcd.current();
+            member = i;
+            let mut leases = client.lease_client();
             match etcd.timed("keep the lease alive", leases.keep_alive(lease)).await {
                 Ok(pair) => channel = Some(pair),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot open the lease's keep-alive");
+                    etcd.failed(i);
                     continue;
                 }
             }
@@ -234,8 +253,9 @@ async fn keep_alive(
                 return;
             }
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                // Open a fresh keep-alive stream at the next tick.
+                // Open a fresh keep-alive stream at the next tick, on the next member.
                 channel = None;
+                etcd.failed(member);
             }
         }
     }
@@ -248,9 +268,13 @@ impl Etcd {
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let mut kv = self.client.kv_client();
         let key = format!("{}/", self.election());
-        let answer = self.timed("find the leader", kv.get(key, Some(options))).await?;
+        let answer = self
+            .call("find the leader", |c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.kv_client().get(key, Some(options)).await }
+            })
+            .await?;
         Ok(answer.kvs().first().and_then(|kv| {
             let mut info: LeaderInfo = serde_json::from_slice(kv.value()).ok()?;
             info.epoch = u64::try_from(kv.create_revision()).unwrap_or(0);
@@ -269,10 +293,12 @@ impl Etcd {
         let prefix = format!("{}/", self.election());
         while !cancel.is_cancelled() {
             let attempt = async {
-                let mut watch = self.client.watch_client();
                 let options = etcd_client::WatchOptions::new().with_prefix();
                 let mut stream = self
-                    .timed("watch the election", watch.watch(prefix.clone(), Some(options)))
+                    .call("watch the election", |c| {
+                        let (prefix, options) = (prefix.clone(), options.clone());
+                        async move { c.watch_client().watch(prefix, Some(options)).await }
+                    })
                     .await?;
                 loop {
                     let now = self.leader().await?;

@@ -77,9 +77,16 @@ impl Etcd {
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_progress_notify();
-        let mut client = self.client.watch_client().max_decoding_message_size(usize::MAX);
         let prefix = format!("{}/", self.config.prefix);
-        let stream = self.timed("watch", client.watch(prefix, Some(options))).await?;
+        let stream = self
+            .call("watch", |c| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move {
+                    let mut watch = c.watch_client().max_decoding_message_size(usize::MAX);
+                    watch.watch(prefix, Some(options)).await
+                }
+            })
+            .await?;
         Ok(Feed { etcd: self.clone(), stream, revision })
     }
 }

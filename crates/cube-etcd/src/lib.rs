@@ -26,6 +26,7 @@ pub use store::{EtcdStore, Fence};
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cube_store::Table;
@@ -111,10 +112,29 @@ struct ClusterRecord {
 }
 
 /// A connection to etcd for one cluster's prefix. Cheap to clone.
+///
+/// One client per member, one of them in use: a request that cannot reach it (the member is
+/// down, or cut off from its cluster's leader) is sent to the next. etcd-client's own balanced
+/// channel fails requests while any one endpoint is down (etcd-client#39), so Cube does not
+/// use it.
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    members: Arc<Members>,
     config: Arc<EtcdConfig>,
+}
+
+struct Members {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+/// Whether `e` means the member could not be reached or cannot serve now (so another may).
+fn unreachable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
 }
 
 impl std::fmt::Debug for Etcd {
@@ -144,15 +164,25 @@ impl Etcd {
             options = options.with_tls(tls_options(tls)?);
         }
         let endpoints = config.endpoints.join(",");
-        let connect = Client::connect(&config.endpoints, Some(options));
-        let client = match tokio::time::timeout(config.timeout, connect).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(source)) => return Err(EtcdError::Connect { endpoints, source }),
-            Err(_) => {
-                return Err(EtcdError::Timeout { operation: "connect", after: config.timeout });
+        let mut clients = Vec::with_capacity(config.endpoints.len());
+        let mut last = None;
+        for endpoint in &config.endpoints {
+            // Connects lazily (no request is made, unless authentication needs a token).
+            let connect = Client::connect([endpoint], Some(options.clone()));
+            match tokio::time::timeout(config.timeout, connect).await {
+                Ok(Ok(client)) => clients.push(client),
+                Ok(Err(source)) => last = Some(source),
+                Err(_) => {}
             }
-        };
-        let etcd = Self { client, config: Arc::new(config) };
+        }
+        if clients.is_empty() {
+            return Err(match last {
+                Some(source) => EtcdError::Connect { endpoints, source },
+                None => EtcdError::Timeout { operation: "connect", after: config.timeout },
+            });
+        }
+        let members = Arc::new(Members { clients, current: AtomicUsize::new(0) });
+        let etcd = Self { members, config: Arc::new(config) };
         etcd.claim().await?;
         Ok(etcd)
     }
@@ -172,8 +202,12 @@ impl Etcd {
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, None)])
             .or_else([TxnOp::get(key.as_str(), None)]);
-        let mut kv = self.client.kv_client();
-        let answer = self.timed("claim the prefix", kv.txn(txn)).await?;
+        let answer = self
+            .call("claim the prefix", |c| {
+                let txn = txn.clone();
+                async move { c.kv_client().txn(txn).await }
+            })
+            .await?;
         if answer.succeeded() {
             tracing::info!(prefix = %self.config.prefix, cluster = %ours.cluster, "claimed the etcd prefix");
             return Ok(());
@@ -254,8 +288,6 @@ impl Etcd {
         };
         let mut rows = Vec::new();
         let mut revision = at;
-        // A record may be large (a task's history, a placement over many nodes).
-        let mut kv = self.client.kv_client().max_decoding_message_size(usize::MAX);
         while rows.len() < limit {
             let page = PAGE.min(i64::try_from(limit - rows.len()).unwrap_or(PAGE));
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
@@ -263,7 +295,16 @@ impl Etcd {
                 // Every page at the first one's revision: one consistent read.
                 options = options.with_revision(revision);
             }
-            let answer = self.timed("read a table", kv.get(from.clone(), Some(options))).await?;
+            let answer = self
+                .call("read a table", |c| {
+                    let (key, options) = (from.clone(), options.clone());
+                    // A record may be large (a task's history, a placement over many nodes).
+                    async move {
+                        let mut kv = c.kv_client().max_decoding_message_size(usize::MAX);
+                        kv.get(key, Some(options)).await
+                    }
+                })
+                .await?;
             if revision == 0 {
                 revision = answer.header().map_or(0, |h| h.revision());
             }
@@ -281,6 +322,55 @@ impl Etcd {
             }
         }
         Ok((rows, revision))
+    }
+
+    /// The member client in use, and its place in the list.
+    fn current(&self) -> (usize, Client) {
+        let n = self.members.clients.len();
+        let i = self.members.current.load(Ordering::Relaxed) % n;
+        (i, self.members.clients[i].clone())
+    }
+
+    /// Member `i` could not be reached: use the next one (unless another request moved on
+    /// already).
+    fn failed(&self, i: usize) {
+        let n = self.members.clients.len();
+        if n > 1 {
+            let _ = self.members.current.compare_exchange(
+                i,
+                (i + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Runs `request` on the member in use with the configured timeout; one that cannot be
+    /// reached (or does not answer in time) is left for the next, each tried once. Only for
+    /// requests that may be repeated: reads, and transactions whose writes are the same
+    /// again.
+    async fn call<T, F, Fut>(&self, operation: &'static str, request: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last = None;
+        for _ in 0..self.members.clients.len() {
+            let (i, client) = self.current();
+            match tokio::time::timeout(self.config.timeout, request(client)).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(source)) if unreachable(&source) => {
+                    self.failed(i);
+                    last = Some(EtcdError::Request { operation, source });
+                }
+                Ok(Err(source)) => return Err(EtcdError::Request { operation, source }),
+                Err(_) => {
+                    self.failed(i);
+                    last = Some(EtcdError::Timeout { operation, after: self.config.timeout });
+                }
+            }
+        }
+        Err(last.unwrap_or(EtcdError::Timeout { operation, after: self.config.timeout }))
     }
 
     /// Runs `request` with the configured timeout.

@@ -230,8 +230,13 @@ async fn send(shared: &Shared, ops: Vec<TxnOp>) -> Result<(), StoreError> {
     let txn = Txn::new()
         .when([Compare::create_revision(fence.key, CompareOp::Equal, fence.revision)])
         .and_then(ops);
-    let mut kv = shared.etcd.client.kv_client();
-    match shared.etcd.timed("commit", kv.txn(txn)).await {
+    // Repeating the transaction on another member is safe: its writes are the same again,
+    // and nothing after it is sent before it answered.
+    let answer = shared.etcd.call("commit", |c| {
+        let txn = txn.clone();
+        async move { c.kv_client().txn(txn).await }
+    });
+    match answer.await {
         Ok(answer) if answer.succeeded() => Ok(()),
         Ok(_) => Err(StoreError::Fenced),
         Err(crate::EtcdError::Request {

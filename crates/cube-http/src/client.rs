@@ -774,9 +774,15 @@ impl Client {
                 request = request.json(body);
             }
             match self.send_indexed(url, request).await {
-                // Nothing reached that server: the next one may answer.
+                // That server is gone, or hangs (a paused manager): the next one may answer.
+                // After a timeout the request may have been served; Cube's writes may be
+                // repeated (a submit carries its id, the rest set what they set).
                 Err(ClientError::Unreachable {
-                    kind: Unreachable::Refused | Unreachable::Connect | Unreachable::Dns,
+                    kind:
+                        Unreachable::Refused
+                        | Unreachable::Connect
+                        | Unreachable::Dns
+                        | Unreachable::Timeout,
                     ..
                 }) if tries > 1 => {
                     tries -= 1;

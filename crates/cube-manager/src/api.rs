@@ -242,12 +242,16 @@ async fn events(
 }
 
 async fn health(State(m): State<Shared>) -> axum::Json<HealthView> {
+    let (leading, leader, epoch) = m.leadership();
     axum::Json(HealthView {
         status: "ok".into(),
         role: "manager".into(),
         node_id: None,
         name: m.config().name.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
+        leading,
+        leader,
+        epoch,
     })
 }
 

@@ -419,6 +419,17 @@ impl Manager {
         *self.role.lock().unwrap_or_else(|e| e.into_inner()) = role;
     }
 
+    /// For `GET /v1/health`: whether this manager leads, where the leader answers and its
+    /// epoch (all `None` for a manager on its own store).
+    pub(crate) fn leadership(&self) -> (Option<bool>, Option<String>, Option<u64>) {
+        let role = self.role();
+        match &role {
+            Role::Single => (None, None, None),
+            Role::Leader { epoch, .. } => (Some(role.acting()), role.leader_url(), Some(*epoch)),
+            Role::Follower { .. } => (Some(false), role.leader_url(), None),
+        }
+    }
+
     /// Whether a follower's copy may be behind.
     pub(crate) fn is_stale(&self) -> bool {
         self.stale.load(std::sync::atomic::Ordering::Relaxed)

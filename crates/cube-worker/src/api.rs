@@ -118,6 +118,9 @@ async fn health(State(s): State<ApiState>) -> axum::Json<HealthView> {
         node_id: Some(s.agent.node_id()),
         name: s.agent.name().to_owned(),
         version: env!("CARGO_PKG_VERSION").into(),
+        leading: None,
+        leader: None,
+        epoch: None,
     })
 }
 

@@ -409,7 +409,7 @@ pub(crate) async fn manager(
             let clock = cube_rt::Clock::system();
             let running = cube_manager::start_replicated(config, ha, clock, shutdown).await?;
             announce(&format!(
-                "cube manager listening on {}://{} (on etcd)",
+                "cube manager listening on {}://{}",
                 security.scheme(),
                 running.addr
             ));

@@ -72,6 +72,16 @@ impl Lab {
         name: &str,
         extra: &[&str],
     ) -> anyhow::Result<Worker> {
+        self.worker_of(&manager.url, name, extra).await
+    }
+
+    /// Starts a worker named `name` that joins the managers `urls` (comma-separated).
+    pub async fn worker_of(
+        &self,
+        urls: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Worker> {
         let data = self.path().join(name);
         let data_s = data.to_string_lossy().into_owned();
         let mut args: Vec<String> = [
@@ -81,7 +91,7 @@ impl Lab {
             "--data-dir",
             &data_s,
             "--manager",
-            &manager.url,
+            urls,
             "--name",
             name,
         ]
@@ -165,6 +175,12 @@ impl CubeProcess {
     /// SIGKILL, and reap.
     pub fn kill9(&mut self) {
         self.inner.kill9();
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        self.inner.terminate()?;
+        Ok(())
     }
 
     /// Resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes.

@@ -9,6 +9,7 @@
 //! `scripts/bench.sh` runs the whole suite; see `BENCHMARKS.md`.
 
 mod failover;
+mod ha;
 mod ingress;
 mod lab;
 mod latency;
@@ -65,6 +66,9 @@ enum Command {
     Rollout(rollout::RolloutArgs),
     /// Event delivery latency, idle subscribers' memory, a scrape with 10k tasks, exec times.
     Observe(observe::ObserveArgs),
+    /// Managers on etcd: submits beside etcd's floor (1 and 3 members), leader failover and
+    /// handover times, memory and restart with 100k tasks.
+    Ha(ha::HaArgs),
     /// Requests through Cube's ingress in each mode beside the host port and nginx (L4, L7),
     /// and memory per idle connection.
     Ingress(ingress::IngressArgs),
@@ -143,6 +147,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Rollout(a) => rollout::run(&lab, a).await,
         Command::Observe(a) => observe::run(&lab, a).await,
         Command::Ingress(a) => ingress::run(&lab, a).await,
+        Command::Ha(a) => ha::run(&lab, a).await,
         Command::SimNodes(a) => scale::sim_nodes(&lab, a).await,
         Command::ScaleUp(a) => scale::scale_up(&lab, a).await,
         Command::Report(_) => unreachable_report(),

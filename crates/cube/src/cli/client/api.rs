@@ -18,7 +18,8 @@ pub(super) struct Api {
 }
 
 impl Api {
-    /// A client for the manager at `addr` (`http://` is assumed when no scheme is given).
+    /// A client for the manager at `addr` (`http://` is assumed when no scheme is given), or
+    /// for any of several, comma-separated.
     pub(super) fn new(
         addr: &str,
         token: Option<cube_http::auth::Token>,
@@ -28,7 +29,15 @@ impl Api {
         if addr.is_empty() {
             anyhow::bail!("the manager address is empty: pass --addr URL or set CUBE_ADDR");
         }
-        let base = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+        // Several managers (highly available ones) separated by commas; each without a
+        // scheme is http://.
+        let base = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| if a.contains("://") { a.to_owned() } else { format!("http://{a}") })
+            .collect::<Vec<_>>()
+            .join(",");
         let tls_ca = tls_ca.map(cube_http::tls::ClientTls::from_ca_file).transpose()?;
         let client = cube_http::Security { token, tls: None, tls_ca }
             .client(base, REQUEST_TIMEOUT)

@@ -274,8 +274,7 @@ async fn restart(lab: &Lab, args: &HaArgs) -> anyhow::Result<serde_json::Value> 
     )
     .await?;
     let serving = managers[0].spawned.elapsed();
-    let leading = leader(&managers, &[0], Duration::from_secs(30)).await?;
-    let _ = leading;
+    leader(&managers, &[0], Duration::from_secs(30)).await?;
     let acting = managers[0].spawned.elapsed();
     say(&format!(
         "  restart with {last} tasks: listening after {listening:.2?}, every task served after {serving:.2?}, leading after {acting:.2?}"

@@ -90,12 +90,6 @@ pub enum EtcdError {
         /// What the server said, if anything.
         reason: String,
     },
-    /// A key under the prefix names no table Cube knows.
-    #[error("etcd key {key} is in no table Cube knows")]
-    UnknownKey {
-        /// The key.
-        key: String,
-    },
     /// The election's lease ran out, or could not be renewed in time.
     #[error("leadership lost: {reason}")]
     LeadershipLost {

@@ -75,13 +75,7 @@ impl State {
             }
             _ => {
                 // New, or a new service of an old name: its instances are the tasks made since.
-                let instances = self
-                    .tasks
-                    .values()
-                    .filter(|t| t.created_at >= service.created_at)
-                    .filter(|t| t.instance.as_ref().is_some_and(|i| i.service == name))
-                    .map(|t| t.id)
-                    .collect();
+                let instances = self.instances_since(&name, service.created_at);
                 self.services
                     .insert(name.clone(), ServiceEntry { service, instances, wake_at: None });
             }

@@ -134,19 +134,23 @@ impl State {
         }
         for service in services {
             let name = service.spec.name.clone();
-            // A task of an earlier service of the same name is not an instance of this one.
-            let instances = self
-                .tasks
-                .values()
-                .filter(|t| t.created_at >= service.created_at)
-                .filter(|t| t.instance.as_ref().is_some_and(|i| i.service == name))
-                .map(|t| t.id)
-                .collect();
+            let instances = self.instances_since(&name, service.created_at);
             self.reconcile_later(&name);
             self.services.insert(name, ServiceEntry { service, instances, wake_at: None });
         }
         // Derived: rebuilt, not announced.
         self.refresh_endpoints(&Effects::default(), true);
+    }
+
+    /// The tasks that are instances of service `name` created at `created_at`: a task of an
+    /// earlier service of the same name is not an instance of this one.
+    pub(super) fn instances_since(&self, name: &str, created_at: Timestamp) -> BTreeSet<TaskId> {
+        self.tasks
+            .values()
+            .filter(|t| t.created_at >= created_at)
+            .filter(|t| t.instance.as_ref().is_some_and(|i| i.service == name))
+            .map(|t| t.id)
+            .collect()
     }
 
     /// Marks a service to be planned again at the next change (at start-up: every service).

@@ -70,6 +70,11 @@ step memory "$BENCH" memory --keep-store "$OUT/store" --json "$OUT/memory.json"
 step restart "$BENCH" restart --data-dir "$OUT/store" --json "$OUT/restart.json"
 step sim-nodes "$BENCH" sim-nodes --nodes 1000,5000 --tasks 10000 --json "$OUT/sim-nodes.json"
 step rollout "$BENCH" rollout --replicas 10 --runs 3 --json "$OUT/rollout.json"
+# Managers on etcd: Debian's etcd-server, started by the benchmark on loopback.
+if ! command -v etcd >/dev/null; then
+  (apt-get install -y etcd-server || { apt-get update && apt-get install -y etcd-server; }) >/dev/null
+fi
+step ha "$BENCH" ha --json "$OUT/ha.json"
 if $docker_ok; then
   # The ingress's peer: nginx from Debian (its stream module for the L4 proxy).
   if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then

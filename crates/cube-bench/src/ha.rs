@@ -199,27 +199,34 @@ async fn failovers(lab: &Lab, args: &HaArgs) -> anyhow::Result<serde_json::Value
         kills.push((elected, acting));
         managers[old].restart()?;
     }
-    let mut handovers = Vec::new();
+    let (mut handovers, mut exits) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         let old = leader(&managers, &all, Duration::from_secs(15)).await?;
         let others: Vec<usize> = all.into_iter().filter(|i| *i != old).collect();
         let asked = Instant::now();
-        managers[old].process.terminate()?;
+        managers[old].process.signal_term();
         let new = leader(&managers, &others, Duration::from_secs(20)).await?;
         let took = asked.elapsed();
-        say(&format!("  resign {run}: m{new} leads after {took:.2?}"));
+        let process = &mut managers[old].process;
+        tokio::task::block_in_place(|| process.wait())?;
+        let exited = asked.elapsed();
+        say(&format!(
+            "  resign {run}: m{new} leads after {took:.2?}; m{old} exited after {exited:.2?}"
+        ));
         handovers.push(took);
+        exits.push(exited);
         managers[old].restart()?;
     }
     drop(worker);
     let elected: Vec<Duration> = kills.iter().map(|k| k.0).collect();
     let acting: Vec<Duration> = kills.iter().map(|k| k.1).collect();
-    let (elected, acting, handover) =
-        (Summary::of(&elected), Summary::of(&acting), Summary::of(&handovers));
+    let (elected, acting, handover, exit) =
+        (Summary::of(&elected), Summary::of(&acting), Summary::of(&handovers), Summary::of(&exits));
     say(&format!("  SIGKILL → acting: {}", acting.line()));
     say(&format!("  SIGTERM → new leader: {}", handover.line()));
+    say(&format!("  SIGTERM → exited: {}", exit.line()));
     Ok(json!({"runs": args.runs, "ttl_s": 5, "kill_elected": elected, "kill_acting": acting,
-              "resign": handover}))
+              "resign": handover, "resign_exit": exit}))
 }
 
 /// `--tasks` tasks in etcd: memory of the leader and a follower, then restart-to-serving.

@@ -177,9 +177,14 @@ impl CubeProcess {
         self.inner.kill9();
     }
 
-    /// SIGTERM, and wait for the exit.
-    pub fn terminate(&mut self) -> anyhow::Result<()> {
-        self.inner.terminate()?;
+    /// SIGTERM, without waiting ([`CubeProcess::wait`] reaps it).
+    pub fn signal_term(&self) {
+        self.inner.signal_term();
+    }
+
+    /// Waits for the exit.
+    pub fn wait(&mut self) -> anyhow::Result<()> {
+        self.inner.wait()?;
         Ok(())
     }
 

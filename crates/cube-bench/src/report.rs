@@ -52,6 +52,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("rollout", rollout(&results)),
         ("swarm-rollout", swarm_rollout(&results)),
         ("observe", observe(&results)),
+        ("ha", ha(&results)),
     ];
     for (name, content) in sections {
         match content {
@@ -109,6 +110,7 @@ struct Results {
     rollout: Option<Value>,
     swarm_rollout: Option<Value>,
     observe: Option<Value>,
+    ha: Option<Value>,
     /// Mean nanoseconds per placement by (nodes, scheduler).
     sched: Vec<(u64, &'static str, f64)>,
 }
@@ -145,6 +147,7 @@ impl Results {
             rollout: read("rollout"),
             swarm_rollout: read("swarm-rollout"),
             observe: read("observe"),
+            ha: read("ha"),
             sched,
         }
     }
@@ -855,6 +858,92 @@ fn observe(r: &Results) -> Option<String> {
         ]);
     }
     Some(table(&["Figure", "This run", "Goal", "Verdict"], &rows))
+}
+
+fn ha(r: &Results) -> Option<String> {
+    let x = r.ha.as_ref()?;
+    let mut rows = Vec::new();
+    for s in x["submits"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            format!("Durable submits/s, etcd of {}", s["members"]),
+            format!(
+                "{}/s, p99 {} ({} errors)",
+                opt(num(s, "/submits"), int),
+                opt(num(s, "/latency/p99_ms"), ms),
+                s["errors"]
+            ),
+            format!("≥ 0.5× etcd's floor ({}/s)", opt(num(s, "/etcd_floor"), int)),
+            opt(num(s, "/ratio"), |v| {
+                if v >= 0.5 {
+                    format!("met ({v:.2}× the floor)")
+                } else {
+                    format!("**missed** ({v:.2}× the floor)")
+                }
+            }),
+        ]);
+    }
+    let f = &x["failover"];
+    let p = |key: &str, pct: &str| num(f, &format!("/{key}/{pct}_ms")).map(|v| v / 1000.0);
+    rows.push(vec![
+        format!("Leader SIGKILL → new leader acting ({} runs, TTL {} s)", f["runs"], f["ttl_s"]),
+        format!(
+            "p50 {}, p99 {}, max {} (elected: p99 {})",
+            opt(p("kill_acting", "p50"), secs),
+            opt(p("kill_acting", "p99"), secs),
+            opt(p("kill_acting", "max"), secs),
+            opt(p("kill_elected", "p99"), secs),
+        ),
+        "p99 ≤ 7 s".into(),
+        opt(p("kill_acting", "p99"), |v| at_most(v, 7.0, " s")),
+    ]);
+    rows.push(vec![
+        format!("Leader SIGTERM → another leads ({} runs)", f["runs"]),
+        format!(
+            "p50 {}, p99 {}, max {}",
+            opt(num(f, "/resign/p50_ms"), ms),
+            opt(num(f, "/resign/p99_ms"), ms),
+            opt(num(f, "/resign/max_ms"), ms),
+        ),
+        "≤ 1 s".into(),
+        opt(num(f, "/resign/max_ms"), |v| at_most(v, 1000.0, " ms")),
+    ]);
+    rows.push(vec![
+        format!("Leader SIGTERM → its process exited ({} runs)", f["runs"]),
+        format!(
+            "p50 {}, p99 {}, max {}",
+            opt(num(f, "/resign_exit/p50_ms"), ms),
+            opt(num(f, "/resign_exit/p99_ms"), ms),
+            opt(num(f, "/resign_exit/max_ms"), ms),
+        ),
+        "–".into(),
+        "–".into(),
+    ]);
+    let t = &x["restart"];
+    if t.is_object() {
+        let tasks = opt(num(t, "/tasks"), int);
+        rows.push(vec![
+            format!("Manager memory with {tasks} tasks on etcd"),
+            format!(
+                "leader {}, follower {}",
+                opt(num(t, "/leader_rss"), |b| mib_s(b / 1048576.0)),
+                opt(num(t, "/follower_rss"), |b| mib_s(b / 1048576.0)),
+            ),
+            "–".into(),
+            "–".into(),
+        ]);
+        rows.push(vec![
+            format!("Every manager killed, one restarted, {tasks} tasks"),
+            format!(
+                "listening {}, every task served {}, leading {}",
+                opt(num(t, "/listening_s"), secs),
+                opt(num(t, "/serving_s"), secs),
+                opt(num(t, "/leading_s"), secs),
+            ),
+            "–".into(),
+            "–".into(),
+        ]);
+    }
+    Some(table(&["Figure", "This run", "Goal or peer", "Verdict"], &rows))
 }
 
 fn swarm_rollout(r: &Results) -> Option<String> {

@@ -679,14 +679,41 @@ async fn forward(
                 }
             }
         }
-        // Wait for the election to name someone (else) until the deadline; a leader that
-        // could not be reached is tried again every half second meanwhile.
-        let wait = tokio::time::timeout_at(deadline, async {
-            let _ = tokio::time::timeout(Duration::from_millis(500), leader.changed()).await;
-        });
-        if wait.await.is_err() {
+        // Checked here, not by a timeout around the wait below: an attempt that fails at once
+        // (a refused connection) must not be able to keep this loop from ever ending.
+        if tokio::time::Instant::now() >= deadline {
             return no_leader("no leader answered within 5 s");
         }
+        let retry = (tokio::time::Instant::now() + FORWARD_RETRY).min(deadline);
+        if next_leader(&mut leader, retry).await == Election::Unfollowed {
+            // Stopping: answer now, so the caller tries another manager instead of holding
+            // this one's shutdown up.
+            return no_leader("this manager is stopping");
+        }
+    }
+}
+
+/// A leader that could not be reached is tried again this often while waiting.
+const FORWARD_RETRY: Duration = Duration::from_millis(500);
+
+/// What waiting on the election found.
+#[derive(Debug, PartialEq, Eq)]
+enum Election {
+    /// A leader was named, or it is time to try again.
+    Followed,
+    /// Nobody follows the election any more (the manager is stopping): no leader will be
+    /// named.
+    Unfollowed,
+}
+
+/// Waits until the election names a leader (again) or `retry` comes.
+async fn next_leader(
+    leader: &mut watch::Receiver<Option<LeaderInfo>>,
+    retry: tokio::time::Instant,
+) -> Election {
+    match tokio::time::timeout_at(retry, leader.changed()).await {
+        Ok(Ok(())) | Err(_) => Election::Followed,
+        Ok(Err(_)) => Election::Unfollowed,
     }
 }
 
@@ -721,4 +748,46 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn no_leader(why: &str) -> Response {
     HttpError(ApiError::new(ErrorCode::NoLeader, format!("no leader: {why}; retry")))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(url: &str) -> LeaderInfo {
+        LeaderInfo { id: "m".into(), url: url.into(), epoch: 1 }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_leader_ends_at_once_when_the_election_is_no_longer_followed() {
+        let (tx, mut rx) = watch::channel(Some(info("http://a")));
+        drop(tx);
+        let began = tokio::time::Instant::now();
+        assert_eq!(next_leader(&mut rx, began + FORWARD_RETRY).await, Election::Unfollowed);
+        assert_eq!(began.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_leader_that_is_not_named_ends_at_the_retry() {
+        let (tx, mut rx) = watch::channel(Some(info("http://a")));
+        let began = tokio::time::Instant::now();
+        assert_eq!(next_leader(&mut rx, began + FORWARD_RETRY).await, Election::Followed);
+        assert_eq!(began.elapsed(), FORWARD_RETRY);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_leader_ends_when_one_is_named() {
+        let (tx, mut rx) = watch::channel(None);
+        let began = tokio::time::Instant::now();
+        let named = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tx.send(Some(info("http://b")));
+            tx
+        });
+        assert_eq!(next_leader(&mut rx, began + FORWARD_RETRY).await, Election::Followed);
+        assert_eq!(began.elapsed(), Duration::from_millis(100));
+        assert_eq!(rx.borrow().as_ref().map(|l| l.url.clone()), Some("http://b".to_owned()));
+        drop(named.await);
+    }
 }

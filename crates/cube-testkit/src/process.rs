@@ -149,9 +149,19 @@ impl CubeProcess {
 
     /// SIGTERM, and wait for the exit.
     pub fn terminate(&mut self) -> std::io::Result<ExitStatus> {
+        self.signal_term();
+        self.child.wait()
+    }
+
+    /// SIGTERM, without waiting ([`CubeProcess::wait`] reaps it).
+    pub fn signal_term(&self) {
         if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(self.pid()).unwrap_or(0)) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
+    }
+
+    /// Waits for the exit (after [`CubeProcess::signal_term`]).
+    pub fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.child.wait()
     }
 

@@ -18,6 +18,9 @@ pub enum ErrorCode {
     InvalidArgument,
     /// The request carries no token, or the wrong one, and the server requires one (401).
     Unauthorized,
+    /// The credentials are valid but do not allow this: the message names the role (or
+    /// identity) it needs (403).
+    Forbidden,
     /// No such resource (404).
     NotFound,
     /// The method is not allowed on this path (405).
@@ -46,6 +49,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidJson | ErrorCode::InvalidSpec | ErrorCode::InvalidArgument => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Gone => 410,

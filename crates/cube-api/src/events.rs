@@ -45,6 +45,7 @@ impl Event {
             EventObject::Deployment(_) => Topic::Deployment,
             EventObject::Exec(_) => Topic::Exec,
             EventObject::Endpoints(_) => Topic::Endpoints,
+            EventObject::Audit(_) => Topic::Audit,
         }
     }
 }
@@ -67,6 +68,9 @@ pub enum EventObject {
     /// The endpoints of a service with published ports (keyed by its name; `null` once it
     /// publishes nothing).
     Endpoints(Option<Box<cube_core::endpoints::ServiceEndpoints>>),
+    /// A mutation through the API: who, with which role, what, how it was answered (keyed by
+    /// who).
+    Audit(Option<Box<cube_core::access::AuditRecord>>),
 }
 
 /// What events are about; `?topic=` selects them.
@@ -96,17 +100,20 @@ pub enum Topic {
     Exec,
     /// Services' endpoints (keyed by service name).
     Endpoints,
+    /// The audit log: every mutation through the API (keyed by who made it).
+    Audit,
 }
 
 impl Topic {
     /// Every topic.
-    pub const ALL: [Topic; 6] = [
+    pub const ALL: [Topic; 7] = [
         Topic::Task,
         Topic::Node,
         Topic::Service,
         Topic::Deployment,
         Topic::Exec,
         Topic::Endpoints,
+        Topic::Audit,
     ];
 
     /// Its name on the wire.
@@ -118,6 +125,7 @@ impl Topic {
             Topic::Deployment => "Deployment",
             Topic::Exec => "Exec",
             Topic::Endpoints => "Endpoints",
+            Topic::Audit => "Audit",
         }
     }
 }
@@ -228,6 +236,8 @@ pub enum EventType {
     ExecEnded,
     /// A service's endpoints changed: an instance joined or left them, or its ports did.
     EndpointsUpdated,
+    /// A mutation through the API was answered (the audit log).
+    Audited,
 }
 
 /// Who asked for a change.

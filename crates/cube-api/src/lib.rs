@@ -1,5 +1,6 @@
 //! Cube's HTTP contract: what the worker and manager APIs send and receive.
 //!
+//! - [`auth`]: roles, and the bodies of the token routes.
 //! - [`types`]: JSON request and response bodies (the wire format; field names are stable).
 //! - [`error`]: the one error envelope every endpoint answers with.
 //! - [`events`]: the lines of the manager's event stream.
@@ -11,6 +12,7 @@
 //! are part of that promise too. It holds no server and no client (those are `cube-http`), so
 //! anything may depend on the contract without pulling in axum or reqwest.
 
+pub mod auth;
 pub mod error;
 pub mod events;
 pub mod exec;

@@ -21,6 +21,7 @@ use cube_core::spec::TaskSpec;
 use cube_core::{DeploymentId, NodeId, TaskId};
 
 use crate::ErrorBody;
+use crate::auth::{AuditRecord, CreatedToken, Role, TokenRequest, TokenView};
 use crate::events::{Event, IndexBounds, StreamLine};
 use crate::types::{
     DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, IngressFeed,
@@ -111,13 +112,15 @@ pub struct Param {
     pub required: bool,
 }
 
-/// Who may call an operation.
+/// Who may call an operation (when the server requires credentials).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// Anyone (health checks).
     Open,
-    /// A bearer token, when the server has one.
-    Token,
+    /// A user's token with at least this role, or the cluster token.
+    Role(Role),
+    /// A worker: a node's credentials, or the cluster token. A user's token never.
+    Node,
 }
 
 /// One route and method: what the router serves and the document says.
@@ -250,8 +253,23 @@ const TASK_ID: &[Param] = &[required("id", "The task's id.", schema_of::<TaskId>
 const NODE_ID: &[Param] = &[required("id", "The node's id, or its name.", schema_of::<String>)];
 const NODE_UUID: &[Param] = &[required("id", "The node's id.", schema_of::<NodeId>)];
 const SERVICE_NAME: &[Param] = &[required("name", "The service's name.", schema_of::<String>)];
+const TOKEN_NAME: &[Param] = &[required("name", "The token's name.", schema_of::<String>)];
 const DEPLOYMENT_ID: &[Param] =
     &[required("id", "The deployment's id.", schema_of::<DeploymentId>)];
+
+const AUDIT_QUERY: &[Param] = &[
+    optional(
+        "since",
+        "Only records at or after this time (RFC 3339).",
+        schema_of::<cube_core::schema::Rfc3339>,
+    ),
+    optional(
+        "who",
+        "Only what this caller did (a token's name, `cluster`, a node's id).",
+        schema_of::<String>,
+    ),
+    optional("limit", "At most this many, the newest (default 1000).", schema_of::<u32>),
+];
 
 const LIST_QUERY: &[Param] = &[
     optional("state", "Only tasks in this state.", schema_of::<cube_core::TaskState>),
@@ -351,7 +369,12 @@ const fn op(
         blocking: false,
         request: None,
         replies: &[],
-        access: Access::Token,
+        // Reading needs the least role, changing things the next; the operations that need
+        // more (or a node's credentials) say so.
+        access: match method {
+            Method::Get => Access::Role(Role::Read),
+            Method::Post | Method::Put | Method::Delete => Access::Role(Role::Operate),
+        },
     }
 }
 
@@ -427,6 +450,7 @@ pub mod manager {
     };
     /// `GET /v1/tasks/{id}/exec`
     pub const EXEC: Operation = Operation {
+        access: Access::Role(Role::Exec),
         path_params: TASK_ID,
         query: EXEC_QUERY,
         replies: &[
@@ -487,6 +511,8 @@ pub mod manager {
     };
     /// `POST /v1/services/{name}/plan`
     pub const PLAN_SERVICE: Operation = Operation {
+        // A dry run: it changes nothing, so whoever may read may ask.
+        access: Access::Role(Role::Read),
         path_params: SERVICE_NAME,
         request: Some((Content::Json(schema_of::<ServiceBody>), false)),
         replies: &[ok(Content::Json(schema_of::<ServicePlanView>)), BAD_INPUT],
@@ -581,6 +607,7 @@ pub mod manager {
     };
     /// `POST /v1/nodes/{id}/drain`
     pub const DRAIN_NODE: Operation = Operation {
+        access: Access::Role(Role::Admin),
         path_params: NODE_ID,
         request: Some((Content::Json(schema_of::<DrainRequest>), true)),
         replies: &[ok(Content::Json(schema_of::<NodeInfo>)), BAD_INPUT, NOT_FOUND],
@@ -594,6 +621,7 @@ pub mod manager {
     };
     /// `POST /v1/nodes/{id}/eligibility`
     pub const NODE_ELIGIBILITY: Operation = Operation {
+        access: Access::Role(Role::Admin),
         path_params: NODE_ID,
         request: Some((Content::Json(schema_of::<EligibilityRequest>), false)),
         replies: &[ok(Content::Json(schema_of::<NodeInfo>)), BAD_INPUT, NOT_FOUND],
@@ -607,6 +635,7 @@ pub mod manager {
     };
     /// `POST /v1/nodes/register`
     pub const REGISTER: Operation = Operation {
+        access: Access::Node,
         request: Some((Content::Json(schema_of::<RegisterRequest>), false)),
         replies: &[ok(Content::Json(schema_of::<HeartbeatResponse>)), BAD_INPUT, CONFLICT],
         ..op(
@@ -619,6 +648,7 @@ pub mod manager {
     };
     /// `POST /v1/nodes/{id}/heartbeat`
     pub const HEARTBEAT: Operation = Operation {
+        access: Access::Node,
         path_params: NODE_UUID,
         request: Some((Content::Json(schema_of::<HeartbeatRequest>), false)),
         replies: &[ok(Content::Json(schema_of::<HeartbeatResponse>)), BAD_INPUT],
@@ -632,6 +662,7 @@ pub mod manager {
     };
     /// `GET /v1/nodes/{id}/endpoints`
     pub const NODE_ENDPOINTS: Operation = Operation {
+        access: Access::Node,
         path_params: NODE_UUID,
         query: FEED_QUERY,
         replies: &[ok(Content::Json(schema_of::<IngressFeed>)), BAD_INPUT, NOT_FOUND],
@@ -660,6 +691,47 @@ pub mod manager {
             error(410, "The index is older than the history (`error.index` has the bounds)."),
         ],
         ..op("events", Method::Get, "/v1/events", "events", "The event stream")
+    };
+    /// `GET /v1/audit`
+    pub const AUDIT: Operation = Operation {
+        access: Access::Role(Role::Admin),
+        query: AUDIT_QUERY,
+        replies: &[ok(Content::Json(schema_of::<Vec<AuditRecord>>)), BAD_INPUT],
+        ..op("audit", Method::Get, "/v1/audit", "audit", "Who changed what, when, and the answer")
+    };
+    /// `GET /v1/tokens`
+    pub const LIST_TOKENS: Operation = Operation {
+        access: Access::Role(Role::Admin),
+        replies: &[ok(Content::Json(schema_of::<Vec<TokenView>>))],
+        ..op(
+            "listTokens",
+            Method::Get,
+            "/v1/tokens",
+            "tokens",
+            "Users' tokens (never their secrets)",
+        )
+    };
+    /// `POST /v1/tokens`
+    pub const CREATE_TOKEN: Operation = Operation {
+        access: Access::Role(Role::Admin),
+        request: Some((Content::Json(schema_of::<TokenRequest>), false)),
+        replies: &[
+            json(
+                201,
+                "Made: the secret is in this answer and never again.",
+                schema_of::<CreatedToken>,
+            ),
+            BAD_INPUT,
+            error(409, "A token of that name exists (revoke it first)."),
+        ],
+        ..op("createToken", Method::Post, "/v1/tokens", "tokens", "Make a named token with a role")
+    };
+    /// `DELETE /v1/tokens/{name}`
+    pub const REVOKE_TOKEN: Operation = Operation {
+        access: Access::Role(Role::Admin),
+        path_params: TOKEN_NAME,
+        replies: &[ok(Content::Json(schema_of::<TokenView>)), NOT_FOUND],
+        ..op("revokeToken", Method::Delete, "/v1/tokens/{name}", "tokens", "Revoke a token at once")
     };
 }
 
@@ -841,9 +913,18 @@ fn describe(
         "security".into(),
         match operation.access {
             Access::Open => json!([]),
-            Access::Token => json!([{"token": []}]),
+            Access::Role(_) | Access::Node => json!([{"token": []}]),
         },
     );
+    match operation.access {
+        Access::Open => {}
+        Access::Role(role) => {
+            object.insert("x-cube-role".into(), role.to_string().into());
+        }
+        Access::Node => {
+            object.insert("x-cube-role".into(), "node".into());
+        }
+    }
     Value::Object(object)
 }
 

@@ -363,7 +363,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/{index}/v1/tasks", post(submit))
         .route("/sim/{index}/v1/tasks/{id}", get(get_task).delete(stop))
         .with_state(shared);
-    cube_http::server::finish_router(routes, None, None)
+    cube_http::server::finish_router(
+        routes,
+        std::sync::Arc::new(cube_http::auth::ClusterToken(None)),
+        None,
+    )
 }
 
 fn node_at(shared: &Shared, index: usize) -> Result<&Arc<SimNode>, ApiError> {

@@ -1,5 +1,6 @@
 //! Cube's domain model, free of I/O.
 //!
+//! - [`access`]: roles and users' token records.
 //! - [`ids`]: id newtypes ([`TaskId`], [`NodeId`]).
 //! - [`units`]: quantities with units ([`Bytes`], [`Millicores`], durations).
 //! - [`spec`]: the task spec users submit and its validation; [`service`]: a replicated
@@ -17,6 +18,7 @@
 //! **Invariant:** nothing here performs I/O, reads the clock or draws random numbers; time and
 //! new ids are passed in. Everything is therefore testable as plain functions.
 
+pub mod access;
 pub mod constraint;
 pub mod deployment;
 pub mod endpoints;

@@ -323,7 +323,7 @@ pub fn format_duration(d: Duration) -> String {
     PRINTER.duration_to_string(&whole)
 }
 
-/// Parses a duration such as `"10s"`, `"250ms"`, `"1m30s"`, `"1.5s"`, `"2h"` or `"1 hour"`
+/// Parses a duration such as `"10s"`, `"250ms"`, `"1m30s"`, `"1.5s"`, `"2h"`, `"90d"` or `"1 hour"`
 /// (jiff's friendly format, or ISO 8601 `PT10S`), rounded to the millisecond. A bare number is
 /// refused ("10" could mean anything), and so is a negative duration.
 pub fn parse_duration(s: &str) -> Result<Duration, CoreError> {
@@ -331,7 +331,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, CoreError> {
         input: s.to_owned(),
         expected: "a duration such as 500ms, 10s, 1m30s or 2h",
     };
-    let signed: jiff::SignedDuration = s.trim().parse().map_err(|_| bad())?;
+    let signed: jiff::SignedDuration = match s.trim().parse() {
+        Ok(d) => d,
+        // Days (`90d`, for a token's life) are not a fixed length to jiff's duration type:
+        // read them as 24 hours, as every other tool does.
+        Err(_) => s
+            .trim()
+            .parse::<jiff::Span>()
+            .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+            .map_err(|_| bad())?,
+    };
     let d = Duration::try_from(signed).map_err(|_| bad())?;
     // Round to the nearest millisecond, as specs count in them.
     let millis = (d.as_nanos() + 500_000) / 1_000_000;
@@ -474,6 +483,8 @@ mod tests {
             ("1.5s", 1_500),
             ("2h", 7_200_000),
             ("1h 5m", 3_900_000),
+            ("90d", 90 * 86_400_000),
+            ("1d 12h", 129_600_000),
         ];
         for (input, ms) in cases {
             let d = parse_duration(input).unwrap();
@@ -481,7 +492,7 @@ mod tests {
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);
         }
         assert_eq!(format_duration(Duration::from_millis(90_250)), "1m30s250ms");
-        for bad in ["", "10", "10x", "s", "-1s", "1d"] {
+        for bad in ["", "10", "10x", "s", "-1s", "-1d", "1mo"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
         assert_eq!(parse_duration("1 hour").unwrap(), Duration::from_secs(3600));

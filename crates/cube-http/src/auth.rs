@@ -1,11 +1,16 @@
-//! The cluster token: one shared secret that every API request must carry as
-//! `Authorization: Bearer <token>` when the server was started with one.
+//! Who calls an API, and what they may call.
 //!
-//! The API starts containers, which is root on the node, so anything but a loopback listener
-//! needs it (the `cube` binary refuses otherwise). Every client, the manager and every worker use
-//! the same token, as Swarm's join token and Nomad's bootstrap token are shared. Serve over TLS
-//! ([`crate::tls`]) so the token cannot be sniffed on the wire; per-user tokens with scopes are
-//! the next step.
+//! Authentication: every request but a health check carries `Authorization: Bearer <token>`
+//! when the server requires credentials. The server's [`Authenticate`] turns it into a
+//! [`Caller`]: the **cluster token** (one shared secret, the bootstrap admin, which workers
+//! also send) is checked here ([`ClusterToken`]); the manager also knows users' named tokens,
+//! each with a role. The API starts containers, which is root on the node, so anything but a
+//! loopback listener needs credentials (the `cube` binary refuses otherwise); serve over TLS
+//! ([`crate::tls`]) so they cannot be sniffed on the wire.
+//!
+//! Authorization: each operation declares its [`Access`] (`cube_api::openapi`), and the route
+//! checks the caller against it ([`Caller::may`]): 401 for credentials refused, 403 naming what
+//! is missing for a caller who may not.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,6 +20,8 @@ use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use cube_api::auth::Role;
+use cube_api::openapi::Access;
 use cube_api::{ApiError, ErrorCode};
 
 /// Shortest token accepted: short secrets can be guessed over the network.
@@ -73,11 +80,121 @@ impl FromStr for Token {
     }
 }
 
-/// Middleware: answers 401 (JSON error, `WWW-Authenticate: Bearer`) unless the request carries
-/// the token, except on [`OPEN_PATHS`].
-pub(crate) async fn require_token(
-    State(token): State<Token>,
-    req: Request,
+/// Who made a request, as the server's [`Authenticate`] established. The authentication
+/// middleware puts it in the request's extensions; handlers read it from there (the audit log
+/// names it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// A user token's name, a node's id, `cluster` for the cluster token, `anonymous` on a
+    /// server that requires no credentials.
+    pub name: Arc<str>,
+    /// What it may call.
+    pub grant: Grant,
+}
+
+/// What a caller may call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// Everything: the cluster token (the bootstrap admin, and what workers sent before
+    /// they had identities of their own), or anyone on a server that requires no credentials.
+    All,
+    /// The routes of this role and the ones below it; never a node's routes.
+    User(Role),
+    /// A node's routes only.
+    Node,
+}
+
+impl Caller {
+    /// The cluster token's caller.
+    pub fn cluster() -> Self {
+        Self { name: Arc::from(CLUSTER_CALLER), grant: Grant::All }
+    }
+
+    /// Anyone, on a server that requires no credentials.
+    pub fn anonymous() -> Self {
+        Self { name: Arc::from("anonymous"), grant: Grant::All }
+    }
+
+    /// The role it acts with: what the audit log records (`None` for a node).
+    pub fn role(&self) -> Option<Role> {
+        match self.grant {
+            Grant::All => Some(Role::Admin),
+            Grant::User(role) => Some(role),
+            Grant::Node => None,
+        }
+    }
+
+    /// Whether it may call an operation of `access`; if not, why (for the 403).
+    pub fn may(&self, access: Access) -> Result<(), String> {
+        match (access, self.grant) {
+            (Access::Open, _) | (_, Grant::All) | (Access::Node, Grant::Node) => Ok(()),
+            (Access::Role(needed), Grant::User(has)) if has >= needed => Ok(()),
+            (Access::Role(needed), Grant::User(has)) => {
+                Err(format!("this needs the `{needed}` role; token `{}` has `{has}`", self.name))
+            }
+            (Access::Role(_), Grant::Node) => {
+                Err(format!("node `{}`'s credentials open only the node routes", self.name))
+            }
+            (Access::Node, Grant::User(_)) => Err(format!(
+                "only a node (or the cluster token) may call this; token `{}` is a user's",
+                self.name
+            )),
+        }
+    }
+}
+
+/// The name the cluster token acts under.
+pub const CLUSTER_CALLER: &str = "cluster";
+
+/// Why credentials were refused (a 401).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// How a server tells who calls it: from the bearer token (absent: `None`). Implemented by
+/// [`ClusterToken`] (the worker, and any server with one shared token) and by the manager
+/// (which also knows users' tokens).
+pub trait Authenticate: Send + Sync + 'static {
+    /// The caller presenting `bearer`, or why not.
+    fn authenticate(&self, bearer: Option<&[u8]>) -> Result<Caller, Refused>;
+}
+
+/// One shared token, or none (then every caller is [`Caller::anonymous`]).
+#[derive(Clone, Debug)]
+pub struct ClusterToken(pub Option<Token>);
+
+impl ClusterToken {
+    /// What `bearer` proves against the cluster token: `Some(cluster)` when it is the token,
+    /// `None` when it is not (another authenticator may know it), and the caller to use when
+    /// nothing is presented.
+    pub fn check(&self, bearer: Option<&[u8]>) -> Result<Option<Caller>, Refused> {
+        match (&self.0, bearer) {
+            (_, Some(b)) if self.0.as_ref().is_some_and(|t| t.matches(b)) => {
+                Ok(Some(Caller::cluster()))
+            }
+            (_, Some(_)) => Ok(None),
+            (Some(_), None) => {
+                Err(Refused("this server requires a token: set CUBE_TOKEN or pass --token".into()))
+            }
+            (None, None) => Ok(Some(Caller::anonymous())),
+        }
+    }
+}
+
+impl Authenticate for ClusterToken {
+    fn authenticate(&self, bearer: Option<&[u8]>) -> Result<Caller, Refused> {
+        self.check(bearer)?.ok_or_else(|| Refused("wrong token".into()))
+    }
+}
+
+/// A server's [`Authenticate`], shared by its router.
+pub type Authenticator = Arc<dyn Authenticate>;
+
+/// Middleware: establishes the [`Caller`] (401 with `WWW-Authenticate: Bearer` when the
+/// credentials are refused), except on [`OPEN_PATHS`], which need none.
+pub(crate) async fn authenticate(
+    State(auth): State<Authenticator>,
+    mut req: Request,
     next: Next,
 ) -> Response {
     if OPEN_PATHS.contains(&req.uri().path()) {
@@ -88,10 +205,12 @@ pub(crate) async fn require_token(
         .get(AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .map(<[u8]>::trim_ascii);
-    match presented {
-        Some(p) if token.matches(p) => next.run(req).await,
-        Some(_) => unauthorized("wrong token"),
-        None => unauthorized("this server requires a token: set CUBE_TOKEN or pass --token"),
+    match auth.authenticate(presented) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(Refused(why)) => unauthorized(&why),
     }
 }
 
@@ -100,6 +219,24 @@ fn unauthorized(message: &str) -> Response {
         crate::server::HttpError(ApiError::new(ErrorCode::Unauthorized, message)).into_response();
     response.headers_mut().insert(WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
     response
+}
+
+/// Middleware of one operation: 403 unless its caller may call it. A request that reached it
+/// without a caller (a router not finished by `finish_router`) is refused: this fails closed.
+pub(crate) async fn authorize(access: Access, req: Request, next: Next) -> Response {
+    if access == Access::Open {
+        return next.run(req).await;
+    }
+    let verdict = match req.extensions().get::<Caller>() {
+        Some(caller) => caller.may(access),
+        None => Err("no credentials were checked for this route".to_owned()),
+    };
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(why) => {
+            crate::server::HttpError(ApiError::new(ErrorCode::Forbidden, why)).into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,5 +253,42 @@ mod tests {
         assert!(!t.matches(b"0123456789abcde"));
         assert!(!t.matches(b"0123456789abcdef0"));
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn each_grant_opens_exactly_its_routes() {
+        use Role::*;
+        let user = |role| Caller { name: Arc::from("u"), grant: Grant::User(role) };
+        let node = Caller { name: Arc::from("n1"), grant: Grant::Node };
+        for caller in [Caller::cluster(), Caller::anonymous()] {
+            for access in [Access::Open, Access::Node, Access::Role(Admin)] {
+                assert_eq!(caller.may(access), Ok(()));
+            }
+        }
+        assert_eq!(user(Operate).may(Access::Role(Read)), Ok(()));
+        assert_eq!(user(Operate).may(Access::Role(Operate)), Ok(()));
+        assert_eq!(
+            user(Operate).may(Access::Role(Exec)),
+            Err("this needs the `exec` role; token `u` has `operate`".into())
+        );
+        assert!(user(Admin).may(Access::Node).is_err(), "a user is never a node");
+        assert_eq!(node.may(Access::Node), Ok(()));
+        assert!(node.may(Access::Role(Read)).is_err(), "a node opens only its routes");
+        assert_eq!(node.may(Access::Open), Ok(()));
+        assert_eq!(node.role(), None);
+        assert_eq!(Caller::cluster().role(), Some(Admin));
+    }
+
+    #[test]
+    fn the_cluster_token_answers_for_itself_and_leaves_other_bearers_to_others() {
+        let t: Token = "0123456789abcdef".parse().unwrap();
+        let guarded = ClusterToken(Some(t));
+        assert_eq!(guarded.check(Some(b"0123456789abcdef")), Ok(Some(Caller::cluster())));
+        assert_eq!(guarded.check(Some(b"cube_other")), Ok(None));
+        assert!(guarded.check(None).is_err());
+        let open = ClusterToken(None);
+        assert_eq!(open.check(None), Ok(Some(Caller::anonymous())));
+        assert_eq!(open.check(Some(b"cube_other")), Ok(None));
+        assert!(open.authenticate(Some(b"cube_other")).is_err());
     }
 }

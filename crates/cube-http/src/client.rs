@@ -590,6 +590,34 @@ impl Client {
         self.call(Method::POST, &path, Some(&body)).await.map(|(_, v)| v)
     }
 
+    /// `GET /v1/audit`.
+    pub async fn audit(
+        &self,
+        query: &cube_api::auth::AuditQuery,
+    ) -> Result<Vec<cube_api::auth::AuditRecord>, ClientError> {
+        let url = format!("{}/v1/audit", self.base());
+        let request = self.authorize(self.http.get(&url).query(query));
+        self.send_indexed(url, request).await.map(|(_, v, _)| v)
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn tokens(&self) -> Result<Vec<cube_api::auth::TokenView>, ClientError> {
+        self.call(Method::GET, "/v1/tokens", None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/tokens`: the new token, with its secret (shown this once).
+    pub async fn create_token(
+        &self,
+        request: &cube_api::auth::TokenRequest,
+    ) -> Result<cube_api::auth::CreatedToken, ClientError> {
+        self.call(Method::POST, "/v1/tokens", Some(request)).await.map(|(_, v)| v)
+    }
+
+    /// `DELETE /v1/tokens/{name}`.
+    pub async fn revoke_token(&self, name: &str) -> Result<cube_api::auth::TokenView, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/tokens/{name}"), None::<&()>).await.map(|(_, v)| v)
+    }
+
     /// `POST /v1/nodes/register`.
     pub async fn register(&self, req: &RegisterRequest) -> Result<HeartbeatResponse, ClientError> {
         self.call(Method::POST, "/v1/nodes/register", Some(req)).await.map(|(_, v)| v)

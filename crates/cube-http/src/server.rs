@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Token, require_token};
+use crate::auth::{Authenticator, authenticate};
 use crate::tls::{ServerTls, TlsListener};
 use cube_api::openapi::{self, Api, Method, Operation};
 use cube_api::{ApiError, ErrorBody, ErrorCode};
@@ -164,6 +164,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 
     fn add(mut self, operation: &'static Operation, method: MethodRouter<S>) -> Self {
+        // Each operation checks its own access: the route cannot be served without it. Its
+        // answer says which operation it was (for the audit log, outside the router).
+        let method =
+            method.layer(middleware::from_fn(move |req: Request, next: Next| async move {
+                let mut response = crate::auth::authorize(operation.access, req, next).await;
+                response.extensions_mut().insert(Served(operation));
+                response
+            }));
         // Routing the same path again adds methods to it.
         self.router = self.router.route(operation.path, method);
         self.operations.push(operation);
@@ -179,9 +187,18 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             let document = document.clone();
             async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], document) }
         };
-        self.router.route(openapi::OPENAPI.path, on(filter(openapi::OPENAPI.method), serve))
+        let access = openapi::OPENAPI.access;
+        let method = on(filter(openapi::OPENAPI.method), serve).layer(middleware::from_fn(
+            move |req: Request, next: Next| crate::auth::authorize(access, req, next),
+        ));
+        self.router.route(openapi::OPENAPI.path, method)
     }
 }
+
+/// In the extensions of an answer: the operation that answered it (whatever the outcome, a
+/// refusal included).
+#[derive(Clone, Copy, Debug)]
+pub struct Served(pub &'static Operation);
 
 fn filter(method: Method) -> MethodFilter {
     match method {
@@ -201,12 +218,13 @@ where
     raw.parse::<T>().map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
 }
 
-/// Adds what every Cube API router needs: JSON 404/405 answers, the body limit, the token check
-/// when `token` is set (before anything else looks at the request), request logs, and request
-/// metrics when `metrics` is given (counting refused requests too).
+/// Adds what every Cube API router needs: JSON 404/405 answers, the body limit, authentication
+/// by `auth` (before anything else looks at the request; each route then checks its caller's
+/// access), request logs, and request metrics when `metrics` is given (counting refused requests
+/// too).
 pub fn finish_router(
     router: Router,
-    token: Option<Token>,
+    auth: Authenticator,
     metrics: Option<crate::metrics::HttpMetrics>,
 ) -> Router {
     let router = router
@@ -218,10 +236,7 @@ pub fn finish_router(
             ))
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT));
-    let router = match token {
-        Some(token) => router.layer(middleware::from_fn_with_state(token, require_token)),
-        None => router,
-    };
+    let router = router.layer(middleware::from_fn_with_state(auth, authenticate));
     let router = router.layer(middleware::from_fn(log_request));
     match metrics {
         Some(metrics) => {

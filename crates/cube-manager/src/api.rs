@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use cube_api::events::TopicFilter;
+use cube_api::events::{Topic, TopicFilter};
 use cube_api::openapi::{self, Api, manager as m};
 use cube_api::types::{
     DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, IngressFeed,
@@ -23,6 +24,8 @@ use cube_core::{DeploymentId, NodeId, TaskId};
 
 use crate::events::Framing;
 use crate::state::DeploymentAction;
+use cube_api::auth::{AuditQuery, AuditRecord, TokenRequest, TokenView};
+use cube_http::auth::Caller;
 use cube_http::server::{Body, HttpError, Query, Routes, parse_id};
 
 use crate::{Manager, ManagerError};
@@ -41,7 +44,7 @@ impl From<ManagerError> for HttpError {
 
 /// The router for `/v1/...`.
 pub fn router(manager: Arc<Manager>) -> Router {
-    let token = manager.config().security.token.clone();
+    let auth = manager.authenticator();
     let http_metrics = manager.http_metrics();
     let routes = Routes::new()
         .route(&openapi::HEALTH, health)
@@ -70,12 +73,17 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route_limited(&m::HEARTBEAT, heartbeat, NODE_BODY_LIMIT)
         .route(&m::NODE_ENDPOINTS, ingress_feed)
         .route(&m::EVENTS, events)
+        .route(&m::AUDIT, audit_log)
+        .route(&m::LIST_TOKENS, list_tokens)
+        .route(&m::CREATE_TOKEN, create_token)
+        .route(&m::REVOKE_TOKEN, revoke_token)
         .route(&openapi::METRICS, metrics)
         .finish(Api::Manager)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::audit::audit))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::ha::route))
         .with_state(manager);
-    cube_http::server::finish_router(routes, token, Some(http_metrics))
+    cube_http::server::finish_router(routes, auth, Some(http_metrics))
 }
 
 /// `GET /metrics`: Prometheus metrics (the cluster token guards it like every route).
@@ -177,6 +185,7 @@ fn parse_wait(raw: &str) -> Result<Duration, ApiError> {
 /// indexes it holds, before any event.
 async fn events(
     State(m): State<Shared>,
+    Extension(by): Extension<Caller>,
     headers: axum::http::HeaderMap,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, HttpError> {
@@ -214,6 +223,23 @@ async fn events(
     }
     if filters.iter().any(|f| f.topic.is_none()) {
         filters.clear();
+    }
+    // The audit log is an admin's: other roles get every other topic.
+    if by.role() != Some(cube_api::auth::Role::Admin) {
+        if filters.iter().any(|f| f.topic == Some(Topic::Audit)) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("the Audit topic needs the `admin` role; `{}` does not have it", by.name),
+            )
+            .into());
+        }
+        if filters.is_empty() {
+            filters = Topic::ALL
+                .into_iter()
+                .filter(|t| *t != Topic::Audit)
+                .map(|t| TopicFilter { topic: Some(t), key: None })
+                .collect();
+        }
     }
     let after = index.unwrap_or_else(|| m.events.current());
     if let Err(bounds) = m.events.check_start(after) {
@@ -429,6 +455,38 @@ async fn drain_node(
     let req: DrainRequest =
         if body.is_empty() { DrainRequest::default() } else { parse_json(&body)? };
     Ok(axum::Json(m.drain(&id, req.deadline).await?))
+}
+
+async fn audit_log(
+    State(m): State<Shared>,
+    Query(query): Query<AuditQuery>,
+) -> Result<axum::Json<Vec<AuditRecord>>, HttpError> {
+    let records = tokio::task::spawn_blocking(move || m.audit_log(&query))
+        .await
+        .map_err(|source| ManagerError::Panicked { what: "reading the audit log", source })??;
+    Ok(axum::Json(records))
+}
+
+async fn list_tokens(State(m): State<Shared>) -> axum::Json<Vec<TokenView>> {
+    axum::Json(m.list_tokens())
+}
+
+async fn create_token(
+    State(m): State<Shared>,
+    Extension(by): Extension<Caller>,
+    Body(body): Body,
+) -> Result<Response, HttpError> {
+    let request: TokenRequest = parse_json(&body)?;
+    let created = m.create_token(request, &by).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+async fn revoke_token(
+    State(m): State<Shared>,
+    Extension(by): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<TokenView>, HttpError> {
+    Ok(axum::Json(m.revoke_token(&name, &by).await?))
 }
 
 async fn node_eligibility(

@@ -81,6 +81,23 @@ pub enum ManagerError {
     /// A node answered a request made on a user's behalf with an API error, passed on as is.
     #[error("{}", .0.message)]
     Remote(ApiError),
+    /// No token with this name.
+    #[error("token {0} not found")]
+    TokenNotFound(String),
+    /// A token's name is not valid.
+    #[error(
+        "`{0}` cannot name a token: use 1 to 63 of a-z, 0-9, `-`, `_`, `.`, starting with a letter or a digit"
+    )]
+    TokenName(String),
+    /// A token of that name exists and is not revoked.
+    #[error("token {0} exists: revoke it first to make a new one of that name")]
+    TokenTaken(String),
+    /// A token's expiry is out of range.
+    #[error("an expiry of {0:?} is out of range")]
+    TokenExpiry(std::time::Duration),
+    /// The OS's random generator failed (a new secret cannot be drawn).
+    #[error("the system's random generator failed")]
+    Random,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -123,6 +140,11 @@ impl From<ManagerError> for ApiError {
             | ManagerError::NotRunning { .. }
             | ManagerError::PortTaken { .. } => ApiError::new(ErrorCode::Conflict, e.to_string()),
             ManagerError::NeverRan(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            ManagerError::TokenNotFound(name) => ApiError::not_found("token", name),
+            ManagerError::TokenName(_) | ManagerError::TokenExpiry(_) => {
+                ApiError::new(ErrorCode::InvalidArgument, e.to_string())
+            }
+            ManagerError::TokenTaken(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
             ManagerError::ServiceNotFound(name) => ApiError::not_found("service", name),
             ManagerError::DeploymentNotFound(id) => ApiError::not_found("deployment", id),
             ManagerError::VersionNotFound { .. } => {
@@ -153,9 +175,10 @@ impl From<ManagerError> for ApiError {
                 tracing::error!(error = %message, "store failure while serving a request");
                 ApiError::new(ErrorCode::Unavailable, message)
             }
-            ManagerError::Client(_) | ManagerError::Server(_) | ManagerError::Panicked { .. } => {
-                ApiError::internal(Chain(&e).to_string())
-            }
+            ManagerError::Client(_)
+            | ManagerError::Server(_)
+            | ManagerError::Panicked { .. }
+            | ManagerError::Random => ApiError::internal(Chain(&e).to_string()),
         }
     }
 }

@@ -43,7 +43,7 @@ const SCAN: usize = 4096;
 const INDEX_KEY: &str = "event_index";
 
 /// The store key of an event: its index in 20 digits, so key order is index order.
-fn key(index: u64) -> String {
+pub(crate) fn key(index: u64) -> String {
     format!("{index:020}")
 }
 

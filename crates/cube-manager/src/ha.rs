@@ -542,6 +542,13 @@ impl Manager {
                     }
                     (Table::Events, Some(v)) => lines.push(v),
                     (Table::Events, None) => pruned.push(key),
+                    (Table::Tokens, Some(v)) => match serde_json::from_slice(&v) {
+                        Ok(token) => self.tokens_mut().put(token),
+                        Err(e) => undecodable(table, &key, &e),
+                    },
+                    (Table::Tokens, None) => self.tokens_mut().remove(&key),
+                    // Read from the store when asked for; its events came with them.
+                    (Table::Audit, _) => {}
                     // The event index follows from the events themselves.
                     (Table::Meta, _) => {}
                 }

@@ -10,12 +10,14 @@
 //! wakes the placement loop at once; there are no fixed polling periods on the task path.
 
 mod api;
+mod audit;
 mod error;
 mod events;
 mod exec;
 mod ha;
 mod metrics;
 mod state;
+mod tokens;
 
 pub use error::ManagerError;
 pub use ha::{HaConfig, ReplicatedManager, start_replicated};
@@ -73,6 +75,8 @@ pub struct ManagerConfig {
     /// Also serve `GET /metrics` here, without the token (for a Prometheus that cannot send
     /// one). Off by default: the API's `/metrics` needs the token like every route.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long the audit log keeps a record.
+    pub audit_retention: Duration,
 }
 
 /// How much of the event history the manager keeps: at least `events` events or `age` of
@@ -109,6 +113,7 @@ impl Default for ManagerConfig {
             security: cube_http::Security::default(),
             history: History::default(),
             metrics_listen: None,
+            audit_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -138,6 +143,9 @@ pub struct Manager {
     /// Cancelled when a commit was refused or failed in a way that means the leadership may
     /// be gone (`Fenced`, `Unavailable`): the leader stops acting and follows.
     fenced: CancellationToken,
+    /// Users' tokens (written under the state lock, so their commits keep the store's order;
+    /// read by every request's authentication).
+    tokens: Arc<std::sync::RwLock<tokens::Tokens>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -194,6 +202,8 @@ impl Manager {
         role: ha::Role,
     ) -> Result<Arc<Self>, ManagerError> {
         let (state, events) = load_state(&config, source, &clock)?;
+        let tokens = cube_store::load_json(source, Table::Tokens)?.into_iter().map(|(_, t)| t);
+        let tokens = Arc::new(std::sync::RwLock::new(tokens::Tokens::new(tokens)));
         let http = config
             .security
             .client("http://worker.invalid", config.worker_timeout)
@@ -212,6 +222,7 @@ impl Manager {
             role: Mutex::new(role),
             stale: std::sync::atomic::AtomicBool::new(false),
             fenced: CancellationToken::new(),
+            tokens,
             tracker: TaskTracker::new(),
             shutdown,
         }))
@@ -1151,6 +1162,7 @@ impl Manager {
         self.tracker.spawn(Arc::clone(self).leaving_loop());
         self.tracker.spawn(Arc::clone(self).services_loop());
         self.tracker.spawn(Arc::clone(self).history_loop());
+        self.tracker.spawn(Arc::clone(self).audit_loop(self.config.audit_retention));
         if let Some(retain) = self.config.gc_after {
             self.tracker.spawn(Arc::clone(self).gc_loop(retain));
         }

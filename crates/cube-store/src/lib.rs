@@ -43,17 +43,24 @@ pub enum Table {
     /// The manager's event history, keyed by the event's index as 20 digits (so key order is
     /// index order).
     Events,
+    /// Users' tokens (manager), keyed by name: their roles and secrets' digests.
+    Tokens,
+    /// The audit log (manager): every mutation through the API, keyed like the events (the
+    /// index of its `Audited` event), kept longer than they are.
+    Audit,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 8] = [
         Table::Tasks,
         Table::Nodes,
         Table::Meta,
         Table::Services,
         Table::Deployments,
         Table::Events,
+        Table::Tokens,
+        Table::Audit,
     ];
 
     /// Stable table name (used as the on-disk table name).
@@ -65,6 +72,8 @@ impl Table {
             Table::Services => "services",
             Table::Deployments => "deployments",
             Table::Events => "events",
+            Table::Tokens => "tokens",
+            Table::Audit => "audit",
         }
     }
 }

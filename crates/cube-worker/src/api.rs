@@ -51,7 +51,11 @@ pub(crate) fn router(state: ApiState) -> Router {
         .finish(Api::Worker)
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state.epochs), admit_epoch))
         .with_state(state);
-    cube_http::server::finish_router(routes, token, Some(http_metrics))
+    cube_http::server::finish_router(
+        routes,
+        std::sync::Arc::new(cube_http::auth::ClusterToken(token)),
+        Some(http_metrics),
+    )
 }
 
 /// A request carrying a leader's epoch (`X-Cube-Epoch`) is served only if no newer leader's

@@ -72,6 +72,9 @@ pub struct ManagerArgs {
     /// Workers delete their logs on their own schedule (`cube worker --gc-after`).
     #[arg(long, env = "CUBE_MANAGER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
+    /// How long the audit log keeps a record of each mutation (e.g. 90d, 365d).
+    #[arg(long, env = "CUBE_MANAGER_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
     /// With `--store etcd`: where etcd is and how to reach it.
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -396,6 +399,7 @@ pub(crate) async fn manager(
         security: security.clone(),
         history: cube_manager::History::default(),
         metrics_listen: args.exposure.metrics_listen,
+        audit_retention: args.audit_retention,
     };
     let kind = match args.store {
         ManagerStore::Redb => StoreKind::Redb,

@@ -209,7 +209,7 @@ fn describe(e: &ClientError, base: &str) -> anyhow::Error {
         ClientError::Api { error, status, .. } if *status >= 500 => {
             anyhow::anyhow!("manager at {base} failed (HTTP {status}): {}", error.message)
         }
-        ClientError::Api { error, status: 401, .. } => {
+        ClientError::Api { error, status: 401 | 403, .. } => {
             anyhow::anyhow!("manager at {base} refused the request: {}", error.message)
         }
         ClientError::Api { error, .. } => anyhow::anyhow!("{}", error.message),

@@ -84,10 +84,12 @@ fn detail(object: &EventObject) -> String {
             format!("{n} endpoint{}", if n == 1 { "" } else { "s" })
         }
         EventObject::Endpoints(None) => "publishes nothing".to_owned(),
+        EventObject::Audit(Some(a)) => format!("{} {} -> {}", a.operation, a.request, a.status),
         EventObject::Task(None)
         | EventObject::Node(None)
         | EventObject::Service(None)
         | EventObject::Deployment(None)
-        | EventObject::Exec(None) => "deleted".to_owned(),
+        | EventObject::Exec(None)
+        | EventObject::Audit(None) => "deleted".to_owned(),
     }
 }

@@ -13,6 +13,7 @@
 //! User-facing documentation: `docs/cli.md` and `docs/job-files.md`.
 
 mod api;
+mod audit;
 mod events;
 mod exec;
 mod file;
@@ -24,6 +25,7 @@ mod run;
 mod service;
 mod status;
 mod stop;
+mod token;
 mod wait;
 
 use std::path::PathBuf;
@@ -147,6 +149,72 @@ pub enum ClientCommand {
     ///   cube events --index 0 -o json | jq 'select(.type == "TaskFailed")'
     #[command(verbatim_doc_comment)]
     Events(EventsArgs),
+    /// Users' tokens: make one with a role, list them, revoke one (needs the admin role)
+    ///
+    /// Roles, each allowing what the ones before it allow: read (every GET, events, logs),
+    /// operate (run, stop, deploy, scale, revert, promote), exec (cube exec), admin (tokens,
+    /// node drain and eligibility). The secret is printed once; only its digest is stored.
+    /// Use it as CUBE_TOKEN. The cluster token keeps working as the admin token.
+    ///
+    /// Examples:
+    ///   CUBE_TOKEN=$(cube token create ci --role operate --expires 90d) cube run job.toml
+    ///   cube token create alice --role read
+    ///   cube token ls
+    ///   cube token revoke ci
+    #[command(verbatim_doc_comment, subcommand, visible_alias = "tokens")]
+    Token(TokenCommand),
+    /// Who changed what, when, and how it was answered (needs the admin role)
+    ///
+    /// Every mutation through the API is recorded before it is answered: who (a token's name,
+    /// `cluster` for the cluster token, a node's id), the role it acted with, the operation and
+    /// its path, and the HTTP status (2xx done, 403 refused for lack of a role, 4xx refused,
+    /// 5xx failed). Records are kept for the manager's --audit-retention (90 days by default)
+    /// and are also `Audited` events in `cube events --topic Audit`.
+    ///
+    /// Examples:
+    ///   cube audit --since 1h
+    ///   cube audit --who ci --since 2026-12-01T00:00:00Z
+    ///   cube audit -o json | jq 'select(.status >= 400)'
+    #[command(verbatim_doc_comment)]
+    Audit(AuditArgs),
+}
+
+/// Options of `cube audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only records since this long ago (1h, 7d) or this time (RFC 3339).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only what this caller did (a token's name, `cluster`, a node's id).
+    #[arg(long, value_name = "NAME")]
+    pub who: Option<String>,
+    /// At most this many records, the newest.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+/// `cube token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; prints its secret (this once) on stdout.
+    Create {
+        /// Its name (a-z, 0-9, `-`, `_`, `.`): it names who acts in the audit log.
+        name: String,
+        /// What it may do: read, operate, exec or admin.
+        #[arg(long)]
+        role: cube_api::auth::Role,
+        /// How long it is valid (e.g. 90d, 12h) [default: until revoked].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// List tokens (never their secrets).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Revoke a token: its next request is refused.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// Options of `cube exec`.
@@ -451,6 +519,8 @@ pub fn run(command: ClientCommand, global: &GlobalArgs) -> anyhow::Result<ExitCo
             ClientCommand::Deployment(command) => service::deployment(&api, command, output).await,
             ClientCommand::Events(args) => events::events(&api, args, output).await,
             ClientCommand::Exec(args) => exec::exec(&api, args).await,
+            ClientCommand::Token(command) => token::token(&api, command, output).await,
+            ClientCommand::Audit(args) => audit::audit(&api, args, output).await,
         }
     });
     // A read of standard input may still be blocked in a thread of the runtime (`cube exec -i`

@@ -157,6 +157,9 @@ pub struct Refused(pub String);
 pub trait Authenticate: Send + Sync + 'static {
     /// The caller presenting `bearer`, or why not.
     fn authenticate(&self, bearer: Option<&[u8]>) -> Result<Caller, Refused>;
+
+    /// Whether a request without credentials is refused (a server with a cluster token).
+    fn requires_credentials(&self) -> bool;
 }
 
 /// One shared token, or none (then every caller is [`Caller::anonymous`]).
@@ -185,10 +188,49 @@ impl Authenticate for ClusterToken {
     fn authenticate(&self, bearer: Option<&[u8]>) -> Result<Caller, Refused> {
         self.check(bearer)?.ok_or_else(|| Refused("wrong token".into()))
     }
+
+    fn requires_credentials(&self) -> bool {
+        self.0.is_some()
+    }
 }
 
 /// A server's [`Authenticate`], shared by its router.
 pub type Authenticator = Arc<dyn Authenticate>;
+
+/// Why a request from a browser is refused, if it is. The API sends no CORS headers, so no
+/// other site's page can read an answer; this also keeps one from *sending* anything:
+///
+/// - a request another site's page made (`Sec-Fetch-Site: cross-site`, or an `Origin` that
+///   is not this server's `Host`) is refused, so a page cannot submit a task with a "simple"
+///   POST, which browsers send without asking;
+/// - on a server that requires no credentials (loopback only), a `Host` that is not an IP
+///   address or `localhost` is refused, so a page cannot reach it through a name it made
+///   resolve to 127.0.0.1 (DNS rebinding).
+fn browser_refusal(headers: &axum::http::HeaderMap, open: bool) -> Option<&'static str> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text("host");
+    if text("sec-fetch-site") == Some("cross-site") {
+        return Some("requests from other sites' pages are refused");
+    }
+    if let Some(origin) = text("origin") {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if Some(origin_host) != host {
+            return Some("requests from other sites' pages are refused");
+        }
+    }
+    if open && let Some(host) = host {
+        let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }
+        });
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        if name != "localhost" && name.parse::<std::net::IpAddr>().is_err() {
+            return Some(
+                "this server requires no credentials, so it answers only to an IP address or localhost",
+            );
+        }
+    }
+    None
+}
 
 /// Middleware: establishes the [`Caller`] (401 with `WWW-Authenticate: Bearer` when the
 /// credentials are refused), except on [`OPEN_PATHS`], which need none.
@@ -197,6 +239,9 @@ pub(crate) async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
+    if let Some(why) = browser_refusal(req.headers(), !auth.requires_credentials()) {
+        return crate::server::HttpError(ApiError::new(ErrorCode::Forbidden, why)).into_response();
+    }
     if OPEN_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
@@ -253,6 +298,34 @@ mod tests {
         assert!(!t.matches(b"0123456789abcde"));
         assert!(!t.matches(b"0123456789abcdef0"));
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn pages_of_other_sites_and_rebound_names_are_refused() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = axum::http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, axum::http::HeaderValue::from_static(v));
+            }
+            h
+        };
+        // curl, the CLI, workers: no Origin.
+        assert_eq!(browser_refusal(&headers(&[("host", "127.0.0.1:5555")]), true), None);
+        assert_eq!(browser_refusal(&headers(&[("host", "localhost:5555")]), true), None);
+        assert_eq!(browser_refusal(&headers(&[("host", "[::1]:5555")]), true), None);
+        // The server's own pages (the UI).
+        let same = headers(&[("host", "10.0.0.1:5555"), ("origin", "https://10.0.0.1:5555")]);
+        assert_eq!(browser_refusal(&same, false), None);
+        // Another site's page.
+        let other = headers(&[("host", "127.0.0.1:5555"), ("origin", "https://evil.example")]);
+        assert!(browser_refusal(&other, true).is_some());
+        let fetch = headers(&[("host", "127.0.0.1:5555"), ("sec-fetch-site", "cross-site")]);
+        assert!(browser_refusal(&fetch, false).is_some());
+        // A name rebound to loopback, on a server without credentials only.
+        let rebound =
+            headers(&[("host", "evil.example:5555"), ("origin", "http://evil.example:5555")]);
+        assert!(browser_refusal(&rebound, true).is_some());
+        assert_eq!(browser_refusal(&rebound, false), None);
     }
 
     #[test]

@@ -202,6 +202,10 @@ impl Authenticate for ManagerAuth {
             .caller(secret, self.clock.now())
             .unwrap_or_else(|| Err(Refused("wrong token".into())))
     }
+
+    fn requires_credentials(&self) -> bool {
+        self.cluster.requires_credentials()
+    }
 }
 
 // The manager's side: the routes' work, committed like every change.

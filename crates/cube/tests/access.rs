@@ -351,3 +351,35 @@ async fn every_mutation_is_in_the_audit_log_durably_and_in_the_event_stream() {
         .status();
     assert_eq!(status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sites_page_cannot_drive_a_manager_that_requires_no_credentials() {
+    let m = TestManager::start(&[]).await;
+    let http = reqwest::Client::new();
+    let body = r#"{"name":"drive-by","driver":"process","command":"true"}"#;
+    // A "simple" cross-site POST, as a page may send without asking; and the same through a
+    // name rebound to 127.0.0.1.
+    let cross_site = http
+        .post(format!("{}/v1/tasks", m.url))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    let port = m.url.rsplit(':').next().unwrap().to_owned();
+    let rebound = http
+        .post(format!("{}/v1/tasks", m.url))
+        .header("host", format!("evil.example:{port}"))
+        .header("origin", format!("http://evil.example:{port}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    // Nothing was submitted; the CLI and curl (no Origin, an IP address) work as before.
+    assert!(m.client.tasks().await.unwrap().is_empty());
+    let ok = http.post(format!("{}/v1/tasks", m.url)).body(body).send().await.unwrap();
+    assert_eq!(ok.status(), 201);
+}

@@ -107,6 +107,8 @@ async fn register(
             labels: membership.labels.clone(),
             capacity: membership.capacity,
             drivers: membership.drivers.clone(),
+            // Nothing beyond the defaults until the worker has settings for it.
+            allows: cube_core::Allows::default(),
             tasks: agent.table().list().iter().map(TaskView::from).collect(),
         };
         match client.register(&request).await {

@@ -426,7 +426,14 @@ impl Drivers {
             }
             Err(e) => {
                 let reason = cube_core::Chain(&e);
-                tracing::warn!(%reason, "docker driver unavailable; only process tasks can run");
+                if process.is_some() {
+                    tracing::warn!(%reason, "docker driver unavailable; only process tasks can run");
+                } else {
+                    tracing::warn!(
+                        %reason,
+                        "docker driver unavailable and the process driver is off (--driver process): this node can run no tasks"
+                    );
+                }
                 DockerSlot::Unavailable(Arc::new(e))
             }
         };

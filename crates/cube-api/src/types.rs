@@ -284,6 +284,10 @@ pub struct RegisterRequest {
     pub capacity: Resources,
     /// Drivers it can run.
     pub drivers: Vec<DriverKind>,
+    /// What it lets tasks ask for beyond the defaults (its `--allow-*` settings); absent from
+    /// workers that predate them.
+    #[serde(default, skip_serializing_if = "cube_core::Allows::is_nothing")]
+    pub allows: cube_core::Allows,
     /// Every task it knows, so the manager can reconcile (tasks it lost are placed again,
     /// tasks it should not run are stopped).
     #[serde(default)]
@@ -374,6 +378,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Drivers.
     pub drivers: Vec<DriverKind>,
+    /// What its worker lets tasks ask for beyond the defaults (`cube worker --allow-*`).
+    #[serde(default, skip_serializing_if = "cube_core::Allows::is_nothing")]
+    pub allows: cube_core::Allows,
     /// First registration.
     #[schemars(with = "cube_core::schema::Rfc3339")]
     pub registered_at: Timestamp,
@@ -439,6 +446,7 @@ impl NodeInfo {
             state: node.state,
             labels: node.labels.clone(),
             drivers: node.drivers.clone(),
+            allows: node.allows.clone(),
             registered_at: node.registered_at,
             last_heartbeat: node.last_heartbeat,
             stats,

@@ -94,6 +94,9 @@ impl Lab {
             urls,
             "--name",
             name,
+            // The benchmarks run process tasks too.
+            "--driver",
+            "process",
         ]
         .iter()
         .map(|s| (*s).to_owned())

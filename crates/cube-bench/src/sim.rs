@@ -105,6 +105,7 @@ impl SimNode {
             ]),
             capacity: SIM_CAPACITY,
             drivers: vec![DriverKind::Docker, DriverKind::Process],
+            allows: Default::default(),
             tasks,
         }
     }

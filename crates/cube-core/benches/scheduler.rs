@@ -42,6 +42,7 @@ fn cluster(n: usize) -> Vec<NodeView> {
                 eligible: true,
                 labels: BTreeMap::from([("zone".to_owned(), format!("z{}", rng.u64(0..3)))]),
                 drivers: vec![DriverKind::Docker, DriverKind::Process],
+                allows: Default::default(),
                 reserved: Resources {
                     cpu: Millicores((capacity.cpu.get() as f64 * fill) as u64),
                     memory: Bytes((capacity.memory.get() as f64 * fill) as u64),
@@ -85,6 +86,13 @@ fn specs() -> Vec<TaskSpec> {
             },
             stop_grace: Duration::from_secs(10),
             on_disconnect: Default::default(),
+            user: None,
+            read_only_rootfs: false,
+            cap_drop: vec![],
+            cap_add: vec![],
+            privileged: false,
+            mounts: vec![],
+            network: Default::default(),
         })
         .collect()
 }

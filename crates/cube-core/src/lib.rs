@@ -41,11 +41,11 @@ pub use event::{EventKind, Note, TaskEvent};
 pub use ids::{DeploymentId, NodeId, TaskId};
 /// Timestamps throughout Cube are UTC instants.
 pub use jiff::Timestamp;
-pub use node::{Node, NodeState};
+pub use node::{Allows, Node, NodeState, Refusal};
 pub use scheduler::{Decision, Explanation, NodeSet, NodeView, Scheduler, SchedulerKind};
 pub use spec::{
-    DriverKind, FieldError, HealthCheck, PortSpec, Probe, ProbeKind, Protocol, Resources,
-    RestartMode, RestartPolicy, TaskSpec,
+    DriverKind, FieldError, HealthCheck, Mount, NetworkMode, PortSpec, Probe, ProbeKind, Protocol,
+    Resources, RestartMode, RestartPolicy, TaskSpec,
 };
 pub use state::{DesiredState, InvalidTransition, TaskState, Trigger, transition};
 pub use task::{DriverHandle, HostPort, InstanceOf, Task};

@@ -1,8 +1,9 @@
 //! Schedulers: choose a node for a task, and explain the choice.
 //!
 //! Every scheduler runs the book's three phases:
-//! 1. **candidates**: keep the nodes that *can* run the task (ready, driver, constraints, CPU,
-//!    memory, disk, host ports), recording why each other node was rejected;
+//! 1. **candidates**: keep the nodes that *can* run the task (ready, driver, what the worker
+//!    allows, constraints, CPU, memory, disk, host ports), recording why each other node was
+//!    rejected;
 //! 2. **score**: give each candidate a cost (lower is better);
 //! 3. **pick**: the lowest cost wins; ties go to the first node in id order.
 //!
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
+use crate::node::{Allows, Refusal};
 use crate::{Bytes, CoreError, DriverKind, Millicores, NodeId, Protocol, Resources, TaskSpec};
 
 /// Which scheduler to use. Named in kebab case (`round-robin`) everywhere.
@@ -59,6 +61,8 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     /// Drivers the node can run.
     pub drivers: Vec<DriverKind>,
+    /// What its worker lets tasks ask for beyond the defaults.
+    pub allows: Allows,
     /// What the node offers.
     pub capacity: Resources,
     /// What tasks placed there (and not finished) reserve.
@@ -174,6 +178,9 @@ pub enum RejectionKind {
     Distinct,
     /// It takes no new work (draining, or eligibility off).
     Ineligible,
+    /// The task asks for something its worker does not allow (a user, privileges, a host
+    /// mount, the host network, a capability); the reason names the worker setting.
+    NotAllowed,
     /// Not recorded.
     #[default]
     Other,
@@ -381,7 +388,7 @@ impl Scheduler {
             .map(|(i, r)| Rejection {
                 node: nodes[i].id,
                 name: nodes[i].name.clone(),
-                reason: r.describe(constraints),
+                reason: r.describe(spec),
                 kind: r.kind(),
             })
             .collect();
@@ -519,6 +526,7 @@ enum Reject {
     NoStats,
     Distinct,
     Ineligible,
+    NotAllowed(Refusal),
 }
 
 impl Reject {
@@ -535,14 +543,17 @@ impl Reject {
             Reject::NoStats => RejectionKind::NoStats,
             Reject::Distinct => RejectionKind::Distinct,
             Reject::Ineligible => RejectionKind::Ineligible,
+            Reject::NotAllowed(_) => RejectionKind::NotAllowed,
         }
     }
 
-    fn describe(self, constraints: &[Constraint]) -> String {
+    fn describe(self, spec: &TaskSpec) -> String {
         match self {
             Reject::Down => "node is down".into(),
+            // Off unless the worker enables it, so the reason says how.
+            Reject::Driver(DriverKind::Process) => Refusal::ProcessDisabled.describe(spec),
             Reject::Driver(d) => format!("{d} driver not available"),
-            Reject::Constraint(i) => match constraints.get(i) {
+            Reject::Constraint(i) => match spec.constraints.get(i) {
                 Some(c) => format!("constraint not met: {c}"),
                 None => "constraint not met".into(),
             },
@@ -562,6 +573,7 @@ impl Reject {
             Reject::NoStats => "no stats reported yet".into(),
             Reject::Distinct => "already runs an instance of this service (distinct_nodes)".into(),
             Reject::Ineligible => "node is ineligible (draining, or eligibility off)".into(),
+            Reject::NotAllowed(r) => r.describe(spec),
         }
     }
 }
@@ -576,6 +588,9 @@ fn check(spec: &TaskSpec, constraints: &[Constraint], node: &NodeView) -> Result
     }
     if !node.drivers.contains(&spec.driver) {
         return Err(Reject::Driver(spec.driver));
+    }
+    if let Some(refusal) = node.allows.refusal(spec) {
+        return Err(Reject::NotAllowed(refusal));
     }
     if let Some(i) = constraints.iter().position(|c| !c.matches(node.id, &node.name, &node.labels))
     {
@@ -621,6 +636,7 @@ mod tests {
             eligible: true,
             labels: BTreeMap::new(),
             drivers: vec![DriverKind::Docker, DriverKind::Process],
+            allows: Allows::default(),
             capacity: Resources {
                 cpu: Millicores::cores(2),
                 memory: Bytes::gib(1),
@@ -653,6 +669,13 @@ mod tests {
             constraints: vec![],
             stop_grace: Duration::from_secs(1),
             on_disconnect: Default::default(),
+            user: None,
+            read_only_rootfs: false,
+            cap_drop: vec![],
+            cap_add: vec![],
+            privileged: false,
+            mounts: vec![],
+            network: Default::default(),
         }
     }
 
@@ -810,22 +833,76 @@ mod tests {
         n.used_ports.insert((8080, Protocol::Tcp));
         n.drivers = vec![DriverKind::Process];
         let mut s = spec(3000, 0);
-        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "needs 3000m CPU, 2000m free");
+        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&s), "needs 3000m CPU, 2000m free");
         s.resources.cpu = Millicores(0);
         s.resources.disk = Bytes::gib(20);
         assert_eq!(
-            check(&s, &[], &n).unwrap_err().describe(&[]),
+            check(&s, &[], &n).unwrap_err().describe(&s),
             "needs 20.0GiB disk, 10.0GiB free"
         );
         s.resources.disk = Bytes(0);
         s.ports = vec![PortSpec { container: 80, host: 8080, protocol: Protocol::Tcp }];
         assert_eq!(
-            check(&s, &[], &n).unwrap_err().describe(&[]),
+            check(&s, &[], &n).unwrap_err().describe(&s),
             "host port 8080/tcp already in use"
         );
         s.ports.clear();
         s.driver = DriverKind::Docker;
-        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&[]), "docker driver not available");
+        assert_eq!(check(&s, &[], &n).unwrap_err().describe(&s), "docker driver not available");
+    }
+
+    #[test]
+    fn nodes_that_do_not_allow_what_a_task_asks_for_are_rejected_naming_the_setting() {
+        let mut nodes = three();
+        nodes[0].drivers = vec![DriverKind::Docker];
+        nodes[1].allows.privileged = true;
+        nodes[2].allows.host_mounts = vec!["/srv".into()];
+        let mut process = spec(0, 0);
+        process.user = Some("root".into());
+        let Decision::Unplaceable { explanation } =
+            Scheduler::new(SchedulerKind::Spread).place(&process, &set(&nodes), &[])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            explanation.unplaceable_reason(),
+            "no node fits: w1: does not enable the process driver (start its worker with \
+             --driver process); w2: process tasks may not run as user root (start the worker \
+             with --allow-user root); w3: process tasks may not run as user root (start the \
+             worker with --allow-user root)"
+        );
+        assert_eq!(explanation.rejected[0].kind, RejectionKind::Driver);
+        assert_eq!(explanation.rejected[1].kind, RejectionKind::NotAllowed);
+
+        let mut container: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "c", "driver": "docker", "image": "i", "privileged": true,
+            "mounts": [{"source": "/srv/data", "target": "/data"}]
+        }))
+        .unwrap();
+        let Decision::Unplaceable { explanation } =
+            Scheduler::new(SchedulerKind::Spread).place(&container, &set(&nodes), &[])
+        else {
+            panic!()
+        };
+        let reasons: Vec<&str> = explanation.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "privileged containers are not allowed (start the worker with --allow-privileged)",
+                "host mount of /srv/data is not allowed (start the worker with \
+                 --allow-host-mounts /srv/data or a parent)",
+                "privileged containers are not allowed (start the worker with --allow-privileged)",
+            ]
+        );
+        // The node that allows what is left takes it.
+        container.privileged = false;
+        let Decision::Place { node, explanation, .. } =
+            Scheduler::new(SchedulerKind::Spread).place(&container, &set(&nodes), &[])
+        else {
+            panic!()
+        };
+        assert_eq!(node, nodes[2].id);
+        assert_eq!(explanation.rejected_total, 2);
     }
 
     #[test]

@@ -65,6 +65,102 @@ pub struct TaskSpec {
     /// `on_disconnect` is copied here for each of its instances.
     #[serde(default, skip_serializing_if = "OnDisconnect::is_keep")]
     pub on_disconnect: OnDisconnect,
+    /// User the workload runs as. Process: a host user name or uid, which the worker must
+    /// allow (`--allow-user`); without it the worker's unprivileged default (`nobody`). Docker:
+    /// the user inside the container (`name`, `uid`, `name:group` or `uid:gid`), as the
+    /// engine's `--user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Docker: mount the container's root filesystem read-only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_rootfs: bool,
+    /// Docker: capabilities to drop (`ALL` drops every one), e.g. `["ALL"]` or `["NET_RAW"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Docker: capabilities to add; the worker must allow each (`--allow-cap-add`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Docker: a privileged container; the worker must allow it (`--allow-privileged`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
+    /// Docker: host directories or files mounted into the container; the worker must allow
+    /// each source (`--allow-host-mounts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Docker: the network the container joins; `host` needs the worker's
+    /// `--allow-host-network`.
+    #[serde(default, skip_serializing_if = "NetworkMode::is_bridge")]
+    pub network: NetworkMode,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A host path mounted into a container (a bind mount).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// Absolute path on the host; it must exist (the engine does not create it).
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mount it read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The network a container joins.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema
+)]
+#[derive(strum::Display, strum::IntoStaticStr)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum NetworkMode {
+    /// The engine's default bridge: a network namespace of its own (default).
+    #[default]
+    Bridge,
+    /// The host's network namespace: every host interface and port.
+    Host,
+}
+
+impl NetworkMode {
+    /// Whether it is the default.
+    pub fn is_bridge(&self) -> bool {
+        *self == NetworkMode::Bridge
+    }
+}
+
+/// A capability's name as the kernel spells it without its `CAP_` prefix (`NET_ADMIN`), so
+/// `cap_net_admin` and `NET_ADMIN` compare equal.
+pub fn capability_name(name: &str) -> String {
+    let upper = name.trim().to_ascii_uppercase();
+    match upper.strip_prefix("CAP_") {
+        Some(rest) => rest.to_owned(),
+        None => upper,
+    }
+}
+
+/// Whether `path` is absolute and has no `.` or `..` components, empty segments or trailing
+/// slash (except `/` itself): the only form a prefix check on it can be trusted with.
+pub fn is_clean_absolute_path(path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    path.starts_with('/')
+        && !path.ends_with('/')
+        && !path.contains('\0')
+        && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// The execution driver of a task.
@@ -480,7 +576,76 @@ impl TaskSpec {
         {
             err("on_disconnect.stop_after", "must be greater than 0".into());
         }
+        self.validate_security(&mut err);
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// The user, capability, mount and network fields.
+    fn validate_security(&self, err: &mut impl FnMut(&str, String)) {
+        if let Some(user) = &self.user {
+            if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                err("user", "must be a non-empty name or id without whitespace".into());
+            } else if self.driver == DriverKind::Process && user.contains(':') {
+                err("user", "names one host user or uid (its primary group is used)".into());
+            }
+        }
+        if self.driver == DriverKind::Process {
+            let docker_only = [
+                ("read_only_rootfs", self.read_only_rootfs),
+                ("cap_drop", !self.cap_drop.is_empty()),
+                ("cap_add", !self.cap_add.is_empty()),
+                ("privileged", self.privileged),
+                ("mounts", !self.mounts.is_empty()),
+                ("network", !self.network.is_bridge()),
+            ];
+            for (field, set) in docker_only {
+                if set {
+                    err(field, "is only used by the docker driver; remove it".into());
+                }
+            }
+        }
+        for (field, list) in [("cap_drop", &self.cap_drop), ("cap_add", &self.cap_add)] {
+            let mut seen = BTreeSet::new();
+            for (i, cap) in list.iter().enumerate() {
+                let name = capability_name(cap);
+                let path = format!("{field}[{i}]");
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                {
+                    err(&path, format!("{cap:?} is not a capability name (e.g. NET_ADMIN)"));
+                } else if name == "ALL" && field == "cap_add" {
+                    err(&path, "ALL cannot be added; name each capability".into());
+                } else if !seen.insert(name) {
+                    err(&path, format!("{cap} is listed twice"));
+                }
+            }
+        }
+        let mut targets = BTreeSet::new();
+        for (i, m) in self.mounts.iter().enumerate() {
+            if !is_clean_absolute_path(&m.source) {
+                err(
+                    &format!("mounts[{i}].source"),
+                    "must be an absolute path without '.', '..' or a trailing '/'".into(),
+                );
+            }
+            if !is_clean_absolute_path(&m.target) || m.target == "/" {
+                err(
+                    &format!("mounts[{i}].target"),
+                    "must be an absolute path other than '/' without '.', '..' or a trailing '/'"
+                        .into(),
+                );
+            } else if !targets.insert(m.target.as_str()) {
+                err(&format!("mounts[{i}].target"), format!("{} is mounted twice", m.target));
+            }
+        }
+        if self.network == NetworkMode::Host && !self.ports.is_empty() {
+            err(
+                "ports",
+                "are not published on the host network (the task binds host ports itself)".into(),
+            );
+        }
     }
 
     fn check_probe_port(&self, port: u16, err: &mut impl FnMut(&str, String)) {
@@ -630,6 +795,13 @@ mod tests {
             constraints: vec![],
             stop_grace: Duration::from_secs(7200),
             on_disconnect: Default::default(),
+            user: None,
+            read_only_rootfs: false,
+            cap_drop: vec![],
+            cap_add: vec![],
+            privileged: false,
+            mounts: vec![],
+            network: Default::default(),
         };
         let fields: Vec<String> =
             spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();
@@ -679,6 +851,73 @@ mod tests {
         let fields: Vec<String> =
             spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["image", "command", "ports"]);
+    }
+
+    #[test]
+    fn security_fields_are_validated_with_their_paths() {
+        let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "c", "driver": "docker", "image": "i", "user": "a b",
+            "cap_drop": ["ALL", "all"], "cap_add": ["ALL", "net-admin", "CAP_NET_RAW"],
+            "mounts": [{"source": "relative", "target": "/x"},
+                       {"source": "/a/../etc", "target": "/"},
+                       {"source": "/ok", "target": "/x"}],
+            "network": "host", "ports": [{"container": 80}]
+        }))
+        .unwrap();
+        let fields: Vec<String> =
+            spec.validate().unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "user",
+                "cap_drop[1]",
+                "cap_add[0]",
+                "cap_add[1]",
+                "mounts[0].source",
+                "mounts[1].source",
+                "mounts[1].target",
+                "mounts[2].target",
+                "ports",
+            ]
+        );
+        let process: TaskSpec = serde_json::from_value(serde_json::json!({
+            "name": "p", "driver": "process", "command": "x", "user": "a:b",
+            "read_only_rootfs": true, "cap_drop": ["ALL"], "privileged": true,
+            "mounts": [{"source": "/a", "target": "/b"}], "network": "host"
+        }))
+        .unwrap();
+        let fields: Vec<String> =
+            process.validate().unwrap_err().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["user", "read_only_rootfs", "cap_drop", "privileged", "mounts", "network"]
+        );
+    }
+
+    #[test]
+    fn security_fields_round_trip_and_are_absent_when_unset() {
+        let json = serde_json::json!({
+            "name": "c", "driver": "docker", "image": "i", "user": "1000:1000",
+            "read_only_rootfs": true, "cap_drop": ["ALL"], "cap_add": ["NET_BIND_SERVICE"],
+            "privileged": true, "mounts": [{"source": "/srv", "target": "/srv", "read_only": true}],
+            "network": "host"
+        });
+        let spec: TaskSpec = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(spec.validate(), Ok(()));
+        let back = serde_json::to_value(&spec).unwrap();
+        for key in ["user", "read_only_rootfs", "cap_drop", "cap_add", "privileged", "mounts"] {
+            assert_eq!(back[key], json[key], "{key}");
+        }
+        assert_eq!(back["network"], "host");
+        let plain = serde_json::to_value(docker_spec()).unwrap();
+        for key in ["user", "read_only_rootfs", "cap_drop", "cap_add", "privileged", "mounts"] {
+            assert!(plain.get(key).is_none(), "{key} is written only when set");
+        }
+        assert!(plain.get("network").is_none());
+        assert!(is_clean_absolute_path("/"));
+        assert!(!is_clean_absolute_path("/a//b"));
+        assert!(!is_clean_absolute_path("/a/./b"));
+        assert_eq!(capability_name(" cap_sys_admin"), "SYS_ADMIN");
     }
 
     #[test]

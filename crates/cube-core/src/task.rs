@@ -335,6 +335,13 @@ mod tests {
             constraints: vec![],
             stop_grace: Duration::from_secs(1),
             on_disconnect: Default::default(),
+            user: None,
+            read_only_rootfs: false,
+            cap_drop: vec![],
+            cap_add: vec![],
+            privileged: false,
+            mounts: vec![],
+            network: Default::default(),
         }
     }
 

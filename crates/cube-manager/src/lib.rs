@@ -766,6 +766,7 @@ impl Manager {
             labels: req.labels,
             capacity: req.capacity,
             drivers: req.drivers,
+            allows: req.allows,
             state: NodeState::Ready,
             registered_at: now,
             last_heartbeat: Some(now),

@@ -284,6 +284,8 @@ impl Cluster {
             manager: Some(manager),
             capacity: self.config.capacity,
             gc_after: self.config.gc_after,
+            // The fake driver runs every kind; the tests submit process tasks too.
+            process_driver: true,
             ..WorkerConfig::new(node.name.clone(), node.data_dir.clone())
         };
         let shutdown = CancellationToken::new();

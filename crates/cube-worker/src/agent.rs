@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cube_core::service::OnDisconnect;
 use cube_core::{
-    Chain, DesiredState, DriverKind, NodeId, Task, TaskId, TaskSpec, TaskState, Trigger,
+    Chain, DesiredState, DriverKind, NodeId, Refusal, Task, TaskId, TaskSpec, TaskState, Trigger,
 };
 use cube_store::StoreError;
 use jiff::Timestamp;
@@ -143,6 +143,12 @@ impl Agent {
         generation: Option<u32>,
         spec: TaskSpec,
     ) -> Result<(Task, bool), WorkerError> {
+        // The manager placed it here because this node said it allows all of it; check again
+        // (a standalone worker, or a manager that knew an older configuration).
+        if let Some(reason) = self.refusal(&spec).await {
+            tracing::warn!(name = %spec.name, %reason, "task refused");
+            return Err(WorkerError::NotAllowed { node: self.name.clone(), reason });
+        }
         let id = id.unwrap_or_else(|| TaskId::from_uuid(uuid::Uuid::now_v7()));
         let now = self.ctx.clock.now();
         let admitted = self.table.admit(id, |existing| {
@@ -188,6 +194,31 @@ impl Agent {
             "task accepted"
         );
         Ok((task, true))
+    }
+
+    /// What `spec` asks for that this node does not allow, in words naming the setting.
+    async fn refusal(&self, spec: &TaskSpec) -> Option<String> {
+        if spec.driver == DriverKind::Process && !self.drivers().contains(&DriverKind::Process) {
+            return Some(Refusal::ProcessDisabled.describe(spec));
+        }
+        let allows = &self.ctx.allows;
+        if let Some(refusal) = allows.refusal(spec) {
+            return Some(refusal.describe(spec));
+        }
+        // A symlink below an allowed prefix must not lead out of it: check where each source
+        // really is. (A missing source is left to the engine, which refuses it.)
+        for m in &spec.mounts {
+            if let Ok(real) = tokio::fs::canonicalize(&m.source).await {
+                let real = real.to_string_lossy();
+                if !allows.mount_allowed(&real) {
+                    return Some(format!(
+                        "host mount of {} resolves to {real}, which is not allowed (start the worker with --allow-host-mounts {real} or a parent)",
+                        m.source
+                    ));
+                }
+            }
+        }
+        None
     }
 
     fn spawn_runner(

@@ -86,6 +86,9 @@ impl From<WorkerError> for ApiError {
         match &e {
             WorkerError::NotFound(id) => ApiError::not_found("task", id),
             WorkerError::StaleLeader { .. } => ApiError::new(ErrorCode::StaleLeader, e.to_string()),
+            // The spec is fine, but not for this node: the same answer as any spec it cannot
+            // take, never worth retrying here.
+            WorkerError::NotAllowed { .. } => ApiError::new(ErrorCode::InvalidSpec, e.to_string()),
             WorkerError::Conflict(_)
             | WorkerError::Stale { .. }
             | WorkerError::Busy { .. }
@@ -98,6 +101,7 @@ impl From<WorkerError> for ApiError {
             WorkerError::Transition(_)
             | WorkerError::File { .. }
             | WorkerError::BadNodeId { .. }
+            | WorkerError::ProcessUser { .. }
             | WorkerError::Host(_)
             | WorkerError::Server(_)
             | WorkerError::Panicked { .. } => {

@@ -45,6 +45,23 @@ pub enum WorkerError {
         /// Generation still running.
         generation: u32,
     },
+    /// The task asks for something this node does not allow (a driver it does not enable, a
+    /// user, privileges, a host mount, the host network, a capability).
+    #[error("node {node}: {reason}")]
+    NotAllowed {
+        /// This node's name.
+        node: String,
+        /// What is refused and the worker setting that would allow it.
+        reason: String,
+    },
+    /// The default user of process tasks cannot be used on this host.
+    #[error("cannot run process tasks as user {user:?}: {why}")]
+    ProcessUser {
+        /// The user (`--process-user`).
+        user: String,
+        /// Why not.
+        why: String,
+    },
     /// An exec needs the task's workload running.
     #[error("task {id} is {state}: a command can run only in a running task")]
     NotRunning {

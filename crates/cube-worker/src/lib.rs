@@ -76,6 +76,15 @@ pub struct WorkerConfig {
     pub ingress_ip: Option<std::net::IpAddr>,
     /// Token and TLS of this API and of the calls to the manager.
     pub security: cube_http::Security,
+    /// Whether process tasks may run here (`--driver process`; off by default): a process
+    /// task is code on this host, with only a user to stand between it and the host.
+    pub process_driver: bool,
+    /// The host user process tasks run as when the worker runs as root and the spec names no
+    /// allowed user (`--process-user`, default `nobody`; it must exist).
+    pub process_user: String,
+    /// What tasks may ask for beyond the defaults (`--allow-*`): advertised to the manager,
+    /// which places accordingly, and checked again here when a task arrives.
+    pub allows: cube_core::Allows,
 }
 
 impl WorkerConfig {
@@ -94,9 +103,15 @@ impl WorkerConfig {
             security: cube_http::Security::default(),
             metrics_listen: None,
             ingress_ip: None,
+            process_driver: false,
+            process_user: DEFAULT_PROCESS_USER.to_owned(),
+            allows: cube_core::Allows::default(),
         }
     }
 }
+
+/// The unprivileged user process tasks run as by default.
+pub const DEFAULT_PROCESS_USER: &str = "nobody";
 
 /// Resources a node offers, when they should differ from the host's (e.g. to keep some for
 /// the system, or to simulate a small node in tests).
@@ -215,12 +230,30 @@ pub async fn start(
     // A worker joined to a manager runs an ingress, on this address.
     let ingress_ip =
         config.manager.is_some().then(|| config.ingress_ip.unwrap_or(config.listen.ip()));
+    let mut allows = config.allows.clone();
     let drivers = Arc::new(match platform.drivers {
         DriverChoice::Host { pull_timeout } => {
-            Drivers::host(pull_timeout, metrics.pulls.clone(), ingress_ip).await
+            let run_as =
+                if config.process_driver {
+                    let run_as = driver::users::RunAs::for_this_process(&config.process_user)
+                        .map_err(|e| WorkerError::ProcessUser {
+                            user: config.process_user.clone(),
+                            why: cube_core::Chain(&e).to_string(),
+                        })?;
+                    // Naming the default user explicitly needs no permission.
+                    if let Some(default) = run_as.default_user()
+                        && !allows.users.iter().any(|u| u == default)
+                    {
+                        allows.users.insert(0, default.to_owned());
+                    }
+                    Some(run_as)
+                } else {
+                    None
+                };
+            Drivers::host(pull_timeout, metrics.pulls.clone(), ingress_ip, run_as).await
         }
         #[cfg(any(test, feature = "fake-driver"))]
-        DriverChoice::Fake(fake) => Drivers::fake(fake),
+        DriverChoice::Fake(fake) => Drivers::fake(fake, config.process_driver),
     });
     let background = TaskTracker::new();
     let (host, sampler) = host::start(platform.host, config.data_dir.clone(), shutdown.clone())
@@ -254,6 +287,7 @@ pub async fn start(
         clock: platform.clock.clone(),
         shutdown: shutdown.clone(),
         metrics: Arc::clone(&metrics),
+        allows: allows.clone(),
     });
     let agent = Agent::new(config.name.clone(), ctx, table::TaskTable::new(store));
 
@@ -325,6 +359,7 @@ pub async fn start(
             labels: config.labels.clone(),
             capacity,
             drivers: agent.drivers(),
+            allows,
             security: config.security.clone(),
             ingress: Some(ingress.clone()),
             epochs,

@@ -37,6 +37,8 @@ pub(crate) struct Membership {
     pub capacity: Resources,
     /// Drivers available.
     pub drivers: Vec<DriverKind>,
+    /// What tasks may ask for beyond the defaults.
+    pub allows: cube_core::Allows,
     /// Token and CA for the calls to the manager.
     pub security: cube_http::Security,
     /// The node's ingress, reported in periodic heartbeats.
@@ -107,6 +109,7 @@ async fn register(
             labels: membership.labels.clone(),
             capacity: membership.capacity,
             drivers: membership.drivers.clone(),
+            allows: membership.allows.clone(),
             tasks: agent.table().list().iter().map(TaskView::from).collect(),
         };
         match client.register(&request).await {

@@ -39,6 +39,8 @@ pub(crate) struct Context {
     pub shutdown: CancellationToken,
     /// What the runners measure.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What tasks may ask for beyond the defaults, as advertised to the manager.
+    pub allows: cube_core::Allows,
 }
 
 impl Context {

@@ -236,6 +236,7 @@ impl State {
             eligible: n.node.eligible,
             labels: n.node.labels.clone(),
             drivers: n.node.drivers.clone(),
+            allows: n.node.allows.clone(),
             capacity: n.node.capacity,
             reserved: usage.reserved,
             used_ports: usage.ports.clone(),

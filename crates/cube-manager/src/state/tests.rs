@@ -28,6 +28,7 @@ fn node(n: u128, name: &str, memory_mib: u64) -> Node {
         last_heartbeat: None,
         eligible: true,
         drain: None,
+        allows: Default::default(),
     }
 }
 

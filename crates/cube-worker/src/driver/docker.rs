@@ -6,6 +6,12 @@
 //! with the engine's init (`--init`) so SIGTERM reaches the workload even when it is PID 1 and
 //! would otherwise ignore it, and zombies are reaped.
 //!
+//! Every container gets `no-new-privileges` (a setuid binary in the image cannot gain what the
+//! container was not given). It is privileged, mounts host paths, joins the host network or
+//! gains capabilities only when its spec asks and the worker allows it (`--allow-*`, checked
+//! when the task is placed and again when it arrives); host paths are bind mounts of paths
+//! that must exist, never created by the engine.
+//!
 //! Images are used if present and pulled only if absent; a failed pull fails the task at once
 //! with the image's name in the reason. Container output is copied to the task's log file while
 //! the container lives, so logs stay readable after the container is removed; a re-adopted
@@ -22,7 +28,8 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{ResizeExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, ExecConfig,
-    HostConfig, IpamConfig, PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, IpamConfig, Mount, MountType, PortBinding, PortMap, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
@@ -221,8 +228,26 @@ impl DockerDriver {
         let memory = i64::try_from(spec.resources.memory.get()).unwrap_or(i64::MAX);
         let nano_cpus =
             i64::try_from(spec.resources.cpu.get()).unwrap_or(0).saturating_mul(1_000_000);
+        let mounts: Vec<Mount> = spec
+            .mounts
+            .iter()
+            .map(|m| Mount {
+                source: Some(m.source.clone()),
+                target: Some(m.target.clone()),
+                // A bind of a path that must exist: the engine's old `Binds` would create a
+                // missing source as root.
+                typ: Some(MountType::BIND),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let caps = |list: &[String]| {
+            (!list.is_empty())
+                .then(|| list.iter().map(|c| cube_core::spec::capability_name(c)).collect())
+        };
         ContainerCreateBody {
             image: spec.image.clone(),
+            user: spec.user.clone(),
             cmd,
             env: Some(env),
             working_dir: spec.workdir.clone(),
@@ -234,6 +259,15 @@ impl DockerDriver {
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
                 extra_hosts,
                 init: Some(true),
+                // Always: setuid binaries and file capabilities gain nothing inside.
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                readonly_rootfs: spec.read_only_rootfs.then_some(true),
+                cap_drop: caps(&spec.cap_drop),
+                cap_add: caps(&spec.cap_add),
+                privileged: spec.privileged.then_some(true),
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                network_mode: (spec.network == cube_core::NetworkMode::Host)
+                    .then(|| "host".to_owned()),
                 // Cube restarts tasks itself; an engine restart would race with it.
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::NO),

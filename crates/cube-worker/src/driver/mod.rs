@@ -17,6 +17,7 @@ pub mod fake;
 pub(crate) mod output;
 pub(crate) mod process;
 pub(crate) mod session;
+pub(crate) mod users;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -147,6 +148,22 @@ pub(crate) enum DriverError {
         /// The engine's answer.
         #[source]
         source: EngineError,
+    },
+    /// The worker does not enable this driver (`--driver`).
+    #[error(
+        "the {driver} driver is not enabled on this node (start the worker with --driver {driver})"
+    )]
+    Disabled {
+        /// Which driver.
+        driver: DriverKind,
+    },
+    /// A process task's user cannot be used.
+    #[error("cannot run as user {user:?}: {why}")]
+    User {
+        /// The user named (or the default).
+        user: String,
+        /// Why not.
+        why: &'static str,
     },
     /// The driver cannot be used on this node (no container engine reachable).
     #[error("{driver} driver unavailable")]
@@ -377,16 +394,22 @@ enum Set {
 pub(crate) struct Drivers {
     set: Set,
     background: Background,
+    /// Whether new process tasks may start (`--driver process`). The process driver exists
+    /// either way, so a worker restarted without the flag still watches and stops the
+    /// processes it started before.
+    process_enabled: bool,
 }
 
 impl Drivers {
     /// This host's drivers: docker when an engine answers (a pull may take `pull_timeout`),
-    /// and processes. With `ingress` (the address of the node's ingress), tasks are told where
-    /// it is: processes at that address, containers at their bridge's gateway.
+    /// and processes when `process` says as whom (`None`: the process driver is off). With
+    /// `ingress` (the address of the node's ingress), tasks are told where it is: processes
+    /// at that address, containers at their bridge's gateway.
     pub(crate) async fn host(
         pull_timeout: Duration,
         pulls: crate::metrics::Pulls,
         ingress: Option<IpAddr>,
+        process: Option<users::RunAs>,
     ) -> Self {
         let background = Background::default();
         let connected = docker::DockerDriver::connect(
@@ -403,12 +426,21 @@ impl Drivers {
             }
             Err(e) => {
                 let reason = cube_core::Chain(&e);
-                tracing::warn!(%reason, "docker driver unavailable; only process tasks can run");
+                if process.is_some() {
+                    tracing::warn!(%reason, "docker driver unavailable; only process tasks can run");
+                } else {
+                    tracing::warn!(
+                        %reason,
+                        "docker driver unavailable and the process driver is off (--driver process): this node can run no tasks"
+                    );
+                }
                 DockerSlot::Unavailable(Arc::new(e))
             }
         };
-        let process = process::ProcessDriver::new(background.clone(), ingress);
-        Self { set: Set::Host { docker, process }, background }
+        let process_enabled = process.is_some();
+        let run_as = process.unwrap_or_else(users::RunAs::unused);
+        let process = process::ProcessDriver::new(background.clone(), ingress, run_as);
+        Self { set: Set::Host { docker, process }, background, process_enabled }
     }
 
     /// The address containers reach the node's ingress at (their bridge's gateway), which the
@@ -422,20 +454,19 @@ impl Drivers {
 
     /// Scripted workloads in place of every driver.
     #[cfg(any(test, feature = "fake-driver"))]
-    pub(crate) fn fake(driver: fake::FakeDriver) -> Self {
-        Self { set: Set::Fake(driver), background: Background::default() }
+    pub(crate) fn fake(driver: fake::FakeDriver, process_enabled: bool) -> Self {
+        Self { set: Set::Fake(driver), background: Background::default(), process_enabled }
     }
 
     /// Names of the drivers usable on this node.
     pub(crate) fn available(&self) -> Vec<DriverKind> {
-        match &self.set {
-            Set::Host { docker: DockerSlot::Ready(_), .. } => {
-                vec![DriverKind::Docker, DriverKind::Process]
-            }
-            Set::Host { docker: DockerSlot::Unavailable(_), .. } => vec![DriverKind::Process],
+        let docker = match &self.set {
+            Set::Host { docker, .. } => matches!(docker, DockerSlot::Ready(_)),
             #[cfg(any(test, feature = "fake-driver"))]
-            Set::Fake(_) => vec![DriverKind::Docker, DriverKind::Process],
-        }
+            Set::Fake(_) => true,
+        };
+        let docker = docker.then_some(DriverKind::Docker);
+        docker.into_iter().chain(self.process_enabled.then_some(DriverKind::Process)).collect()
     }
 
     /// Stops the drivers' helper tasks and waits for them (after every runner returned).
@@ -445,6 +476,9 @@ impl Drivers {
 
     /// Starts a task with the driver its spec names.
     pub(crate) async fn start(&self, req: &StartRequest) -> Result<Started, DriverError> {
+        if req.spec.driver == DriverKind::Process && !self.process_enabled {
+            return Err(DriverError::Disabled { driver: DriverKind::Process });
+        }
         match (&self.set, req.spec.driver) {
             (Set::Host { docker, .. }, DriverKind::Docker) => ready(docker)?.start(req).await,
             (Set::Host { process, .. }, DriverKind::Process) => process.start(req).await,
@@ -544,7 +578,7 @@ impl Drivers {
     /// Every workload labelled for `node`, of every available driver (see [`Driver::owned`]).
     pub(crate) async fn owned(&self, node: NodeId) -> Result<Vec<Owned>, DriverError> {
         match &self.set {
-            Set::Host { docker, process } => {
+            Set::Host { docker, process, .. } => {
                 let mut all = process.owned(node).await?;
                 if let DockerSlot::Ready(docker) = docker {
                     all.extend(docker.owned(node).await?);

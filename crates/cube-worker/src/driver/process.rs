@@ -5,8 +5,13 @@
 //! to the worker's, a working directory, stdout and stderr in the task's log file, SIGTERM then
 //! SIGKILL after the grace period, and the exit status.
 //!
-//! What it does not give: any isolation. The process runs as the worker's user, sees the whole
-//! filesystem and network, and its CPU and memory are neither limited nor accounted for beyond
+//! Whom it runs as: a worker running as root runs each task as an unprivileged user (`nobody`
+//! unless the spec names a user the worker allows; [`super::users`]), with that user's primary
+//! group and no supplementary groups. The log file is opened by the worker and handed to the
+//! child as its stdout and stderr, so the task needs no access to the worker's data directory.
+//!
+//! What it does not give: any other isolation. The process sees the whole filesystem (as its
+//! user) and the network, and its CPU and memory are neither limited nor accounted for beyond
 //! what the scheduler reserved on paper. Use the docker driver for anything untrusted.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -20,6 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use super::output::open_log;
+use super::users::{Account, RunAs};
 use futures_util::StreamExt;
 
 use super::{
@@ -32,8 +38,16 @@ use super::{
 pub(crate) struct ProcessDriver {
     /// Exit watchers run here.
     background: Background,
+    /// What every task gets (behind a pointer, as the driver is cloned and kept by value).
+    settings: std::sync::Arc<Settings>,
+}
+
+#[derive(Debug)]
+struct Settings {
     /// Where processes reach this node's ingress (`CUBE_INGRESS_HOST`), if it runs one.
     ingress: Option<IpAddr>,
+    /// Whom tasks run as.
+    run_as: RunAs,
 }
 
 /// After SIGKILL a process dies at once unless stuck in the kernel; do not wait forever.
@@ -42,20 +56,20 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 impl ProcessDriver {
     /// A process driver whose exit watchers run in `background`; its tasks reach the node's
     /// ingress at `ingress` (an ingress on every address is reached on loopback).
-    pub(crate) fn new(background: Background, ingress: Option<IpAddr>) -> Self {
+    pub(crate) fn new(background: Background, ingress: Option<IpAddr>, run_as: RunAs) -> Self {
         let ingress = ingress.map(|ip| match ip {
             IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         });
-        Self { background, ingress }
+        Self { background, settings: std::sync::Arc::new(Settings { ingress, run_as }) }
     }
 
     /// The variables the driver gives every task, besides the task's own.
     fn cube_env(&self, task_id: TaskId, name: &str) -> Vec<(&'static str, String)> {
         let mut env =
             vec![("CUBE_TASK_ID", task_id.to_string()), ("CUBE_TASK_NAME", name.to_owned())];
-        if let Some(ip) = self.ingress {
+        if let Some(ip) = self.settings.ingress {
             env.push(("CUBE_INGRESS_HOST", ip.to_string()));
         }
         env
@@ -69,6 +83,8 @@ impl Driver for ProcessDriver {
             .command
             .clone()
             .ok_or(DriverError::Incomplete { driver: DriverKind::Process, what: "a command" })?;
+        // Before the log is opened: a task that cannot run as its user leaves no empty file.
+        let account = self.settings.run_as.account(req.spec.user.as_deref()).await?;
         let log = open_log(&req.log_path).await?;
         let log_err = log
             .try_clone()
@@ -77,6 +93,7 @@ impl Driver for ProcessDriver {
         let mut command = tokio::process::Command::new(&program);
         command
             .args(&req.spec.args)
+            .envs(account_env(account.as_ref()))
             .envs(&req.spec.env)
             .envs(self.cube_env(req.task_id, &req.name))
             .stdin(Stdio::null())
@@ -88,6 +105,10 @@ impl Driver for ProcessDriver {
             .kill_on_drop(false);
         if let Some(dir) = &req.spec.workdir {
             command.current_dir(dir);
+        }
+        if let Some(a) = &account {
+            // std drops the supplementary groups (setgroups) before setuid when run as root.
+            command.uid(a.uid).gid(a.gid);
         }
         let mut child = command
             .spawn()
@@ -196,13 +217,21 @@ impl Driver for ProcessDriver {
             driver: DriverKind::Process,
             what: "a command to run",
         })?;
-        let status = tokio::process::Command::new(program)
+        // As the task's own user: a probe is the task's code, not the worker's.
+        let account = self.settings.run_as.account(spec.user.as_deref()).await?;
+        let mut probe = tokio::process::Command::new(program);
+        probe
             .args(args)
+            .envs(account_env(account.as_ref()))
             .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        if let Some(a) = &account {
+            probe.uid(a.uid).gid(a.gid);
+        }
+        let status = probe
             .status()
             .await
             .map_err(|source| DriverError::Spawn { program: program.clone(), source })?;
@@ -222,12 +251,15 @@ impl Driver for ProcessDriver {
             what: "a command to run",
         })?;
         process_pid(handle)?;
-        // The task's own variables, and those the driver gives every task.
+        // As the task's user, so a session can do no more than the task could.
+        let account = self.settings.run_as.account(spec.user.as_deref()).await?;
+        // The account's variables, the task's own, and those the driver gives every task.
         let cube_env = self.cube_env(req.task_id, &req.name);
-        let env: Vec<(&str, &str)> = spec
-            .env
+        let user_env = account_env(account.as_ref());
+        let env: Vec<(&str, &str)> = user_env
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .chain(cube_env.iter().map(|(k, v)| (*k, v.as_str())))
             .collect();
         let spawn_error = |source| DriverError::Spawn { program: program.clone(), source };
@@ -247,6 +279,9 @@ impl Driver for ProcessDriver {
             }
             if let Some(dir) = &spec.workdir {
                 command = command.current_dir(dir);
+            }
+            if let Some(a) = &account {
+                command = command.uid(a.uid).gid(a.gid);
             }
             let child = command.spawn(pts).map_err(|e| spawn_error(pty_error(e)))?;
             let (read, write) = pty.into_split();
@@ -276,6 +311,9 @@ impl Driver for ProcessDriver {
         if let Some(dir) = &spec.workdir {
             command.current_dir(dir);
         }
+        if let Some(a) = &account {
+            command.uid(a.uid).gid(a.gid);
+        }
         let mut child = command.spawn().map_err(spawn_error)?;
         let stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match child.stdin.take() {
             Some(stdin) => Box::pin(stdin),
@@ -304,6 +342,17 @@ impl Driver for ProcessDriver {
             output: output.boxed(),
             control: Box::new(ChildSession { child, terminal: None }),
         })
+    }
+}
+
+/// The variables naming the account a task runs as (when it is not the worker's own), which
+/// would otherwise be inherited from the worker (`HOME=/root`).
+fn account_env(account: Option<&Account>) -> Vec<(&'static str, String)> {
+    match account {
+        Some(a) => {
+            vec![("HOME", a.home.clone()), ("USER", a.name.clone()), ("LOGNAME", a.name.clone())]
+        }
+        None => Vec::new(),
     }
 }
 

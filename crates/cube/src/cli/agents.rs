@@ -35,6 +35,9 @@ pub struct DevArgs {
     /// 30m), or `never`.
     #[arg(long, env = "CUBE_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
+    /// What tasks may ask for beyond the defaults.
+    #[command(flatten)]
+    pub allow: AllowArgs,
     /// How the API is exposed: TLS, and whether it may go unauthenticated.
     #[command(flatten)]
     pub exposure: ExposureArgs,
@@ -202,9 +205,86 @@ pub struct WorkerArgs {
     /// 30m), or `never`. With a manager, only once it has the task's final state.
     #[arg(long, env = "CUBE_WORKER_GC_AFTER", default_value = "24h", value_parser = parse_retention)]
     pub gc_after: Retention,
+    /// A driver to enable besides docker, which is on whenever an engine answers: `process`
+    /// runs tasks as host processes (repeatable, or comma-separated).
+    #[arg(
+        long = "driver",
+        env = "CUBE_WORKER_DRIVERS",
+        value_delimiter = ',',
+        value_name = "DRIVER"
+    )]
+    pub drivers: Vec<cube_core::DriverKind>,
+    /// What tasks may ask for beyond the defaults.
+    #[command(flatten)]
+    pub allow: AllowArgs,
     /// How the API is exposed: TLS, and whether it may go unauthenticated.
     #[command(flatten)]
     pub exposure: ExposureArgs,
+}
+
+/// What a worker lets tasks ask for beyond the defaults (shared by `worker` and `dev`). Each is
+/// advertised to the manager, which places a task only where all it asks for is allowed.
+#[derive(Debug, Args)]
+pub struct AllowArgs {
+    /// The host user process tasks run as unless their spec names an allowed one (when the
+    /// worker runs as root; otherwise tasks run as the worker's own user). It must exist.
+    #[arg(long, env = "CUBE_PROCESS_USER", default_value = cube_worker::DEFAULT_PROCESS_USER, value_name = "USER")]
+    pub process_user: String,
+    /// A host user process tasks may name in `user`, e.g. root (repeatable).
+    #[arg(long = "allow-user", env = "CUBE_ALLOW_USERS", value_delimiter = ',', value_name = "USER", value_parser = parse_user)]
+    pub allow_users: Vec<String>,
+    /// Let tasks ask for privileged containers (`privileged = true`): root on this host.
+    #[arg(long, env = "CUBE_ALLOW_PRIVILEGED")]
+    pub allow_privileged: bool,
+    /// Let containers mount host paths at or below this absolute path, e.g. /srv/data
+    /// (repeatable; `/` allows any path).
+    #[arg(long = "allow-host-mounts", env = "CUBE_ALLOW_HOST_MOUNTS", value_delimiter = ',', value_name = "PATH_PREFIX", value_parser = parse_mount_prefix)]
+    pub allow_host_mounts: Vec<String>,
+    /// Let containers join the host network (`network = "host"`).
+    #[arg(long, env = "CUBE_ALLOW_HOST_NETWORK")]
+    pub allow_host_network: bool,
+    /// A capability containers may add in `cap_add`, e.g. NET_BIND_SERVICE (repeatable).
+    #[arg(long = "allow-cap-add", env = "CUBE_ALLOW_CAP_ADD", value_delimiter = ',', value_name = "CAP", value_parser = parse_capability)]
+    pub allow_cap_add: Vec<String>,
+}
+
+impl AllowArgs {
+    fn allows(&self) -> cube_core::Allows {
+        cube_core::Allows {
+            users: self.allow_users.clone(),
+            privileged: self.allow_privileged,
+            host_mounts: self.allow_host_mounts.clone(),
+            host_network: self.allow_host_network,
+            cap_add: self.allow_cap_add.clone(),
+        }
+    }
+}
+
+fn parse_user(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.contains(':') || s.chars().any(char::is_whitespace) {
+        return Err(format!("{s:?} is not a user name or uid"));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_mount_prefix(s: &str) -> Result<String, String> {
+    let trimmed = if s.len() > 1 { s.trim_end_matches('/') } else { s };
+    if !cube_core::spec::is_clean_absolute_path(trimmed) {
+        return Err(format!("{s:?} is not an absolute path without '.' or '..'"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn parse_capability(s: &str) -> Result<String, String> {
+    let name = cube_core::spec::capability_name(s);
+    if name.is_empty()
+        || name == "ALL"
+        || !name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!("{s:?} is not a capability name (e.g. NET_ADMIN)"));
+    }
+    Ok(name)
 }
 
 /// How an agent's API is exposed (shared by `manager`, `worker` and `dev`).
@@ -372,6 +452,9 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> a
         security: security.clone(),
         metrics_listen: args.exposure.metrics_listen,
         ingress_ip: args.ingress_addr,
+        process_driver: args.drivers.contains(&cube_core::DriverKind::Process),
+        process_user: args.allow.process_user.clone(),
+        allows: args.allow.allows(),
     };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, platform, store, shutdown).await?;
@@ -463,6 +546,10 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
         manager: Some(manager_url.clone()),
         gc_after: args.gc_after.0,
         security: security.clone(),
+        // A local cluster runs what its user asks, processes included (as `nobody` under root).
+        process_driver: true,
+        process_user: args.allow.process_user.clone(),
+        allows: args.allow.allows(),
         ..cube_worker::WorkerConfig::new(host_name(), worker_dir)
     };
     let platform = cube_worker::Platform::host(Duration::from_secs(300), Duration::from_secs(1));

@@ -86,10 +86,20 @@ pub enum Command {
     /// containers, which is root on this host: a non-loopback --listen address needs the
     /// cluster token (CUBE_TOKEN), and --tls-cert/--tls-key keep it off the wire in clear text.
     ///
+    /// Tasks get the least the worker can give: docker is on whenever an engine answers, host
+    /// processes only with --driver process (run as nobody when the worker is root, unless a
+    /// task names a user --allow-user allows); containers always get no-new-privileges and are
+    /// never privileged, on the host network, given host mounts or added capabilities unless
+    /// an --allow-* flag says so. A task asking for more is not placed here, and the reason
+    /// names the flag.
+    ///
     /// Examples:
     ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
     ///   CUBE_TOKEN=... cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
     ///       --advertise http://10.0.0.5:5556 --label zone=a
+    ///   cube worker --manager http://10.0.0.1:5555 --driver process --allow-user app
+    ///   cube worker --manager http://10.0.0.1:5555 --allow-host-mounts /srv/data \
+    ///       --allow-cap-add NET_BIND_SERVICE
     #[command(verbatim_doc_comment)]
     Worker(agents::WorkerArgs),
     /// Run the manager: it accepts tasks, places them on workers and heals the cluster.
@@ -101,8 +111,8 @@ pub enum Command {
     /// Example: cube manager --listen 127.0.0.1:5555 --scheduler spread
     Manager(agents::ManagerArgs),
     /// Run a local cluster: a manager and one worker in this process, with state in a data
-    /// directory that survives restarts. Uses Docker when an engine answers, host processes
-    /// otherwise.
+    /// directory that survives restarts. Uses Docker when an engine answers; the process
+    /// driver is always on (as `cube worker --driver process`).
     ///
     /// Example: cube dev --demo
     Dev(agents::DevArgs),

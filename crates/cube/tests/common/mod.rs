@@ -193,11 +193,19 @@ impl TestManager {
         .await;
     }
 
-    /// Starts a worker that joins this manager, named `name`, with extra arguments.
+    /// Starts a worker that joins this manager, named `name`, with extra arguments (and the
+    /// process driver on).
     pub async fn worker(&self, name: &str, extra: &[&str]) -> TestWorker {
         let mut args = vec!["--manager", &self.url, "--name", name];
         args.extend_from_slice(extra);
         TestWorker::start(&args).await
+    }
+
+    /// [`TestManager::worker`] without the process driver: as `cube worker` starts by default.
+    pub async fn worker_without_process(&self, name: &str, extra: &[&str]) -> TestWorker {
+        let mut args = vec!["--manager", &self.url, "--name", name];
+        args.extend_from_slice(extra);
+        TestWorker::start_in(None, &args, false).await
     }
 
     /// Node name by id, from the manager.
@@ -218,23 +226,32 @@ pub struct TestWorker {
 }
 
 impl TestWorker {
-    /// Starts a worker with extra arguments.
+    /// Starts a worker with extra arguments, with the process driver on (`--driver process`:
+    /// most tests run process tasks).
     pub async fn start(extra: &[&str]) -> TestWorker {
-        Self::start_in(None, extra).await
+        Self::start_in(None, extra, true).await
+    }
+
+    /// Starts a worker without the process driver, as `cube worker` starts by default.
+    pub async fn start_without_process(extra: &[&str]) -> TestWorker {
+        Self::start_in(None, extra, false).await
     }
 
     /// Starts a worker inside `netns`, listening on its address there.
     pub async fn start_in_netns(netns: &NetNs, extra: &[&str]) -> TestWorker {
-        Self::start_in(Some(netns), extra).await
+        Self::start_in(Some(netns), extra, true).await
     }
 
-    async fn start_in(netns: Option<&NetNs>, extra: &[&str]) -> TestWorker {
+    async fn start_in(netns: Option<&NetNs>, extra: &[&str], process: bool) -> TestWorker {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let data = data.to_str().unwrap().to_owned();
         let listen = netns.map_or("127.0.0.1:0".to_owned(), |ns| format!("{}:0", ns.inside));
         let mut args =
             vec!["worker", "--listen", &listen, "--data-dir", &data, "--stats-interval", "250ms"];
+        if process {
+            args.extend_from_slice(&["--driver", "process"]);
+        }
         args.extend_from_slice(extra);
         let process =
             CubeProcess::try_start_in(netns.map(|ns| ns.name.as_str()), &args, dir.path())

@@ -5,16 +5,19 @@
 //!   graceful shutdown).
 //! - [`client`]: a typed HTTP client with timeouts, whose errors say what kind of failure
 //!   happened.
-//! - [`auth`]: the cluster token every request carries when the server requires one.
+//! - [`auth`]: who calls (the cluster token, users' tokens) and what each route lets them do.
+//! - [`conns`]: the connections a server holds: bounded, idle ones closed first.
 //! - [`tls`]: HTTPS for servers (certificate and key) and clients (a CA to trust).
 //! - [`security`]: an agent's token and TLS settings together.
 //! - [`metrics`]: request metrics and the Prometheus text of a registry.
 
 pub mod auth;
 pub mod client;
+pub mod conns;
 pub mod metrics;
 pub mod security;
 pub mod server;
 pub mod tls;
 
+pub use conns::Limits;
 pub use security::Security;

@@ -17,6 +17,8 @@ pub struct Security {
     pub tls: Option<ServerTls>,
     /// CA to trust when calling `https://` peers (the system's roots when `None`).
     pub tls_ca: Option<ClientTls>,
+    /// What clients may hold of the agent's API server.
+    pub limits: crate::Limits,
 }
 
 impl Security {

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, authenticate};
+use crate::conns::{Connections, Limits};
 use crate::tls::{ServerTls, TlsListener};
 use cube_api::openapi::{self, Api, Method, Operation};
 use cube_api::{ApiError, ErrorBody, ErrorCode};
@@ -287,6 +288,7 @@ pub enum ServerError {
 pub struct Listener {
     inner: TcpListener,
     addr: SocketAddr,
+    limits: Limits,
 }
 
 impl Listener {
@@ -295,7 +297,13 @@ impl Listener {
         let bind_error = |source| ServerError::Bind { addr, source };
         let inner = TcpListener::bind(addr).await.map_err(bind_error)?;
         let bound = inner.local_addr().map_err(bind_error)?;
-        Ok(Self { inner, addr: bound })
+        Ok(Self { inner, addr: bound, limits: Limits::default() })
+    }
+
+    /// The same, holding clients to `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The address bound (with the port the OS chose).
@@ -304,22 +312,22 @@ impl Listener {
     }
 
     /// Serves `router` here (over TLS when `tls` is given) until `shutdown` is cancelled, then
-    /// finishes in-flight requests and returns.
+    /// finishes in-flight requests and returns. Connections are bounded by `limits`.
     pub async fn serve(
         self,
         router: Router,
         shutdown: CancellationToken,
         tls: Option<ServerTls>,
     ) -> Result<(), ServerError> {
-        let stop = async move { shutdown.cancelled().await };
-        let served = match tls {
+        let limits = self.limits;
+        match tls {
             Some(tls) => {
                 let listener = TlsListener::new(self.inner, &tls).map_err(ServerError::Serve)?;
-                axum::serve(listener, router).with_graceful_shutdown(stop).await
+                serve_connections(listener, router, shutdown, limits).await;
             }
-            None => axum::serve(self.inner, router).with_graceful_shutdown(stop).await,
-        };
-        served.map_err(ServerError::Serve)
+            None => serve_connections(self.inner, router, shutdown, limits).await,
+        }
+        Ok(())
     }
 
     /// [`Listener::serve`] on a task of its own.
@@ -332,6 +340,45 @@ impl Listener {
         let addr = self.addr;
         Server { addr, task: tokio::spawn(self.serve(router, shutdown, tls)) }
     }
+}
+
+/// The accept loop: every connection takes a slot ([`crate::conns`]), is served by hyper (HTTP/1
+/// with upgrades, so exec's WebSockets pass) with a header read timeout, and is closed when it
+/// is evicted for a newer one. On shutdown: stop accepting, let in-flight requests finish.
+async fn serve_connections<L>(
+    mut listener: L,
+    router: Router,
+    shutdown: CancellationToken,
+    limits: Limits,
+) where
+    L: axum::serve::Listener,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let connections = Connections::new(limits.max_connections);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    loop {
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let (io, slot) = connections.admit(io);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = graceful
+            .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
+        tokio::spawn(async move {
+            tokio::select! {
+                // Errors are the client's (a reset, a timeout, bad HTTP): nothing to report.
+                _ = connection => {}
+                () = slot.evicted.cancelled() => {}
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// An API server serving on a task of its own.

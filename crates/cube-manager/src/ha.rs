@@ -182,7 +182,7 @@ pub async fn start_replicated(
 ) -> Result<ReplicatedManager, ManagerError> {
     let etcd = connect(&ha.etcd, &shutdown).await?;
     let store = Arc::new(etcd.store());
-    let listener = Listener::bind(config.listen).await?;
+    let listener = Listener::bind(config.listen).await?.with_limits(config.security.limits);
     let addr = listener.addr();
     let mut ha = ha;
     let advertise =

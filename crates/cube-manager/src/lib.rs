@@ -1341,7 +1341,7 @@ pub async fn start(
             .map_err(|source| ManagerError::Panicked { what: "loading state", source })?
     };
     let manager = loaded?;
-    let listener = Listener::bind(config.listen).await?;
+    let listener = Listener::bind(config.listen).await?.with_limits(config.security.limits);
     let addr = listener.addr();
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(Listener::bind(at).await?),

@@ -304,7 +304,7 @@ pub async fn start(
         );
     }
 
-    let listener = Listener::bind(config.listen).await?;
+    let listener = Listener::bind(config.listen).await?.with_limits(config.security.limits);
     let addr = listener.addr();
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(Listener::bind(at).await?),

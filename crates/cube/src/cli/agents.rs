@@ -305,6 +305,10 @@ pub struct ExposureArgs {
     /// reveal no secrets but do show what runs here: keep it on a network you trust.
     #[arg(long, env = "CUBE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Connections the API holds at once; past it, the one idle the longest is closed to make
+    /// room, so idle or slow clients cannot starve the others.
+    #[arg(long, env = "CUBE_MAX_CONNECTIONS", value_name = "N", default_value_t = cube_http::Limits::default().max_connections)]
+    pub max_connections: usize,
 }
 
 /// Loads an agent's token, certificate and CA (plain file reads: call it before the async
@@ -320,7 +324,9 @@ pub(crate) fn security(
     };
     let tls_ca =
         global.tls_ca.as_deref().map(cube_http::tls::ClientTls::from_ca_file).transpose()?;
-    let security = cube_http::Security { token: global.token()?, tls, tls_ca };
+    let limits =
+        cube_http::Limits { max_connections: exposure.max_connections, ..Default::default() };
+    let security = cube_http::Security { token: global.token()?, tls, tls_ca, limits };
     check_exposure(listen, security.token.as_ref(), exposure.allow_unauthenticated)?;
     Ok(security)
 }

@@ -39,7 +39,7 @@ impl Api {
             .collect::<Vec<_>>()
             .join(",");
         let tls_ca = tls_ca.map(cube_http::tls::ClientTls::from_ca_file).transpose()?;
-        let client = cube_http::Security { token, tls: None, tls_ca }
+        let client = cube_http::Security { token, tls: None, tls_ca, ..Default::default() }
             .client(base, REQUEST_TIMEOUT)
             .map_err(|e| describe(&e, addr))?;
         Ok(Self { client })

@@ -1,6 +1,6 @@
 //! The connections a server holds: at most a fixed number at once, each closed once it waits
-//! too long for a request, and the one idle the longest closed to make room for a new one when
-//! all are taken. Many idle or slow clients therefore cannot starve the others of the API: they
+//! too long for a request (silent since it was accepted, or idle between requests), and the one
+//! idle the longest closed to make room for a new one when all are taken. Many idle or slow clients therefore cannot starve the others of the API: they
 //! hold no slot a working client needs.
 
 use std::collections::HashMap;
@@ -55,6 +55,20 @@ pub(crate) struct Slot {
     connections: Arc<Connections>,
     /// Cancelled when the connection is evicted to make room.
     pub(crate) evicted: CancellationToken,
+    active: Arc<AtomicU64>,
+    admitted_at: u64,
+}
+
+impl Slot {
+    /// Resolves if the connection has sent nothing `timeout` after it was accepted (hyper's
+    /// header read timeout starts only with the first byte); never otherwise.
+    pub(crate) async fn silent_for(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+        if self.active.load(Ordering::Relaxed) == self.admitted_at {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 impl Drop for Slot {
@@ -86,7 +100,8 @@ impl Connections {
     /// taken; the connection's I/O is wrapped to keep its activity.
     pub(crate) fn admit<I>(self: &Arc<Self>, io: I) -> (Tracked<I>, Slot) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let active = Arc::new(AtomicU64::new(self.now_ms()));
+        let admitted_at = self.now_ms();
+        let active = Arc::new(AtomicU64::new(admitted_at));
         let close = CancellationToken::new();
         let mut open = self.lock();
         while open.len() >= self.limit {
@@ -105,7 +120,13 @@ impl Connections {
         }
         open.insert(id, Entry { active: Arc::clone(&active), close: close.clone() });
         drop(open);
-        let slot = Slot { id, connections: Arc::clone(self), evicted: close };
+        let slot = Slot {
+            id,
+            connections: Arc::clone(self),
+            evicted: close,
+            active: Arc::clone(&active),
+            admitted_at,
+        };
         (Tracked { io, active, connections: Arc::clone(self) }, slot)
     }
 
@@ -206,5 +227,19 @@ mod tests {
         assert_eq!(c.len(), 1);
         drop((slot_a, slot_c));
         assert_eq!(c.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_speaks_is_closed_after_the_header_timeout_only() {
+        let c = Connections::new(4);
+        let timeout = Duration::from_secs(30);
+        let (_quiet, quiet) = c.admit(());
+        let began = tokio::time::Instant::now();
+        quiet.silent_for(timeout).await;
+        assert_eq!(began.elapsed(), timeout);
+        let (spoke, talking) = c.admit(());
+        spoke.active.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::time::timeout(2 * timeout, talking.silent_for(timeout)).await;
+        assert!(waited.is_err(), "a connection that sent something is hyper's to time out");
     }
 }

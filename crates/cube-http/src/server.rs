@@ -368,11 +368,13 @@ async fn serve_connections<L>(
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let connection = graceful
             .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
+        let silent = limits.header_read_timeout;
         tokio::spawn(async move {
             tokio::select! {
                 // Errors are the client's (a reset, a timeout, bad HTTP): nothing to report.
                 _ = connection => {}
                 () = slot.evicted.cancelled() => {}
+                () = slot.silent_for(silent) => {}
             }
             drop(slot);
         });

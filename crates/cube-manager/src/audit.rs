@@ -132,23 +132,32 @@ impl Manager {
     pub(crate) async fn audit_loop(self: std::sync::Arc<Self>, retain: Duration) {
         let mut ticker = Ticker::new(Duration::from_secs(3600), self.shutdown.clone());
         while ticker.tick().await {
-            let this = std::sync::Arc::clone(&self);
-            let pruned = tokio::task::spawn_blocking(move || this.prune_audit(retain)).await;
-            let commit = match pruned {
-                Ok(Ok(Some((n, commit)))) => (n, commit),
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %Chain(&e), "cannot read the audit log");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "pruning the audit log panicked");
-                    continue;
-                }
-            };
-            match commit.1.await {
-                Ok(()) => tracing::debug!(records = commit.0, "pruned the audit log"),
+            match self.prune_expired_audit(retain).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(records = n, "pruned the audit log"),
                 Err(e) => tracing::error!(error = %Chain(&e), "cannot prune the audit log"),
+            }
+        }
+    }
+
+    /// Deletes every record older than `retain`, a page per commit (a busy cluster writes far
+    /// more than a page an hour); how many.
+    pub(crate) async fn prune_expired_audit(
+        self: &std::sync::Arc<Self>,
+        retain: Duration,
+    ) -> Result<usize, ManagerError> {
+        let mut total = 0;
+        loop {
+            let this = std::sync::Arc::clone(self);
+            let pruned =
+                tokio::task::spawn_blocking(move || this.prune_audit(retain)).await.map_err(
+                    |source| ManagerError::Panicked { what: "pruning the audit log", source },
+                )??;
+            let Some((n, commit)) = pruned else { return Ok(total) };
+            commit.await?;
+            total += n;
+            if n < PAGE {
+                return Ok(total);
             }
         }
     }
@@ -180,6 +189,41 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn pruning_deletes_every_expired_record_however_many_and_keeps_the_rest() {
+        let store = std::sync::Arc::new(cube_store::MemoryStore::new());
+        let manager = Manager::new(
+            crate::ManagerConfig::default(),
+            store.clone(),
+            cube_rt::Clock::system(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap();
+        let now = manager.clock.now();
+        let record = |days: i64| AuditRecord {
+            at: now - jiff::SignedDuration::from_hours(24 * days),
+            who: "ci".into(),
+            role: None,
+            operation: "submitTask".into(),
+            request: "POST /v1/tasks".into(),
+            status: 201,
+        };
+        // More than two pages of old records, then a young one.
+        let old = 2 * PAGE + 10;
+        let mut batch = Batch::new();
+        for i in 0..old {
+            batch.put(Table::Audit, events::key(i as u64 + 1), &record(100)).unwrap();
+        }
+        batch.put(Table::Audit, events::key(old as u64 + 1), &record(1)).unwrap();
+        cube_store::Store::commit(store.as_ref(), batch).await.unwrap();
+
+        let pruned = manager.prune_expired_audit(Duration::from_secs(90 * 86_400)).await.unwrap();
+        assert_eq!(pruned, old);
+        let left = manager.audit_log(&AuditQuery::default()).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].at, record(1).at);
+    }
 
     #[test]
     fn mutations_and_exec_are_audited_reads_and_heartbeats_are_not() {

@@ -898,23 +898,13 @@ fn ha(r: &Results) -> Option<String> {
     ]);
     rows.push(vec![
         format!("Leader SIGTERM → another leads ({} runs)", f["runs"]),
-        format!(
-            "p50 {}, p99 {}, max {}",
-            opt(num(f, "/resign/p50_ms"), ms),
-            opt(num(f, "/resign/p99_ms"), ms),
-            opt(num(f, "/resign/max_ms"), ms),
-        ),
+        spread_ms(&f["resign"]),
         "≤ 1 s".into(),
         opt(num(f, "/resign/max_ms"), |v| at_most(v, 1000.0, " ms")),
     ]);
     rows.push(vec![
         format!("Leader SIGTERM → its process exited ({} runs)", f["runs"]),
-        format!(
-            "p50 {}, p99 {}, max {}",
-            opt(num(f, "/resign_exit/p50_ms"), ms),
-            opt(num(f, "/resign_exit/p99_ms"), ms),
-            opt(num(f, "/resign_exit/max_ms"), ms),
-        ),
+        spread_ms(&f["resign_exit"]),
         "–".into(),
         "–".into(),
     ]);
@@ -944,6 +934,12 @@ fn ha(r: &Results) -> Option<String> {
         ]);
     }
     Some(table(&["Figure", "This run", "Goal or peer", "Verdict"], &rows))
+}
+
+/// `p50 …, p99 …, max …` of a latency summary, in milliseconds.
+fn spread_ms(summary: &Value) -> String {
+    let p = |key: &str| opt(num(summary, &format!("/{key}_ms")), ms);
+    format!("p50 {}, p99 {}, max {}", p("p50"), p("p99"), p("max"))
 }
 
 fn swarm_rollout(r: &Results) -> Option<String> {

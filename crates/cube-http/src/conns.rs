@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -55,8 +55,7 @@ pub(crate) struct Slot {
     connections: Arc<Connections>,
     /// Cancelled when the connection is evicted to make room.
     pub(crate) evicted: CancellationToken,
-    active: Arc<AtomicU64>,
-    admitted_at: u64,
+    heard: Arc<AtomicBool>,
 }
 
 impl Slot {
@@ -64,7 +63,9 @@ impl Slot {
     /// header read timeout starts only with the first byte); never otherwise.
     pub(crate) async fn silent_for(&self, timeout: Duration) {
         tokio::time::sleep(timeout).await;
-        if self.active.load(Ordering::Relaxed) == self.admitted_at {
+        // A flag, not a comparison of timestamps: a request may arrive within the millisecond
+        // its connection was accepted.
+        if !self.heard.load(Ordering::Relaxed) {
             return;
         }
         std::future::pending::<()>().await;
@@ -100,8 +101,8 @@ impl Connections {
     /// taken; the connection's I/O is wrapped to keep its activity.
     pub(crate) fn admit<I>(self: &Arc<Self>, io: I) -> (Tracked<I>, Slot) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let admitted_at = self.now_ms();
-        let active = Arc::new(AtomicU64::new(admitted_at));
+        let active = Arc::new(AtomicU64::new(self.now_ms()));
+        let heard = Arc::new(AtomicBool::new(false));
         let close = CancellationToken::new();
         let mut open = self.lock();
         while open.len() >= self.limit {
@@ -120,14 +121,9 @@ impl Connections {
         }
         open.insert(id, Entry { active: Arc::clone(&active), close: close.clone() });
         drop(open);
-        let slot = Slot {
-            id,
-            connections: Arc::clone(self),
-            evicted: close,
-            active: Arc::clone(&active),
-            admitted_at,
-        };
-        (Tracked { io, active, connections: Arc::clone(self) }, slot)
+        let slot =
+            Slot { id, connections: Arc::clone(self), evicted: close, heard: Arc::clone(&heard) };
+        (Tracked { io, active, heard, connections: Arc::clone(self) }, slot)
     }
 
     /// Connections open now.
@@ -142,6 +138,8 @@ impl Connections {
 pub(crate) struct Tracked<I> {
     io: I,
     active: Arc<AtomicU64>,
+    /// Set at the first byte read.
+    heard: Arc<AtomicBool>,
     connections: Arc<Connections>,
 }
 
@@ -161,6 +159,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.heard.store(true, Ordering::Relaxed);
             this.touch();
         }
         polled
@@ -238,7 +237,8 @@ mod tests {
         quiet.silent_for(timeout).await;
         assert_eq!(began.elapsed(), timeout);
         let (spoke, talking) = c.admit(());
-        spoke.active.fetch_add(1, Ordering::Relaxed);
+        // Within the millisecond it was accepted, as under a paused clock.
+        spoke.heard.store(true, Ordering::Relaxed);
         let waited = tokio::time::timeout(2 * timeout, talking.silent_for(timeout)).await;
         assert!(waited.is_err(), "a connection that sent something is hyper's to time out");
     }

@@ -23,4 +23,12 @@ if ! [ -x "${CUBE_ETCD_BIN:-/usr/bin/etcd}" ] && command -v apt-get >/dev/null 2
     echo "warning: cannot install etcd-server; the etcd tests will be skipped (they fail when CI is set)." >&2
 fi
 
+# The mutual TLS test captures the manager-worker link with tcpdump (skipped without it,
+# except under CI).
+if ! command -v tcpdump >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  apt-get install -y -qq tcpdump >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get install -y -qq tcpdump >/dev/null; } ||
+    echo "warning: cannot install tcpdump; the mutual TLS capture will be skipped (it fails when CI is set)." >&2
+fi
+
 cargo test --workspace --locked "$@"

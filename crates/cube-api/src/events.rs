@@ -214,6 +214,8 @@ pub enum EventType {
     NodeDrained,
     /// A node takes no new work.
     NodeIneligible,
+    /// A node was removed from the cluster (`cube node rm`).
+    NodeRemoved,
     /// A service was created.
     ServiceRegistered,
     /// A service changed.

@@ -1,6 +1,7 @@
 //! Cube's HTTP contract: what the worker and manager APIs send and receive.
 //!
 //! - [`auth`]: roles, and the bodies of the token routes.
+//! - [`cluster`]: joining with a join token, renewing a node's certificate.
 //! - [`types`]: JSON request and response bodies (the wire format; field names are stable).
 //! - [`error`]: the one error envelope every endpoint answers with.
 //! - [`events`]: the lines of the manager's event stream.
@@ -13,6 +14,7 @@
 //! anything may depend on the contract without pulling in axum or reqwest.
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod exec;

@@ -22,6 +22,7 @@ use cube_core::{DeploymentId, NodeId, TaskId};
 
 use crate::ErrorBody;
 use crate::auth::{AuditRecord, CreatedToken, Role, TokenRequest, TokenView};
+use crate::cluster::{Enrolment, JoinRequest, JoinTokenView, RenewRequest};
 use crate::events::{Event, IndexBounds, StreamLine};
 use crate::types::{
     DrainRequest, EligibilityRequest, HealthView, HeartbeatRequest, HeartbeatResponse, IngressFeed,
@@ -672,6 +673,62 @@ pub mod manager {
             "/v1/nodes/{id}/endpoints",
             "workers",
             "A node's ingress: every published service's endpoints, once newer than index",
+        )
+    };
+    /// `DELETE /v1/nodes/{id}`
+    pub const REMOVE_NODE: Operation = Operation {
+        access: Access::Role(Role::Admin),
+        path_params: NODE_ID,
+        replies: &[ok(Content::Json(schema_of::<NodeInfo>)), NOT_FOUND],
+        ..op(
+            "removeNode",
+            Method::Delete,
+            "/v1/nodes/{id}",
+            "nodes",
+            "Remove a node: its tasks are placed elsewhere and its certificate is refused from now on",
+        )
+    };
+    /// `POST /v1/cluster/join`
+    pub const JOIN: Operation = Operation {
+        access: Access::Open,
+        request: Some((Content::Json(schema_of::<JoinRequest>), false)),
+        replies: &[
+            ok(Content::Json(schema_of::<Enrolment>)),
+            BAD_INPUT,
+            error(401, "The join token's secret is not this cluster's."),
+            error(403, "The node was removed, or its id belongs to another key."),
+        ],
+        ..op(
+            "joinCluster",
+            Method::Post,
+            "/v1/cluster/join",
+            "workers",
+            "A worker with a join token gets its certificate (on the cluster port, over TLS)",
+        )
+    };
+    /// `POST /v1/cluster/renew`
+    pub const RENEW: Operation = Operation {
+        access: Access::Node,
+        request: Some((Content::Json(schema_of::<RenewRequest>), false)),
+        replies: &[ok(Content::Json(schema_of::<Enrolment>)), BAD_INPUT],
+        ..op(
+            "renewCertificate",
+            Method::Post,
+            "/v1/cluster/renew",
+            "workers",
+            "A node renews its certificate with the one it has",
+        )
+    };
+    /// `POST /v1/cluster/join-token`
+    pub const ROTATE_JOIN_TOKEN: Operation = Operation {
+        access: Access::Role(Role::Admin),
+        replies: &[ok(Content::Json(schema_of::<JoinTokenView>))],
+        ..op(
+            "rotateJoinToken",
+            Method::Post,
+            "/v1/cluster/join-token",
+            "tokens",
+            "Replace the worker join token (the old one stops admitting; joined workers stay)",
         )
     };
     /// `GET /v1/events`

@@ -23,6 +23,9 @@ pub struct LeaderInfo {
     pub id: String,
     /// Where its API answers.
     pub url: String,
+    /// Where its cluster port answers nodes (mutual TLS), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_url: Option<String>,
     /// Its term's epoch (filled in from the leader key; not part of what it announces).
     #[serde(default)]
     pub epoch: u64,

@@ -27,7 +27,12 @@ async fn connect(cluster: &EtcdCluster, name: &str) -> Result<Etcd, EtcdError> {
 }
 
 fn info(id: &str) -> LeaderInfo {
-    LeaderInfo { id: id.to_owned(), url: format!("http://{id}.invalid"), epoch: 0 }
+    LeaderInfo {
+        id: id.to_owned(),
+        url: format!("http://{id}.invalid"),
+        cluster_url: None,
+        epoch: 0,
+    }
 }
 
 /// Runs a blocking store read off the runtime's threads, as the manager does.

@@ -23,13 +23,16 @@ use axum::response::{IntoResponse, Response};
 use cube_api::auth::Role;
 use cube_api::openapi::Access;
 use cube_api::{ApiError, ErrorCode};
+use cube_pki::Identity;
+
+use crate::mtls::Peer;
 
 /// Shortest token accepted: short secrets can be guessed over the network.
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Paths served without a token: liveness probes, which reveal nothing but the server's role,
-/// name and version.
-const OPEN_PATHS: &[&str] = &["/v1/health"];
+/// name and version, and a worker's join, whose join secret is its credential.
+const OPEN_PATHS: &[&str] = &["/v1/health", "/v1/cluster/join"];
 
 /// A cluster token. Its `Debug` form never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -160,7 +163,23 @@ pub trait Authenticate: Send + Sync + 'static {
 
     /// Whether a request without credentials is refused (a server with a cluster token).
     fn requires_credentials(&self) -> bool;
+
+    /// The caller at the other end of a connection whose verified certificate names `peer`
+    /// ([`crate::mtls`]); `on_behalf` is the [`NODE_HEADER`] of the request, the node a
+    /// manager passes a request on for. By default certificates open nothing.
+    fn authenticate_peer(
+        &self,
+        peer: &Identity,
+        on_behalf: Option<&str>,
+    ) -> Result<Caller, Refused> {
+        let _ = (peer, on_behalf);
+        Err(Refused("this server takes no certificates".into()))
+    }
 }
+
+/// The header with which a manager passes on a node's request (a follower to its leader):
+/// the node's id. Believed only from a peer with a manager's certificate.
+pub const NODE_HEADER: &str = "x-cube-node";
 
 /// One shared token, or none (then every caller is [`Caller::anonymous`]).
 #[derive(Clone, Debug)]
@@ -197,6 +216,20 @@ impl Authenticate for ClusterToken {
 
     fn requires_credentials(&self) -> bool {
         self.0.is_some()
+    }
+
+    /// A node's server: its managers' certificates open everything, no node's opens anything.
+    fn authenticate_peer(
+        &self,
+        peer: &Identity,
+        _on_behalf: Option<&str>,
+    ) -> Result<Caller, Refused> {
+        match peer {
+            Identity::Manager(name) => {
+                Ok(Caller { name: Arc::from(format!("manager {name}")), grant: Grant::All })
+            }
+            Identity::Node(_) => Err(Refused("a node accepts only its managers".into())),
+        }
     }
 }
 
@@ -251,12 +284,28 @@ pub(crate) async fn authenticate(
     if OPEN_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
+    if let Some(Peer(identity)) = req.extensions().get::<Peer>() {
+        let on_behalf = req.headers().get(NODE_HEADER).and_then(|v| v.to_str().ok());
+        return match auth.authenticate_peer(identity, on_behalf) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                next.run(req).await
+            }
+            Err(Refused(why)) => unauthorized(&why),
+        };
+    }
     let presented = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .map(<[u8]>::trim_ascii);
     match auth.authenticate(presented) {
+        Ok(caller)
+            if caller == Caller::anonymous()
+                && req.extensions().get::<crate::mtls::OnClusterPort>().is_some() =>
+        {
+            unauthorized("the cluster port needs a node's certificate or a token")
+        }
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

@@ -74,6 +74,9 @@ pub enum ClientError {
     /// The HTTP client could not be built (bad TLS settings).
     #[error("cannot build an HTTP client")]
     Build(#[source] reqwest::Error),
+    /// The cluster's mutual TLS could not be set up from the agent's certificate.
+    #[error("cannot set up mutual TLS with the cluster's CA")]
+    ClusterTls(#[source] crate::tls::TlsError),
 }
 
 /// Why a server could not be reached.
@@ -179,7 +182,8 @@ impl ClientError {
             ClientError::Unreachable { .. }
             | ClientError::Decode { .. }
             | ClientError::NotCube { .. }
-            | ClientError::Build(_) => None,
+            | ClientError::Build(_)
+            | ClientError::ClusterTls(_) => None,
         }
     }
 
@@ -195,9 +199,10 @@ impl ClientError {
                 Unreachable::Tls | Unreachable::InvalidUrl => false,
             },
             ClientError::Api { status, .. } => *status == 503,
-            ClientError::Decode { .. } | ClientError::NotCube { .. } | ClientError::Build(_) => {
-                false
-            }
+            ClientError::Decode { .. }
+            | ClientError::NotCube { .. }
+            | ClientError::Build(_)
+            | ClientError::ClusterTls(_) => false,
         }
     }
 
@@ -339,6 +344,25 @@ impl Client {
                 Some(tls) => builder.tls_certs_only(tls.certificates()),
                 None => builder,
             }
+        };
+        let http = builder().timeout(timeout).build().map_err(ClientError::Build)?;
+        let streaming = builder().build().map_err(ClientError::Build)?;
+        Ok(Self { bases, http, streaming, token: None, epoch: None })
+    }
+
+    /// A client for `base` over mutual TLS on the cluster's CA ([`crate::mtls`]): it presents
+    /// the agent's certificate and accepts only a peer of the role the configuration expects.
+    pub fn with_cluster_tls(
+        base: impl Into<String>,
+        timeout: Duration,
+        tls: &rustls::ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let bases = Arc::new(Bases::new(&base.into()));
+        let connect = timeout.min(Duration::from_secs(3));
+        let builder = || {
+            crate::tls::http_client_builder()
+                .connect_timeout(connect)
+                .tls_backend_preconfigured(tls.clone())
         };
         let http = builder().timeout(timeout).build().map_err(ClientError::Build)?;
         let streaming = builder().build().map_err(ClientError::Build)?;
@@ -616,6 +640,32 @@ impl Client {
     /// `DELETE /v1/tokens/{name}`.
     pub async fn revoke_token(&self, name: &str) -> Result<cube_api::auth::TokenView, ClientError> {
         self.call(Method::DELETE, &format!("/v1/tokens/{name}"), None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `DELETE /v1/nodes/{id}`.
+    pub async fn remove_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
+        self.call(Method::DELETE, &format!("/v1/nodes/{node}"), None::<&()>).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/cluster/join` (on a client made with [`crate::mtls::pinned_config`]).
+    pub async fn join(
+        &self,
+        req: &cube_api::cluster::JoinRequest,
+    ) -> Result<cube_api::cluster::Enrolment, ClientError> {
+        self.call(Method::POST, "/v1/cluster/join", Some(req)).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/cluster/renew`.
+    pub async fn renew(
+        &self,
+        req: &cube_api::cluster::RenewRequest,
+    ) -> Result<cube_api::cluster::Enrolment, ClientError> {
+        self.call(Method::POST, "/v1/cluster/renew", Some(req)).await.map(|(_, v)| v)
+    }
+
+    /// `POST /v1/cluster/join-token`.
+    pub async fn rotate_join_token(&self) -> Result<cube_api::cluster::JoinTokenView, ClientError> {
+        self.call(Method::POST, "/v1/cluster/join-token", None::<&()>).await.map(|(_, v)| v)
     }
 
     /// `POST /v1/nodes/register`.

@@ -8,6 +8,7 @@
 //! - [`auth`]: who calls (the cluster token, users' tokens) and what each route lets them do.
 //! - [`conns`]: the connections a server holds: bounded, idle ones closed first.
 //! - [`tls`]: HTTPS for servers (certificate and key) and clients (a CA to trust).
+//! - [`mtls`]: mutual TLS between managers and nodes on the cluster's CA ([`cube_pki`]).
 //! - [`security`]: an agent's token and TLS settings together.
 //! - [`metrics`]: request metrics and the Prometheus text of a registry.
 
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod client;
 pub mod conns;
 pub mod metrics;
+pub mod mtls;
 pub mod security;
 pub mod server;
 pub mod tls;

@@ -19,20 +19,30 @@ pub struct Security {
     pub tls_ca: Option<ClientTls>,
     /// What clients may hold of the agent's API server.
     pub limits: crate::Limits,
+    /// A worker that joined with a join token: its certificate on the cluster's CA, used
+    /// for every call to its managers (mutual TLS) instead of the token and `tls_ca`.
+    pub cluster: Option<crate::mtls::ClusterTls>,
 }
 
 impl Security {
     /// The scheme of this agent's own address: `https` when it serves TLS.
     pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() { "https" } else { "http" }
+        if self.tls.is_some() || self.cluster.is_some() { "https" } else { "http" }
     }
 
-    /// A client for a peer at `base` that trusts the CA and sends the token.
+    /// A client for a peer at `base` that trusts the CA and sends the token (or, for a worker
+    /// that joined, presents its certificate).
     pub fn client(
         &self,
         base: impl Into<String>,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
+        if let Some(cluster) = &self.cluster {
+            let config = cluster
+                .client_config(crate::mtls::Expect::Manager)
+                .map_err(ClientError::ClusterTls)?;
+            return Client::with_cluster_tls(base, timeout, &config);
+        }
         Ok(Client::with_tls(base, timeout, self.tls_ca.as_ref())?.with_token(self.token.clone()))
     }
 }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, authenticate};
 use crate::conns::{Connections, Limits};
+use crate::mtls::{Peer, Revocations};
 use crate::tls::{ServerTls, TlsListener};
 use cube_api::openapi::{self, Api, Method, Operation};
 use cube_api::{ApiError, ErrorBody, ErrorCode};
@@ -323,9 +324,21 @@ impl Listener {
         match tls {
             Some(tls) => {
                 let listener = TlsListener::new(self.inner, &tls).map_err(ServerError::Serve)?;
-                serve_connections(listener, router, shutdown, limits).await;
+                let revoked = tls.revocations().cloned();
+                let identify =
+                    move |io: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {
+                        let peer = io
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| cube_pki::inspect(leaf).ok())
+                            .map(|info| Peer(info.identity));
+                        (peer, revoked.clone())
+                    };
+                serve_connections(listener, router, shutdown, limits, identify).await;
             }
-            None => serve_connections(self.inner, router, shutdown, limits).await,
+            None => serve_connections(self.inner, router, shutdown, limits, |_| (None, None)).await,
         }
         Ok(())
     }
@@ -344,13 +357,16 @@ impl Listener {
 
 /// The accept loop: every connection takes a slot ([`crate::conns`]), is served by hyper (HTTP/1
 /// with upgrades, so exec's WebSockets pass) with a header read timeout, and is closed when it
-/// is evicted for a newer one. On shutdown: stop accepting, let in-flight requests finish.
-async fn serve_connections<L>(
+/// is evicted for a newer one (or, for a node, revoked). `identify` says who the peer is, from
+/// its client certificate. On shutdown: stop accepting, let in-flight requests finish.
+async fn serve_connections<L, F>(
     mut listener: L,
     router: Router,
     shutdown: CancellationToken,
     limits: Limits,
+    identify: F,
 ) where
+    F: Fn(&L::Io) -> (Option<Peer>, Option<Revocations>),
     L: axum::serve::Listener,
     L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -364,8 +380,26 @@ async fn serve_connections<L>(
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
+        let (peer, revocations) = identify(&io);
         let (io, slot) = connections.admit(io);
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // A node's connection ends when the node is revoked; anyone else's never does so.
+        let revoked = match (&peer, revocations) {
+            (Some(Peer(cube_pki::Identity::Node(id))), Some(r)) => {
+                let id = id.clone();
+                futures_util::future::Either::Left(async move { r.revoked(&id).await })
+            }
+            _ => futures_util::future::Either::Right(std::future::pending::<()>()),
+        };
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(peer) = &peer {
+                    req.extensions_mut().insert(peer.clone());
+                }
+                req
+            },
+        );
+        let service = hyper_util::service::TowerToHyperService::new(service);
         let connection = graceful
             .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned());
         let silent = limits.header_read_timeout;
@@ -375,6 +409,7 @@ async fn serve_connections<L>(
                 _ = connection => {}
                 () = slot.evicted.cancelled() => {}
                 () = slot.silent_for(silent) => {}
+                () = revoked => tracing::info!("closed a removed node's connection"),
             }
             drop(slot);
         });

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::mtls::Revocations;
+
 /// A client that never finishes its handshake is dropped after this long.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes finished but not yet taken by the server.
@@ -63,6 +65,18 @@ pub enum TlsError {
     /// match).
     #[error("cannot use this certificate and key")]
     Config(#[source] rustls::Error),
+    /// A PEM text (a cluster certificate or key) could not be read.
+    #[error("cannot read the certificate or key")]
+    Parse(#[source] rustls_pki_types::pem::Error),
+    /// A cluster certificate names no Cube manager or node.
+    #[error("not a certificate of this cluster")]
+    Identity(#[source] cube_pki::PkiError),
+    /// The CA cannot verify peers.
+    #[error("cannot verify peers with this CA")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
+    /// A role's fixed certificate name is not a valid DNS name (a bug).
+    #[error("a role's certificate name is not a DNS name")]
+    NoCertificateName,
 }
 
 /// Makes `ring` the process's rustls provider (the HTTP client looks it up), once; a provider
@@ -81,9 +95,10 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder().dns_resolver(crate::client::Resolver)
 }
 
-/// A server's certificate chain and key.
+/// A server's certificate chain and key, and for a cluster server ([`crate::mtls`]) the
+/// nodes it no longer accepts.
 #[derive(Clone)]
-pub struct ServerTls(Arc<rustls::ServerConfig>);
+pub struct ServerTls(Arc<rustls::ServerConfig>, Option<Revocations>);
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,7 +127,17 @@ impl ServerTls {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(TlsError::Config)?;
-        Ok(Self(Arc::new(config)))
+        Ok(Self(Arc::new(config), None))
+    }
+
+    /// A cluster server's configuration (client certificates verified by it).
+    pub(crate) fn cluster(config: Arc<rustls::ServerConfig>, revoked: Revocations) -> Self {
+        Self(config, Some(revoked))
+    }
+
+    /// The revocations of a cluster server.
+    pub(crate) fn revocations(&self) -> Option<&Revocations> {
+        self.1.as_ref()
     }
 }
 

@@ -25,7 +25,8 @@ use cube_core::{DeploymentId, NodeId, TaskId};
 use crate::events::Framing;
 use crate::state::DeploymentAction;
 use cube_api::auth::{AuditQuery, AuditRecord, TokenRequest, TokenView};
-use cube_http::auth::Caller;
+use cube_api::cluster::{Enrolment, JoinRequest, JoinTokenView, RenewRequest};
+use cube_http::auth::{Caller, Grant};
 use cube_http::server::{Body, HttpError, Query, Routes, parse_id};
 
 use crate::{Manager, ManagerError};
@@ -70,6 +71,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(&m::GET_NODE, get_node)
         .route(&m::DRAIN_NODE, drain_node)
         .route(&m::NODE_ELIGIBILITY, node_eligibility)
+        .route(&m::REMOVE_NODE, remove_node)
+        .route(&m::JOIN, join_cluster)
+        .route(&m::RENEW, renew_certificate)
+        .route(&m::ROTATE_JOIN_TOKEN, rotate_join_token)
         .route_limited(&m::HEARTBEAT, heartbeat, NODE_BODY_LIMIT)
         .route(&m::NODE_ENDPOINTS, ingress_feed)
         .route(&m::EVENTS, events)
@@ -498,22 +503,80 @@ async fn node_eligibility(
     Ok(axum::Json(m.set_eligible(&id, req.eligible).await?))
 }
 
+/// A node's credentials act for that node only; the cluster token for any. A removed node is
+/// refused whatever it presents.
+fn acting_for(m: &Manager, caller: &Caller, node: NodeId) -> Result<(), ManagerError> {
+    if m.removed(node) {
+        return Err(ManagerError::NodeRemoved(node));
+    }
+    if caller.grant == Grant::Node && *caller.name != *node.to_string() {
+        return Err(ManagerError::OtherNode { caller: caller.name.to_string(), node });
+    }
+    Ok(())
+}
+
 async fn register(
     State(m): State<Shared>,
+    Extension(by): Extension<Caller>,
     Body(body): Body,
 ) -> Result<axum::Json<HeartbeatResponse>, HttpError> {
     let req: RegisterRequest = parse_json(&body)?;
+    acting_for(&m, &by, req.node_id)?;
     Ok(axum::Json(m.register(req).await?))
 }
 
 async fn heartbeat(
     State(m): State<Shared>,
+    Extension(by): Extension<Caller>,
     Path(id): Path<String>,
     Body(body): Body,
 ) -> Result<axum::Json<HeartbeatResponse>, HttpError> {
     let id: NodeId = parse_id(&id)?;
+    acting_for(&m, &by, id)?;
     let req: HeartbeatRequest = parse_json(&body)?;
     Ok(axum::Json(m.heartbeat(id, req).await?))
+}
+
+async fn remove_node(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<NodeInfo>, HttpError> {
+    Ok(axum::Json(m.remove_node(&id).await?))
+}
+
+/// `POST /v1/cluster/join`: open (the secret is the credential). Its answer carries the
+/// enrolled node as its caller, for the audit log.
+async fn join_cluster(State(m): State<Shared>, Body(body): Body) -> Result<Response, HttpError> {
+    let request: JoinRequest = parse_json(&body)?;
+    let asked = request.node_id;
+    let outcome = m.join(request).await;
+    let who = match (&outcome, asked) {
+        (Ok(enrolment), _) => enrolment.node_id.to_string(),
+        (Err(_), Some(id)) => id.to_string(),
+        (Err(_), None) => "unknown node".to_owned(),
+    };
+    let mut response = match outcome {
+        Ok(enrolment) => axum::Json(enrolment).into_response(),
+        Err(e) => HttpError::from(e).into_response(),
+    };
+    response.extensions_mut().insert(Caller { name: who.into(), grant: Grant::Node });
+    Ok(response)
+}
+
+async fn renew_certificate(
+    State(m): State<Shared>,
+    Extension(by): Extension<Caller>,
+    Body(body): Body,
+) -> Result<axum::Json<Enrolment>, HttpError> {
+    let request: RenewRequest = parse_json(&body)?;
+    Ok(axum::Json(m.renew(&by, &request.csr).await?))
+}
+
+async fn rotate_join_token(
+    State(m): State<Shared>,
+) -> Result<axum::Json<JoinTokenView>, HttpError> {
+    let token = m.rotate_join_token().await?;
+    Ok(axum::Json(JoinTokenView { token: token.to_string() }))
 }
 
 /// `GET /v1/nodes/{id}/endpoints?index=N&wait=D`: the node's ingress feed. Its own blocking
@@ -521,10 +584,12 @@ async fn heartbeat(
 /// node's acknowledgement of what its ingress applied.
 async fn ingress_feed(
     State(m): State<Shared>,
+    Extension(by): Extension<Caller>,
     Path(id): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<axum::Json<IngressFeed>, HttpError> {
     let node: NodeId = parse_id(&id)?;
+    acting_for(&m, &by, node)?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| {
         ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}"))

@@ -51,6 +51,8 @@ pub(crate) async fn audit(
     let method = req.method().clone();
     let request = format!("{method} {}", req.uri().path());
     let response = next.run(req).await;
+    // An open route may name who it served in its answer (a join names the node).
+    let caller = caller.or_else(|| response.extensions().get::<Caller>().cloned());
     // An unknown route or method was no operation; without a caller nobody is known.
     let (Some(caller), Some(Served(operation))) = (caller, response.extensions().get::<Served>())
     else {

@@ -98,6 +98,41 @@ pub enum ManagerError {
     /// The OS's random generator failed (a new secret cannot be drawn).
     #[error("the system's random generator failed")]
     Random,
+    /// The cluster's CA or a certificate could not be made or read.
+    #[error("the cluster's certificate authority failed")]
+    Pki(#[from] cube_pki::PkiError),
+    /// The cluster port's TLS could not be set up from the CA.
+    #[error("cannot set up mutual TLS with the cluster's CA")]
+    ClusterTls(#[source] cube_http::tls::TlsError),
+    /// The stored CA record has a newer format than this manager knows.
+    #[error("the cluster's CA record has format {0}, newer than this manager's; upgrade it")]
+    PkiFormat(u32),
+    /// The cluster has no CA yet (a highly available cluster before its first leader).
+    #[error("the cluster has no certificate authority yet; retry")]
+    NoCa,
+    /// A join request's secret is not the join token's.
+    #[error("wrong join token: get the current one with `cube token rotate worker`")]
+    JoinRefused,
+    /// A removed node tried to join or renew.
+    #[error("node {0} was removed from the cluster; join as a new node (a fresh --data-dir)")]
+    NodeRemoved(NodeId),
+    /// A node id enrolled with another key than the request's.
+    #[error("node {0} enrolled with another key; join as a new node (a fresh --data-dir)")]
+    OtherKey(NodeId),
+    /// A certificate request is not valid.
+    #[error("not a valid certificate request")]
+    BadCsr(#[source] cube_pki::PkiError),
+    /// A route for nodes was called by a caller that is not one.
+    #[error("only a node with its certificate may call this")]
+    NotANode,
+    /// A node's credentials were used for another node.
+    #[error("node {caller} cannot act for node {node}")]
+    OtherNode {
+        /// The node the credentials name.
+        caller: String,
+        /// The node the request is about.
+        node: NodeId,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -175,7 +210,19 @@ impl From<ManagerError> for ApiError {
                 tracing::error!(error = %message, "store failure while serving a request");
                 ApiError::new(ErrorCode::Unavailable, message)
             }
+            ManagerError::JoinRefused => ApiError::new(ErrorCode::Unauthorized, e.to_string()),
+            ManagerError::NodeRemoved(_)
+            | ManagerError::OtherKey(_)
+            | ManagerError::NotANode
+            | ManagerError::OtherNode { .. } => ApiError::new(ErrorCode::Forbidden, e.to_string()),
+            ManagerError::BadCsr(_) => {
+                ApiError::new(ErrorCode::InvalidArgument, Chain(&e).to_string())
+            }
+            ManagerError::NoCa => ApiError::new(ErrorCode::Unavailable, e.to_string()),
             ManagerError::Client(_)
+            | ManagerError::Pki(_)
+            | ManagerError::ClusterTls(_)
+            | ManagerError::PkiFormat(_)
             | ManagerError::Server(_)
             | ManagerError::Panicked { .. }
             | ManagerError::Random => ApiError::internal(Chain(&e).to_string()),

@@ -48,7 +48,7 @@ impl Manager {
         };
         let address = address.ok_or_else(|| ManagerError::NodeNotFound(node.to_string()))?;
         let path = format!("/v1/tasks/{id}/exec?{}", query.to_query());
-        let worker = self.client(&address).websocket(&path).await.map_err(|e| match e {
+        let worker = self.client(node, &address).websocket(&path).await.map_err(|e| match e {
             ClientError::Api { error, .. } => ManagerError::Remote(error),
             source => ManagerError::NodeUnreachable { node, source },
         })?;

@@ -31,6 +31,8 @@ use cube_core::deployment::Deployment;
 use cube_core::service::Service;
 use cube_core::{Chain, DeploymentId, Node, NodeId, Task, TaskId};
 use cube_etcd::{Etcd, EtcdConfig, EtcdError, EtcdStore, LeaderInfo, Validity};
+use cube_http::auth::{Caller, Grant};
+use cube_http::mtls::Peer;
 use cube_http::server::{HttpError, Listener, Server};
 use cube_rt::{Backoff, Clock};
 use cube_store::Table;
@@ -123,6 +125,8 @@ pub struct ReplicatedManager {
     pub addr: SocketAddr,
     /// The address of the token-free metrics listener, when one was asked for.
     pub metrics_addr: Option<SocketAddr>,
+    /// The address of the cluster port (mutual TLS for workers), when it has one.
+    pub cluster_addr: Option<SocketAddr>,
     server: Server,
     metrics_server: Option<Server>,
     tracker: TaskTracker,
@@ -192,6 +196,10 @@ pub async fn start_replicated(
         Some(at) => Some(Listener::bind(at).await?),
         None => None,
     };
+    let cluster_listener = match config.cluster_listen {
+        Some(at) => Some(Listener::bind(at).await?.with_limits(config.security.limits)),
+        None => None,
+    };
     let tracker = TaskTracker::new();
     let (leader_tx, leader_rx) = watch::channel(None);
     tracker.spawn({
@@ -217,11 +225,23 @@ pub async fn start_replicated(
     let metrics_addr = metrics_listener.as_ref().map(Listener::addr);
     let metrics_server = metrics_listener
         .map(|l| l.spawn(Current::router(Arc::clone(&current.metrics)), shutdown.clone(), None));
+    let cluster_addr = cluster_listener.as_ref().map(Listener::addr);
+    let cluster_url = cluster_addr.map(|a| format!("https://{a}"));
+    if let Some(l) = cluster_listener {
+        crate::pki::spawn_cluster_port(
+            l,
+            Current::router(Arc::clone(&current.api)),
+            Arc::clone(&config.cluster),
+            shutdown.clone(),
+            &tracker,
+        );
+    }
     tracing::info!(%addr, %advertise, prefix = %ha.etcd.prefix, "manager API listening (following)");
     let supervisor = Supervisor {
         config,
         ha,
         advertise,
+        cluster_url,
         etcd,
         store,
         clock,
@@ -230,7 +250,7 @@ pub async fn start_replicated(
         current,
     };
     tracker.spawn(supervisor.run(follower));
-    Ok(ReplicatedManager { addr, metrics_addr, server, metrics_server, tracker })
+    Ok(ReplicatedManager { addr, metrics_addr, cluster_addr, server, metrics_server, tracker })
 }
 
 async fn connect(config: &EtcdConfig, shutdown: &CancellationToken) -> Result<Etcd, ManagerError> {
@@ -298,6 +318,8 @@ struct Supervisor {
     config: ManagerConfig,
     ha: HaConfig,
     advertise: String,
+    /// Where this manager's cluster port answers nodes.
+    cluster_url: Option<String>,
     etcd: Etcd,
     store: Arc<EtcdStore>,
     clock: Clock,
@@ -308,8 +330,12 @@ struct Supervisor {
 
 impl Supervisor {
     async fn run(self, mut following: Arc<Manager>) {
-        let info =
-            LeaderInfo { id: self.config.name.clone(), url: self.advertise.clone(), epoch: 0 };
+        let info = LeaderInfo {
+            id: self.config.name.clone(),
+            url: self.advertise.clone(),
+            cluster_url: self.cluster_url.clone(),
+            epoch: 0,
+        };
         let candidate = self.etcd.candidate(info, self.ha.ttl);
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         loop {
@@ -355,6 +381,14 @@ impl Supervisor {
                     continue;
                 }
             };
+            // The first leader of a cluster makes its CA (under its fence, like every write).
+            match leading.ensure_pki().await {
+                Ok(Some(_)) => tracing::info!(
+                    "made the cluster's CA: `cube token rotate worker` prints a join token"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %Chain(&e), "cannot make the cluster's CA"),
+            }
             leading.act();
             self.current.set(&leading);
             retire(&following).await;
@@ -549,6 +583,16 @@ impl Manager {
                     (Table::Tokens, None) => self.tokens_mut().remove(&key),
                     // Read from the store when asked for; its events came with them.
                     (Table::Audit, _) => {}
+                    (Table::Meta, Some(v)) if key == crate::pki::PKI_KEY => {
+                        match serde_json::from_slice(&v) {
+                            Ok(record) => {
+                                if let Err(e) = self.set_pki(record) {
+                                    tracing::error!(error = %Chain(&e), "cannot take the cluster's CA");
+                                }
+                            }
+                            Err(e) => undecodable(table, &key, &e),
+                        }
+                    }
                     // The event index follows from the events themselves.
                     (Table::Meta, _) => {}
                 }
@@ -654,6 +698,12 @@ async fn forward(
             None => no_leader("no leader to relay the session"),
         };
     }
+    // A node that proved itself with its certificate is passed on over the leader's cluster
+    // port, under this manager's certificate, naming the node.
+    let for_node = match (req.extensions().get::<Peer>(), req.extensions().get::<Caller>()) {
+        (Some(_), Some(caller)) if caller.grant == Grant::Node => Some(caller.name.clone()),
+        _ => None,
+    };
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, FORWARD_BODY_LIMIT).await {
         Ok(b) => b,
@@ -666,11 +716,24 @@ async fn forward(
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
+    headers.remove(cube_http::auth::NODE_HEADER);
+    if let Some(node) = &for_node
+        && let Ok(value) = HeaderValue::from_str(node)
+    {
+        headers.insert(cube_http::auth::NODE_HEADER, value);
+    }
     let deadline = tokio::time::Instant::now() + NO_LEADER_WAIT;
     loop {
         let target = leader.borrow_and_update().clone();
-        if let Some(target) = target {
-            let client = m.http.with_base(&target.url);
+        let target = match (&for_node, target) {
+            (Some(_), Some(t)) => match (&t.cluster_url, m.cluster_http.get()) {
+                (Some(url), Some(cluster)) => Some(cluster.with_base(url)),
+                _ => None,
+            },
+            (None, Some(t)) => Some(m.http.with_base(&t.url)),
+            (_, None) => None,
+        };
+        if let Some(client) = target {
             match client.forward(parts.method.clone(), &path, headers.clone(), body.clone()).await {
                 Ok(answer) if answer.headers().contains_key(REFUSED_HEADER) => {
                     // Not the leader after all (yet): ask again shortly.
@@ -682,7 +745,7 @@ async fn forward(
                 }
                 Ok(answer) => return relay(answer),
                 Err(e) => {
-                    tracing::debug!(leader = %target.url, error = %Chain(&e), "cannot reach the leader");
+                    tracing::debug!(leader = %client.base(), error = %Chain(&e), "cannot reach the leader");
                 }
             }
         }
@@ -762,7 +825,7 @@ mod tests {
     use super::*;
 
     fn info(url: &str) -> LeaderInfo {
-        LeaderInfo { id: "m".into(), url: url.into(), epoch: 1 }
+        LeaderInfo { id: "m".into(), url: url.into(), cluster_url: None, epoch: 1 }
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,11 +16,13 @@ mod events;
 mod exec;
 mod ha;
 mod metrics;
+mod pki;
 mod state;
 mod tokens;
 
 pub use error::ManagerError;
 pub use ha::{HaConfig, ReplicatedManager, start_replicated};
+pub use pki::ClusterPort;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,6 +79,12 @@ pub struct ManagerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// How long the audit log keeps a record.
     pub audit_retention: Duration,
+    /// Where workers that joined with a join token reach this manager over mutual TLS
+    /// (`None`: no cluster port; workers may still register with the cluster token).
+    pub cluster_listen: Option<SocketAddr>,
+    /// The cluster port's identity and certificate lifetime, shared by every `Manager` this
+    /// process builds.
+    pub cluster: Arc<ClusterPort>,
 }
 
 /// How much of the event history the manager keeps: at least `events` events or `age` of
@@ -97,6 +105,9 @@ impl Default for History {
     }
 }
 
+/// How long node and manager certificates last by default: 90 days, as Swarm's.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+
 impl Default for ManagerConfig {
     /// A manager on `127.0.0.1:5555` placing with `spread`, heartbeats every second, nodes down
     /// after 5 s of silence, 5 s per call to a worker, finished tasks kept for a day, plain
@@ -114,6 +125,8 @@ impl Default for ManagerConfig {
             history: History::default(),
             metrics_listen: None,
             audit_retention: Duration::from_secs(90 * 86_400),
+            cluster_listen: None,
+            cluster: ClusterPort::new("manager", DEFAULT_CERT_LIFETIME),
         }
     }
 }
@@ -146,6 +159,11 @@ pub struct Manager {
     /// Users' tokens (written under the state lock, so their commits keep the store's order;
     /// read by every request's authentication).
     tokens: Arc<std::sync::RwLock<tokens::Tokens>>,
+    /// The cluster's CA and enrolled nodes (written under the state lock by `pki`, or by `ha`
+    /// from a leader's feed).
+    pki: std::sync::RwLock<Option<pki::PkiRecord>>,
+    /// Calls to workers that enrolled with a certificate: mutual TLS (set once the CA is known).
+    cluster_http: std::sync::OnceLock<Client>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -208,7 +226,20 @@ impl Manager {
             .security
             .client("http://worker.invalid", config.worker_timeout)
             .map_err(ManagerError::Client)?;
-        Ok(Arc::new(Self {
+        let pki = source
+            .load(Table::Meta)?
+            .into_iter()
+            .find(|(key, _)| key == pki::PKI_KEY)
+            .map(|(_, value)| serde_json::from_slice::<pki::PkiRecord>(&value))
+            .transpose()
+            .map_err(|source| {
+                ManagerError::Store(cube_store::StoreError::Codec {
+                    table: Table::Meta.name(),
+                    key: pki::PKI_KEY.to_owned(),
+                    source,
+                })
+            })?;
+        let manager = Arc::new(Self {
             config,
             clock,
             state: Mutex::new(state),
@@ -223,9 +254,15 @@ impl Manager {
             stale: std::sync::atomic::AtomicBool::new(false),
             fenced: CancellationToken::new(),
             tokens,
+            pki: std::sync::RwLock::new(None),
+            cluster_http: std::sync::OnceLock::new(),
             tracker: TaskTracker::new(),
             shutdown,
-        }))
+        });
+        if let Some(record) = pki {
+            manager.set_pki(record)?;
+        }
+        Ok(manager)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -316,6 +353,15 @@ impl Manager {
                     object,
                 });
             }
+        }
+        for id in &effects.removed_nodes {
+            batch.delete(Table::Nodes, id.to_string());
+            let object = EventObject::Node(None);
+            changes.push(events::Change {
+                kind: EventType::NodeRemoved,
+                key: id.to_string(),
+                object,
+            });
         }
         // Last: an instance leaves or joins the endpoints after the change that made it; one
         // that left is stopped only once the ingresses let go of it.
@@ -746,7 +792,7 @@ impl Manager {
             (node, address)
         };
         let address = address.ok_or_else(|| ManagerError::NodeNotFound(node.to_string()))?;
-        let client = self.client(&address);
+        let client = self.client(node, &address);
         client.logs(id, follow, tail).await.map_err(|e| match e {
             ClientError::Api { error, .. } => ManagerError::Remote(error),
             source => ManagerError::NodeUnreachable { node, source },
@@ -829,8 +875,14 @@ impl Manager {
     }
 
     /// A client for the worker at `address`, carrying this leader's epoch.
-    fn client(&self, address: &str) -> Client {
-        self.http.with_base(address).with_epoch(self.role().epoch())
+    /// A client for node `node` at `address`: over mutual TLS if it enrolled with a
+    /// certificate, else as configured (the cluster token, `--tls-ca`).
+    fn client(&self, node: NodeId, address: &str) -> Client {
+        let http = match self.cluster_http.get() {
+            Some(cluster) if self.certified(node) => cluster,
+            _ => &self.http,
+        };
+        http.with_base(address).with_epoch(self.role().epoch())
     }
 
     /// What this manager may do now.
@@ -869,7 +921,7 @@ impl Manager {
                 self.lock().dispatch_done(d.task);
                 return;
             };
-            let client = self.client(&address);
+            let client = self.client(d.node, &address);
             match client.submit_generation(Some(d.task), Some(d.generation), &spec).await {
                 Ok(_) => {
                     tracing::debug!(
@@ -940,7 +992,7 @@ impl Manager {
                 return;
             }
             let address = self.lock().node(s.node).map(|n| n.node.address.clone());
-            let Some(client) = address.map(|a| self.client(&a)) else { return };
+            let Some(client) = address.map(|a| self.client(s.node, &a)) else { return };
             match client.stop(s.task).await {
                 Ok(_) => return,
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => {
@@ -1309,6 +1361,10 @@ pub struct RunningManager {
     pub manager: Arc<Manager>,
     /// The address of the token-free metrics listener, when one was asked for.
     pub metrics_addr: Option<SocketAddr>,
+    /// The address of the cluster port (mutual TLS for workers), when it has one.
+    pub cluster_addr: Option<SocketAddr>,
+    /// The worker join token, when this start made the cluster's CA (shown once).
+    pub join_token: Option<cube_pki::JoinToken>,
     server: Server,
     metrics_server: Option<Server>,
 }
@@ -1341,14 +1397,29 @@ pub async fn start(
             .map_err(|source| ManagerError::Panicked { what: "loading state", source })?
     };
     let manager = loaded?;
+    let join_token = manager.ensure_pki().await?;
     let listener = Listener::bind(config.listen).await?.with_limits(config.security.limits);
     let addr = listener.addr();
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(Listener::bind(at).await?),
         None => None,
     };
+    let cluster_listener = match config.cluster_listen {
+        Some(at) => Some(Listener::bind(at).await?.with_limits(config.security.limits)),
+        None => None,
+    };
     manager.act();
     let router = api::router(Arc::clone(&manager));
+    let cluster_addr = cluster_listener.as_ref().map(Listener::addr);
+    if let Some(l) = cluster_listener {
+        pki::spawn_cluster_port(
+            l,
+            router.clone(),
+            Arc::clone(&config.cluster),
+            shutdown.clone(),
+            &manager.tracker,
+        );
+    }
     let server = listener.spawn(router, shutdown.clone(), config.security.tls.clone());
     let metrics_addr = metrics_listener.as_ref().map(Listener::addr);
     let metrics_server = metrics_listener.map(|l| {
@@ -1361,5 +1432,13 @@ pub async fn start(
         ttl = ?config.node_ttl,
         "manager API listening"
     );
-    Ok(RunningManager { addr, manager, metrics_addr, server, metrics_server })
+    Ok(RunningManager {
+        addr,
+        manager,
+        metrics_addr,
+        cluster_addr,
+        join_token,
+        server,
+        metrics_server,
+    })
 }

@@ -17,6 +17,7 @@ use cube_api::auth::{CreatedToken, TokenRequest, TokenView};
 use cube_core::Timestamp;
 use cube_core::access::{Role, TokenRecord, TokenStatus};
 use cube_http::auth::{Authenticate, Caller, ClusterToken, Grant, Refused};
+use cube_pki::Identity;
 use cube_rt::Clock;
 use cube_store::{Batch, Table};
 
@@ -186,6 +187,8 @@ fn parse_digest(text: &str) -> Option<Digest> {
 /// The manager's [`Authenticate`]: the cluster token first, then users' tokens.
 pub(crate) struct ManagerAuth {
     pub(crate) cluster: ClusterToken,
+    /// Removed nodes, whose certificates are refused.
+    pub(crate) revocations: cube_http::mtls::Revocations,
     pub(crate) tokens: Arc<RwLock<Tokens>>,
     pub(crate) clock: Clock,
 }
@@ -210,6 +213,29 @@ impl Authenticate for ManagerAuth {
 
     fn requires_credentials(&self) -> bool {
         self.cluster.requires_credentials()
+    }
+
+    /// A node's certificate opens the node routes for that node; a manager's, for the node it
+    /// passes a request on for (a follower to its leader).
+    fn authenticate_peer(
+        &self,
+        peer: &Identity,
+        on_behalf: Option<&str>,
+    ) -> Result<Caller, Refused> {
+        let node = match (peer, on_behalf) {
+            (Identity::Node(id), _) => id.as_str(),
+            (Identity::Manager(_), Some(id)) => id,
+            (Identity::Manager(name), None) => {
+                return Ok(Caller {
+                    name: Arc::from(format!("manager {name}")),
+                    grant: Grant::Node,
+                });
+            }
+        };
+        if self.revocations.is_revoked(node) {
+            return Err(Refused("this node was removed from the cluster".into()));
+        }
+        Ok(Caller { name: Arc::from(node), grant: Grant::Node })
     }
 }
 
@@ -290,6 +316,7 @@ impl crate::Manager {
     pub(crate) fn authenticator(&self) -> cube_http::auth::Authenticator {
         Arc::new(ManagerAuth {
             cluster: ClusterToken(self.config().security.token.clone()),
+            revocations: self.config().cluster.revocations().clone(),
             tokens: Arc::clone(&self.tokens),
             clock: self.clock.clone(),
         })

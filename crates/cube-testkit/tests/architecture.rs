@@ -41,16 +41,25 @@ fn crates_depend_only_the_documented_way() {
     expect("cube-store", &[]);
     expect("cube-etcd", &["cube-store"]);
     expect("cube-rt", &[]);
+    expect("cube-pki", &[]);
     expect("cube-api", &["cube-core"]);
-    expect("cube-http", &["cube-api", "cube-core"]);
+    expect("cube-http", &["cube-api", "cube-core", "cube-pki"]);
     expect("cube-ingress", &["cube-core"]);
     expect(
         "cube-worker",
-        &["cube-api", "cube-core", "cube-http", "cube-ingress", "cube-rt", "cube-store"],
+        &[
+            "cube-api",
+            "cube-core",
+            "cube-http",
+            "cube-ingress",
+            "cube-pki",
+            "cube-rt",
+            "cube-store",
+        ],
     );
     expect(
         "cube-manager",
-        &["cube-api", "cube-core", "cube-etcd", "cube-http", "cube-rt", "cube-store"],
+        &["cube-api", "cube-core", "cube-etcd", "cube-http", "cube-pki", "cube-rt", "cube-store"],
     );
     for (krate, deps) in &graph {
         if krate != "cube-bench" && krate != "cube-testkit" {

@@ -104,6 +104,12 @@ impl From<WorkerError> for ApiError {
             | WorkerError::ProcessUser { .. }
             | WorkerError::Host(_)
             | WorkerError::Server(_)
+            | WorkerError::Pki(_)
+            | WorkerError::ClusterTls(_)
+            | WorkerError::NoJoinToken
+            | WorkerError::Join { .. }
+            | WorkerError::JoinCancelled
+            | WorkerError::OtherNodeId { .. }
             | WorkerError::Panicked { .. } => {
                 let message = Chain(&e).to_string();
                 tracing::error!(error = %message, "internal error while serving a request");

@@ -112,4 +112,31 @@ pub enum WorkerError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The node's key or certificate could not be made or read.
+    #[error("cannot use this node's key or certificate")]
+    Pki(#[source] cube_pki::PkiError),
+    /// Mutual TLS could not be set up from the node's certificate.
+    #[error("cannot set up mutual TLS with the cluster's CA")]
+    ClusterTls(#[source] cube_http::tls::TlsError),
+    /// The node has no usable certificate and no join token to get one.
+    #[error("this node has no valid certificate: start it with --token <join token>")]
+    NoJoinToken,
+    /// Joining (or renewing) was refused, or no manager with the pinned CA answered.
+    #[error("cannot join the cluster")]
+    Join {
+        /// The call's error.
+        #[source]
+        source: cube_http::client::ClientError,
+    },
+    /// Stopped before a manager answered the join.
+    #[error("stopped before a manager answered the join")]
+    JoinCancelled,
+    /// The manager enrolled the node under another id than its own.
+    #[error("the manager enrolled node {asked} as {got}")]
+    OtherNodeId {
+        /// This node's id.
+        asked: cube_core::NodeId,
+        /// The id in the certificate.
+        got: cube_core::NodeId,
+    },
 }

@@ -14,6 +14,7 @@
 mod agent;
 mod api;
 mod driver;
+mod enrol;
 mod epoch;
 mod error;
 mod exec;
@@ -41,6 +42,7 @@ use tokio_util::task::TaskTracker;
 
 #[cfg(any(test, feature = "fake-driver"))]
 pub use driver::fake::FakeDriver;
+pub use enrol::Join;
 pub use error::{HostError, WorkerError};
 
 use agent::Agent;
@@ -76,6 +78,9 @@ pub struct WorkerConfig {
     pub ingress_ip: Option<std::net::IpAddr>,
     /// Token and TLS of this API and of the calls to the manager.
     pub security: cube_http::Security,
+    /// Join a cluster by certificate (`--join`): mutual TLS with its managers, which are then
+    /// the only callers this worker's API accepts. Takes the place of `manager`.
+    pub join: Option<Join>,
     /// Whether process tasks may run here (`--driver process`; off by default): a process
     /// task is code on this host, with only a user to stand between it and the host.
     pub process_driver: bool,
@@ -101,6 +106,7 @@ impl WorkerConfig {
             capacity: CapacityOverride::default(),
             gc_after: Some(Duration::from_secs(24 * 3600)),
             security: cube_http::Security::default(),
+            join: None,
             metrics_listen: None,
             ingress_ip: None,
             process_driver: false,
@@ -228,8 +234,8 @@ pub async fn start(
     let node_id = load_or_create_node_id(&config.data_dir).await?;
     let metrics = Arc::new(metrics::Metrics::new());
     // A worker joined to a manager runs an ingress, on this address.
-    let ingress_ip =
-        config.manager.is_some().then(|| config.ingress_ip.unwrap_or(config.listen.ip()));
+    let joins = config.manager.is_some() || config.join.is_some();
+    let ingress_ip = joins.then(|| config.ingress_ip.unwrap_or(config.listen.ip()));
     let mut allows = config.allows.clone();
     let drivers = Arc::new(match platform.drivers {
         DriverChoice::Host { pull_timeout } => {
@@ -304,7 +310,27 @@ pub async fn start(
         );
     }
 
-    let listener = Listener::bind(config.listen).await?.with_limits(config.security.limits);
+    // A worker that joins by certificate calls its managers and serves them over mutual TLS.
+    let mut security = config.security.clone();
+    let mut manager = config.manager.clone();
+    if let Some(join) = &config.join {
+        let (tls, key) = enrol::identity(&config.data_dir, node_id, join, &shutdown).await?;
+        let server = tls
+            .server(cube_http::mtls::Clients::ManagersOnly, cube_http::mtls::Revocations::default())
+            .map_err(WorkerError::ClusterTls)?;
+        security.tls = Some(server);
+        security.cluster = Some(tls.clone());
+        manager = Some(join.bases());
+        background.spawn(enrol::renew_loop(
+            tls,
+            key,
+            config.data_dir.clone(),
+            node_id,
+            join.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let listener = Listener::bind(config.listen).await?.with_limits(security.limits);
     let addr = listener.addr();
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(Listener::bind(at).await?),
@@ -313,11 +339,11 @@ pub async fn start(
     let router = api::router(api::ApiState {
         agent: Arc::clone(&agent),
         host: host.clone(),
-        token: config.security.token.clone(),
+        token: security.token.clone(),
         metrics: Arc::clone(&metrics),
         epochs: Arc::clone(&epochs),
     });
-    let server = listener.spawn(router, shutdown.clone(), config.security.tls.clone());
+    let server = listener.spawn(router, shutdown.clone(), security.tls.clone());
     let metrics_server = metrics_listener.map(|l| {
         tracing::info!(addr = %l.addr(), "serving /metrics without a token");
         l.spawn(api::metrics_router(Arc::clone(&agent), metrics), shutdown.clone(), None)
@@ -325,7 +351,7 @@ pub async fn start(
     tracing::info!(%addr, node = %node_id, name = %config.name, "worker API listening");
 
     if let Some(retain) = config.gc_after {
-        let keep_unreported = config.manager.is_some();
+        let keep_unreported = joins;
         let clock = platform.clock.clone();
         background.spawn(gc_loop(
             Arc::clone(&agent),
@@ -336,7 +362,7 @@ pub async fn start(
         ));
     }
     let mut ingress_handle = None;
-    if let Some(manager) = config.manager.clone() {
+    if let Some(manager) = manager {
         let snapshot = host.borrow().clone();
         let capacity = Resources {
             cpu: config.capacity.cpu.unwrap_or(Millicores::cores(u64::from(snapshot.cpu.cores))),
@@ -355,12 +381,12 @@ pub async fn start(
             advertise: config
                 .advertise
                 .clone()
-                .unwrap_or_else(|| format!("{}://{addr}", config.security.scheme())),
+                .unwrap_or_else(|| format!("{}://{addr}", security.scheme())),
             labels: config.labels.clone(),
             capacity,
             drivers: agent.drivers(),
             allows,
-            security: config.security.clone(),
+            security: security.clone(),
             ingress: Some(ingress.clone()),
             epochs,
         };

@@ -48,6 +48,10 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/tokens", "admin"),
     ("POST", "/v1/tokens", "admin"),
     ("DELETE", "/v1/tokens/{name}", "admin"),
+    ("DELETE", "/v1/nodes/{id}", "admin"),
+    ("POST", "/v1/cluster/join", "open"),
+    ("POST", "/v1/cluster/renew", "node"),
+    ("POST", "/v1/cluster/join-token", "admin"),
 ];
 
 const ROLES: [&str; 4] = ["read", "operate", "exec", "admin"];

@@ -164,4 +164,28 @@ impl State {
         }
         expired
     }
+
+    /// Forgets node `id` (an admin removed it): its tasks are placed again elsewhere. `None`
+    /// if there is no such node.
+    pub fn remove_node(
+        &mut self,
+        id: NodeId,
+        now: Timestamp,
+        effects: &mut Effects,
+    ) -> Option<Node> {
+        if !self.nodes.contains_key(&id) {
+            return None;
+        }
+        let name = self.node_name(id);
+        let reason = format!("node {name} was removed from the cluster");
+        for t in self.tasks_on(id) {
+            self.modify(t, effects, |t| requeue_or_stop(t, now, reason.clone()));
+        }
+        let entry = self.nodes.remove(&id)?;
+        self.draining.remove(&id);
+        effects.nodes.remove(&id);
+        effects.removed_nodes.insert(id);
+        self.capacity_changed(effects);
+        Some(entry.node)
+    }
 }

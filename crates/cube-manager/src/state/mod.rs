@@ -80,6 +80,8 @@ pub struct Effects {
     pub history_before: BTreeMap<TaskId, Option<TaskEvent>>,
     /// Nodes whose records changed (to persist).
     pub nodes: BTreeSet<NodeId>,
+    /// Nodes removed (to delete).
+    pub removed_nodes: BTreeSet<NodeId>,
     /// Tasks to send to nodes.
     pub dispatch: Vec<Dispatch>,
     /// Stops to send to nodes.

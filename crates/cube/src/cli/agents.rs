@@ -78,6 +78,14 @@ pub struct ManagerArgs {
     /// How long the audit log keeps a record of each mutation (e.g. 90d, 365d).
     #[arg(long, env = "CUBE_MANAGER_AUDIT_RETENTION", default_value = "90d", value_parser = parse_duration)]
     pub audit_retention: Duration,
+    /// Address of the cluster port, where workers started with `--join` reach this manager
+    /// over mutual TLS [default: the --listen address's IP, port 5557; port 0 when --listen's
+    /// port is 0].
+    #[arg(long, env = "CUBE_MANAGER_CLUSTER_LISTEN", value_name = "ADDR")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// How long node and manager certificates last; each renews between 50% and 80% of it.
+    #[arg(long, env = "CUBE_MANAGER_CERT_LIFETIME", default_value = "90d", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
     /// With `--store etcd`: where etcd is and how to reach it.
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -175,8 +183,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "CUBE_WORKER_PULL_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub pull_timeout: Duration,
     /// Manager to join (e.g. http://127.0.0.1:5555); without it the worker runs standalone.
-    #[arg(long, env = "CUBE_MANAGER")]
+    /// With the cluster token: the older way; prefer --join.
+    #[arg(long, env = "CUBE_MANAGER", conflicts_with = "join")]
     pub manager: Option<String>,
+    /// Join a cluster by certificate: the managers' cluster ports (ADDR[,ADDR...], e.g.
+    /// 10.0.0.1:5557). With it, --token (CUBE_TOKEN) is the join token the manager printed
+    /// (CUBE-1-...), needed to join and to join again after the certificate expired; from then
+    /// on every call between this worker and its managers is mutual TLS, and only its managers
+    /// may call this worker.
+    #[arg(long, env = "CUBE_JOIN", value_name = "ADDRS")]
+    pub join: Option<String>,
     /// URL the manager uses to reach this worker [default: `http://` (`https://` with
     /// --tls-cert) + the listen address].
     #[arg(long, env = "CUBE_WORKER_ADVERTISE")]
@@ -311,6 +327,32 @@ pub struct ExposureArgs {
     pub max_connections: usize,
 }
 
+/// The cluster port's port when --cluster-listen is not given.
+const DEFAULT_CLUSTER_PORT: u16 = 5557;
+
+/// A worker's security: with `--join`, the token is the join token and the API is mutual TLS
+/// for its managers only (no token, no exposure check); otherwise as [`security`] says.
+pub(crate) fn worker_security(
+    global: &super::GlobalArgs,
+    args: &WorkerArgs,
+) -> anyhow::Result<(cube_http::Security, Option<cube_worker::Join>)> {
+    let Some(managers) = &args.join else {
+        return Ok((security(global, &args.exposure, args.listen)?, None));
+    };
+    if args.exposure.tls_cert.is_some() {
+        anyhow::bail!("--join serves the cluster's own certificates: drop --tls-cert/--tls-key");
+    }
+    let token = global
+        .token()?
+        .map(|t| t.secret().parse::<cube_pki::JoinToken>())
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("with --join, --token (CUBE_TOKEN) is the join token the manager printed (CUBE-1-...)"))?;
+    let limits =
+        cube_http::Limits { max_connections: args.exposure.max_connections, ..Default::default() };
+    let security = cube_http::Security { limits, ..Default::default() };
+    Ok((security, Some(cube_worker::Join { managers: managers.clone(), token })))
+}
+
 /// Loads an agent's token, certificate and CA (plain file reads: call it before the async
 /// runtime starts) and refuses an unauthenticated API beyond loopback.
 pub(crate) fn security(
@@ -326,7 +368,8 @@ pub(crate) fn security(
         global.tls_ca.as_deref().map(cube_http::tls::ClientTls::from_ca_file).transpose()?;
     let limits =
         cube_http::Limits { max_connections: exposure.max_connections, ..Default::default() };
-    let security = cube_http::Security { token: global.token()?, tls, tls_ca, limits };
+    let security =
+        cube_http::Security { token: global.token()?, tls, tls_ca, limits, cluster: None };
     check_exposure(listen, security.token.as_ref(), exposure.allow_unauthenticated)?;
     Ok(security)
 }
@@ -437,7 +480,11 @@ fn host_name() -> String {
 }
 
 /// `cube worker`.
-pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> anyhow::Result<()> {
+pub(crate) async fn worker(
+    args: WorkerArgs,
+    security: cube_http::Security,
+    join: Option<cube_worker::Join>,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let store_kind = args.store;
@@ -447,6 +494,7 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> a
         data_dir: args.data_dir,
         listen: args.listen,
         manager: args.manager,
+        join,
         advertise: args.advertise,
         labels: args.labels.into_iter().collect(),
         capacity: cube_worker::CapacityOverride {
@@ -462,9 +510,10 @@ pub(crate) async fn worker(args: WorkerArgs, security: cube_http::Security) -> a
         process_user: args.allow.process_user.clone(),
         allows: args.allow.allows(),
     };
+    let scheme = if config.join.is_some() { "https" } else { security.scheme() };
     let store = open_store(store_kind, &config.data_dir, "worker.redb").await?;
     let worker = cube_worker::start(config, platform, store, shutdown).await?;
-    announce(&format!("cube worker listening on {}://{}", security.scheme(), worker.addr()));
+    announce(&format!("cube worker listening on {scheme}://{}", worker.addr()));
     worker.wait().await?;
     tracing::info!("worker stopped; tasks keep running");
     Ok(())
@@ -477,6 +526,7 @@ pub(crate) async fn manager(
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    let cluster = cube_manager::ClusterPort::new(&args.name, args.cert_lifetime);
     let config = cube_manager::ManagerConfig {
         name: args.name,
         listen: args.listen,
@@ -489,6 +539,11 @@ pub(crate) async fn manager(
         history: cube_manager::History::default(),
         metrics_listen: args.exposure.metrics_listen,
         audit_retention: args.audit_retention,
+        cluster_listen: Some(args.cluster_listen.unwrap_or_else(|| {
+            let port = if args.listen.port() == 0 { 0 } else { DEFAULT_CLUSTER_PORT };
+            SocketAddr::new(args.listen.ip(), port)
+        })),
+        cluster,
     };
     let kind = match args.store {
         ManagerStore::Redb => StoreKind::Redb,
@@ -501,6 +556,9 @@ pub(crate) async fn manager(
             };
             let clock = cube_rt::Clock::system();
             let running = cube_manager::start_replicated(config, ha, clock, shutdown).await?;
+            if let Some(at) = running.cluster_addr {
+                announce(&format!("cluster port: {at}"));
+            }
             announce(&format!(
                 "cube manager listening on {}://{}",
                 security.scheme(),
@@ -513,6 +571,13 @@ pub(crate) async fn manager(
     };
     let store = open_store(kind, &args.data_dir, "manager.redb").await?;
     let running = cube_manager::start(config, store, cube_rt::Clock::system(), shutdown).await?;
+    if let Some(token) = &running.join_token {
+        // Shown once: the manager keeps only its digest (`cube token rotate worker` makes another).
+        announce(&format!("worker join token: {token}"));
+    }
+    if let Some(at) = running.cluster_addr {
+        announce(&format!("cluster port: {at}"));
+    }
     announce(&format!("cube manager listening on {}://{}", security.scheme(), running.addr));
     running.wait().await?;
     tracing::info!("manager stopped");

@@ -133,8 +133,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Worker(args) => {
             agents::init_logging();
-            let security = agents::security(&cli.global, &args.exposure, args.listen)?;
-            agents::runtime()?.block_on(agents::worker(args, security))?;
+            let (security, join) = agents::worker_security(&cli.global, &args)?;
+            agents::runtime()?.block_on(agents::worker(args, security, join))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Manager(args) => {

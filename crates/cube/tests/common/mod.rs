@@ -83,7 +83,7 @@ impl CubeProcess {
     }
 
     /// Like [`CubeProcess::try_start`], inside network namespace `netns` when given.
-    fn try_start_in(
+    pub fn try_start_in(
         netns: Option<&str>,
         args: &[&str],
         log_dir: &Path,
@@ -408,7 +408,8 @@ pub struct NetNs {
     pub name: String,
     pub host: std::net::Ipv4Addr,
     pub inside: std::net::Ipv4Addr,
-    link: String,
+    /// The host end of the veth pair.
+    pub link: String,
 }
 
 const NETNS_PREFIX: &str = "cube-test-";

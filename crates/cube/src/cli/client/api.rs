@@ -223,6 +223,9 @@ fn describe(e: &ClientError, base: &str) -> anyhow::Error {
         ClientError::Build(source) => {
             anyhow::anyhow!("cannot set up a client for {base}: {}", Chain(source).root())
         }
+        ClientError::ClusterTls(source) => {
+            anyhow::anyhow!("cannot set up a client for {base}: {}", Chain(source).root())
+        }
     }
 }
 

@@ -215,6 +215,15 @@ pub enum TokenCommand {
         /// The token's name.
         name: String,
     },
+    /// Replace the worker join token and print the new one: the old one admits nobody from
+    /// now on; workers that joined keep their certificates.
+    ///
+    /// Example: cube token rotate worker
+    Rotate {
+        /// Which token: `worker`.
+        #[arg(value_parser = ["worker"])]
+        kind: String,
+    },
 }
 
 /// Options of `cube exec`.
@@ -498,6 +507,15 @@ pub enum NodeAction {
         /// `on` or `off`.
         #[arg(value_parser = ["on", "off"])]
         setting: String,
+    },
+    /// Remove a node from the cluster: its tasks are placed elsewhere, its certificate is
+    /// refused at once (open connections closed), and its id never joins again.
+    ///
+    /// Example: cube node rm worker-1
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The node (a name, an id or an id prefix).
+        node: String,
     },
 }
 

@@ -24,7 +24,7 @@ pub(super) async fn node(api: &Api, args: NodeArgs, output: Output) -> anyhow::R
                 Output::Json => format::emit_json(&nodes)?,
                 Output::Table if nodes.is_empty() => {
                     format::note(
-                        "no nodes have registered: start one with `cube worker --manager URL`",
+                        "no nodes have registered: start one with `cube worker --join ADDR --token TOKEN`",
                     );
                 }
                 Output::Table => {
@@ -60,12 +60,14 @@ async fn node_action(api: &Api, action: NodeAction, output: Output) -> anyhow::R
         NodeAction::Drain { node, .. } => (node, "draining"),
         NodeAction::Eligibility { node, setting } if setting == "on" => (node, "eligible"),
         NodeAction::Eligibility { node, .. } => (node, "ineligible"),
+        NodeAction::Rm { node } => (node, "removed"),
     };
     let id = api.resolve_node(given).await?.id.to_string();
     let client = api.client();
     let node = match action {
         NodeAction::Drain { deadline, .. } => client.drain(&id, deadline).await,
         NodeAction::Eligibility { setting, .. } => client.set_eligible(&id, setting == "on").await,
+        NodeAction::Rm { .. } => client.remove_node(&id).await,
     }
     .map_err(|e| api.error(&e))?;
     match output {

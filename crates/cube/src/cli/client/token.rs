@@ -50,6 +50,18 @@ pub(super) async fn token(
                 Output::Table => format::emit(&table(&tokens, Timestamp::now()))?,
             }
         }
+        TokenCommand::Rotate { .. } => {
+            let token = client.rotate_join_token().await.map_err(|e| api.error(&e))?;
+            match output {
+                Output::Json => format::emit_json(&token)?,
+                Output::Table => {
+                    format::emit(&token.token)?;
+                    format::note(
+                        "worker join token replaced; start workers with `cube worker --join ADDR --token TOKEN`",
+                    );
+                }
+            }
+        }
         TokenCommand::Revoke { name } => {
             let token = client.revoke_token(&name).await.map_err(|e| api.error(&e))?;
             match output {

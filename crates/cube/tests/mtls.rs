@@ -449,3 +449,77 @@ async fn an_expired_worker_rejoins_under_its_id_and_a_removed_node_is_refused_at
     );
     assert!(error.is_err(), "a removed node cannot join again");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_joined_by_certificate_follows_highly_available_managers_through_a_failover() {
+    use cube_testkit::etcd::{EtcdCluster, etcd_available};
+    if !etcd_available() {
+        assert!(std::env::var_os("CI").is_none(), "etcd-server missing under CI");
+        eprintln!("skipped: etcd is not installed");
+        return;
+    }
+    let etcd = EtcdCluster::start(1).unwrap();
+    let list = etcd.endpoint_list();
+    let mut managers = Vec::new();
+    for name in ["m0", "m1"] {
+        managers
+            .push(TestManager::start(&["--store", "etcd", "--etcd", &list, "--name", name]).await);
+    }
+    let leader = || async {
+        for (i, m) in managers.iter().enumerate() {
+            if m.client.health().await.is_ok_and(|h| h.leading == Some(true)) {
+                return Some(i);
+            }
+        }
+        None
+    };
+    let first = wait_until(Duration::from_secs(15), "a leader", leader).await;
+    // The cluster's CA was made by its first leader; a join token comes from any manager.
+    let token = wait_until(Duration::from_secs(10), "a join token", || {
+        let client = managers[1 - first].client.clone();
+        async move { client.rotate_join_token().await.ok() }
+    })
+    .await
+    .token;
+    // The follower first: its cluster port passes the node's requests on to the leader's.
+    let ports: Vec<String> = managers.iter().map(printed_port).collect();
+    let join = format!("{},{}", ports[1 - first], ports[first]);
+    let worker = Joined::start(None, "127.0.0.1:0", &join, &token, "ha-worker");
+    let client = Client::new(
+        managers.iter().map(|m| m.url.as_str()).collect::<Vec<_>>().join(","),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let sleeper = |name: &str| {
+        common::spec(
+            serde_json::json!({"name": name, "driver": "process", "command": "sleep", "args": ["600"]}),
+        )
+    };
+    let before = client.submit(None, &sleeper("before")).await.unwrap().task.id;
+    common::wait_state(&client, before, cube_core::TaskState::Running, Duration::from_secs(20))
+        .await;
+
+    managers[first].kill9();
+    let second = wait_until(Duration::from_secs(15), "a new leader", || async {
+        let m = &managers[1 - first];
+        m.client.health().await.is_ok_and(|h| h.leading == Some(true)).then_some(1 - first)
+    })
+    .await;
+    let after = client.submit(None, &sleeper("after")).await.unwrap().task.id;
+    common::wait_state(&client, after, cube_core::TaskState::Running, Duration::from_secs(20))
+        .await;
+    let node = client.node(&worker.node).await.unwrap();
+    assert_eq!(node.state, NodeState::Ready, "the node stayed up through the failover");
+    assert_eq!(client.task(before).await.unwrap().state, cube_core::TaskState::Running);
+    assert_eq!(second, 1 - first);
+    drop(etcd);
+}
+
+fn printed_port(manager: &TestManager) -> String {
+    let log = manager.process.logs();
+    log.lines()
+        .find_map(|l| l.split("cluster port: ").nth(1))
+        .unwrap_or_else(|| panic!("no cluster port line in:\n{log}"))
+        .trim()
+        .to_owned()
+}

@@ -377,3 +377,50 @@ pub(crate) fn spawn_cluster_port(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The record as the first format stored it: it must keep loading, and say the same again.
+    const FORMAT_1: &str = r#"{"format":1,"ca_cert":"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n","ca_key":"-----BEGIN PRIVATE KEY-----\nMIGH\n-----END PRIVATE KEY-----\n","join_secret":"5d41402abc4b2a76b9719d911017c592ae6b4f5e1d4c0a2f8e9b7c6d5e4f3a2b","nodes":{"01a23ebb-28fb-72e5-946e-d42bbbae05be":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"},"removed":["01a23ebb-53db-736d-a753-747c5fa48b82"]}"#;
+
+    #[test]
+    fn a_record_of_the_first_format_still_loads_and_says_the_same() {
+        let record: PkiRecord = serde_json::from_str(FORMAT_1).unwrap();
+        assert_eq!(record.format, 1);
+        assert_eq!(record.nodes.len(), 1);
+        assert_eq!(record.removed.len(), 1);
+        let again: serde_json::Value = serde_json::to_value(&record).unwrap();
+        let old: serde_json::Value = serde_json::from_str(FORMAT_1).unwrap();
+        assert_eq!(again, old);
+        // Before any node enrolled or was removed, the sets may be absent.
+        let bare = r#"{"format":1,"ca_cert":"c","ca_key":"k","join_secret":"s"}"#;
+        let bare: PkiRecord = serde_json::from_str(bare).unwrap();
+        assert!(bare.nodes.is_empty() && bare.removed.is_empty());
+    }
+
+    #[test]
+    fn a_port_learns_the_ca_once_and_follows_the_removed_nodes() {
+        let authority = Authority::create("test", SystemTime::now()).unwrap();
+        let mut record = PkiRecord {
+            format: FORMAT,
+            ca_cert: authority.cert_pem().to_owned(),
+            ca_key: authority.key_pem(),
+            join_secret: String::new(),
+            nodes: BTreeMap::new(),
+            removed: BTreeSet::new(),
+        };
+        let port = ClusterPort::new("m", Duration::from_secs(3600));
+        assert!(port.tls().is_none());
+        port.learn(&record).unwrap();
+        let tls = port.tls().unwrap();
+        assert_eq!(tls.identity(), Identity::Manager("m".into()));
+        let id = NodeId::from_uuid(uuid::Uuid::now_v7());
+        record.removed.insert(id);
+        port.learn(&record).unwrap();
+        assert!(port.revocations().is_revoked(&id.to_string()));
+        // The same certificate: learning again issues nothing new.
+        assert_eq!(port.tls().unwrap().validity(), tls.validity());
+    }
+}

@@ -373,46 +373,23 @@ impl ClientCertVerifier for Admission {
 }
 
 /// A client configuration for joining: it accepts a manager whose chain holds the CA of
-/// digest `pin` and whose certificate that CA issued for a manager, and keeps that CA
-/// ([`Pinned::ca_pem`]). A worker sends its join secret only over such a connection.
-pub fn pinned_config(pin: cube_pki::CaDigest) -> Result<(rustls::ClientConfig, Pinned), TlsError> {
+/// digest `pin` and whose certificate that CA issued for a manager. A worker sends its join
+/// secret only over such a connection.
+pub fn pinned_config(pin: cube_pki::CaDigest) -> Result<rustls::ClientConfig, TlsError> {
     crate::tls::install_provider();
-    let pinned = Pinned::default();
-    let verifier = PinVerifier { pin, found: pinned.clone(), provider: provider() };
+    let verifier = PinVerifier { pin, provider: provider() };
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    Ok((config, pinned))
-}
-
-/// The CA a [`pinned_config`] client found.
-#[derive(Clone, Debug, Default)]
-pub struct Pinned(Arc<std::sync::Mutex<Option<CertificateDer<'static>>>>);
-
-impl Pinned {
-    /// The CA's certificate (PEM), once a handshake found it.
-    pub fn ca_pem(&self) -> Option<String> {
-        let der = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let body = data_encoding::BASE64.encode(&der);
-        let lines: Vec<&str> = body
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap_or_default())
-            .collect();
-        Some(format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            lines.join("\n")
-        ))
-    }
+    Ok(config)
 }
 
 #[derive(Debug)]
 struct PinVerifier {
     pin: cube_pki::CaDigest,
-    found: Pinned,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -440,9 +417,7 @@ impl ServerCertVerifier for PinVerifier {
         .map_err(|e| rustls::Error::General(e.to_string()))?;
         let name = ServerName::try_from(cube_pki::MANAGER_NAME)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verified = inner.verify_server_cert(end_entity, &[], &name, ocsp_response, now)?;
-        *self.found.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(ca.clone().into_owned());
-        Ok(verified)
+        inner.verify_server_cert(end_entity, &[], &name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

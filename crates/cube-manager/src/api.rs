@@ -43,6 +43,9 @@ impl From<ManagerError> for HttpError {
     }
 }
 
+/// The path of a worker's join.
+pub(crate) const JOIN_PATH: &str = m::JOIN.path;
+
 /// The router for `/v1/...`.
 pub fn router(manager: Arc<Manager>) -> Router {
     let auth = manager.authenticator();

@@ -704,6 +704,8 @@ async fn forward(
         (Some(_), Some(caller)) if caller.grant == Grant::Node => Some(caller.name.clone()),
         _ => None,
     };
+    // A join carries the join secret: between managers too, only over mutual TLS.
+    let via_cluster = for_node.is_some() || req.uri().path() == crate::api::JOIN_PATH;
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, FORWARD_BODY_LIMIT).await {
         Ok(b) => b,
@@ -725,12 +727,12 @@ async fn forward(
     let deadline = tokio::time::Instant::now() + NO_LEADER_WAIT;
     loop {
         let target = leader.borrow_and_update().clone();
-        let target = match (&for_node, target) {
-            (Some(_), Some(t)) => match (&t.cluster_url, m.cluster_http.get()) {
+        let target = match (via_cluster, target) {
+            (true, Some(t)) => match (&t.cluster_url, m.manager_http.get()) {
                 (Some(url), Some(cluster)) => Some(cluster.with_base(url)),
                 _ => None,
             },
-            (None, Some(t)) => Some(m.http.with_base(&t.url)),
+            (false, Some(t)) => Some(m.http.with_base(&t.url)),
             (_, None) => None,
         };
         if let Some(client) = target {

@@ -164,6 +164,8 @@ pub struct Manager {
     pki: std::sync::RwLock<Option<pki::PkiRecord>>,
     /// Calls to workers that enrolled with a certificate: mutual TLS (set once the CA is known).
     cluster_http: std::sync::OnceLock<Client>,
+    /// Calls to other managers' cluster ports (a follower passing a node's request on).
+    manager_http: std::sync::OnceLock<Client>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -256,6 +258,7 @@ impl Manager {
             tokens,
             pki: std::sync::RwLock::new(None),
             cluster_http: std::sync::OnceLock::new(),
+            manager_http: std::sync::OnceLock::new(),
             tracker: TaskTracker::new(),
             shutdown,
         });

@@ -174,17 +174,20 @@ impl Manager {
         if self.cluster_http.get().is_none()
             && let Some(tls) = self.config.cluster.tls()
         {
-            let config = tls
-                .client_config(cube_http::mtls::Expect::Node)
-                .map_err(ManagerError::ClusterTls)?;
-            let client = cube_http::client::Client::with_cluster_tls(
-                "https://worker.invalid",
-                self.config.worker_timeout,
-                &config,
-            )
-            .map_err(ManagerError::Client)?;
-            // Set once; a second caller racing here built the same client.
-            let _ = self.cluster_http.set(client);
+            let client = |expect, base| {
+                let config = tls.client_config(expect).map_err(ManagerError::ClusterTls)?;
+                cube_http::client::Client::with_cluster_tls(
+                    base,
+                    self.config.worker_timeout,
+                    &config,
+                )
+                .map_err(ManagerError::Client)
+            };
+            let workers = client(cube_http::mtls::Expect::Node, "https://worker.invalid")?;
+            let managers = client(cube_http::mtls::Expect::Manager, "https://manager.invalid")?;
+            // Set once; a second caller racing here built the same clients.
+            let _ = self.cluster_http.set(workers);
+            let _ = self.manager_http.set(managers);
         }
         *self.pki.write().unwrap_or_else(|e| e.into_inner()) = Some(record);
         Ok(())
@@ -208,15 +211,25 @@ impl Manager {
             .is_some_and(|p| p.removed.contains(&id))
     }
 
-    async fn write_pki(&self, record: PkiRecord) -> Result<(), ManagerError> {
-        let staged = {
+    /// Changes the record and commits it, reading and writing it under the state lock, so
+    /// concurrent changes (two joins) cannot overwrite each other and the store sees them in
+    /// order. `change` answers what to return and whether it changed anything; it sees `None`
+    /// while the cluster has no CA.
+    async fn update_pki<T>(
+        &self,
+        change: impl FnOnce(Option<PkiRecord>) -> Result<(T, Option<PkiRecord>), ManagerError>,
+    ) -> Result<T, ManagerError> {
+        let (answer, staged) = {
             let _state = self.lock();
+            let (answer, changed) = change(self.pki())?;
+            let Some(record) = changed else { return Ok(answer) };
             let mut batch = Batch::new();
             batch.put(Table::Meta, PKI_KEY, &record)?;
             self.set_pki(record)?;
-            crate::Staged::commit(self.store.as_ref(), batch, None)
+            (answer, crate::Staged::commit(self.store.as_ref(), batch, None))
         };
-        self.committed(staged).await
+        self.committed(staged).await?;
+        Ok(answer)
     }
 
     /// Makes the cluster's CA and join token if it has none; the new token, to show once.
@@ -234,7 +247,16 @@ impl Manager {
             nodes: BTreeMap::new(),
             removed: BTreeSet::new(),
         };
-        self.write_pki(record).await?;
+        let made = self
+            .update_pki(|current| match current {
+                // Made meanwhile: keep that one.
+                Some(_) => Ok((false, None)),
+                None => Ok((true, Some(record))),
+            })
+            .await?;
+        if !made {
+            return Ok(None);
+        }
         tracing::info!(ca = %authority.digest(), "made the cluster's certificate authority");
         Ok(Some(token))
     }
@@ -268,25 +290,32 @@ impl Manager {
     /// `POST /v1/cluster/join`: a worker with the join token's secret gets a certificate.
     pub(crate) async fn join(&self, request: JoinRequest) -> Result<Enrolment, ManagerError> {
         let authority = self.authority()?;
-        let record = self.pki().ok_or(ManagerError::NoCa)?;
-        if !cube_pki::secret_matches(&record.join_secret, &request.secret) {
-            return Err(ManagerError::JoinRefused);
-        }
         let key = cube_pki::request_key_digest(&request.csr).map_err(ManagerError::BadCsr)?;
-        let node = match request.node_id {
-            Some(id) if record.removed.contains(&id) => return Err(ManagerError::NodeRemoved(id)),
-            Some(id) if record.nodes.get(&id).is_some_and(|k| *k != key) => {
-                return Err(ManagerError::OtherKey(id));
-            }
-            Some(id) => id,
-            None => NodeId::from_uuid(uuid::Uuid::now_v7()),
-        };
+        // Enrolled (durably) before the certificate is handed out.
+        let node = self
+            .update_pki(|record| {
+                let mut record = record.ok_or(ManagerError::NoCa)?;
+                if !cube_pki::secret_matches(&record.join_secret, &request.secret) {
+                    return Err(ManagerError::JoinRefused);
+                }
+                let node = match request.node_id {
+                    Some(id) if record.removed.contains(&id) => {
+                        return Err(ManagerError::NodeRemoved(id));
+                    }
+                    Some(id) if record.nodes.get(&id).is_some_and(|k| *k != key) => {
+                        return Err(ManagerError::OtherKey(id));
+                    }
+                    Some(id) => id,
+                    None => NodeId::from_uuid(uuid::Uuid::now_v7()),
+                };
+                if record.nodes.get(&node) == Some(&key) {
+                    return Ok((node, None));
+                }
+                record.nodes.insert(node, key);
+                Ok((node, Some(record)))
+            })
+            .await?;
         let enrolment = self.enrolment(node, &request.csr, &authority)?;
-        if record.nodes.get(&node) != Some(&key) {
-            let mut changed = record;
-            changed.nodes.insert(node, key);
-            self.write_pki(changed).await?;
-        }
         tracing::info!(%node, "node enrolled");
         Ok(enrolment)
     }
@@ -315,10 +344,13 @@ impl Manager {
     /// `POST /v1/cluster/join-token`: a new join secret; the old one admits nobody from now on.
     pub(crate) async fn rotate_join_token(&self) -> Result<JoinToken, ManagerError> {
         let authority = self.authority()?;
-        let mut record = self.pki().ok_or(ManagerError::NoCa)?;
         let token = JoinToken::generate(authority.digest())?;
-        record.join_secret = token.secret_digest();
-        self.write_pki(record).await?;
+        self.update_pki(|record| {
+            let mut record = record.ok_or(ManagerError::NoCa)?;
+            record.join_secret = token.secret_digest();
+            Ok(((), Some(record)))
+        })
+        .await?;
         tracing::info!("worker join token replaced");
         Ok(token)
     }
@@ -332,13 +364,15 @@ impl Manager {
         let info = self.node(key)?;
         let id = info.id;
         // Revoked first: whatever happens next, the node can no longer speak for itself.
-        if let Some(mut record) = self.pki()
-            && !record.removed.contains(&id)
-        {
-            record.removed.insert(id);
-            record.nodes.remove(&id);
-            self.write_pki(record).await?;
-        }
+        self.update_pki(|record| match record {
+            Some(mut record) if !record.removed.contains(&id) => {
+                record.removed.insert(id);
+                record.nodes.remove(&id);
+                Ok(((), Some(record)))
+            }
+            _ => Ok(((), None)),
+        })
+        .await?;
         let now = self.clock.now();
         self.change(cube_api::events::Actor::Api, |s, e| s.remove_node(id, now, e)).await?;
         tracing::info!(node = %id, name = %info.name, "node removed");

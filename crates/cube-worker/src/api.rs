@@ -109,6 +109,7 @@ impl From<WorkerError> for ApiError {
             | WorkerError::NoJoinToken
             | WorkerError::Join { .. }
             | WorkerError::JoinCancelled
+            | WorkerError::OtherCa
             | WorkerError::OtherNodeId { .. }
             | WorkerError::Panicked { .. } => {
                 let message = Chain(&e).to_string();

@@ -165,8 +165,7 @@ async fn enrol(
     node: NodeId,
     shutdown: &CancellationToken,
 ) -> Result<Enrolment, WorkerError> {
-    let (config, _pinned) =
-        cube_http::mtls::pinned_config(token.ca).map_err(WorkerError::ClusterTls)?;
+    let config = cube_http::mtls::pinned_config(token.ca).map_err(WorkerError::ClusterTls)?;
     let client = Client::with_cluster_tls(bases, CALL_TIMEOUT, &config)
         .map_err(|source| WorkerError::Join { source })?;
     let request = JoinRequest {
@@ -178,7 +177,9 @@ async fn enrol(
     let mut attempts = 0u32;
     loop {
         match client.join(&request).await {
-            Ok(enrolment) => return Ok(enrolment),
+            // The connection was pinned to the CA; so must be the CA the answer names.
+            Ok(enrolment) if ca_digest(&enrolment.ca) == Some(token.ca) => return Ok(enrolment),
+            Ok(_) => return Err(WorkerError::OtherCa),
             Err(e) if e.is_transient() => {
                 attempts += 1;
                 if attempts == 1 || attempts.is_multiple_of(10) {

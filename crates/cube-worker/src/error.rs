@@ -128,6 +128,9 @@ pub enum WorkerError {
         #[source]
         source: cube_http::client::ClientError,
     },
+    /// A manager answered a join with another CA than the join token names.
+    #[error("the manager answered with another CA than the join token names")]
+    OtherCa,
     /// Stopped before a manager answered the join.
     #[error("stopped before a manager answered the join")]
     JoinCancelled,

@@ -345,11 +345,19 @@ async fn twenty_workers_renew_two_minute_certificates_without_missing_a_heartbea
     let printed = printed(&manager);
     let client = manager.client.clone();
     let from = client.index().await.unwrap();
-    let workers: Vec<Joined> = (0..20)
-        .map(|i| {
-            Joined::start(None, "127.0.0.1:0", &printed.cluster, &printed.token, &format!("w{i}"))
-        })
-        .collect();
+    // All at once: twenty joins race on the manager, and every one must be enrolled (its
+    // renewals below are refused otherwise).
+    let workers: Vec<Joined> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..20)
+            .map(|i| {
+                let (cluster, token) = (&printed.cluster, &printed.token);
+                s.spawn(move || {
+                    Joined::start(None, "127.0.0.1:0", cluster, token, &format!("w{i}"))
+                })
+            })
+            .collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     wait_until(Duration::from_secs(30), "20 nodes ready", || {
         let client = client.clone();
         async move {
@@ -481,9 +489,10 @@ async fn a_worker_joined_by_certificate_follows_highly_available_managers_throug
     })
     .await
     .token;
-    // The follower first: its cluster port passes the node's requests on to the leader's.
+    // The follower only: its cluster port passes the join and the node's requests on to the
+    // leader's, under the follower's own certificate; once the leader is gone, it leads.
     let ports: Vec<String> = managers.iter().map(printed_port).collect();
-    let join = format!("{},{}", ports[1 - first], ports[first]);
+    let join = ports[1 - first].clone();
     let worker = Joined::start(None, "127.0.0.1:0", &join, &token, "ha-worker");
     let client = Client::new(
         managers.iter().map(|m| m.url.as_str()).collect::<Vec<_>>().join(","),

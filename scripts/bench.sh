@@ -75,6 +75,7 @@ if ! command -v etcd >/dev/null; then
   (apt-get install -y etcd-server || { apt-get update && apt-get install -y etcd-server; }) >/dev/null
 fi
 step ha "$BENCH" ha --json "$OUT/ha.json"
+step security "$BENCH" security --json "$OUT/security.json"
 if $docker_ok; then
   # The ingress's peer: nginx from Debian (its stream module for the L4 proxy).
   if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then

@@ -50,6 +50,18 @@ pub enum Until {
 
 /// Runs `clients` closed loops of `POST {manager}/v1/tasks` with `body` until `until`.
 pub async fn submit_load(manager: &str, body: Bytes, clients: usize, until: Until) -> Load {
+    submit_load_as(manager, None, body, clients, until).await
+}
+
+/// [`submit_load`], each request carrying `bearer` as its token.
+pub async fn submit_load_as(
+    manager: &str,
+    bearer: Option<&str>,
+    body: Bytes,
+    clients: usize,
+    until: Until,
+) -> Load {
+    let bearer = bearer.map(|b| format!("Bearer {b}"));
     let http = match cube_http::tls::http_client_builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(30))
@@ -66,6 +78,7 @@ pub async fn submit_load(manager: &str, body: Bytes, clients: usize, until: Unti
     let mut joins = Vec::with_capacity(clients);
     for _ in 0..clients {
         let (http, url, body, issued) = (http.clone(), url.clone(), body.clone(), issued.clone());
+        let bearer = bearer.clone();
         joins.push(tokio::spawn(async move {
             let mut load = Load::default();
             loop {
@@ -77,12 +90,12 @@ pub async fn submit_load(manager: &str, body: Bytes, clients: usize, until: Unti
                     break;
                 }
                 let sent = Instant::now();
-                let result = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await;
+                let mut request =
+                    http.post(&url).header("content-type", "application/json").body(body.clone());
+                if let Some(b) = &bearer {
+                    request = request.header("authorization", b);
+                }
+                let result = request.send().await;
                 let outcome = match result {
                     Ok(response) => {
                         let status = response.status();

@@ -21,6 +21,7 @@ mod report;
 mod restart;
 mod rollout;
 mod scale;
+mod security;
 mod sim;
 mod submit;
 
@@ -69,6 +70,9 @@ enum Command {
     /// Managers on etcd: submits beside etcd's floor (1 and 3 members), leader failover and
     /// handover times, memory and restart with 100k tasks.
     Ha(ha::HaArgs),
+    /// Node identity by mutual TLS and users' roles beside the shared cluster token: join
+    /// time, submits per second, API and submit -> running latency.
+    Security(security::SecurityArgs),
     /// Requests through Cube's ingress in each mode beside the host port and nginx (L4, L7),
     /// and memory per idle connection.
     Ingress(ingress::IngressArgs),
@@ -148,6 +152,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Observe(a) => observe::run(&lab, a).await,
         Command::Ingress(a) => ingress::run(&lab, a).await,
         Command::Ha(a) => ha::run(&lab, a).await,
+        Command::Security(a) => security::run(&lab, a).await,
         Command::SimNodes(a) => scale::sim_nodes(&lab, a).await,
         Command::ScaleUp(a) => scale::scale_up(&lab, a).await,
         Command::Report(_) => unreachable_report(),

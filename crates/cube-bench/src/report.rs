@@ -26,6 +26,10 @@ pub struct ReportArgs {
     /// The document to rewrite.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub doc: PathBuf,
+    /// Rewrite only these sections (e.g. `--only security` after running that benchmark on
+    /// its own), leaving every other section as it is.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 /// Node counts and schedulers of the criterion benchmark (`crates/cube-core/benches`).
@@ -53,8 +57,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("swarm-rollout", swarm_rollout(&results)),
         ("observe", observe(&results)),
         ("ha", ha(&results)),
+        ("security", security(&results)),
     ];
     for (name, content) in sections {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
         match content {
             Some(text) => {
                 if !replace_section(&mut doc, name, &text) {
@@ -111,6 +119,7 @@ struct Results {
     swarm_rollout: Option<Value>,
     observe: Option<Value>,
     ha: Option<Value>,
+    security: Option<Value>,
     /// Mean nanoseconds per placement by (nodes, scheduler).
     sched: Vec<(u64, &'static str, f64)>,
 }
@@ -148,6 +157,7 @@ impl Results {
             swarm_rollout: read("swarm-rollout"),
             observe: read("observe"),
             ha: read("ha"),
+            security: read("security"),
             sched,
         }
     }
@@ -937,6 +947,57 @@ fn ha(r: &Results) -> Option<String> {
 }
 
 /// `p50 …, p99 …, max …` of a latency summary, in milliseconds.
+/// The mean over a setup's rounds of the figure at `pointer`.
+fn setup_mean(x: &Value, setup: &str, pointer: &str) -> Option<f64> {
+    let values: Vec<f64> = x["rounds"]
+        .as_array()?
+        .iter()
+        .filter(|r| r["setup"] == setup)
+        .filter_map(|r| num(r, pointer))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+fn security(r: &Results) -> Option<String> {
+    let x = r.security.as_ref()?;
+    let mut rows = Vec::new();
+    let j = &x["join"];
+    rows.push(vec![
+        format!("Join: spawn → node ready ({} workers)", j["n"]),
+        "–".into(),
+        spread_ms(j),
+        "–".into(),
+        opt(num(j, "/p99_ms"), |v| format!("≤ 1 s: {}", at_most(v, 1000.0, " ms"))),
+    ]);
+    // Higher is better for rates, lower for latencies: the ratio is always mTLS over token.
+    let measures: [(&str, &str, bool); 5] = [
+        ("Durable submits/s (8 clients, no node)", "/submits_per_s", true),
+        ("Submit latency p50", "/submit/p50_ms", false),
+        ("GET /v1/tasks p50", "/get_tasks/p50_ms", false),
+        ("GET /v1/tasks p99", "/get_tasks/p99_ms", false),
+        (
+            "Submit → running p50 (dispatch and report over the link)",
+            "/submit_to_running/p50_ms",
+            false,
+        ),
+    ];
+    for (what, pointer, rate) in measures {
+        let token = setup_mean(x, "token", pointer);
+        let mtls = setup_mean(x, "mtls+roles", pointer);
+        let show = |v: Option<f64>| if rate { opt(v, int) } else { opt(v, ms) };
+        let (cost, verdict) = match (token, mtls) {
+            (Some(t), Some(m)) if t > 0.0 && m > 0.0 => {
+                let slower = if rate { t / m - 1.0 } else { m / t - 1.0 };
+                let verdict = if slower <= 0.10 { "met" } else { "**missed**" };
+                (format!("{:+.0}%", 100.0 * slower), format!("≤ 10% slower: {verdict}"))
+            }
+            _ => ("–".into(), "–".into()),
+        };
+        rows.push(vec![what.into(), show(token), show(mtls), cost, verdict]);
+    }
+    Some(table(&["Measure", "cluster token", "mTLS + user role", "cost", "goal"], &rows))
+}
+
 fn spread_ms(summary: &Value) -> String {
     let p = |key: &str| opt(num(summary, &format!("/{key}_ms")), ms);
     format!("p50 {}, p99 {}, max {}", p("p50"), p("p99"), p("max"))

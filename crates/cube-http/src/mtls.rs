@@ -204,6 +204,7 @@ impl ClusterTls {
         let verifier = RoleVerifier {
             inner,
             name: ServerName::try_from(name).map_err(|_| TlsError::NoCertificateName)?,
+            provider: provider(),
         };
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -225,7 +226,7 @@ impl ClusterTls {
         }
         .build()
         .map_err(TlsError::Verifier)?;
-        let verifier = Admission { inner, clients, revoked: revoked.clone() };
+        let verifier = Admission { inner, clients, revoked: revoked.clone(), provider: provider() };
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?
@@ -265,12 +266,43 @@ impl std::fmt::Debug for Own {
     }
 }
 
+/// The handshake signature checks of every verifier here: with the provider's algorithms, as
+/// rustls's own verifiers do.
+macro_rules! provider_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.provider.signature_verification_algorithms;
+            rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            let algorithms = &self.provider.signature_verification_algorithms;
+            rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider.signature_verification_algorithms.supported_schemes()
+        }
+    };
+}
+
 /// Verifies a server's chain against the CA and its role's name, whatever address it was
 /// reached at.
 #[derive(Debug)]
 struct RoleVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     name: ServerName<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl ServerCertVerifier for RoleVerifier {
@@ -285,27 +317,7 @@ impl ServerCertVerifier for RoleVerifier {
         self.inner.verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    provider_signatures!();
 }
 
 /// Verifies a client's chain against the CA, then its role, and that it is not revoked.
@@ -314,6 +326,7 @@ struct Admission {
     inner: Arc<dyn ClientCertVerifier>,
     clients: Clients,
     revoked: Revocations,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl ClientCertVerifier for Admission {
@@ -349,27 +362,7 @@ impl ClientCertVerifier for Admission {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    provider_signatures!();
 }
 
 /// A client configuration for joining: it accepts a manager whose chain holds the CA of
@@ -420,35 +413,5 @@ impl ServerCertVerifier for PinVerifier {
         inner.verify_server_cert(end_entity, &[], &name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
+    provider_signatures!();
 }

@@ -82,9 +82,15 @@ pub enum Output {
 pub enum Command {
     /// Run a worker node: it runs the tasks it is given (docker containers or host processes).
     ///
-    /// The worker API listens on 127.0.0.1 by default. Anyone who can reach it can start
-    /// containers, which is root on this host: a non-loopback --listen address needs the
-    /// cluster token (CUBE_TOKEN), and --tls-cert/--tls-key keep it off the wire in clear text.
+    /// Join a cluster by certificate: --join with the managers' cluster ports and --token with
+    /// the join token the manager printed. The worker then speaks only mutual TLS with its
+    /// managers and its API accepts nobody else; its certificate renews itself, and after an
+    /// expiry it joins again with the token under the same node id (docs/security.md).
+    ///
+    /// The worker API listens on 127.0.0.1 by default. The older way, --manager with the
+    /// cluster token (CUBE_TOKEN), still works; then anyone who can reach the API with the
+    /// token can start containers, which is root on this host: a non-loopback --listen
+    /// address needs the token, and --tls-cert/--tls-key keep it off the wire in clear text.
     ///
     /// Tasks get the least the worker can give: docker is on whenever an engine answers, host
     /// processes only with --driver process (run as nobody when the worker is root, unless a
@@ -94,6 +100,7 @@ pub enum Command {
     /// names the flag.
     ///
     /// Examples:
+    ///   cube worker --join 10.0.0.1:5557 --token CUBE-1-... --listen 10.0.0.5:5556
     ///   cube worker --listen 127.0.0.1:5556 --data-dir /var/lib/cube/worker
     ///   CUBE_TOKEN=... cube worker --manager http://10.0.0.1:5555 --listen 0.0.0.0:5556 \
     ///       --advertise http://10.0.0.5:5556 --label zone=a
@@ -104,9 +111,12 @@ pub enum Command {
     Worker(agents::WorkerArgs),
     /// Run the manager: it accepts tasks, places them on workers and heals the cluster.
     ///
-    /// Workers join with `cube worker --manager URL`. The manager API listens on 127.0.0.1 by
-    /// default: it starts workloads on every worker, so a non-loopback --listen address needs
-    /// the cluster token (CUBE_TOKEN), shared by the manager, its workers and the client.
+    /// On its first start the manager makes the cluster's CA and prints a worker join token;
+    /// workers join with `cube worker --join ADDR --token TOKEN` on its cluster port
+    /// (--cluster-listen, port 5557 by default) over mutual TLS. `cube token rotate worker`
+    /// prints a new token. The manager API listens on 127.0.0.1 by default: it starts
+    /// workloads on every worker, so a non-loopback --listen address needs the cluster token
+    /// (CUBE_TOKEN), the bootstrap admin.
     ///
     /// Example: cube manager --listen 127.0.0.1:5555 --scheduler spread
     Manager(agents::ManagerArgs),

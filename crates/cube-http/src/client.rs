@@ -336,15 +336,22 @@ impl Client {
         timeout: Duration,
         tls: Option<&ClientTls>,
     ) -> Result<Self, ClientError> {
+        Self::built(base, timeout, |builder| match tls {
+            Some(tls) => builder.tls_certs_only(tls.certificates()),
+            None => builder,
+        })
+    }
+
+    /// A client for `base` whose two reqwest clients (with and without an overall timeout)
+    /// are both made by `configure` from the common builder.
+    fn built(
+        base: impl Into<String>,
+        timeout: Duration,
+        configure: impl Fn(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> Result<Self, ClientError> {
         let bases = Arc::new(Bases::new(&base.into()));
         let connect = timeout.min(Duration::from_secs(3));
-        let builder = || {
-            let builder = crate::tls::http_client_builder().connect_timeout(connect);
-            match tls {
-                Some(tls) => builder.tls_certs_only(tls.certificates()),
-                None => builder,
-            }
-        };
+        let builder = || configure(crate::tls::http_client_builder().connect_timeout(connect));
         let http = builder().timeout(timeout).build().map_err(ClientError::Build)?;
         let streaming = builder().build().map_err(ClientError::Build)?;
         Ok(Self { bases, http, streaming, token: None, epoch: None })
@@ -357,16 +364,7 @@ impl Client {
         timeout: Duration,
         tls: &rustls::ClientConfig,
     ) -> Result<Self, ClientError> {
-        let bases = Arc::new(Bases::new(&base.into()));
-        let connect = timeout.min(Duration::from_secs(3));
-        let builder = || {
-            crate::tls::http_client_builder()
-                .connect_timeout(connect)
-                .tls_backend_preconfigured(tls.clone())
-        };
-        let http = builder().timeout(timeout).build().map_err(ClientError::Build)?;
-        let streaming = builder().build().map_err(ClientError::Build)?;
-        Ok(Self { bases, http, streaming, token: None, epoch: None })
+        Self::built(base, timeout, |builder| builder.tls_backend_preconfigured(tls.clone()))
     }
 
     /// This client, sending `token` with every request (none if `None`).

@@ -97,7 +97,6 @@ pub enum Expect {
 /// The cluster's CA and this agent's certificate.
 #[derive(Clone)]
 pub struct ClusterTls {
-    ca_pem: Arc<str>,
     ca: CertificateDer<'static>,
     roots: Arc<RootCertStore>,
     own: Arc<RwLock<Own>>,
@@ -143,12 +142,7 @@ impl ClusterTls {
         let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(TlsError::Parse)?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone()).map_err(TlsError::Config)?;
-        Ok(Self {
-            ca_pem: Arc::from(ca_pem),
-            own: Arc::new(RwLock::new(load(own, &ca)?)),
-            ca,
-            roots: Arc::new(roots),
-        })
+        Ok(Self { own: Arc::new(RwLock::new(load(own, &ca)?)), ca, roots: Arc::new(roots) })
     }
 
     fn own(&self) -> std::sync::RwLockReadGuard<'_, Own> {
@@ -183,29 +177,10 @@ impl ClusterTls {
         at.duration_since(SystemTime::now()).unwrap_or_default()
     }
 
-    /// The CA's certificate (PEM).
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
-    }
-
     /// A client configuration presenting this agent's certificate and accepting only a peer
     /// of the role `expect` with a certificate of this CA.
     pub fn client_config(&self, expect: Expect) -> Result<rustls::ClientConfig, TlsError> {
-        let name = match expect {
-            Expect::Manager => cube_pki::MANAGER_NAME,
-            Expect::Node => cube_pki::NODE_NAME,
-        };
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::clone(&self.roots),
-            provider(),
-        )
-        .build()
-        .map_err(TlsError::Verifier)?;
-        let verifier = RoleVerifier {
-            inner,
-            name: ServerName::try_from(name).map_err(|_| TlsError::NoCertificateName)?,
-            provider: provider(),
-        };
+        let verifier = RoleVerifier::new(Arc::clone(&self.roots), expect)?;
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?
@@ -260,12 +235,6 @@ impl ResolvesServerCert for ClusterTls {
     }
 }
 
-impl std::fmt::Debug for Own {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Own").field("identity", &self.identity).finish_non_exhaustive()
-    }
-}
-
 /// The handshake signature checks of every verifier here: with the provider's algorithms, as
 /// rustls's own verifiers do.
 macro_rules! provider_signatures {
@@ -303,6 +272,21 @@ struct RoleVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     name: ServerName<'static>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl RoleVerifier {
+    /// Accepts a server whose chain ends in `roots` and whose certificate names `expect`'s role.
+    fn new(roots: Arc<RootCertStore>, expect: Expect) -> Result<Self, TlsError> {
+        let name = match expect {
+            Expect::Manager => cube_pki::MANAGER_NAME,
+            Expect::Node => cube_pki::NODE_NAME,
+        };
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(TlsError::Verifier)?;
+        let name = ServerName::try_from(name).map_err(|_| TlsError::NoCertificateName)?;
+        Ok(Self { inner, name, provider: provider() })
+    }
 }
 
 impl ServerCertVerifier for RoleVerifier {
@@ -391,7 +375,7 @@ impl ServerCertVerifier for PinVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
@@ -402,15 +386,9 @@ impl ServerCertVerifier for PinVerifier {
         };
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::clone(&self.provider),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let name = ServerName::try_from(cube_pki::MANAGER_NAME)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], &name, ocsp_response, now)
+        RoleVerifier::new(Arc::new(roots), Expect::Manager)
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
     provider_signatures!();

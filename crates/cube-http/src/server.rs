@@ -325,20 +325,13 @@ impl Listener {
             Some(tls) => {
                 let listener = TlsListener::new(self.inner, &tls).map_err(ServerError::Serve)?;
                 let revoked = tls.revocations().cloned();
-                let identify =
-                    move |io: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {
-                        let peer = io
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|leaf| cube_pki::inspect(leaf).ok())
-                            .map(|info| Peer(info.identity));
-                        (peer, revoked.clone())
-                    };
-                serve_connections(listener, router, shutdown, limits, identify).await;
+                let identify = |io: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>| {
+                    let leaf = io.get_ref().1.peer_certificates()?.first()?;
+                    cube_pki::inspect(leaf).ok().map(|info| Peer(info.identity))
+                };
+                serve_connections(listener, router, shutdown, limits, identify, revoked).await;
             }
-            None => serve_connections(self.inner, router, shutdown, limits, |_| (None, None)).await,
+            None => serve_connections(self.inner, router, shutdown, limits, |_| None, None).await,
         }
         Ok(())
     }
@@ -357,16 +350,18 @@ impl Listener {
 
 /// The accept loop: every connection takes a slot ([`crate::conns`]), is served by hyper (HTTP/1
 /// with upgrades, so exec's WebSockets pass) with a header read timeout, and is closed when it
-/// is evicted for a newer one (or, for a node, revoked). `identify` says who the peer is, from
-/// its client certificate. On shutdown: stop accepting, let in-flight requests finish.
+/// is evicted for a newer one (or, for a node in `revoked`, revoked). `identify` says who the
+/// peer is, from its client certificate. On shutdown: stop accepting, let in-flight requests
+/// finish.
 async fn serve_connections<L, F>(
     mut listener: L,
     router: Router,
     shutdown: CancellationToken,
     limits: Limits,
     identify: F,
+    revoked: Option<Revocations>,
 ) where
-    F: Fn(&L::Io) -> (Option<Peer>, Option<Revocations>),
+    F: Fn(&L::Io) -> Option<Peer>,
     L: axum::serve::Listener,
     L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -380,10 +375,10 @@ async fn serve_connections<L, F>(
             accepted = listener.accept() => accepted,
             () = shutdown.cancelled() => break,
         };
-        let (peer, revocations) = identify(&io);
+        let peer = identify(&io);
         let (io, slot) = connections.admit(io);
         // A node's connection ends when the node is revoked; anyone else's never does so.
-        let revoked = match (&peer, revocations) {
+        let revoked = match (&peer, revoked.clone()) {
             (Some(Peer(cube_pki::Identity::Node(id))), Some(r)) => {
                 let id = id.clone();
                 futures_util::future::Either::Left(async move { r.revoked(&id).await })

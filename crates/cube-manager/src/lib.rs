@@ -228,19 +228,7 @@ impl Manager {
             .security
             .client("http://worker.invalid", config.worker_timeout)
             .map_err(ManagerError::Client)?;
-        let pki = source
-            .load(Table::Meta)?
-            .into_iter()
-            .find(|(key, _)| key == pki::PKI_KEY)
-            .map(|(_, value)| serde_json::from_slice::<pki::PkiRecord>(&value))
-            .transpose()
-            .map_err(|source| {
-                ManagerError::Store(cube_store::StoreError::Codec {
-                    table: Table::Meta.name(),
-                    key: pki::PKI_KEY.to_owned(),
-                    source,
-                })
-            })?;
+        let pki = pki::load(source)?;
         let manager = Arc::new(Self {
             config,
             clock,

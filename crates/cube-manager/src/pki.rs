@@ -85,11 +85,6 @@ impl ClusterPort {
         })
     }
 
-    /// How long certificates last.
-    pub fn lifetime(&self) -> Duration {
-        self.lifetime
-    }
-
     /// Takes the CA and the removed nodes of `record`; the first time, issues this manager's
     /// own certificate.
     pub(crate) fn learn(&self, record: &PkiRecord) -> Result<(), ManagerError> {
@@ -159,6 +154,21 @@ impl ClusterPort {
     }
 }
 
+/// The record `source` holds, if any (reads the store: call from a blocking context).
+pub(crate) fn load(source: &dyn cube_store::Store) -> Result<Option<PkiRecord>, ManagerError> {
+    let Some((_, value)) = source.load(Table::Meta)?.into_iter().find(|(key, _)| key == PKI_KEY)
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&value).map(Some).map_err(|source| {
+        ManagerError::Store(cube_store::StoreError::Codec {
+            table: Table::Meta.name(),
+            key: PKI_KEY.to_owned(),
+            source,
+        })
+    })
+}
+
 impl Manager {
     /// The PKI record, if the cluster has one yet.
     pub(crate) fn pki(&self) -> Option<PkiRecord> {
@@ -202,13 +212,9 @@ impl Manager {
             .is_some_and(|p| p.nodes.contains_key(&id))
     }
 
-    /// Whether node `id` was removed.
+    /// Whether node `id` was removed (the cluster port's revocations follow the record).
     pub(crate) fn removed(&self, id: NodeId) -> bool {
-        self.pki
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|p| p.removed.contains(&id))
+        self.config.cluster.revocations().is_revoked(&id.to_string())
     }
 
     /// Changes the record and commits it, reading and writing it under the state lock, so

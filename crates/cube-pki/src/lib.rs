@@ -107,6 +107,13 @@ impl CaDigest {
     }
 }
 
+impl CaDigest {
+    /// The digest of the first certificate of a PEM text, if it holds one.
+    pub fn of_pem(pem: &str) -> Option<Self> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).ok().map(|der| Self::of(&der))
+    }
+}
+
 impl fmt::Display for CaDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&data_encoding::HEXLOWER.encode(&self.0))
@@ -583,6 +590,8 @@ mod tests {
         let parsed: JoinToken = text.parse().unwrap();
         assert_eq!(parsed, token);
         assert_eq!(parsed.ca, ca.digest());
+        assert_eq!(CaDigest::of_pem(ca.cert_pem()), Some(ca.digest()));
+        assert_eq!(CaDigest::of_pem("no certificate"), None);
         assert!(secret_matches(&token.secret_digest(), parsed.secret()));
         assert!(!secret_matches(&token.secret_digest(), "AAAA"));
         assert!(!format!("{token:?}").contains(token.secret()));

@@ -19,7 +19,7 @@ use cube_api::cluster::{Enrolment, JoinRequest, RenewRequest};
 use cube_core::{Chain, NodeId};
 use cube_http::client::Client;
 use cube_http::mtls::ClusterTls;
-use cube_pki::{JoinToken, KeyedCert, NodeKey};
+use cube_pki::{CaDigest, JoinToken, KeyedCert, NodeKey};
 use cube_rt::Backoff;
 use tokio_util::sync::CancellationToken;
 
@@ -119,7 +119,7 @@ pub(crate) async fn identity(
     };
     if let (Some(cert), Some(ca)) = (files.read("node.crt").await?, files.read("ca.crt").await?) {
         let info = cube_pki::inspect_pem(&cert).map_err(WorkerError::Pki)?;
-        let pinned = join.token.as_ref().is_none_or(|t| ca_digest(&ca) == Some(t.ca));
+        let pinned = join.token.as_ref().is_none_or(|t| CaDigest::of_pem(&ca) == Some(t.ca));
         let fresh = info.not_after > SystemTime::now() + MARGIN;
         if fresh && pinned {
             let own = KeyedCert { cert_pem: cert, key_pem: key.to_pem() };
@@ -143,12 +143,6 @@ pub(crate) async fn identity(
     let tls = ClusterTls::new(&enrolment.ca, &own).map_err(WorkerError::ClusterTls)?;
     tracing::info!(%node, expires_at = %enrolment.expires_at, "joined the cluster");
     Ok((tls, key))
-}
-
-fn ca_digest(pem: &str) -> Option<cube_pki::CaDigest> {
-    use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
-    Some(cube_pki::CaDigest::of(&der))
 }
 
 async fn store(files: &Files, enrolment: &Enrolment) -> Result<(), WorkerError> {
@@ -178,7 +172,9 @@ async fn enrol(
     loop {
         match client.join(&request).await {
             // The connection was pinned to the CA; so must be the CA the answer names.
-            Ok(enrolment) if ca_digest(&enrolment.ca) == Some(token.ca) => return Ok(enrolment),
+            Ok(enrolment) if CaDigest::of_pem(&enrolment.ca) == Some(token.ca) => {
+                return Ok(enrolment);
+            }
             Ok(_) => return Err(WorkerError::OtherCa),
             Err(e) if e.is_transient() => {
                 attempts += 1;
@@ -208,13 +204,13 @@ pub(crate) async fn renew_loop(
 ) {
     let files = Files::new(&data_dir);
     let bases = join.bases();
-    let client = match tls.client_config(cube_http::mtls::Expect::Manager) {
-        Ok(config) => Client::with_cluster_tls(&bases, CALL_TIMEOUT, &config),
-        Err(e) => {
-            tracing::error!(error = %Chain(&e), "cannot renew this node's certificate");
-            return;
-        }
-    };
+    let client = tls
+        .client_config(cube_http::mtls::Expect::Manager)
+        .map_err(WorkerError::ClusterTls)
+        .and_then(|config| {
+            Client::with_cluster_tls(&bases, CALL_TIMEOUT, &config)
+                .map_err(|source| WorkerError::Join { source })
+        });
     let client = match client {
         Ok(c) => c,
         Err(e) => {

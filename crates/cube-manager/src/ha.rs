@@ -616,12 +616,27 @@ impl Manager {
         let this = Arc::clone(self);
         let loaded = tokio::task::spawn_blocking(move || {
             let source = snapshot.into_store();
-            crate::load_state(&this.config, &source, &this.clock)
+            let (state, events) = crate::load_state(&this.config, &source, &this.clock)?;
+            let tokens = cube_store::load_json(&source, Table::Tokens)?.into_iter().map(|(_, t)| t);
+            Ok::<_, ManagerError>((
+                state,
+                events,
+                crate::tokens::Tokens::new(tokens),
+                crate::pki::load(&source)?,
+            ))
         })
         .await
         .map_err(|source| ManagerError::Panicked { what: "loading state", source })??;
-        let (state, events) = loaded;
-        *self.lock() = state;
+        let (state, events, tokens, pki) = loaded;
+        let mut held = self.lock();
+        *held = state;
+        // Everything the feed would have brought: users' tokens and the CA's record (a node
+        // removed meanwhile must be refused here too).
+        *self.tokens_mut() = tokens;
+        if let Some(record) = pki {
+            self.set_pki(record)?;
+        }
+        drop(held);
         self.events.reset(events);
         Ok(revision)
     }

@@ -83,8 +83,9 @@ pub struct ManagerArgs {
     /// port is 0].
     #[arg(long, env = "CUBE_MANAGER_CLUSTER_LISTEN", value_name = "ADDR")]
     pub cluster_listen: Option<SocketAddr>,
-    /// How long node and manager certificates last; each renews between 50% and 80% of it.
-    #[arg(long, env = "CUBE_MANAGER_CERT_LIFETIME", default_value = "90d", value_parser = parse_duration)]
+    /// How long node and manager certificates last (at least 10s); each renews between 50%
+    /// and 80% of it.
+    #[arg(long, env = "CUBE_MANAGER_CERT_LIFETIME", default_value = "90d", value_parser = parse_cert_lifetime)]
     pub cert_lifetime: Duration,
     /// With `--store etcd`: where etcd is and how to reach it.
     #[command(flatten)]
@@ -402,6 +403,16 @@ fn check_exposure(
 /// How long finished tasks are kept: a duration, or `never`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention(pub Option<Duration>);
+
+/// Shortest certificate lifetime: a renewal must fit in its window with time to retry.
+const MIN_CERT_LIFETIME: Duration = Duration::from_secs(10);
+
+fn parse_cert_lifetime(s: &str) -> Result<Duration, String> {
+    match cube_core::units::parse_duration(s).map_err(|e| e.to_string())? {
+        d if d < MIN_CERT_LIFETIME => Err("must be at least 10s".into()),
+        d => Ok(d),
+    }
+}
 
 fn parse_retention(s: &str) -> Result<Retention, String> {
     if s.eq_ignore_ascii_case("never") {

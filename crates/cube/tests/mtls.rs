@@ -278,13 +278,20 @@ async fn manager_and_worker_speak_only_mutual_tls_and_a_worker_certificate_opens
         .await
         .unwrap_err();
     assert!(refused_by_tls(&error), "a certificate of another CA: {error:?}");
-    // No certificate and no token: only the join route answers.
-    let bare =
-        Client::with_tls(format!("https://{}", printed.cluster), Duration::from_secs(5), None);
-    let bare_error = bare.unwrap().tasks().await.unwrap_err();
-    assert!(
-        bare_error.code().is_none() || bare_error.code() == Some(cube_api::ErrorCode::Unauthorized)
-    );
+    // No certificate and no token, over a connection that trusts the manager (pinned to its
+    // CA, as a joining worker's): the manager answers, and answers 401.
+    let pin = cube_pki::CaDigest::of_pem(&ca).unwrap();
+    let pinned = cube_http::mtls::pinned_config(pin).unwrap();
+    let bare = Client::with_cluster_tls(
+        format!("https://{}", printed.cluster),
+        Duration::from_secs(5),
+        &pinned,
+    )
+    .unwrap();
+    let bare_error = bare.tasks().await.unwrap_err();
+    assert_eq!(bare_error.code(), Some(cube_api::ErrorCode::Unauthorized), "{bare_error:?}");
+    let bare_register = bare.register(&register(&worker.node)).await.unwrap_err();
+    assert_eq!(bare_register.code(), Some(cube_api::ErrorCode::Unauthorized));
     let Some(capture) = capture else { return };
     let bytes = capture.stop();
     assert!(bytes.len() > 4_000, "the capture holds the session ({} bytes)", bytes.len());
@@ -345,6 +352,14 @@ async fn twenty_workers_renew_two_minute_certificates_without_missing_a_heartbea
     let printed = printed(&manager);
     let client = manager.client.clone();
     let from = client.index().await.unwrap();
+    // This manager has no token (loopback); its cluster port still lets nobody in anonymously.
+    let pin: cube_pki::JoinToken = printed.token.parse().unwrap();
+    let pinned = cube_http::mtls::pinned_config(pin.ca).unwrap();
+    let bare = format!("https://{}", printed.cluster);
+    let bare = Client::with_cluster_tls(bare, Duration::from_secs(5), &pinned).unwrap();
+    let anonymous = bare.tasks().await.unwrap_err();
+    assert_eq!(anonymous.code(), Some(cube_api::ErrorCode::Unauthorized), "{anonymous:?}");
+    assert!(client.tasks().await.is_ok(), "the API itself answers without a token on loopback");
     // All at once: twenty joins race on the manager, and every one must be enrolled (its
     // renewals below are refused otherwise).
     let workers: Vec<Joined> = std::thread::scope(|s| {
@@ -430,7 +445,8 @@ async fn an_expired_worker_rejoins_under_its_id_and_a_removed_node_is_refused_at
     assert_eq!(nodes.len(), 1, "the same node, not a new one: {nodes:?}");
     assert_eq!(nodes[0].id.to_string(), worker.node);
 
-    // Removed: an open connection is closed and new ones are refused, within a second.
+    // Removed: its open connections (the worker's own long poll of its endpoint feed, always
+    // open, and one of ours) are closed and new ones refused, within a second.
     let as_worker = worker.client(&printed.cluster);
     let node: cube_core::NodeId = worker.node.parse().unwrap();
     let index = as_worker.ingress_feed(node, None, Duration::from_secs(1)).await.unwrap().index;
@@ -440,11 +456,17 @@ async fn an_expired_worker_rejoins_under_its_id_and_a_removed_node_is_refused_at
             as_worker.ingress_feed(node, Some(index), Duration::from_secs(60)).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closed = "closed a removed node's connection";
+    assert!(!manager.process.logs().contains(closed));
     let removed = Instant::now();
     admin.remove_node(&worker.node).await.unwrap();
+    wait_until(Duration::from_secs(1), "the node's open connections closed", || {
+        let logs = manager.process.logs();
+        async move { logs.contains(closed).then_some(()) }
+    })
+    .await;
     let ended = tokio::time::timeout(Duration::from_secs(1), open).await;
-    assert!(matches!(ended, Ok(Ok(Err(_)))), "the open long poll ends within 1 s: {ended:?}");
+    assert!(matches!(ended, Ok(Ok(Err(_)))), "our long poll ends within 1 s: {ended:?}");
     let refused = as_worker.heartbeat(node, &heartbeat()).await;
     assert!(removed.elapsed() < Duration::from_secs(1));
     assert!(refused.as_ref().is_err_and(refused_by_tls), "refused in the handshake: {refused:?}");

@@ -460,6 +460,10 @@ impl Manager {
         snapshot.subscribers = self.events.subscribers();
         snapshot.exec_sessions = self.exec_sessions.load(std::sync::atomic::Ordering::Relaxed);
         snapshot.event_index = self.events.current();
+        let role = self.role();
+        snapshot.acting = role.acting();
+        snapshot.epoch = role.epoch();
+        snapshot.stale = self.is_stale();
         self.metrics.render(&snapshot)
     }
 

@@ -63,6 +63,9 @@ pub(crate) struct Metrics {
     subscribers: Gauge,
     event_index: Gauge,
     exec_sessions: Gauge,
+    acting: Gauge,
+    epoch: Gauge,
+    stale: Gauge,
 }
 
 /// What a scrape reads from the state.
@@ -82,6 +85,12 @@ pub(crate) struct Snapshot {
     pub event_index: u64,
     /// Exec sessions open.
     pub exec_sessions: usize,
+    /// Whether this manager acts (alone, or as the leader whose term holds).
+    pub acting: bool,
+    /// The leader's epoch, when this manager leads.
+    pub epoch: Option<u64>,
+    /// Whether a follower's copy may be behind (etcd unreachable).
+    pub stale: bool,
 }
 
 fn int(n: usize) -> i64 {
@@ -166,6 +175,24 @@ impl Metrics {
             "Exec sessions passing through the manager",
             exec_sessions.clone(),
         );
+        let acting = Gauge::default();
+        registry.register(
+            "cube_manager_acting",
+            "1 while this manager acts: alone on its store, or as the leader whose term holds",
+            acting.clone(),
+        );
+        let epoch = Gauge::default();
+        registry.register(
+            "cube_manager_epoch",
+            "The epoch of this manager's term as the leader (0 when it does not lead)",
+            epoch.clone(),
+        );
+        let stale = Gauge::default();
+        registry.register(
+            "cube_manager_stale",
+            "1 while a follower cannot reach etcd, so what it serves may be behind",
+            stale.clone(),
+        );
         Self {
             registry,
             http,
@@ -184,6 +211,9 @@ impl Metrics {
             subscribers,
             event_index,
             exec_sessions,
+            acting,
+            epoch,
+            stale,
         }
     }
 
@@ -214,6 +244,9 @@ impl Metrics {
         self.subscribers.set(int(snapshot.subscribers));
         self.exec_sessions.set(int(snapshot.exec_sessions));
         self.event_index.set(i64::try_from(snapshot.event_index).unwrap_or(i64::MAX));
+        self.acting.set(i64::from(snapshot.acting));
+        self.epoch.set(snapshot.epoch.map_or(0, |e| i64::try_from(e).unwrap_or(i64::MAX)));
+        self.stale.set(i64::from(snapshot.stale));
         cube_http::metrics::encode(&self.registry)
     }
 }

@@ -314,6 +314,15 @@ async fn with_etcd_gone_writes_get_503_reads_say_stale_and_everything_resumes_wh
     let client = ha.client();
     let first = client.submit(None, &sleeper("before")).await.unwrap().task.id;
     common::wait_state(&client, first, TaskState::Running, Duration::from_secs(15)).await;
+    // The metrics say who acts: exactly one manager, in a term with an epoch.
+    let leader = ha.leader(Duration::from_secs(5)).await;
+    let follower = 1 - leader;
+    let leading = metrics(&ha.managers[leader]).await;
+    assert!(leading.contains("\ncube_manager_acting 1\n"), "{leading}");
+    assert!(!leading.contains("\ncube_manager_epoch 0\n"), "{leading}");
+    let following = metrics(&ha.managers[follower]).await;
+    assert!(following.contains("\ncube_manager_acting 0\n"), "{following}");
+    assert!(following.contains("\ncube_manager_stale 0\n"), "{following}");
     ha.etcd.kill(0);
 
     // Writes: refused with 503 (and Retry-After) once the leader stepped down.
@@ -340,6 +349,9 @@ async fn with_etcd_gone_writes_get_503_reads_say_stale_and_everything_resumes_wh
         assert_eq!(answer.headers().get("x-cube-stale").map(|v| v.to_str().unwrap()), Some("true"));
         let tasks: Vec<serde_json::Value> = answer.json().await.unwrap();
         assert!(tasks.iter().any(|t| t["id"] == first.to_string()));
+        let text = metrics(m).await;
+        assert!(text.contains("\ncube_manager_acting 0\n"), "{text}");
+        assert!(text.contains("\ncube_manager_stale 1\n"), "{text}");
     }
 
     ha.etcd.restart(0).unwrap();
@@ -352,6 +364,11 @@ async fn with_etcd_gone_writes_get_503_reads_say_stale_and_everything_resumes_wh
         let pid = m.process.pid();
         assert!(cube_testkit::process::alive(pid), "{} died: {}", m.url, m.process.logs());
     }
+}
+
+/// A manager's `GET /metrics`.
+async fn metrics(m: &TestManager) -> String {
+    reqwest::get(format!("{}/metrics", m.url)).await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,1 @@
+//! Cube's web UI: the pages the manager serves at `/ui`.

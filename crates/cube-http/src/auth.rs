@@ -31,8 +31,65 @@ use crate::mtls::Peer;
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Paths served without a token: liveness probes, which reveal nothing but the server's role,
-/// name and version, and a worker's join, whose join secret is its credential.
-const OPEN_PATHS: &[&str] = &["/v1/health", "/v1/cluster/join"];
+/// name and version, a worker's join, whose join secret is its credential, and the UI's
+/// sign-in page.
+const OPEN_PATHS: &[&str] = &["/v1/health", "/v1/cluster/join", "/ui/sign-in"];
+
+/// Where the web UI is served. A browser there sends its token in the [`SESSION_COOKIE`]
+/// (set by the sign-in page) rather than an `Authorization` header, which a browser cannot
+/// add to a link or a form; only these paths take the cookie, so no `/v1` route can be made
+/// to act by a page's form.
+pub const UI_PREFIX: &str = "/ui";
+/// The UI's stylesheet and script, served to anyone (they hold nothing of the cluster).
+const UI_ASSETS: &str = "/ui/assets/";
+/// The UI's event stream: a refused one is told so in its own framing.
+const UI_LIVE: &str = "/ui/live";
+
+/// The cookie holding a browser's token: `HttpOnly` (no script reads it), `SameSite=Strict`
+/// (no other site's page sends it), scoped to [`UI_PREFIX`].
+pub const SESSION_COOKIE: &str = "cube_session";
+
+/// A browser's session on a UI path, in the request's extensions next to its [`Caller`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrowserSession {
+    /// The token every form must send back (CSRF): derived from the credential itself, so
+    /// any manager of the cluster can check it and no page of another site can know it.
+    pub csrf: String,
+    /// Whether the credential came from the session cookie (rather than a header or none).
+    pub cookie: bool,
+}
+
+impl BrowserSession {
+    fn for_credential(credential: Option<&[u8]>, cookie: bool) -> Self {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"cube-ui-csrf\0");
+        context.update(credential.unwrap_or(b"anonymous"));
+        let digest = context.finish();
+        let csrf = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Self { csrf, cookie }
+    }
+
+    /// Whether `presented` (a form's field) is this session's CSRF token, in constant time.
+    pub fn csrf_matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.csrf.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+fn is_ui(path: &str) -> bool {
+    path == UI_PREFIX || path.strip_prefix(UI_PREFIX).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The value of cookie `name` in `headers`.
+pub fn cookie<'h>(headers: &'h axum::http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
 
 /// A cluster token. Its `Debug` form never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -281,9 +338,11 @@ pub(crate) async fn authenticate(
     if let Some(why) = browser_refusal(req.headers(), !auth.requires_credentials()) {
         return crate::server::HttpError(ApiError::new(ErrorCode::Forbidden, why)).into_response();
     }
-    if OPEN_PATHS.contains(&req.uri().path()) {
+    let path = req.uri().path();
+    if OPEN_PATHS.contains(&path) || path.starts_with(UI_ASSETS) {
         return next.run(req).await;
     }
+    let ui = is_ui(path);
     if let Some(Peer(identity)) = req.extensions().get::<Peer>() {
         let on_behalf = req.headers().get(NODE_HEADER).and_then(|v| v.to_str().ok());
         return match auth.authenticate_peer(identity, on_behalf) {
@@ -294,11 +353,18 @@ pub(crate) async fn authenticate(
             Err(Refused(why)) => unauthorized(&why),
         };
     }
-    let presented = req
+    let header = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .map(<[u8]>::trim_ascii);
+    let from_cookie = if ui && header.is_none() {
+        cookie(req.headers(), SESSION_COOKIE).map(str::as_bytes)
+    } else {
+        None
+    };
+    let presented = header.or(from_cookie);
+    let session = ui.then(|| BrowserSession::for_credential(presented, from_cookie.is_some()));
     match auth.authenticate(presented) {
         Ok(caller)
             if caller == Caller::anonymous()
@@ -308,10 +374,37 @@ pub(crate) async fn authenticate(
         }
         Ok(caller) => {
             req.extensions_mut().insert(caller);
+            if let Some(session) = session {
+                req.extensions_mut().insert(session);
+            }
             next.run(req).await
         }
+        Err(Refused(_)) if ui => ui_refusal(&req),
         Err(Refused(why)) => unauthorized(&why),
     }
+}
+
+/// A browser without valid credentials on a UI path: its pages go to the sign-in page
+/// (coming back after), its live stream is told it was signed out.
+fn ui_refusal(req: &Request) -> Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    if req.uri().path() == UI_LIVE {
+        let body = "event: signed-out\ndata: \n\n";
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+            body,
+        )
+            .into_response();
+    }
+    let back = req.uri().path_and_query().map_or(UI_PREFIX, |p| p.as_str());
+    let next: String = serde_urlencoded::to_string([("next", back)]).unwrap_or_default();
+    let location = format!("/ui/sign-in?{next}");
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -87,6 +87,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(&m::REVOKE_TOKEN, revoke_token)
         .route(&openapi::METRICS, metrics)
         .finish(Api::Manager)
+        // The web UI: outside the API's contract (HTML, not JSON), behind the same layers.
+        .merge(crate::ui::router())
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::audit::audit))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::ha::route))

@@ -407,6 +407,20 @@ impl EventLog {
         Ok(Some((n, store.commit(batch))))
     }
 
+    /// The newest `n` durable events in memory of `topics`, newest first (for the UI).
+    pub(crate) fn recent(&self, n: usize, topics: &[Topic]) -> Vec<Bytes> {
+        let durable = self.current();
+        let inner = self.lock();
+        inner
+            .ring
+            .iter()
+            .rev()
+            .filter(|e| e.index <= durable && topics.contains(&e.topic))
+            .take(n)
+            .map(|e| e.line.clone())
+            .collect()
+    }
+
     /// Streams open now.
     pub(crate) fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)

@@ -19,6 +19,7 @@ mod metrics;
 mod pki;
 mod state;
 mod tokens;
+mod ui;
 
 pub use error::ManagerError;
 pub use ha::{HaConfig, ReplicatedManager, start_replicated};

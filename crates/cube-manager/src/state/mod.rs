@@ -29,6 +29,7 @@ mod gc;
 mod membership;
 mod placement;
 mod plan;
+pub(crate) use plan::spec_diff;
 mod replica;
 mod reports;
 mod services;

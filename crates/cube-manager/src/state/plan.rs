@@ -132,6 +132,15 @@ fn to_json(spec: &ServiceSpec) -> serde_json::Value {
     serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
 }
 
+/// What changed from one version's spec to the next, field by field (the version history's
+/// diffs).
+pub(crate) fn spec_diff(
+    old: &ServiceSpec,
+    new: &ServiceSpec,
+) -> Vec<(String, Option<serde_json::Value>, Option<serde_json::Value>)> {
+    diff(&to_json(old), &to_json(new))
+}
+
 /// The leaves that differ between `old` and `new`, as dotted paths (`task.env.GREETING`,
 /// `task.args[1]`).
 fn diff(

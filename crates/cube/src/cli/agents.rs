@@ -640,6 +640,7 @@ pub(crate) async fn dev(args: DevArgs, security: cube_http::Security) -> anyhow:
     let drivers = worker.drivers();
     let docker = drivers.contains(&cube_core::DriverKind::Docker);
     announce(&format!("cube dev listening on {manager_url}"));
+    say(&format!("web UI: {manager_url}/ui"));
     say(&format!(
         "cube dev: a manager and one worker ({} driver{}) with state in {}\n{}",
         drivers.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),

@@ -351,7 +351,15 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let bases = Arc::new(Bases::new(&base.into()));
         let connect = timeout.min(Duration::from_secs(3));
-        let builder = || configure(crate::tls::http_client_builder().connect_timeout(connect));
+        // Cube's APIs never redirect; the UI's forms answer 303, which a follower passing
+        // one on must hand back to the browser, not follow.
+        let builder = || {
+            configure(
+                crate::tls::http_client_builder()
+                    .connect_timeout(connect)
+                    .redirect(reqwest::redirect::Policy::none()),
+            )
+        };
         let http = builder().timeout(timeout).build().map_err(ClientError::Build)?;
         let streaming = builder().build().map_err(ClientError::Build)?;
         Ok(Self { bases, http, streaming, token: None, epoch: None })

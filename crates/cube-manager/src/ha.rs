@@ -732,6 +732,10 @@ async fn forward(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
+    // A browser's origin was checked against this manager's host (`cube_http::auth`); the
+    // leader, seeing another host, would take the page for another site's.
+    headers.remove(axum::http::header::ORIGIN);
+    headers.remove("sec-fetch-site");
     headers.insert(FORWARDED_HEADER, HeaderValue::from_static("1"));
     headers.remove(cube_http::auth::NODE_HEADER);
     if let Some(node) = &for_node

@@ -40,6 +40,8 @@ type Shared = Arc<Manager>;
 
 /// Services the overview lists (those short of healthy instances first).
 const OVERVIEW_SERVICES: usize = 20;
+/// Nodes the overview lists (those down first).
+const OVERVIEW_NODES: usize = 20;
 /// Events the overview lists.
 const OVERVIEW_EVENTS: usize = 20;
 /// Log lines a task page shows before following.
@@ -82,7 +84,7 @@ enum Page {
     Service(String),
     Tasks(cube_ui::tasks::Filter),
     Task(TaskId),
-    Nodes,
+    Nodes { page: usize },
     Node(String),
 }
 
@@ -127,7 +129,7 @@ impl Page {
             ["tasks", id] => {
                 Page::Task(id.parse().map_err(|e| Problem::bad(format!("task id: {e}")))?)
             }
-            ["nodes"] => Page::Nodes,
+            ["nodes"] => Page::Nodes { page },
             ["nodes", id] => Page::Node((*id).to_owned()),
             _ => return Err(Problem::not_found("no such page")),
         })
@@ -152,7 +154,13 @@ impl Manager {
         let now = self.clock.now();
         Ok(match page {
             Page::Overview => {
-                let nodes = self.nodes();
+                let mut nodes = self.nodes();
+                let nodes_total = nodes.len();
+                let nodes_down =
+                    nodes.iter().filter(|n| n.state != cube_core::NodeState::Ready).count();
+                // Those down first; then as registered.
+                nodes.sort_by_key(|n| n.state == cube_core::NodeState::Ready);
+                nodes.truncate(OVERVIEW_NODES);
                 let (census, _) = self.lock().census();
                 let tasks: Vec<(TaskState, usize)> = TaskState::VARIANTS
                     .iter()
@@ -170,6 +178,8 @@ impl Manager {
                 let events = self.recent_events(viewer);
                 let overview = cube_ui::overview::Overview {
                     nodes: &nodes,
+                    nodes_total,
+                    nodes_down,
                     tasks: &tasks,
                     services: &services,
                     services_total,
@@ -274,11 +284,20 @@ impl Manager {
                     live: cube_ui::tasks::detail(&view, &nodes, now),
                 }
             }
-            Page::Nodes => Rendered {
-                title: "Nodes".into(),
-                section: Section::Nodes,
-                live: cube_ui::nodes::list(&self.nodes(), now),
-            },
+            Page::Nodes { page } => {
+                let nodes = self.nodes();
+                let total = nodes.len();
+                let shown: Vec<_> = nodes
+                    .into_iter()
+                    .skip((page - 1) * cube_ui::nodes::PER_PAGE)
+                    .take(cube_ui::nodes::PER_PAGE)
+                    .collect();
+                Rendered {
+                    title: "Nodes".into(),
+                    section: Section::Nodes,
+                    live: cube_ui::nodes::list(&shown, *page, total, now),
+                }
+            }
             Page::Node(key) => {
                 let node = self.node(key).map_err(Problem::from)?;
                 let tasks: Vec<TaskView> = self
@@ -406,7 +425,9 @@ async fn show(
     may_read(&caller)?;
     let viewer = viewer(&caller, &session);
     let page = Page::parse(uri.path(), uri.query()).map_err(|p| p.seen_by(&viewer))?;
+    let began = Instant::now();
     let rendered = m.render(&page, &viewer).map_err(|p| p.seen_by(&viewer))?;
+    let render = began.elapsed();
     let rest = match &page {
         Page::Task(id) => {
             let tail = log_tail(&m, *id).await;
@@ -418,9 +439,19 @@ async fn show(
         }
         _ => cube_ui::nothing(),
     };
+    let began = Instant::now();
     let html =
-        cube_ui::page(&rendered.title, Some(rendered.section), Some(&viewer), rendered.live, rest);
-    Ok((html_headers(), html.into_string()).into_response())
+        cube_ui::page(&rendered.title, Some(rendered.section), Some(&viewer), rendered.live, rest)
+            .into_string();
+    // How long the page took to make, apart from waiting for a node's log: for the browser's
+    // developer tools and the benchmark.
+    let render = render + began.elapsed();
+    let timing = format!("render;dur={:.3}", render.as_secs_f64() * 1000.0);
+    let mut response = (html_headers(), html).into_response();
+    if let Ok(value) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", value);
+    }
+    Ok(response)
 }
 
 /// The last lines of a task's output, or why there are none.
@@ -859,7 +890,7 @@ mod tests {
             (f.state, f.service.as_deref(), f.node, f.page),
             (Some(TaskState::Running), Some("web"), None, 1)
         );
-        assert_eq!(Page::parse("/ui/nodes", None).unwrap(), Page::Nodes);
+        assert_eq!(Page::parse("/ui/nodes", None).unwrap(), Page::Nodes { page: 1 });
         assert_eq!(Page::parse("/ui/tasks", Some("state=asleep")).unwrap_err().status, 400);
         assert_eq!(Page::parse("/ui/tasks/xyz", None).unwrap_err().status, 400);
         assert_eq!(Page::parse("/ui/services", Some("page=0")).unwrap_err().status, 400);

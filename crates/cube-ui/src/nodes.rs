@@ -72,11 +72,17 @@ fn used(n: &NodeInfo) -> Markup {
     }
 }
 
-/// The list's live part.
-pub fn list(nodes: &[NodeInfo], now: Timestamp) -> Markup {
+/// Nodes shown per page of the list.
+pub const PER_PAGE: usize = 100;
+
+/// The list's live part: page `page` (from 1) of `total` nodes.
+pub fn list(nodes: &[NodeInfo], page: usize, total: usize, now: Timestamp) -> Markup {
     html! {
         h1 { "Nodes" }
-        section.panel { (table(nodes, now)) }
+        section.panel {
+            (table(nodes, now))
+            (crate::pager(page, PER_PAGE, total, |p| format!("/ui/nodes?page={p}")))
+        }
     }
 }
 

@@ -11,8 +11,12 @@ use crate::{ago, nodes, services, state};
 /// What the overview shows.
 #[derive(Debug)]
 pub struct Overview<'a> {
-    /// Every node.
+    /// Nodes to list: those down first (at most a screenful).
     pub nodes: &'a [NodeInfo],
+    /// How many nodes there are in all.
+    pub nodes_total: usize,
+    /// How many of them are down.
+    pub nodes_down: usize,
     /// Tasks per state (every state, zero or not).
     pub tasks: &'a [(TaskState, usize)],
     /// Services to list: those short of healthy instances first (at most a screenful).
@@ -29,8 +33,8 @@ pub struct Overview<'a> {
 
 /// The overview's live part.
 pub fn live(o: &Overview<'_>) -> Markup {
-    let ready = o.nodes.iter().filter(|n| n.state == cube_core::NodeState::Ready).count();
-    let down = o.nodes.len() - ready;
+    let down = o.nodes_down;
+    let ready = o.nodes_total.saturating_sub(down);
     let total_tasks: usize = o.tasks.iter().map(|(_, n)| n).sum();
     html! {
         h1 { "Overview" }
@@ -64,6 +68,9 @@ pub fn live(o: &Overview<'_>) -> Markup {
         section.panel aria-labelledby="nodes-h" {
             h2 #nodes-h { "Nodes" }
             (nodes::table(o.nodes, o.now))
+            @if o.nodes_total > o.nodes.len() {
+                p { a href="/ui/nodes" { "All " (o.nodes_total) " nodes" } }
+            }
         }
         section.panel aria-labelledby="services-h" {
             h2 #services-h { "Services" }

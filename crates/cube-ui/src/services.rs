@@ -91,7 +91,8 @@ pub fn detail(d: &Detail<'_>, viewer: &Viewer) -> Markup {
                 dt { "Version" } dd { (s.version) }
                 dt { "Instances" } dd {
                     span data-healthy=(s.instances.healthy) { (s.instances.healthy) } " healthy, "
-                    (s.instances.running) " running, " (s.instances.desired) " desired"
+                    (s.instances.running) " running, "
+                    span data-desired=(s.instances.desired) { (s.instances.desired) } " desired"
                 }
                 dt { "Image" } dd { code { (s.spec.task.image.as_deref().unwrap_or("–")) } }
                 dt { "Updated" } dd title=(s.updated_at.to_string()) { (ago(s.updated_at, d.now)) }

@@ -393,6 +393,31 @@ async fn a_restarted_follower_catches_up_from_etcd_and_serves() {
     // And it follows what happens next, and passes writes on.
     let next = back.submit(None, &sleeper("via-follower")).await.unwrap().task.id;
     common::wait_state(back, next, TaskState::Running, Duration::from_secs(15)).await;
+
+    // Its web UI too: pages from its copy, a button's form passed to the leader.
+    let url = ha.managers[follower].url.clone();
+    let spec = serde_json::json!({"name": "web", "count": 0,
+        "task": {"name": "web", "driver": "process", "command": "sleep", "args": ["600"]}});
+    client.put_service(&serde_json::from_value(spec).unwrap(), None).await.unwrap();
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build();
+    let http = http.unwrap();
+    let page = wait_until(Duration::from_secs(10), "the service on the follower's UI", || async {
+        let answer = http.get(format!("{url}/ui/services/web")).send().await.ok()?;
+        (answer.status() == 200).then_some(answer.text().await.ok()?)
+    })
+    .await;
+    let at = page.find(r#"name="csrf" value=""#).unwrap() + 19;
+    let form = format!("csrf={}&count=1", &page[at..at + 32]);
+    let scaled = http
+        .post(format!("{url}/ui/services/web/scale"))
+        .header("origin", &url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scaled.status(), 303, "{}", scaled.text().await.unwrap());
+    assert_eq!(client.service("web").await.unwrap().spec.count, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

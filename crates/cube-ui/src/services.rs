@@ -225,3 +225,95 @@ fn versions(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn viewer(may_deploy: bool) -> Viewer {
+        Viewer {
+            name: "t".into(),
+            role: "operate".into(),
+            csrf: "c".into(),
+            may_deploy,
+            may_manage_nodes: false,
+            signed_in: true,
+        }
+    }
+
+    /// A service in the middle of an update with a canary, waiting for promotion.
+    fn canarying() -> ServiceView {
+        serde_json::from_value(serde_json::json!({
+            "name": "web", "version": 2, "modify_index": 7,
+            "spec": {"name": "web", "count": 3, "update": {"canary": 1},
+                     "task": {"name": "web", "driver": "process", "command": "sleep"}},
+            "created_at": "2026-12-04T12:00:00Z", "updated_at": "2026-12-04T12:05:00Z",
+            "instances": {"desired": 3, "running": 4, "healthy": 4,
+                          "versions": [{"version": 1, "running": 3, "healthy": 3},
+                                       {"version": 2, "running": 1, "healthy": 1}]},
+            "deployment": {"id": "01a24242-60c5-7320-80f6-259a81b4c52c", "service": "web",
+                           "version": 2, "previous": 1, "status": "running",
+                           "reason": "needs_promotion", "description": "1 canary healthy: promote it",
+                           "created_at": "2026-12-04T12:05:00Z", "updated_at": "2026-12-04T12:05:03Z"}
+        }))
+        .unwrap()
+    }
+
+    fn page(service: &ServiceView, viewer: &Viewer) -> String {
+        let versions: Vec<(Version, Vec<FieldChange>)> = vec![(
+            serde_json::from_value(serde_json::json!({
+                "version": 1, "spec": service.spec, "created_at": "2026-12-04T12:00:00Z",
+                "outcome": "successful"}))
+            .unwrap(),
+            vec![FieldChange {
+                field: "task.env.V".into(),
+                old: Some("1".into()),
+                new: Some("2".into()),
+            }],
+        )];
+        let d = Detail {
+            service,
+            instances: &[],
+            versions: &versions,
+            nodes: &BTreeMap::new(),
+            now: "2026-12-04T12:05:10Z".parse().unwrap(),
+        };
+        detail(&d, viewer).into_string()
+    }
+
+    #[test]
+    fn a_canary_waiting_for_promotion_offers_promote_pause_and_fail_to_who_may_deploy() {
+        let html = page(&canarying(), &viewer(true));
+        for button in [
+            ">Promote</button>",
+            ">Pause</button>",
+            ">Fail and roll back</button>",
+            ">Scale</button>",
+            ">Revert to v1</button>",
+        ] {
+            assert!(html.contains(button), "{button} missing: {html}");
+        }
+        assert!(!html.contains(">Resume</button>"));
+        assert!(html.contains("1 canary healthy: promote it"));
+        assert!(html.contains("<code>task.env.V</code>"), "the version's diff: {html}");
+    }
+
+    #[test]
+    fn a_reader_sees_the_same_page_without_a_button() {
+        let html = page(&canarying(), &viewer(false));
+        assert!(!html.contains("<button"), "{html}");
+        assert!(!html.contains("<form"), "{html}");
+        assert!(html.contains("needs_promotion"));
+    }
+
+    #[test]
+    fn a_finished_deployment_offers_nothing_but_scale_and_revert() {
+        let mut s = canarying();
+        if let Some(d) = s.deployment.as_mut() {
+            d.status = DeploymentStatus::Successful;
+        }
+        let html = page(&s, &viewer(true));
+        assert!(!html.contains(">Promote</button>") && !html.contains(">Pause</button>"));
+        assert!(html.contains(">Scale</button>"));
+    }
+}

@@ -263,3 +263,52 @@ pub fn logs(t: &TaskView, tail: &str) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_placement_table_has_every_node_with_its_verdict() {
+        let chosen = "01a24242-6086-7784-b4f4-abac46d26fd5";
+        let other = "01a24242-6086-7784-b4f4-abac46d26fd6";
+        let full = "01a24242-6086-7784-b4f4-abac46d26fd7";
+        let e: Explanation = serde_json::from_value(serde_json::json!({
+            "scheduler": "spread",
+            "chosen": {"node": chosen, "name": "w1", "score": 0.25},
+            "candidates": [{"node": chosen, "name": "w1", "score": 0.25},
+                           {"node": other, "name": "w2", "score": 0.5}],
+            "rejected": [{"node": full, "name": "w3", "reason": "needs 512MiB memory, 200MiB free",
+                          "kind": "resources"}],
+            "rejected_total": 4
+        }))
+        .unwrap();
+        let html = placement(&e, &BTreeMap::new()).into_string();
+        assert!(
+            html.contains(
+                r#"<tr class="chosen" data-node="01a24242-6086-7784-b4f4-abac46d26fd5">"#
+            ),
+            "{html}"
+        );
+        assert!(html.contains("needs 512MiB memory, 200MiB free"), "{html}");
+        assert!(html.contains("And 3 more nodes rejected."), "{html}");
+        assert_eq!(
+            html.matches("<tr ").count() + html.matches("<tr>").count(),
+            4,
+            "a header and 3 nodes: {html}"
+        );
+    }
+
+    #[test]
+    fn filters_make_bookmarkable_urls() {
+        let f = Filter {
+            state: Some(TaskState::Running),
+            node: None,
+            service: Some("a b&c".into()),
+            page: 1,
+        };
+        assert_eq!(f.href(1), "/ui/tasks?state=running&service=a%20b%26c");
+        assert_eq!(f.href(3), "/ui/tasks?state=running&service=a%20b%26c&page=3");
+        assert_eq!(Filter::default().href(1), "/ui/tasks");
+    }
+}

@@ -9,8 +9,11 @@
 //!   works, for the multi-process tests and `cube-bench`.
 //! - [`etcd`]: real etcd clusters (Debian's `etcd-server`) of one or more members on OS-chosen
 //!   loopback ports, for the tests of highly available managers.
+//! - [`browser`]: a headless Chromium (Debian's `chromium` and `chromium-driver`) driven over
+//!   WebDriver with `fantoccini`, reaching loopback only, for the web UI's tests and benchmarks.
 //! - [`wait`]: waiting on conditions with a deadline, never sleeping as synchronisation.
 
+pub mod browser;
 pub mod cluster;
 pub mod etcd;
 pub mod process;

@@ -303,7 +303,9 @@ impl Manager {
                 let tasks: Vec<TaskView> = self
                     .tasks(&TaskFilter { state: None, node: Some(node.id) })
                     .iter()
+                    .rev()
                     .filter(|t| !t.state.is_terminal())
+                    .take(cube_ui::nodes::TASKS_SHOWN)
                     .map(|t| TaskView::from(&**t))
                     .collect();
                 let names = self.node_names();

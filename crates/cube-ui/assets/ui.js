@@ -11,18 +11,35 @@
   var dot = document.getElementById("live-dot");
   var pending = null;
 
-  function focusedInside(el) {
+  function typingIn(el) {
     var a = document.activeElement;
-    return a && a !== body && el.contains(a) && (a.tagName === "INPUT" || a.tagName === "SELECT");
+    return a && el.contains(a) && (a.tagName === "INPUT" || a.tagName === "SELECT");
+  }
+
+  // What the focused link or button is, so the same one can have the focus again once the
+  // part around it was replaced (keyboard users keep their place).
+  function focusKey(el) {
+    var a = document.activeElement;
+    if (!a || !el.contains(a)) return null;
+    if (a.tagName === "A") return 'a[href="' + CSS.escape(a.getAttribute("href") || "") + '"]';
+    if (a.tagName === "BUTTON" && a.form) {
+      return 'form[action="' + CSS.escape(a.form.getAttribute("action") || "") + '"] button';
+    }
+    return null;
   }
 
   function swap(html) {
     var live = document.getElementById("live");
     if (!live) return;
     // Never replace a field someone is typing in: apply when they leave it.
-    if (focusedInside(live)) { pending = html; return; }
+    if (typingIn(live)) { pending = html; return; }
     pending = null;
+    var key = focusKey(live);
     live.innerHTML = html;
+    if (key) {
+      var again = live.querySelector(key);
+      if (again) again.focus();
+    }
     body.dataset.updated = String(Date.now());
   }
 
@@ -30,9 +47,10 @@
     if (pending !== null) setTimeout(function () { if (pending !== null) swap(pending); }, 0);
   });
 
-  if (body.dataset.live !== undefined && window.EventSource) {
+  var source = null;
+  function connect() {
     var url = "/ui/live?page=" + encodeURIComponent(location.pathname + location.search);
-    var source = new EventSource(url);
+    source = new EventSource(url);
     source.addEventListener("open", function () { if (dot) dot.classList.add("on"); });
     source.addEventListener("error", function () { if (dot) dot.classList.remove("on"); });
     source.addEventListener("live", function (e) { swap(e.data); });
@@ -41,18 +59,33 @@
       location.assign("/ui/sign-in?next=" + encodeURIComponent(location.pathname + location.search));
     });
   }
+  if (body.dataset.live !== undefined && window.EventSource) {
+    connect();
+    // A page left for another may be kept (the back/forward cache) with its stream open,
+    // holding one of the few connections a browser opens to a host: close it on leaving,
+    // open it again on coming back.
+    window.addEventListener("pagehide", function () {
+      if (source) { source.close(); source = null; }
+      if (dot) dot.classList.remove("on");
+    });
+    window.addEventListener("pageshow", function (e) { if (e.persisted && !source) connect(); });
+  }
 
   var logs = document.querySelector("pre[data-follow]");
   var follow = document.getElementById("follow-logs");
   if (logs && follow && window.EventSource) {
     follow.hidden = false;
     var stream = null;
+    // The stream ends with the task's output ("end"), or breaks: either way it stops
+    // (reconnecting would send the log again from its start).
+    var stop = function () {
+      if (!stream) return;
+      stream.close(); stream = null;
+      follow.textContent = "Follow"; follow.setAttribute("aria-pressed", "false");
+    };
+    window.addEventListener("pagehide", stop);
     follow.addEventListener("click", function () {
-      if (stream) {
-        stream.close(); stream = null;
-        follow.textContent = "Follow"; follow.setAttribute("aria-pressed", "false");
-        return;
-      }
+      if (stream) { stop(); return; }
       logs.textContent = "";
       stream = new EventSource(logs.dataset.follow);
       follow.textContent = "Stop following"; follow.setAttribute("aria-pressed", "true");
@@ -61,13 +94,6 @@
         logs.appendChild(document.createTextNode(e.data + "\n"));
         if (atEnd) logs.scrollTop = logs.scrollHeight;
       });
-      // The stream ends with the task's output ("end"), or breaks: either way it stops
-      // (reconnecting would send the log again from its start).
-      function stop() {
-        if (!stream) return;
-        stream.close(); stream = null;
-        follow.textContent = "Follow"; follow.setAttribute("aria-pressed", "false");
-      }
       stream.addEventListener("end", stop);
       stream.addEventListener("error", stop);
     });

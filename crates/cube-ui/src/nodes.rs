@@ -86,7 +86,11 @@ pub fn list(nodes: &[NodeInfo], page: usize, total: usize, now: Timestamp) -> Ma
     }
 }
 
-/// A node page's live part: the node and the tasks on it.
+/// Tasks a node's page lists (the newest); the task list filtered by node has them all.
+pub const TASKS_SHOWN: usize = 100;
+
+/// A node page's live part: the node and the newest of its unfinished tasks (`tasks`, at
+/// most [`TASKS_SHOWN`]; `n.task_count` in all).
 pub fn detail(
     n: &NodeInfo,
     tasks: &[TaskView],
@@ -150,6 +154,9 @@ pub fn detail(
         section.panel aria-labelledby="tasks-h" {
             h2 #tasks-h { "Tasks on this node" }
             (crate::tasks::table(tasks, names, now))
+            @if (n.task_count as usize) > tasks.len() {
+                p { a href={ "/ui/tasks?node=" (n.id) } { "All " (n.task_count) " tasks on " (n.name) } }
+            }
         }
     }
 }

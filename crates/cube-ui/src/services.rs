@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use cube_api::types::{FieldChange, ServiceView, TaskView};
 use cube_core::NodeId;
-use cube_core::deployment::{Deployment, DeploymentStatus};
+use cube_core::deployment::{Deployment, DeploymentStatus, Reason};
 use cube_core::service::Version;
 use jiff::Timestamp;
 use maud::{Markup, html};
@@ -94,7 +94,11 @@ pub fn detail(d: &Detail<'_>, viewer: &Viewer) -> Markup {
                     (s.instances.running) " running, "
                     span data-desired=(s.instances.desired) { (s.instances.desired) } " desired"
                 }
-                dt { "Image" } dd { code { (s.spec.task.image.as_deref().unwrap_or("–")) } }
+                @if let Some(image) = &s.spec.task.image {
+                    dt { "Image" } dd { code { (image) } }
+                } @else if let Some(command) = &s.spec.task.command {
+                    dt { "Command" } dd { code { (command) @for a in &s.spec.task.args { " " (a) } } }
+                }
                 dt { "Updated" } dd title=(s.updated_at.to_string()) { (ago(s.updated_at, d.now)) }
             }
             @if viewer.may_deploy {
@@ -161,8 +165,11 @@ fn deployment(dep: &Deployment, s: &ServiceView, viewer: &Viewer, now: Timestamp
             @if viewer.may_deploy && !dep.status.is_terminal() {
                 div {
                     @if awaiting_promotion {
+                        // Promoting before the canaries are healthy is allowed (a forced
+                        // promotion); the button stands out once they are.
                         form.inline method="post" action=(act("promote")) {
-                            (csrf(viewer)) button.primary type="submit" { "Promote" }
+                            (csrf(viewer))
+                            button.primary[dep.reason == Reason::NeedsPromotion] type="submit" { "Promote" }
                         }
                     }
                     @if dep.status == DeploymentStatus::Running {

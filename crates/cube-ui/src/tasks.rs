@@ -176,7 +176,9 @@ pub fn detail(t: &TaskView, nodes: &BTreeMap<NodeId, String>, now: Timestamp) ->
                     dt { "Command" } dd { code { (command) @for a in &t.spec.args { " " (a) } } }
                 }
                 dt { "Reserves" } dd {
-                    (crate::cpu(t.spec.resources.cpu.0)) " CPU, " (crate::bytes(t.spec.resources.memory.0)) " memory"
+                    @let r = &t.spec.resources;
+                    @if r.cpu.0 == 0 && r.memory.0 == 0 { span.muted { "nothing (no reservation, no limit)" } }
+                    @else { (crate::cpu(r.cpu.0)) " CPU, " (crate::bytes(r.memory.0)) " memory" }
                 }
                 @if let Some(reason) = &t.reason { dt { "Why" } dd { (reason) } }
                 @if let Some(code) = t.exit_code { dt { "Exit code" } dd { (code) } }
@@ -233,7 +235,7 @@ pub fn placement(e: &Explanation, nodes: &BTreeMap<NodeId, String>) -> Markup {
                 @for c in &e.candidates {
                     tr.chosen[chosen == Some(c.node)] data-node=(c.node) {
                         td { a href={ "/ui/nodes/" (c.node) } { (name(&c.node, &c.name)) } }
-                        td { @if chosen == Some(c.node) { (state("running")) "chosen" } @else { "candidate" } }
+                        td { @if chosen == Some(c.node) { span.state.s-running { "chosen" } } @else { "candidate" } }
                         td.num { (format!("{:.3}", c.score)) }
                         td.muted { @if chosen == Some(c.node) { "best score" } @else { "fits, scored lower" } }
                     }

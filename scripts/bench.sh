@@ -76,6 +76,8 @@ if ! command -v etcd >/dev/null; then
 fi
 step ha "$BENCH" ha --json "$OUT/ha.json"
 step security "$BENCH" security --json "$OUT/security.json"
+# The web UI, measured in Debian's headless Chromium (skipped with a warning without it).
+step ui "$BENCH" ui --json "$OUT/ui.json"
 if $docker_ok; then
   # The ingress's peer: nginx from Debian (its stream module for the L4 proxy).
   if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then

@@ -24,6 +24,7 @@ mod scale;
 mod security;
 mod sim;
 mod submit;
+mod ui;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -73,6 +74,10 @@ enum Command {
     /// Node identity by mutual TLS and users' roles beside the shared cluster token: join
     /// time, submits per second, API and submit -> running latency.
     Security(security::SecurityArgs),
+    /// The web UI with 1,000 services and 10,000 tasks: each page's server render time and
+    /// size, and the time from a committed change to its appearance in an open page, measured
+    /// in a headless Chromium.
+    Ui(ui::UiArgs),
     /// Requests through Cube's ingress in each mode beside the host port and nginx (L4, L7),
     /// and memory per idle connection.
     Ingress(ingress::IngressArgs),
@@ -153,6 +158,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Ingress(a) => ingress::run(&lab, a).await,
         Command::Ha(a) => ha::run(&lab, a).await,
         Command::Security(a) => security::run(&lab, a).await,
+        Command::Ui(a) => ui::run(&lab, a).await,
         Command::SimNodes(a) => scale::sim_nodes(&lab, a).await,
         Command::ScaleUp(a) => scale::scale_up(&lab, a).await,
         Command::Report(_) => unreachable_report(),

@@ -45,6 +45,8 @@ pub struct Summary {
     pub p50_ms: f64,
     /// 90th percentile.
     pub p90_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
     /// Largest.
@@ -74,6 +76,7 @@ impl Summary {
             min_ms: ms(ns[0]),
             p50_ms: pick(0.50),
             p90_ms: pick(0.90),
+            p95_ms: pick(0.95),
             p99_ms: pick(0.99),
             max_ms: ms(ns[n - 1]),
             mean_ms: ms(sum) / n as f64,

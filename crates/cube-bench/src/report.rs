@@ -58,6 +58,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         ("observe", observe(&results)),
         ("ha", ha(&results)),
         ("security", security(&results)),
+        ("ui", ui(&results)),
     ];
     for (name, content) in sections {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
@@ -120,6 +121,7 @@ struct Results {
     observe: Option<Value>,
     ha: Option<Value>,
     security: Option<Value>,
+    ui: Option<Value>,
     /// Mean nanoseconds per placement by (nodes, scheduler).
     sched: Vec<(u64, &'static str, f64)>,
 }
@@ -158,6 +160,7 @@ impl Results {
             observe: read("observe"),
             ha: read("ha"),
             security: read("security"),
+            ui: read("ui"),
             sched,
         }
     }
@@ -996,6 +999,77 @@ fn security(r: &Results) -> Option<String> {
         rows.push(vec![what.into(), show(token), show(mtls), cost, verdict]);
     }
     Some(table(&["Measure", "cluster token", "mTLS + user role", "cost", "goal"], &rows))
+}
+
+fn ui(r: &Results) -> Option<String> {
+    let x = r.ui.as_ref()?;
+    let mut rows = Vec::new();
+    for p in x["pages"].as_array()? {
+        let bytes = num(p, "/bytes");
+        let p95 = num(p, "/render/p95_ms");
+        rows.push(vec![
+            format!(
+                "{} `{}`",
+                p["page"].as_str().unwrap_or("?"),
+                p["path"].as_str().unwrap_or("?")
+            ),
+            opt(num(p, "/render/p50_ms"), ms),
+            opt(p95, ms),
+            opt(num(p, "/answer/p95_ms"), ms),
+            opt(bytes, |b| format!("{:.1} KB", b / 1000.0)),
+            match (p95, bytes) {
+                (Some(t), Some(b)) => format!(
+                    "render {}; size {}",
+                    at_most(t, 50.0, " ms"),
+                    at_most(b / 1000.0, 100.0, " KB")
+                ),
+                _ => "–".into(),
+            },
+        ]);
+    }
+    let mut text = format!(
+        "{} services × {} instances = {} tasks on {} simulated nodes; {} requests of each page.\n\n{}",
+        opt(num(x, "/services"), int),
+        x["instances"],
+        opt(num(x, "/tasks"), int),
+        x["nodes"],
+        x["renders"],
+        table(
+            &[
+                "Page",
+                "Render p50",
+                "Render p95",
+                "Answer p95",
+                "Size",
+                "Goals (p95 ≤ 50 ms, ≤ 100 KB)"
+            ],
+            &rows
+        )
+    );
+    let live = &x["live"];
+    if live.is_object() {
+        let lag = &live["lag"];
+        let rows = vec![
+            vec![
+                format!(
+                    "Committed change → on the open page ({} changes, Chromium)",
+                    live["changes"]
+                ),
+                spread_ms(lag),
+                opt(num(lag, "/p99_ms"), |v| format!("p99 ≤ 1 s: {}", at_most(v, 1000.0, " ms"))),
+            ],
+            vec![
+                format!("Requests of an idle tab in {} s", live["idle_seconds"]),
+                live["idle_requests"].to_string(),
+                "0 (the live stream only)".into(),
+            ],
+        ];
+        text.push('\n');
+        text.push_str(&table(&["Measure", "This run", "Goal"], &rows));
+    } else {
+        text.push_str("\n\nChange → page: not measured (no Chromium in this run).");
+    }
+    Some(text)
 }
 
 fn spread_ms(summary: &Value) -> String {

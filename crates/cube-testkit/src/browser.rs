@@ -314,6 +314,27 @@ impl Browser {
         }
     }
 
+    /// Clicks the first element matching `css`, once there is one. A live page may replace
+    /// the element between finding and clicking it (its live part is swapped in whole): the
+    /// click is then made on the new one, until `timeout`.
+    pub async fn click(&self, css: &str, timeout: Duration) -> Result<(), BrowserError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = async { self.client.find(Locator::Css(css)).await?.click().await };
+            let retry = match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_no_such_element() || e.is_stale_element_reference() => e,
+                Err(e) => return Err(command(format!("click {css}"))(e)),
+            };
+            if Instant::now() >= deadline {
+                return Err(command(format!("click {css} within {timeout:?}"))(retry));
+            }
+            // Polling the DOM is the condition here; the deadline bounds it.
+            tokio::time::sleep(TEXT_POLL.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+    }
+
     /// Ends the session (Chromium quits), then stops chromedriver and anything left.
     pub async fn close(mut self) -> Result<(), BrowserError> {
         let close = self.client.clone().close();

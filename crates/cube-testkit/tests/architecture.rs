@@ -57,9 +57,19 @@ fn crates_depend_only_the_documented_way() {
             "cube-store",
         ],
     );
+    expect("cube-ui", &["cube-api", "cube-core"]);
     expect(
         "cube-manager",
-        &["cube-api", "cube-core", "cube-etcd", "cube-http", "cube-pki", "cube-rt", "cube-store"],
+        &[
+            "cube-api",
+            "cube-core",
+            "cube-etcd",
+            "cube-http",
+            "cube-pki",
+            "cube-rt",
+            "cube-store",
+            "cube-ui",
+        ],
     );
     for (krate, deps) in &graph {
         if krate != "cube-bench" && krate != "cube-testkit" {

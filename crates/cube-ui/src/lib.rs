@@ -58,10 +58,22 @@ pub const CSRF_FIELD: &str = "csrf";
 
 /// A whole page: `title`, the navigation with `section` current, and `live` (the part the
 /// event stream refreshes) followed by `rest` (parts that stay, such as a log being followed).
+/// A page for a viewer opens the live stream.
 pub fn page(
     title: &str,
     section: Option<Section>,
     viewer: Option<&Viewer>,
+    live: Markup,
+    rest: Markup,
+) -> Markup {
+    frame(title, section, viewer, viewer.is_some(), live, rest)
+}
+
+fn frame(
+    title: &str,
+    section: Option<Section>,
+    viewer: Option<&Viewer>,
+    streams: bool,
     live: Markup,
     rest: Markup,
 ) -> Markup {
@@ -81,7 +93,7 @@ pub fn page(
                 title { (title) " · Cube" }
                 link rel="stylesheet" href=(assets::CSS_PATH);
             }
-            body data-live[viewer.is_some()] {
+            body data-live[streams] {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
                     a.brand href="/ui" { "Cube" }
@@ -140,14 +152,15 @@ pub fn sign_in(error: Option<&str>, next: &str) -> Markup {
     page("Sign in", None, None, form, html! {})
 }
 
-/// A page saying what went wrong (an unknown task, a refused action), with a way back.
+/// A page saying what went wrong (an unknown task, a refused action), with a way back. It
+/// opens no live stream: there is nothing of the cluster on it to keep current.
 pub fn problem(viewer: Option<&Viewer>, title: &str, message: &str, back: &str) -> Markup {
     let body = html! {
         h1 { (title) }
         p.error role="alert" { (message) }
         p { a href=(back) { "Back" } }
     };
-    page(title, None, viewer, body, html! {})
+    frame(title, None, viewer, false, body, html! {})
 }
 
 /// A live part that cannot be shown any more (the task was removed, the node forgotten).
@@ -244,6 +257,13 @@ mod tests {
         assert!(!html.contains("data-live"), "{html}");
         assert!(html.contains("wrong token"));
         assert!(html.contains(r#"name="next" value="/ui/tasks""#));
+    }
+
+    #[test]
+    fn a_problem_page_opens_no_stream() {
+        let html = problem(Some(&viewer()), "Not Found", "no task", "/ui").into_string();
+        assert!(!html.contains("data-live"), "{html}");
+        assert!(html.contains("Sign out"), "the navigation stays: {html}");
     }
 
     #[test]

@@ -42,9 +42,9 @@ async fn shoot(browser: &Browser, name: &str) {
     browser.screenshot(&path).await.unwrap();
 }
 
-/// The text of the first element `css` finds.
+/// The text of the first element `css` finds (looked at again if the live page replaced it).
 async fn text(browser: &Browser, css: &str) -> String {
-    browser.client().find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    browser.wait_for_text(css, "", Duration::from_secs(5)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,12 +65,12 @@ async fn a_person_signs_in_watches_a_deploy_follows_logs_and_promotes_a_canary()
     c.goto(&format!("{}/ui/services", m.url)).await.unwrap();
     let field = c.find(Locator::Css("#token")).await.unwrap();
     field.send_keys("not-the-token-0000000000").await.unwrap();
-    c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+    browser.click("form button[type=submit]", Duration::from_secs(5)).await.unwrap();
     browser.wait_for_text("[role=alert]", "Wrong token.", Duration::from_secs(5)).await.unwrap();
     shoot(&browser, "sign-in").await;
     let field = c.find(Locator::Css("#token")).await.unwrap();
     field.send_keys(CLUSTER).await.unwrap();
-    c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+    browser.click("form button[type=submit]", Duration::from_secs(5)).await.unwrap();
     browser.wait_for_text("h1", "Services", Duration::from_secs(5)).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/ui/services"));
 
@@ -92,17 +92,17 @@ async fn a_person_signs_in_watches_a_deploy_follows_logs_and_promotes_a_canary()
         (s.deployment?.status == cube_core::deployment::DeploymentStatus::Successful).then_some(())
     })
     .await;
-    c.find(Locator::Css("a[href='/ui/services/web']")).await.unwrap().click().await.unwrap();
+    browser.click("a[href='/ui/services/web']", Duration::from_secs(5)).await.unwrap();
     browser.wait_for_text("h1", "Service web", Duration::from_secs(5)).await.unwrap();
     browser.wait_for_text("[data-healthy]", "2", Duration::from_secs(10)).await.unwrap();
     shoot(&browser, "service").await;
-    c.find(Locator::Css("tr[data-task] a")).await.unwrap().click().await.unwrap();
+    browser.click("tr[data-task] a", Duration::from_secs(5)).await.unwrap();
     browser.wait_for_text("#placement-table", "chosen", Duration::from_secs(5)).await.unwrap();
     let placement = text(&browser, "#placement-table").await;
     assert!(placement.contains("w1") && placement.contains("chosen"), "{placement}");
     assert!(placement.contains("w2") && placement.contains("rejected"), "{placement}");
     browser.wait_for_text("#logs", "line", Duration::from_secs(5)).await.unwrap();
-    c.find(Locator::Css("#follow-logs")).await.unwrap().click().await.unwrap();
+    browser.click("#follow-logs", Duration::from_secs(5)).await.unwrap();
     let before = text(&browser, "#logs").await;
     let last = before.lines().filter_map(|l| l.split(' ').nth(1)?.parse::<u64>().ok()).max();
     let next = format!("line {} of", last.map_or(0, |n| n + 3));
@@ -122,7 +122,7 @@ async fn a_person_signs_in_watches_a_deploy_follows_logs_and_promotes_a_canary()
         .unwrap();
     browser.wait_for_text(promote, "Promote", Duration::from_secs(5)).await.unwrap();
     shoot(&browser, "service-canary").await;
-    c.find(Locator::Css(promote)).await.unwrap().click().await.unwrap();
+    browser.click(promote, Duration::from_secs(5)).await.unwrap();
     browser
         .wait_for_text("[data-deployment] dd", "successful", Duration::from_secs(60))
         .await
@@ -140,7 +140,7 @@ async fn a_person_signs_in_watches_a_deploy_follows_logs_and_promotes_a_canary()
         browser.wait_for_text("h1", "", Duration::from_secs(5)).await.unwrap();
         shoot(&browser, name).await;
     }
-    c.find(Locator::Css("tr[data-node] a")).await.unwrap().click().await.unwrap();
+    browser.click("tr[data-node] a", Duration::from_secs(5)).await.unwrap();
     browser.wait_for_text("h1", "Node w1", Duration::from_secs(5)).await.unwrap();
     shoot(&browser, "node").await;
     browser.close().await.unwrap();
@@ -153,8 +153,7 @@ async fn a_person_signs_in_watches_a_deploy_follows_logs_and_promotes_a_canary()
     };
     dark.client().goto(&format!("{}/ui/sign-in", m.url)).await.unwrap();
     dark.client().find(Locator::Css("#token")).await.unwrap().send_keys(CLUSTER).await.unwrap();
-    let submit = dark.client().find(Locator::Css("form button[type=submit]")).await.unwrap();
-    submit.click().await.unwrap();
+    dark.click("form button[type=submit]", Duration::from_secs(5)).await.unwrap();
     dark.wait_for_text("h1", "Overview", Duration::from_secs(5)).await.unwrap();
     shoot(&dark, "overview-dark").await;
     dark.close().await.unwrap();

@@ -430,19 +430,12 @@ async fn deployment_action(
     Path((id, action)): Path<(String, String)>,
 ) -> Result<axum::Json<Deployment>, HttpError> {
     let id: DeploymentId = parse_id(&id)?;
-    let action = match action.as_str() {
-        "promote" => DeploymentAction::Promote,
-        "pause" => DeploymentAction::Pause,
-        "resume" => DeploymentAction::Resume,
-        "fail" => DeploymentAction::Fail,
-        other => {
-            return Err(ApiError::new(
-                ErrorCode::NotFound,
-                format!("no deployment action {other:?} (promote, pause, resume or fail)"),
-            )
-            .into());
-        }
-    };
+    let action = DeploymentAction::named(&action).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no deployment action {action:?} (promote, pause, resume or fail)"),
+        )
+    })?;
     Ok(axum::Json(m.deployment_action(id, action).await?))
 }
 

@@ -175,7 +175,7 @@ impl Manager {
                 // Those short of healthy instances first; then by name.
                 services.sort_by_key(|s| s.instances.healthy >= s.instances.desired);
                 services.truncate(OVERVIEW_SERVICES);
-                let events = self.recent_events(viewer);
+                let events = self.recent_events();
                 let overview = cube_ui::overview::Overview {
                     nodes: &nodes,
                     nodes_total,
@@ -318,9 +318,9 @@ impl Manager {
         })
     }
 
-    /// The newest events `viewer` may see (the audit log is an admin's; endpoint and exec
-    /// records are of no use on the overview).
-    fn recent_events(&self, _viewer: &Viewer) -> Vec<Event> {
+    /// The newest events of tasks, nodes, services and deployments (the audit log is an
+    /// admin's; endpoint and exec records are of no use on the overview).
+    fn recent_events(&self) -> Vec<Event> {
         let topics = [Topic::Task, Topic::Node, Topic::Service, Topic::Deployment];
         self.events
             .recent(OVERVIEW_EVENTS, &topics)
@@ -695,11 +695,8 @@ async fn sign_in(State(m): State<Shared>, body: Bytes) -> Response {
 }
 
 /// `POST /ui/sign-out`: forgets the session cookie.
-async fn sign_out(
-    Extension(session): Extension<BrowserSession>,
-    body: Bytes,
-) -> Result<Response, Problem> {
-    checked_form(&session, &body)?;
+async fn sign_out(form: Submitted) -> Result<Response, Problem> {
+    checked_form(&form.session, &form.body)?;
     let mut response = see_other("/ui/sign-in");
     let cookie = format!("{SESSION_COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -734,13 +731,33 @@ fn checked_form(
     Ok(form.into_iter().collect())
 }
 
+/// What a button's form brings: who sent it, their session, and the form's body.
+struct Submitted {
+    caller: Caller,
+    session: BrowserSession,
+    body: Bytes,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Submitted {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let caller = req.extensions().get::<Caller>().cloned();
+        let session = req.extensions().get::<BrowserSession>().cloned();
+        // Authentication puts both on every UI request; without them, fail closed.
+        let (Some(caller), Some(session)) = (caller, session) else {
+            return Err(Problem::new(StatusCode::UNAUTHORIZED, "no session").into_response());
+        };
+        let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
+        Ok(Self { caller, session, body })
+    }
+}
+
 /// Runs an action of `operation` for `caller` from a form: its access checked as the API's
 /// route checks it, then `act`; back to `back` when done, a problem page if not. Either way
 /// the answer names the operation, for the audit log.
 async fn act<F, Fut>(
-    caller: &Caller,
-    session: &BrowserSession,
-    body: &[u8],
+    submitted: Submitted,
     operation: &'static Operation,
     back: String,
     act: F,
@@ -749,6 +766,7 @@ where
     F: FnOnce(BTreeMap<String, String>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Problem>>,
 {
+    let Submitted { caller, session, body } = &submitted;
     let outcome = async {
         caller.may(operation.access).map_err(|why| Problem::new(StatusCode::FORBIDDEN, why))?;
         let form = checked_form(session, body)?;
@@ -772,15 +790,9 @@ fn field<'f>(form: &'f BTreeMap<String, String>, name: &str) -> Result<&'f str, 
         .ok_or_else(|| Problem::bad(format!("the form has no {name}")))
 }
 
-async fn scale(
-    State(m): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    Extension(session): Extension<BrowserSession>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn scale(State(m): State<Shared>, Path(name): Path<String>, form: Submitted) -> Response {
     let back = format!("/ui/services/{name}");
-    act(&caller, &session, &body, &m::SCALE_SERVICE, back, |form| async move {
+    act(form, &m::SCALE_SERVICE, back, |form| async move {
         let count = field(&form, "count")?;
         let count: u32 = count
             .parse()
@@ -791,15 +803,9 @@ async fn scale(
     .await
 }
 
-async fn revert(
-    State(m): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    Extension(session): Extension<BrowserSession>,
-    Path(name): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn revert(State(m): State<Shared>, Path(name): Path<String>, form: Submitted) -> Response {
     let back = format!("/ui/services/{name}");
-    act(&caller, &session, &body, &m::REVERT_SERVICE, back, |form| async move {
+    act(form, &m::REVERT_SERVICE, back, |form| async move {
         let version = field(&form, "version")?;
         let version: u64 =
             version.parse().map_err(|_| Problem::bad(format!("{version:?} is not a version")))?;
@@ -811,54 +817,35 @@ async fn revert(
 
 async fn deployment_action(
     State(m): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    Extension(session): Extension<BrowserSession>,
     Path((id, action)): Path<(String, String)>,
-    body: Bytes,
+    form: Submitted,
 ) -> Response {
     // Back to the service's page (unknown deployment: the services list).
     let parsed: Option<DeploymentId> = id.parse().ok();
     let service = parsed.and_then(|id| m.deployment(id).ok()).map(|d| d.service);
     let back = service.map_or_else(|| "/ui/services".to_owned(), |s| format!("/ui/services/{s}"));
-    act(&caller, &session, &body, &m::DEPLOYMENT_ACTION, back, |_| async move {
+    act(form, &m::DEPLOYMENT_ACTION, back, |_| async move {
         let id = parsed.ok_or_else(|| Problem::bad(format!("{id:?} is not a deployment id")))?;
-        let action = match action.as_str() {
-            "promote" => DeploymentAction::Promote,
-            "pause" => DeploymentAction::Pause,
-            "resume" => DeploymentAction::Resume,
-            "fail" => DeploymentAction::Fail,
-            other => return Err(Problem::not_found(format!("no deployment action {other:?}"))),
-        };
+        let action = DeploymentAction::named(&action)
+            .ok_or_else(|| Problem::not_found(format!("no deployment action {action:?}")))?;
         m.deployment_action(id, action).await?;
         Ok(())
     })
     .await
 }
 
-async fn drain(
-    State(m): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    Extension(session): Extension<BrowserSession>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn drain(State(m): State<Shared>, Path(id): Path<String>, form: Submitted) -> Response {
     let back = format!("/ui/nodes/{id}");
-    act(&caller, &session, &body, &m::DRAIN_NODE, back, |_| async move {
+    act(form, &m::DRAIN_NODE, back, |_| async move {
         m.drain(&id, None).await?;
         Ok(())
     })
     .await
 }
 
-async fn eligibility(
-    State(m): State<Shared>,
-    Extension(caller): Extension<Caller>,
-    Extension(session): Extension<BrowserSession>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn eligibility(State(m): State<Shared>, Path(id): Path<String>, form: Submitted) -> Response {
     let back = format!("/ui/nodes/{id}");
-    act(&caller, &session, &body, &m::NODE_ELIGIBILITY, back, |form| async move {
+    act(form, &m::NODE_ELIGIBILITY, back, |form| async move {
         let eligible = match field(&form, "eligible")? {
             "true" => true,
             "false" => false,

@@ -86,6 +86,19 @@ pub enum DeploymentAction {
     Fail,
 }
 
+impl DeploymentAction {
+    /// The action a URL names (`/v1/deployments/{id}/{action}`, and the UI's buttons).
+    pub fn named(word: &str) -> Option<Self> {
+        match word {
+            "promote" => Some(Self::Promote),
+            "pause" => Some(Self::Pause),
+            "resume" => Some(Self::Resume),
+            "fail" => Some(Self::Fail),
+            _ => None,
+        }
+    }
+}
+
 impl State {
     /// One service.
     /// Stamps the index of the commit that changed `name`'s spec.

@@ -57,6 +57,19 @@ pub struct BrowserSession {
     pub csrf: String,
     /// Whether the credential came from the session cookie (rather than a header or none).
     pub cookie: bool,
+    /// The credential presented, so a long-lived answer (a page's live stream) can check it
+    /// again: a token revoked meanwhile ends the stream.
+    credential: Option<Secret>,
+}
+
+/// A credential held in memory; its `Debug` form never shows it.
+#[derive(Clone, PartialEq, Eq)]
+struct Secret(Arc<[u8]>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl BrowserSession {
@@ -66,7 +79,14 @@ impl BrowserSession {
         context.update(credential.unwrap_or(b"anonymous"));
         let digest = context.finish();
         let csrf = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-        Self { csrf, cookie }
+        Self { csrf, cookie, credential: credential.map(|c| Secret(Arc::from(c))) }
+    }
+
+    /// Whether the credential this session was opened with still opens what `access` needs
+    /// on `auth` (a revoked or expired token no longer does).
+    pub fn still_may(&self, auth: &dyn Authenticate, access: Access) -> bool {
+        let credential = self.credential.as_ref().map(|c| &*c.0);
+        auth.authenticate(credential).is_ok_and(|caller| caller.may(access).is_ok())
     }
 
     /// Whether `presented` (a form's field) is this session's CSRF token, in constant time.

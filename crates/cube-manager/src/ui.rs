@@ -500,9 +500,24 @@ async fn live(
     let viewer = viewer(&caller, &session);
     let changes = m.events.watch();
     let shutdown = m.shutdown.clone();
+    let auth = m.authenticator();
     let stream = futures_util::stream::unfold(
-        LiveState { m, page, viewer, changes, last: None, rendered_at: None, shutdown },
+        LiveState {
+            m,
+            page,
+            viewer,
+            session,
+            auth,
+            changes,
+            last: None,
+            rendered_at: None,
+            shutdown,
+            ended: false,
+        },
         |mut s| async move {
+            if s.ended {
+                return None;
+            }
             let chunk = s.next().await?;
             Some((Ok::<Bytes, std::convert::Infallible>(chunk), s))
         },
@@ -516,37 +531,30 @@ struct LiveState {
     m: Shared,
     page: Page,
     viewer: Viewer,
+    /// Checked again before each render and keep-alive: a revoked token's page stops.
+    session: BrowserSession,
+    auth: cube_http::auth::Authenticator,
     changes: tokio::sync::watch::Receiver<u64>,
     last: Option<String>,
     rendered_at: Option<Instant>,
     shutdown: tokio_util::sync::CancellationToken,
+    /// The last chunk was sent: the stream ends after it.
+    ended: bool,
 }
 
 impl LiveState {
-    /// The next chunk to send: a changed live part, a keep-alive, or `None` to end (the
-    /// manager stops, or this manager's role changed: the browser reconnects to the next).
+    /// The next chunk to send: a changed live part, a keep-alive, `signed-out` (the token no
+    /// longer opens the page: the last chunk), or `None` to end (the manager stops, or this
+    /// manager's role changed: the browser reconnects to the next).
     async fn next(&mut self) -> Option<Bytes> {
         loop {
-            if self.last.is_some() {
-                tokio::select! {
-                    changed = tokio::time::timeout(LIVE_KEEPALIVE, self.changes.changed()) => match changed {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return None,
-                        Err(_) => return Some(Bytes::from_static(b": still here\n\n")),
-                    },
-                    () = self.shutdown.cancelled() => return None,
-                }
-                // Many changes in a burst make one render.
-                if let Some(at) = self.rendered_at {
-                    let wait = LIVE_MIN_INTERVAL.saturating_sub(at.elapsed());
-                    if !wait.is_zero() {
-                        tokio::select! {
-                            () = tokio::time::sleep(wait) => {}
-                            () = self.shutdown.cancelled() => return None,
-                        }
-                    }
-                }
-                self.changes.borrow_and_update();
+            let chunk = self.change().await?;
+            if !self.session.still_may(self.auth.as_ref(), m::LIST_TASKS.access) {
+                self.ended = true;
+                return Some(Bytes::from_static(b"event: signed-out\ndata: \n\n"));
+            }
+            if let Some(keepalive) = chunk {
+                return Some(keepalive);
             }
             self.rendered_at = Some(Instant::now());
             let html = match self.m.render(&self.page, &self.viewer) {
@@ -560,6 +568,34 @@ impl LiveState {
             self.last = Some(html);
             return Some(Bytes::from(chunk));
         }
+    }
+
+    /// Waits for something to render (`Some(None)`: at once for the first render), or for the
+    /// keep-alive (`Some(Some(comment))`); `None` to end.
+    async fn change(&mut self) -> Option<Option<Bytes>> {
+        if self.last.is_none() {
+            return Some(None);
+        }
+        tokio::select! {
+            changed = tokio::time::timeout(LIVE_KEEPALIVE, self.changes.changed()) => match changed {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return None,
+                Err(_) => return Some(Some(Bytes::from_static(b": still here\n\n"))),
+            },
+            () = self.shutdown.cancelled() => return None,
+        }
+        // Many changes in a burst make one render.
+        if let Some(at) = self.rendered_at {
+            let wait = LIVE_MIN_INTERVAL.saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = self.shutdown.cancelled() => return None,
+                }
+            }
+        }
+        self.changes.borrow_and_update();
+        Some(None)
     }
 }
 

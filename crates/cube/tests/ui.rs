@@ -207,6 +207,30 @@ async fn buttons_are_shown_to_the_roles_that_may_use_them_and_need_the_pages_csr
     let scales: Vec<_> = records.iter().filter(|r| r.operation == "scaleService").collect();
     let by = |who: &str, status: u16| scales.iter().any(|r| r.who == who && r.status == status);
     assert!(by("ui-operate", 303) && by("ui-operate", 403) && by("ui-read", 403), "{scales:?}");
+
+    // A page left open by a token revoked meanwhile is told so at the next change, and its
+    // stream ends.
+    let live = browser()
+        .get(format!("{}/ui/live?page=%2Fui%2Fservices%2Fweb", m.url))
+        .header("cookie", &reader)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = live.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap();
+    assert!(String::from_utf8_lossy(&first.unwrap().unwrap()).starts_with("event: live"));
+    admin.revoke_token("ui-read").await.unwrap();
+    admin.scale("web", 3).await.unwrap();
+    let mut rest = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            rest.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream did not end: {rest}");
+    assert!(rest.ends_with("event: signed-out\ndata: \n\n"), "{rest}");
+    assert!(!rest.contains("data-desired=\"3\""), "the revoked token saw the change: {rest}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1063,6 +1063,15 @@ fn ui(r: &Results) -> Option<String> {
                 live["idle_requests"].to_string(),
                 "0 (the live stream only)".into(),
             ],
+            vec![
+                format!(
+                    "Updates sent to an unchanged service's open page in {} s (the cluster \
+                     changing around it)",
+                    x["quiet_seconds"]
+                ),
+                x["quiet_pushes"].to_string(),
+                "0".into(),
+            ],
         ];
         text.push('\n');
         text.push_str(&table(&["Measure", "This run", "Goal"], &rows));

@@ -19,6 +19,7 @@ use anyhow::Context;
 use clap::Args;
 use cube_core::service::ServiceSpec;
 use cube_testkit::browser::{Browser, BrowserOptions};
+use futures_util::StreamExt as _;
 use serde_json::json;
 
 use crate::lab::Lab;
@@ -130,6 +131,27 @@ pub async fn run(lab: &Lab, args: &UiArgs) -> anyhow::Result<serde_json::Value> 
             "render": server, "answer": total}));
     }
 
+    // What an open page of an unchanged service is sent while the cluster around it changes
+    // (every heartbeat is a change): its live part is rendered again, and sent only if it
+    // differs.
+    let quiet = Duration::from_secs(10);
+    let stream = http
+        .get(format!("{}/ui/live?page=%2Fui%2Fservices%2Fsvc-0001", manager.url))
+        .send()
+        .await?;
+    let mut stream = stream.bytes_stream();
+    let mut received = String::new();
+    let deadline = tokio::time::Instant::now() + quiet;
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
+        received.push_str(&String::from_utf8_lossy(&chunk?));
+    }
+    drop(stream);
+    let pushes = received.matches("event: live\n").count().saturating_sub(1);
+    say(&format!(
+        "  an unchanged service's open page: {pushes} updates sent in {} s",
+        quiet.as_secs()
+    ));
+
     // Change -> page, in a real browser.
     let browser = match Browser::start(BrowserOptions::default()).await {
         Ok(Some(b)) => Some(b),
@@ -175,7 +197,6 @@ pub async fn run(lab: &Lab, args: &UiArgs) -> anyhow::Result<serde_json::Value> 
         say(&format!("  change -> page ({} changes): {}", args.changes, lag.line()));
         // An idle tab: no change for a while, then count what it asked for.
         let before = c.execute(requests, vec![]).await?.as_u64().unwrap_or(0);
-        let quiet = Duration::from_secs(10);
         tokio::time::sleep(quiet).await;
         let after = c.execute(requests, vec![]).await?.as_u64().unwrap_or(0);
         say(&format!("  idle tab: {} requests in {} s", after - before, quiet.as_secs()));
@@ -185,6 +206,8 @@ pub async fn run(lab: &Lab, args: &UiArgs) -> anyhow::Result<serde_json::Value> 
     }
     sim.stop().await;
     Ok(json!({
+        "quiet_pushes": pushes,
+        "quiet_seconds": quiet.as_secs(),
         "services": args.services,
         "instances": args.instances,
         "tasks": tasks,

@@ -28,6 +28,25 @@
     return null;
   }
 
+  // Times come as UTC clock times (stable from one render to the next); shown as ages,
+  // kept current here without asking the server anything.
+  function age(seconds) {
+    var a = Math.abs(seconds);
+    var v = a < 60 ? a + "s" : a < 3600 ? Math.floor(a / 60) + "m"
+      : a < 86400 ? Math.floor(a / 3600) + "h" : Math.floor(a / 86400) + "d";
+    return seconds < 0 ? "in " + v : v + " ago";
+  }
+  function ages() {
+    var now = Date.now();
+    var times = document.querySelectorAll("time[data-ago]");
+    for (var i = 0; i < times.length; i++) {
+      var at = Date.parse(times[i].dateTime);
+      if (!isNaN(at)) times[i].textContent = age(Math.round((now - at) / 1000));
+    }
+  }
+  ages();
+  setInterval(ages, 1000);
+
   function swap(html) {
     var live = document.getElementById("live");
     if (!live) return;
@@ -36,6 +55,7 @@
     pending = null;
     var key = focusKey(live);
     live.innerHTML = html;
+    ages();
     if (key) {
       var again = live.querySelector(key);
       if (again) again.focus();

@@ -20,7 +20,7 @@ pub mod tasks;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-pub use format::{ago, bytes, cpu, percent};
+pub use format::{bytes, cpu, percent};
 
 /// Who is looking, and what the UI may offer them: buttons are shown only to roles that may
 /// use them (the API checks again on every action).
@@ -168,6 +168,19 @@ pub fn problem_part(message: &str) -> Markup {
     html! { p.error role="alert" { (message) } }
 }
 
+/// A moment, as a `<time>`: the clock time in UTC (the date too when it is not today's), which
+/// stays the same from one render to the next so a live page changes only when the cluster
+/// does; the script shows it as an age ("3s ago") and keeps that current in the browser.
+pub fn when(t: jiff::Timestamp, now: jiff::Timestamp) -> Markup {
+    let text = if t.strftime("%F").to_string() == now.strftime("%F").to_string() {
+        t.strftime("%T UTC").to_string()
+    } else {
+        t.strftime("%F %R UTC").to_string()
+    };
+    let exact = t.to_string();
+    html! { time datetime=(exact) title=(exact) data-ago { (text) } }
+}
+
 /// A state as a coloured word (`s-running` etc. in the stylesheet).
 pub(crate) fn state(word: &str) -> Markup {
     html! { span class={ "state s-" (word) } { (word) } }
@@ -271,6 +284,19 @@ mod tests {
         let html = problem(None, "<b>", "<script>alert(1)</script>", "/ui").into_string();
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("&lt;script&gt;"));
+    }
+
+    #[test]
+    fn times_stay_the_same_from_render_to_render() {
+        let at: jiff::Timestamp = "2026-12-04T11:59:56.5Z".parse().unwrap();
+        let today = when(at, "2026-12-04T12:00:00Z".parse().unwrap()).into_string();
+        assert_eq!(
+            today,
+            r#"<time datetime="2026-12-04T11:59:56.5Z" title="2026-12-04T11:59:56.5Z" data-ago>11:59:56 UTC</time>"#
+        );
+        assert_eq!(today, when(at, "2026-12-04T12:00:09Z".parse().unwrap()).into_string());
+        let later = when(at, "2026-12-06T08:00:00Z".parse().unwrap()).into_string();
+        assert!(later.contains(">2026-12-04 11:59 UTC</time>"), "{later}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use cube_core::NodeId;
 use jiff::Timestamp;
 use maud::{Markup, html};
 
-use crate::{Viewer, ago, bar, bytes, cpu, csrf, percent, state};
+use crate::{Viewer, bar, bytes, cpu, csrf, percent, state, when};
 
 /// Nodes as a table: state, reservations against capacity as bars, live stats.
 pub fn table(nodes: &[NodeInfo], now: Timestamp) -> Markup {
@@ -34,7 +34,7 @@ pub fn table(nodes: &[NodeInfo], now: Timestamp) -> Markup {
                             td { (busy(n)) }
                             td { (used(n)) }
                             td.num { (n.task_count) }
-                            td { @match n.last_heartbeat { Some(at) => span title=(at.to_string()) { (ago(at, now)) }, None => span.muted { "never" } } }
+                            td { @match n.last_heartbeat { Some(at) => span { (when(at, now)) }, None => span.muted { "never" } } }
                         }
                     }
                 }
@@ -108,13 +108,13 @@ pub fn detail(
                     dt { "State" } dd { (state(&n.state.to_string())) }
                     dt { "Eligible" } dd data-eligible=(n.eligible) { @if n.eligible { "yes" } @else { "no: no new work goes here" } }
                     dt { "Drain" } dd { @match &n.drain {
-                        Some(d) => { @if let Some(done) = d.drained_at { "drained " (ago(done, now)) } @else { "in progress since " (ago(d.started_at, now)) } },
+                        Some(d) => { @if let Some(done) = d.drained_at { "drained " (when(done, now)) } @else { "in progress since " (when(d.started_at, now)) } },
                         None => span.muted { "none" },
                     } }
                     dt { "Address" } dd { code { (n.address) } }
                     dt { "Drivers" } dd { @for (i, d) in n.drivers.iter().enumerate() { @if i > 0 { ", " } (d) } }
-                    dt { "Registered" } dd title=(n.registered_at.to_string()) { (ago(n.registered_at, now)) }
-                    dt { "Heartbeat" } dd { @match n.last_heartbeat { Some(at) => (ago(at, now)), None => "never" } }
+                    dt { "Registered" } dd { (when(n.registered_at, now)) }
+                    dt { "Heartbeat" } dd { @match n.last_heartbeat { Some(at) => (when(at, now)), None => "never" } }
                     dt { "Id" } dd { code { (n.id) } }
                 }
                 @if viewer.may_manage_nodes {

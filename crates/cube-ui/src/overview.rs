@@ -6,7 +6,7 @@ use cube_core::TaskState;
 use jiff::Timestamp;
 use maud::{Markup, html};
 
-use crate::{ago, nodes, services, state};
+use crate::{nodes, services, state, when};
 
 /// What the overview shows.
 #[derive(Debug)]
@@ -93,7 +93,7 @@ pub fn events(events: &[Event], now: Timestamp) -> Markup {
                 tbody {
                     @for e in events {
                         tr {
-                            td title=(e.at.to_string()) { (ago(e.at, now)) }
+                            td { (when(e.at, now)) }
                             td { (format!("{:?}", e.kind)) }
                             td {
                                 @match link(e) {

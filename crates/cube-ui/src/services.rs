@@ -9,7 +9,7 @@ use cube_core::service::Version;
 use jiff::Timestamp;
 use maud::{Markup, html};
 
-use crate::{Viewer, ago, csrf, json, pager, state};
+use crate::{Viewer, csrf, json, pager, state, when};
 
 /// Services shown per page of the list.
 pub const PER_PAGE: usize = 100;
@@ -99,7 +99,7 @@ pub fn detail(d: &Detail<'_>, viewer: &Viewer) -> Markup {
                 } @else if let Some(command) = &s.spec.task.command {
                     dt { "Command" } dd { code { (command) @for a in &s.spec.task.args { " " (a) } } }
                 }
-                dt { "Updated" } dd title=(s.updated_at.to_string()) { (ago(s.updated_at, d.now)) }
+                dt { "Updated" } dd { (when(s.updated_at, d.now)) }
             }
             @if viewer.may_deploy {
                 form.inline method="post" action=(action("scale")) {
@@ -160,7 +160,7 @@ fn deployment(dep: &Deployment, s: &ServiceView, viewer: &Viewer, now: Timestamp
                 @if canaries > 0 {
                     dt { "Canaries" } dd { (canaries) @if dep.promoted { ", promoted" } }
                 }
-                dt { "Began" } dd title=(dep.created_at.to_string()) { (ago(dep.created_at, now)) }
+                dt { "Began" } dd { (when(dep.created_at, now)) }
             }
             @if viewer.may_deploy && !dep.status.is_terminal() {
                 div {
@@ -204,7 +204,7 @@ fn versions(
                 @for (v, changes) in versions {
                     tr {
                         td { "v" (v.version) @if let Some(r) = v.reverts { " " span.muted { "(revert to v" (r) ")" } } }
-                        td title=(v.created_at.to_string()) { (ago(v.created_at, now)) }
+                        td { (when(v.created_at, now)) }
                         td { @match v.outcome { Some(o) => (state(&o.to_string())), None => span.muted { "–" } } }
                         td.diff {
                             @if changes.is_empty() { span.muted { "first version" } }

@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 
 use cube_api::types::TaskView;
 use cube_core::scheduler::Explanation;
-use cube_core::{EventKind, NodeId, TaskState};
+use cube_core::{DesiredState, EventKind, NodeId, TaskState};
 use jiff::Timestamp;
 use maud::{Markup, html};
 use strum::VariantArray as _;
 
-use crate::{ago, pager, state};
+use crate::{pager, state, when};
 
 /// Tasks shown per page of the list.
 pub const PER_PAGE: usize = 100;
@@ -82,13 +82,17 @@ pub fn table(tasks: &[TaskView], nodes: &BTreeMap<NodeId, String>, now: Timestam
                     @for t in tasks {
                         tr data-task=(t.id) {
                             td { a href={ "/ui/tasks/" (t.id) } { (t.name) } " " span.muted { code { (t.id.short()) } } }
-                            td { (state(&t.state.to_string())) @if t.healthy == Some(false) { " " (state("unhealthy")) } }
+                            td {
+                                (state(&t.state.to_string()))
+                                @if t.healthy == Some(false) { " " (state("unhealthy")) }
+                                @if t.desired_state == DesiredState::Stopped && !t.state.is_terminal() { " " span.muted { "stopping" } }
+                            }
                             td { (node_link(t.node, nodes)) }
                             td { @if let Some(i) = &t.instance {
                                 a href={ "/ui/services/" (i.service) } { (i.service) } " v" (i.version) " #" (i.slot)
                             } }
                             td.muted { (t.reason.as_deref().unwrap_or("")) }
-                            td title=(t.updated_at.to_string()) { (ago(t.updated_at, now)) }
+                            td { (when(t.updated_at, now)) }
                         }
                     }
                 }
@@ -200,7 +204,7 @@ pub fn detail(t: &TaskView, nodes: &BTreeMap<NodeId, String>, now: Timestamp) ->
                 tbody {
                     @for e in t.events.iter().rev() {
                         tr {
-                            td title=(e.at.to_string()) { (ago(e.at, now)) }
+                            td { (when(e.at, now)) }
                             td { @match &e.kind {
                                 EventKind::Transition(trigger) => (format!("{trigger:?}")),
                                 EventKind::Note(note) => span.muted { (format!("{note:?}")) },

@@ -368,6 +368,11 @@ pub(crate) async fn authenticate(
         return match auth.authenticate_peer(identity, on_behalf) {
             Ok(caller) => {
                 req.extensions_mut().insert(caller);
+                if ui {
+                    // A certificate is no browser's: no cookie, and its CSRF token opens
+                    // nothing a page of another site could use.
+                    req.extensions_mut().insert(BrowserSession::for_credential(None, false));
+                }
                 next.run(req).await
             }
             Err(Refused(why)) => unauthorized(&why),

@@ -262,6 +262,11 @@ async fn manager_and_worker_speak_only_mutual_tls_and_a_worker_certificate_opens
     let beat = heartbeat();
     let elsewhere = as_worker.heartbeat(other_node, &beat).await.unwrap_err();
     assert!(forbidden(elsewhere), "a worker's certificate speaks only for its own node");
+    let ui = as_worker
+        .forward(reqwest::Method::GET, "/ui", reqwest::header::HeaderMap::new(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(ui.status(), 403, "a worker's certificate opens no page of the UI");
 
     // A certificate of another CA, for the same node id: refused in the handshake.
     let (ca, _) = worker.identity();

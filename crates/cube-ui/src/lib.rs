@@ -7,9 +7,10 @@
 //! call.
 //!
 //! A page is its frame ([`page`]: the header, navigation, who is signed in) around its *live
-//! part*, the `<div id="live">` that [`Page::live`]-style functions render alone. The manager
-//! sends that part again over the page's event stream whenever a change altered it, and the
-//! script swaps it in; without JavaScript the page is complete as served.
+//! part*, the `<div id="live">` that each page's function renders alone (`overview::live`,
+//! `services::detail`, `tasks::list`, …). The manager sends that part again over the page's
+//! event stream whenever a change altered it, and the script swaps it in; without JavaScript
+//! the page is complete as served.
 
 pub mod assets;
 mod format;

@@ -101,11 +101,11 @@ async fn a_person_signs_in_watches_a_deploy_follows_logs_and_promotes_a_canary()
     let placement = text(&browser, "#placement-table").await;
     assert!(placement.contains("w1") && placement.contains("chosen"), "{placement}");
     assert!(placement.contains("w2") && placement.contains("rejected"), "{placement}");
-    browser.wait_for_text("#logs", "line", Duration::from_secs(5)).await.unwrap();
-    browser.click("#follow-logs", Duration::from_secs(5)).await.unwrap();
-    let before = text(&browser, "#logs").await;
+    // The tail served with the page; following must show lines printed after it.
+    let before = browser.wait_for_text("#logs", "line", Duration::from_secs(5)).await.unwrap();
     let last = before.lines().filter_map(|l| l.split(' ').nth(1)?.parse::<u64>().ok()).max();
-    let next = format!("line {} of", last.map_or(0, |n| n + 3));
+    let next = format!("line {} of", last.expect("numbered lines in the tail") + 3);
+    browser.click("#follow-logs", Duration::from_secs(5)).await.unwrap();
     browser.wait_for_text("#logs", &next, Duration::from_secs(10)).await.unwrap();
     c.execute("document.getElementById('placement-h').scrollIntoView(); return true;", vec![])
         .await

@@ -50,49 +50,54 @@ pub(crate) const JOIN_PATH: &str = m::JOIN.path;
 pub fn router(manager: Arc<Manager>) -> Router {
     let auth = manager.authenticator();
     let http_metrics = manager.http_metrics();
-    let routes = Routes::new()
-        .route(&openapi::HEALTH, health)
-        .route(&m::LIST_TASKS, list_tasks)
-        .route(&m::SUBMIT_TASK, submit_task)
-        .route(&m::GET_TASK, get_task)
-        .route(&m::STOP_TASK, stop_task)
-        .route(&m::TASK_LOGS, task_logs)
-        .route(&m::EXEC, exec_task)
-        .route(&m::LIST_SERVICES, list_services)
-        .route(&m::GET_SERVICE, get_service)
-        .route(&m::PUT_SERVICE, put_service)
-        .route(&m::REMOVE_SERVICE, remove_service)
-        .route(&m::SCALE_SERVICE, scale_service)
-        .route(&m::PLAN_SERVICE, plan_service)
-        .route(&m::SERVICE_VERSIONS, service_versions)
-        .route(&m::SERVICE_ENDPOINTS, service_endpoints)
-        .route(&m::REVERT_SERVICE, revert_service)
-        .route(&m::GET_DEPLOYMENT, get_deployment)
-        .route(&m::DEPLOYMENT_ACTION, deployment_action)
-        .route(&m::LIST_NODES, list_nodes)
-        .route_limited(&m::REGISTER, register, NODE_BODY_LIMIT)
-        .route(&m::GET_NODE, get_node)
-        .route(&m::DRAIN_NODE, drain_node)
-        .route(&m::NODE_ELIGIBILITY, node_eligibility)
-        .route(&m::REMOVE_NODE, remove_node)
-        .route(&m::JOIN, join_cluster)
-        .route(&m::RENEW, renew_certificate)
-        .route(&m::ROTATE_JOIN_TOKEN, rotate_join_token)
-        .route_limited(&m::HEARTBEAT, heartbeat, NODE_BODY_LIMIT)
-        .route(&m::NODE_ENDPOINTS, ingress_feed)
-        .route(&m::EVENTS, events)
-        .route(&m::AUDIT, audit_log)
-        .route(&m::LIST_TOKENS, list_tokens)
-        .route(&m::CREATE_TOKEN, create_token)
-        .route(&m::REVOKE_TOKEN, revoke_token)
-        .route(&openapi::METRICS, metrics)
-        .finish(Api::Manager)
-        // The web UI: outside the API's contract (HTML, not JSON), behind the same layers.
-        .merge(crate::ui::router())
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::audit::audit))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::ha::route))
-        .with_state(manager);
+    let routes =
+        Routes::new()
+            .route(&openapi::HEALTH, health)
+            .route(&m::LIST_TASKS, list_tasks)
+            .route(&m::SUBMIT_TASK, submit_task)
+            .route(&m::GET_TASK, get_task)
+            .route(&m::STOP_TASK, stop_task)
+            .route(&m::TASK_LOGS, task_logs)
+            .route(&m::EXEC, exec_task)
+            .route(&m::LIST_SERVICES, list_services)
+            .route(&m::GET_SERVICE, get_service)
+            .route(&m::PUT_SERVICE, put_service)
+            .route(&m::REMOVE_SERVICE, remove_service)
+            .route(&m::SCALE_SERVICE, scale_service)
+            .route(&m::PLAN_SERVICE, plan_service)
+            .route(&m::SERVICE_VERSIONS, service_versions)
+            .route(&m::SERVICE_ENDPOINTS, service_endpoints)
+            .route(&m::REVERT_SERVICE, revert_service)
+            .route(&m::GET_DEPLOYMENT, get_deployment)
+            .route(&m::DEPLOYMENT_ACTION, deployment_action)
+            .route(&m::LIST_NODES, list_nodes)
+            .route_limited(&m::REGISTER, register, NODE_BODY_LIMIT)
+            .route(&m::GET_NODE, get_node)
+            .route(&m::DRAIN_NODE, drain_node)
+            .route(&m::NODE_ELIGIBILITY, node_eligibility)
+            .route(&m::REMOVE_NODE, remove_node)
+            .route(&m::JOIN, join_cluster)
+            .route(&m::RENEW, renew_certificate)
+            .route(&m::ROTATE_JOIN_TOKEN, rotate_join_token)
+            .route_limited(&m::HEARTBEAT, heartbeat, NODE_BODY_LIMIT)
+            .route(&m::NODE_ENDPOINTS, ingress_feed)
+            .route(&m::EVENTS, events)
+            .route(&m::AUDIT, audit_log)
+            .route(&m::LIST_TOKENS, list_tokens)
+            .route(&m::CREATE_TOKEN, create_token)
+            .route(&m::REVOKE_TOKEN, revoke_token)
+            .route(&openapi::METRICS, metrics)
+            .finish(Api::Manager)
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::audit::audit))
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), with_index))
+            // The web UI: outside the API's contract (HTML, not JSON) and its blocking queries,
+            // audited like it, and routed by the HA layer like every request.
+            .merge(crate::ui::router().layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&manager),
+                crate::audit::audit,
+            )))
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&manager), crate::ha::route))
+            .with_state(manager);
     cube_http::server::finish_router(routes, auth, Some(http_metrics))
 }
 
@@ -145,10 +150,15 @@ async fn with_index(
     response
 }
 
+/// A query string's pairs, in order (none without one); 400 for one that does not decode.
+pub(crate) fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}")))
+}
+
 /// `index` and `wait` of a blocking query (`None` without `index`).
 fn blocking_query(query: &str) -> Result<Option<(u64, Duration)>, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}")))?;
+    let pairs = query_pairs(Some(query))?;
     let mut index = None;
     let mut wait = None;
     for (k, v) in pairs {
@@ -199,10 +209,7 @@ async fn events(
     headers: axum::http::HeaderMap,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Response, HttpError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| {
-        ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}"))
-    })?;
+    let pairs = query_pairs(query.as_deref())?;
     let mut index = None;
     let mut filters = Vec::new();
     for (k, v) in pairs {
@@ -588,10 +595,7 @@ async fn ingress_feed(
 ) -> Result<axum::Json<IngressFeed>, HttpError> {
     let node: NodeId = parse_id(&id)?;
     acting_for(&m, &by, node)?;
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| {
-        ApiError::new(ErrorCode::InvalidArgument, format!("bad query string: {e}"))
-    })?;
+    let pairs = query_pairs(query.as_deref())?;
     let (mut index, mut wait) = (None, DEFAULT_WAIT);
     for (k, v) in pairs {
         match k.as_str() {

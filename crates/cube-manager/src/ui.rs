@@ -91,8 +91,7 @@ enum Page {
 impl Page {
     /// The page at `path` with `query`.
     fn parse(path: &str, query: Option<&str>) -> Result<Page, Problem> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-            .map_err(|e| Problem::bad(format!("bad query string: {e}")))?;
+        let pairs = crate::api::query_pairs(query)?;
         let get = |key: &str| {
             pairs.iter().find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v.as_str())
         };
@@ -196,11 +195,7 @@ impl Manager {
             Page::Services { page } => {
                 let services = self.services();
                 let total = services.len();
-                let shown: Vec<_> = services
-                    .into_iter()
-                    .skip((page - 1) * cube_ui::services::PER_PAGE)
-                    .take(cube_ui::services::PER_PAGE)
-                    .collect();
+                let shown = page_of(services, *page, cube_ui::services::PER_PAGE);
                 Rendered {
                     title: "Services".into(),
                     section: Section::Services,
@@ -257,13 +252,11 @@ impl Manager {
                 }
                 let total = handles.len();
                 // Newest first: what changed last is what people look for.
-                let shown: Vec<TaskView> = handles
-                    .iter()
-                    .rev()
-                    .skip((filter.page - 1) * cube_ui::tasks::PER_PAGE)
-                    .take(cube_ui::tasks::PER_PAGE)
-                    .map(|t| TaskView::from(&**t))
-                    .collect();
+                let shown: Vec<TaskView> =
+                    page_of(handles.iter().rev(), filter.page, cube_ui::tasks::PER_PAGE)
+                        .into_iter()
+                        .map(|t| TaskView::from(&**t))
+                        .collect();
                 let nodes = self.node_names();
                 let list =
                     cube_ui::tasks::List { tasks: &shown, total, filter, nodes: &nodes, now };
@@ -287,11 +280,7 @@ impl Manager {
             Page::Nodes { page } => {
                 let nodes = self.nodes();
                 let total = nodes.len();
-                let shown: Vec<_> = nodes
-                    .into_iter()
-                    .skip((page - 1) * cube_ui::nodes::PER_PAGE)
-                    .take(cube_ui::nodes::PER_PAGE)
-                    .collect();
+                let shown = page_of(nodes, *page, cube_ui::nodes::PER_PAGE);
                 Rendered {
                     title: "Nodes".into(),
                     section: Section::Nodes,
@@ -328,6 +317,11 @@ impl Manager {
             .filter_map(|line| serde_json::from_slice(line).ok())
             .collect()
     }
+}
+
+/// Page `page` (from 1) of `items`, `per_page` to a page.
+fn page_of<T>(items: impl IntoIterator<Item = T>, page: usize, per_page: usize) -> Vec<T> {
+    items.into_iter().skip(page.saturating_sub(1).saturating_mul(per_page)).take(per_page).collect()
 }
 
 /// The viewer a request's caller and session make.
@@ -431,14 +425,7 @@ async fn show(
     let rendered = m.render(&page, &viewer).map_err(|p| p.seen_by(&viewer))?;
     let render = began.elapsed();
     let rest = match &page {
-        Page::Task(id) => {
-            let tail = log_tail(&m, *id).await;
-            // The page shows the task as rendered above; a missing task failed there.
-            match m.task(*id) {
-                Some(task) => cube_ui::tasks::logs(&TaskView::from(&task), &tail),
-                None => cube_ui::nothing(),
-            }
-        }
+        Page::Task(id) => cube_ui::tasks::logs(*id, &log_tail(&m, *id).await),
         _ => cube_ui::nothing(),
     };
     let began = Instant::now();
@@ -486,9 +473,7 @@ async fn live(
     RawQuery(query): RawQuery,
 ) -> Result<Response, Problem> {
     may_read(&caller)?;
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| Problem::bad(format!("bad query string: {e}")))?;
+    let pairs = crate::api::query_pairs(query.as_deref())?;
     let target = pairs
         .iter()
         .find(|(k, _)| k == "page")
@@ -680,15 +665,15 @@ async fn sign_in_page(RawQuery(query): RawQuery) -> Response {
     (html_headers(), cube_ui::sign_in(None, &next).into_string()).into_response()
 }
 
-/// Where to go after signing in: a UI path, never another site.
+/// Where to go after signing in, from a query's `next`.
 fn next_of(query: Option<&str>) -> String {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
-    pairs
-        .into_iter()
-        .find(|(k, _)| k == "next")
-        .map(|(_, v)| v)
-        .filter(|v| v.starts_with("/ui") && !v.starts_with("//") && !v.contains('\\'))
+    let pairs = crate::api::query_pairs(query).unwrap_or_default();
+    safe_next(pairs.into_iter().find(|(k, _)| k == "next").map(|(_, v)| v))
+}
+
+/// `next` if it is a UI path; never another site.
+fn safe_next(next: Option<String>) -> String {
+    next.filter(|v| v.starts_with("/ui") && !v.starts_with("//") && !v.contains('\\'))
         .unwrap_or_else(|| "/ui".to_owned())
 }
 
@@ -703,10 +688,7 @@ async fn sign_in(State(m): State<Shared>, body: Bytes) -> Response {
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let field = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.trim().to_owned());
     let token = field("token").unwrap_or_default();
-    let next = next_of(Some(
-        &serde_urlencoded::to_string([("next", field("next").unwrap_or_default())])
-            .unwrap_or_default(),
-    ));
+    let next = safe_next(field("next"));
     let refuse = |status: StatusCode, why: &str| {
         (status, html_headers(), cube_ui::sign_in(Some(why), &next).into_string()).into_response()
     };

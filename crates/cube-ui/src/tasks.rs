@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use cube_api::types::TaskView;
 use cube_core::scheduler::Explanation;
-use cube_core::{DesiredState, EventKind, NodeId, TaskState};
+use cube_core::{DesiredState, EventKind, NodeId, TaskId, TaskState};
 use jiff::Timestamp;
 use maud::{Markup, html};
 use strum::VariantArray as _;
@@ -258,14 +258,15 @@ pub fn placement(e: &Explanation, nodes: &BTreeMap<NodeId, String>) -> Markup {
     }
 }
 
-/// The part of a task page the event stream leaves alone: its logs, followed on request.
-pub fn logs(t: &TaskView, tail: &str) -> Markup {
+/// The part of a task page the event stream leaves alone: task `id`'s logs, followed on
+/// request.
+pub fn logs(id: TaskId, tail: &str) -> Markup {
     html! {
         section.panel aria-labelledby="logs-h" {
             h2 #logs-h { "Logs" }
             p { button #follow-logs type="button" aria-pressed="false" aria-controls="logs" hidden { "Follow" }
                 " " span.muted { "The last lines; follow to see new ones as they come." } }
-            pre #logs .logs data-follow={ "/ui/tasks/" (t.id) "/logs" } tabindex="0" aria-label="Logs" { (tail) }
+            pre #logs .logs data-follow={ "/ui/tasks/" (id) "/logs" } tabindex="0" aria-label="Logs" { (tail) }
         }
     }
 }

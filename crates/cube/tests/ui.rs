@@ -12,16 +12,16 @@ use futures_util::StreamExt as _;
 
 const CLUSTER: &str = "cluster-token-0123456789abcdef";
 
-/// Form bodies (reqwest's `form` feature is not built).
-trait FormBody {
-    fn form_of(self, pairs: &[(&str, &str)]) -> Self;
-}
-
-impl FormBody for reqwest::RequestBuilder {
-    fn form_of(self, pairs: &[(&str, &str)]) -> Self {
-        self.header("content-type", "application/x-www-form-urlencoded")
-            .body(serde_urlencoded::to_string(pairs).unwrap())
+/// Posts a form as a browser with `cookie` (none when empty) would.
+async fn post(url: &str, cookie: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = browser()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(form).unwrap());
+    if !cookie.is_empty() {
+        request = request.header("cookie", cookie);
     }
+    request.send().await.unwrap()
 }
 
 /// A client that shows redirects instead of following them and keeps no cookies.
@@ -31,12 +31,8 @@ fn browser() -> reqwest::Client {
 
 /// Signs in with `token`; the session cookie's `name=value`.
 async fn sign_in(url: &str, token: &str) -> String {
-    let answer = browser()
-        .post(format!("{url}/ui/sign-in"))
-        .form_of(&[("token", token), ("next", "/ui/services")])
-        .send()
-        .await
-        .unwrap();
+    let answer =
+        post(&format!("{url}/ui/sign-in"), "", &[("token", token), ("next", "/ui/services")]).await;
     assert_eq!(answer.status(), 303);
     let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
     cookie.split(';').next().unwrap().to_owned()
@@ -76,23 +72,20 @@ async fn signing_in_keeps_the_token_in_a_strict_http_only_cookie_and_refuses_a_w
     assert!(page.text().await.unwrap().contains(r#"type="password" name="token""#));
 
     // A wrong token is refused, and no cookie is set.
-    let wrong = http
-        .post(format!("{}/ui/sign-in", m.url))
-        .form_of(&[("token", "not-the-token-at-all-0000"), ("next", "/ui")])
-        .send()
-        .await
-        .unwrap();
+    let wrong = post(
+        &format!("{}/ui/sign-in", m.url),
+        "",
+        &[("token", "not-the-token-at-all-0000"), ("next", "/ui")],
+    )
+    .await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
     assert!(wrong.text().await.unwrap().contains("Wrong token."));
 
     // The right one: a cookie no script can read and no other site's page sends.
-    let right = http
-        .post(format!("{}/ui/sign-in", m.url))
-        .form_of(&[("token", CLUSTER), ("next", "/ui/nodes")])
-        .send()
-        .await
-        .unwrap();
+    let right =
+        post(&format!("{}/ui/sign-in", m.url), "", &[("token", CLUSTER), ("next", "/ui/nodes")])
+            .await;
     assert_eq!(right.status(), 303);
     assert_eq!(right.headers()["location"], "/ui/nodes");
     let set = right.headers()["set-cookie"].to_str().unwrap();
@@ -123,13 +116,7 @@ async fn signing_in_keeps_the_token_in_a_strict_http_only_cookie_and_refuses_a_w
 
     // Signing out forgets the cookie.
     let csrf = csrf_of(&html);
-    let out = http
-        .post(format!("{}/ui/sign-out", m.url))
-        .header("cookie", cookie)
-        .form_of(&[("csrf", csrf.as_str())])
-        .send()
-        .await
-        .unwrap();
+    let out = post(&format!("{}/ui/sign-out", m.url), cookie, &[("csrf", csrf.as_str())]).await;
     assert_eq!(out.status(), 303);
     assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
 }
@@ -155,13 +142,12 @@ async fn buttons_are_shown_to_the_roles_that_may_use_them_and_need_the_pages_csr
     let (status, html) = get(&page, &reader).await;
     assert_eq!(status, 200);
     assert!(!html.contains(">Scale</button>"), "{html}");
-    let refused = browser()
-        .post(format!("{page}/scale"))
-        .header("cookie", &reader)
-        .form_of(&[("csrf", csrf_of(&html).as_str()), ("count", "2")])
-        .send()
-        .await
-        .unwrap();
+    let refused = post(
+        &format!("{page}/scale"),
+        &reader,
+        &[("csrf", csrf_of(&html).as_str()), ("count", "2")],
+    )
+    .await;
     assert_eq!(refused.status(), 403);
 
     // An operator sees it; without the page's CSRF token it is refused, with it it acts.
@@ -170,35 +156,21 @@ async fn buttons_are_shown_to_the_roles_that_may_use_them_and_need_the_pages_csr
     assert!(html.contains(">Scale</button>"), "{html}");
     assert!(!html.contains(">Drain</button>"), "draining is an admin's");
     for forged in ["", "00000000000000000000000000000000"] {
-        let answer = browser()
-            .post(format!("{page}/scale"))
-            .header("cookie", &operator)
-            .form_of(&[("csrf", forged), ("count", "2")])
-            .send()
-            .await
-            .unwrap();
+        let answer =
+            post(&format!("{page}/scale"), &operator, &[("csrf", forged), ("count", "2")]).await;
         assert_eq!(answer.status(), 403, "forged CSRF {forged:?}");
     }
     assert_eq!(admin.service("web").await.unwrap().spec.count, 0);
     let csrf = csrf_of(&html);
-    let done = browser()
-        .post(format!("{page}/scale"))
-        .header("cookie", &operator)
-        .form_of(&[("csrf", csrf.as_str()), ("count", "2")])
-        .send()
-        .await
-        .unwrap();
+    let done =
+        post(&format!("{page}/scale"), &operator, &[("csrf", csrf.as_str()), ("count", "2")]).await;
     assert_eq!(done.status(), 303);
     assert_eq!(done.headers()["location"], "/ui/services/web");
     assert_eq!(admin.service("web").await.unwrap().spec.count, 2);
     // A bad value is a 400 page saying why.
-    let bad = browser()
-        .post(format!("{page}/scale"))
-        .header("cookie", &operator)
-        .form_of(&[("csrf", csrf.as_str()), ("count", "many")])
-        .send()
-        .await
-        .unwrap();
+    let bad =
+        post(&format!("{page}/scale"), &operator, &[("csrf", csrf.as_str()), ("count", "many")])
+            .await;
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("is not a number of instances"));
 
@@ -290,6 +262,14 @@ async fn an_open_page_gets_each_change_from_its_live_stream_and_names_no_other_s
     let (_, task_page) = get(&format!("{}/ui/tasks/{}", m.url, task.id), "").await;
     assert!(task_page.contains("id=\"placement-table\""), "{task_page}");
     assert!(task_page.contains("class=\"chosen\""), "{task_page}");
+
+    // A page is never a blocking query: `index` in its URL is not waited on.
+    let at_once = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(&format!("{}/ui/tasks?index=999999999", m.url), ""),
+    )
+    .await;
+    assert_eq!(at_once.expect("answered at once, not held for a change").0, 200);
 
     // Unknown things are pages saying so, with the right status.
     let (status, _) = get(&format!("{}/ui/tasks/not-an-id", m.url), "").await;
